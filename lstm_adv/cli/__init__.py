@@ -1,0 +1,64 @@
+"""The `lstm-adv` command line: one sub-module per command group, thin over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_adv import __version__
+from lstm_adv.cli import db, demo, query, runs
+from lstm_adv.cli._common import CliState, ErrorBoundaryGroup, setup_logging
+
+app = typer.Typer(
+    cls=ErrorBoundaryGroup,
+    name="lstm-adv",
+    help=(
+        "Adversarial robustness of clinical time-series models.\n\n"
+        "Pipeline: db → query → preprocess → tune-model → train → tune-attack → attack → analyze → report. "
+        "Every stage writes a run (see `lstm-adv runs list`); `lstm-adv demo` runs the stages on the "
+        "shipped MIMIC-III demo."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lstm-adv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(help="Folder for runs and the embedded database [default: $LSTM_ADV_HOME or ./.lstm-adv]."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A TOML file overriding any of the shipped defaults.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Global options, valid before any command."""
+    setup_logging(verbose)
+    ctx.obj = CliState(home=home, config_file=config)
+
+
+app.command("demo")(demo.demo)
+app.add_typer(db.app, name="db")
+app.command("query")(query.query)
+app.add_typer(runs.app, name="runs")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,69 @@
+"""`lstm-adv runs …`: list runs and show one with its lineage."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from lstm_adv.cli._common import console, state
+from lstm_adv.cli.summaries import render_summary
+from lstm_adv.domain.errors import LstmAdvError
+from lstm_adv.domain.run_id import KINDS
+from lstm_adv.results.store import Run, RunStore
+
+app = typer.Typer(help="Inspect stored runs: every stage writes one, with a manifest and its parents.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_runs(
+    ctx: typer.Context,
+    kind: Annotated[str | None, typer.Option(help=f"Only runs of this kind ({', '.join(KINDS)}).")] = None,
+) -> None:
+    """List finished runs, oldest first."""
+    runs = state(ctx).workspace().store.list(kind)
+    if not runs:
+        console.print("no runs yet — start with `lstm-adv demo` or `lstm-adv query`")
+        return
+    table = Table("id", "kind", "created (UTC)", "status", "parents")
+    for run in runs:
+        parents = ", ".join(str(p) for p in run.manifest.parents) or "—"
+        table.add_row(str(run.id), run.kind, f"{run.manifest.created:%Y-%m-%d %H:%M:%S}", run.manifest.status, parents)
+    console.print(table)
+
+
+@app.command("show")
+def show_run(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="A run id or a unique prefix of one.")],
+    config: Annotated[bool, typer.Option("--config", help="Also print the run's full effective configuration.")] = False,
+) -> None:
+    """Show one run: manifest, lineage and what it holds."""
+    store = state(ctx).workspace().store
+    run = store.get(run_id)
+    manifest = run.manifest
+    console.print(f"[bold]{run.id}[/]  kind={run.kind}  status={manifest.status}")
+    console.print(f"created {manifest.created:%Y-%m-%d %H:%M:%S} UTC, lstm-adv {manifest.package_version}, "
+                  f"git {manifest.git_commit[:10] if manifest.git_commit else '—'}")
+    console.print(f"folder  {run.path}")
+    tree = Tree(f"lineage: {run.id}")
+    _add_parents(tree, run, store)
+    console.print(tree)
+    damaged = run.verify()
+    console.print(f"files   {len(manifest.checksums)} ({'checksums ok' if not damaged else 'CHANGED: ' + ', '.join(damaged)})")
+    render_summary(run, console)
+    if config:
+        console.print_json(json.dumps(manifest.config))
+
+
+def _add_parents(tree: Tree, run: Run, store: RunStore) -> None:
+    for parent_id in run.manifest.parents:
+        try:
+            parent = store.get(str(parent_id))
+        except LstmAdvError:  # a deleted ancestor is shown, not fatal
+            tree.add(f"{parent_id} (missing)")
+            continue
+        _add_parents(tree.add(f"{parent.id} ({parent.kind})"), parent, store)

@@ -1,0 +1,135 @@
+"""Feature definitions: which itemids feed which model input, in which unit and range."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from lstm_adv.domain.errors import FeatureSpecError
+
+SOURCES = ("bloodgas", "lab", "vital")
+N_FEATURES = 19
+
+_FEATURE_KEYS = {
+    "name", "source", "unit", "itemids", "lower", "upper", "lower_inclusive", "upper_inclusive",
+    "fahrenheit_itemids", "fahrenheit_lower", "fahrenheit_upper",
+}  # fmt: skip
+
+
+def _itemid_tuple(value: Sequence[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class Feature:
+    """One model input: a named series built from one or more source itemids."""
+
+    name: str
+    source: str = attrs.field(validator=attrs.validators.in_(SOURCES))
+    unit: str
+    itemids: tuple[int, ...] = attrs.field(converter=_itemid_tuple)
+    lower: float = -math.inf
+    upper: float = math.inf
+    lower_inclusive: bool = False
+    upper_inclusive: bool = False
+    fahrenheit_itemids: tuple[int, ...] = attrs.field(default=(), converter=_itemid_tuple)
+    fahrenheit_lower: float = -math.inf
+    fahrenheit_upper: float = math.inf
+
+    def __attrs_post_init__(self) -> None:
+        if not self.itemids:
+            raise FeatureSpecError(f"feature {self.name!r} must list at least one itemid")
+        if not self.lower < self.upper:
+            raise FeatureSpecError(
+                f"feature {self.name!r} must have lower < upper, got lower={self.lower}, upper={self.upper}"
+            )
+        if self.fahrenheit_itemids and self.source != "vital":
+            raise FeatureSpecError(f"feature {self.name!r}: fahrenheit_itemids are only allowed for vitals")
+
+    @property
+    def all_itemids(self) -> tuple[int, ...]:
+        """Every itemid that feeds this feature, Celsius/native first."""
+        return self.itemids + self.fahrenheit_itemids
+
+    def in_range(self, value: float) -> bool:
+        """Whether ``value`` (in the feature's own unit) lies in its valid range."""
+        above = value >= self.lower if self.lower_inclusive else value > self.lower
+        below = value <= self.upper if self.upper_inclusive else value < self.upper
+        return above and below
+
+
+def _check_features(instance: FeatureSpec, attribute: attrs.Attribute[Any], value: tuple[Feature, ...]) -> None:
+    if len(value) != N_FEATURES:
+        raise FeatureSpecError(f"FeatureSpec must define {N_FEATURES} features, got {len(value)}")
+    names = [f.name for f in value]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FeatureSpecError(f"FeatureSpec feature names must be unique; repeated: {', '.join(duplicates)}")
+    seen: dict[int, str] = {}
+    for feature in value:
+        for itemid in feature.all_itemids:
+            if itemid in seen:
+                raise FeatureSpecError(
+                    f"FeatureSpec itemid {itemid} is used by both {seen[itemid]!r} and {feature.name!r}"
+                )
+            seen[itemid] = feature.name
+
+
+@attrs.frozen
+class FeatureSpec:
+    """The ordered model inputs. Validated: 19 features, unique names, each itemid used once."""
+
+    features: tuple[Feature, ...] = attrs.field(converter=tuple, validator=_check_features)
+
+    @classmethod
+    def from_toml(cls, text: str, *, origin: str = "<features>") -> FeatureSpec:
+        """Build from the TOML text of a features file; errors name the file and the entry."""
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise FeatureSpecError(f"{origin}: not valid TOML ({exc})") from None
+        entries = document.get("feature")
+        if not isinstance(entries, list):
+            raise FeatureSpecError(f"{origin}: expected a list of [[feature]] tables")
+        return cls(features=tuple(_feature_from_table(entry, i, origin) for i, entry in enumerate(entries)))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Feature names in model order."""
+        return tuple(f.name for f in self.features)
+
+    def by_source(self, source: str) -> tuple[Feature, ...]:
+        """The features of one source (``bloodgas``, ``lab`` or ``vital``), in model order."""
+        return tuple(f for f in self.features if f.source == source)
+
+    def index(self, name: str) -> int:
+        """Model-order position of feature ``name``."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise FeatureSpecError(f"unknown feature {name!r}; known: {', '.join(self.names)}") from None
+
+
+def _feature_from_table(entry: Mapping[str, Any], position: int, origin: str) -> Feature:
+    where = f"{origin}: feature #{position + 1}"
+    if not isinstance(entry, Mapping):
+        raise FeatureSpecError(f"{where} must be a table")
+    unknown = sorted(set(entry) - _FEATURE_KEYS)
+    if unknown:
+        raise FeatureSpecError(f"{where} has unknown key(s): {', '.join(unknown)}")
+    missing = sorted({"name", "source", "unit", "itemids"} - set(entry))
+    if missing:
+        raise FeatureSpecError(f"{where} is missing key(s): {', '.join(missing)}")
+    for key in ("itemids", "fahrenheit_itemids"):
+        ids = entry.get(key, [])
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise FeatureSpecError(f"{where} ({entry.get('name')!r}): {key} must be a list of integers")
+    try:
+        return Feature(**{k: (float(v) if isinstance(v, int) and k.endswith(("lower", "upper")) else v)
+                          for k, v in entry.items()})
+    except (TypeError, ValueError) as exc:
+        raise FeatureSpecError(f"{where} ({entry.get('name')!r}) is invalid: {exc}") from None
