@@ -35,22 +35,75 @@ class CohortConfig:
 
 @attrs.frozen
 class PreprocessConfig:
-    """FeatureMatrix building (issue: preprocess stage). Owned by lstm_adv/preprocess.py."""
+    """FeatureMatrix building: window rule, splits and folds. Owned by lstm_adv/preprocess.py."""
+
+    seed: int = 42
+    train_fraction: float = 0.70
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+    n_folds: int = 5
+    first_hour_max: int = 3
+    last_hour_min: int = 46
 
 
 @attrs.frozen
 class SynthConfig:
-    """The synthetic MIMIC-III generator. Owned by lstm_adv/synth.py."""
+    """The synthetic MIMIC-III generator (``lstm-adv synth``). Owned by lstm_adv/synth/."""
+
+    admissions: int = 1000
+    seed: int = 0
+    schema: str = "synthetic"
+    mortality: float = 0.10
+    severity_effect: float = 2.5
+    vital_hours: float = 72.0
+    lab_hours: float = 72.0
+    lab_lookback_hours: float = 24.0
 
 
 @attrs.frozen
 class ModelConfig:
-    """BiLSTM training. Owned by lstm_adv/train.py."""
+    """BiLSTM hyperparameters and training. Owned by lstm_adv/train.py."""
+
+    hidden_size: int = 64
+    num_layers: int = 1
+    lstm_activation: str = "tanh"
+    dropout: float = 0.2
+    fc_size: int = 64
+    fc_activation: str = "relu"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    max_epochs: int = 50
+    patience: int = 8
+    monitor: str = "auroc"
+    imbalance: str = "weighted_sampling"
+    grad_clip_norm: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 2048
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+    calibration_bins: int = 10
 
 
 @attrs.frozen
 class TuneModelConfig:
-    """Optuna search over the model. Owned by lstm_adv/tune_model.py."""
+    """Optuna search over the model (SPEC §4). Owned by lstm_adv/tune_model.py."""
+
+    trials: int = 50
+    epochs_per_trial: int = 20
+    hidden_size_log2: tuple[int, int] = (5, 7)
+    fc_size_log2: tuple[int, int] = (4, 8)
+    batch_size_log2: tuple[int, int] = (5, 8)
+    dropout: tuple[float, float] = (0.0, 0.5)
+    learning_rate: tuple[float, float] = (1e-5, 1e-1)
+    lstm_activations: tuple[str, ...] = ("relu", "tanh")
+    fc_activations: tuple[str, ...] = ("relu", "tanh")
+    optimizers: tuple[str, ...] = ("adam", "rmsprop", "sgd")
+    pruner_startup_trials: int = 5
+    pruner_warmup_epochs: int = 3
+    seed: int = 0
+    storage_timeout_s: int = 10
 
 
 @attrs.frozen

@@ -29,6 +29,7 @@ def list_runs(
         console.print("no runs yet — start with `lstm-adv demo` or `lstm-adv query`")
         return
     table = Table("id", "kind", "created (UTC)", "status", "parents")
+    table.columns[0].no_wrap = True
     for run in runs:
         parents = ", ".join(str(p) for p in run.manifest.parents) or "—"
         table.add_row(str(run.id), run.kind, f"{run.manifest.created:%Y-%m-%d %H:%M:%S}", run.manifest.status, parents)

@@ -69,8 +69,10 @@ class RunId:
             )
         try:
             created = datetime.strptime(match["date"] + match["time"], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
-        except ValueError as exc:
-            raise RunIdError(f"{text!r} is not a run id: its date/time is invalid ({exc})") from None
+        except ValueError:
+            raise RunIdError(
+                f"{text!r} is not a run id: {match['date']}-{match['time']} is not a valid date and time"
+            ) from None
         return cls(kind=match["kind"], created=created, token=match["token"])
 
     def __str__(self) -> str:

@@ -90,10 +90,16 @@ def _check_against(cls: type, data: Any, *, origin: str, prefix: str) -> None:
 def _check_value(expected: Any, value: Any, *, origin: str, dotted: str) -> None:
     origin_type = typing.get_origin(expected)
     if origin_type in (tuple, list):
-        (item,) = {a for a in typing.get_args(expected) if a is not Ellipsis}
+        args = typing.get_args(expected)
         if not isinstance(value, list):
             raise ConfigError(f"{origin}: key {dotted!r} must be a list, got {value!r}")
-        for element in value:
+        if origin_type is tuple and Ellipsis not in args:
+            if len(value) != len(args):
+                raise ConfigError(f"{origin}: key {dotted!r} must be a list of {len(args)} values, got {value!r}")
+            items = list(args)
+        else:
+            items = [args[0]] * len(value)
+        for item, element in zip(items, value, strict=True):
             _check_value(item, element, origin=origin, dotted=dotted)
         return
     if origin_type in (typing.Union, types.UnionType):

@@ -1,0 +1,142 @@
+"""Connecting to PostgreSQL with one clear line per failure, and DSNs that never show a password."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import psycopg
+from psycopg import conninfo
+
+from lstm_adv.domain.errors import DatabaseError
+
+EMBEDDED_HINT = "is the server running? for the embedded server run `lstm-adv db start`"
+_MIN_TIMEOUT_S = 2  # libpq treats smaller positive values as 2
+
+
+@attrs.frozen
+class Target:
+    """Where a DSN points, for messages: never holds the password."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str
+
+    @property
+    def where(self) -> str:
+        """``host:port``."""
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> Target:
+        """Parse ``dsn`` (URL or ``key=value`` form); libpq's environment defaults fill the gaps."""
+        params = _parse(dsn)
+        user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+        host = (params.get("host") or os.environ.get("PGHOST") or "localhost").split(",")[0]
+        port_text = (params.get("port") or os.environ.get("PGPORT") or "5432").split(",")[0]
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise DatabaseError(f"the DSN's port must be a number, got {port_text!r}") from None
+        dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
+        return cls(host=host, port=port, user=user, dbname=dbname)
+
+
+def connect(dsn: str, *, timeout_s: int = 5, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """Open a connection to ``dsn``, giving up after ``timeout_s`` seconds.
+
+    Raises :class:`DatabaseError` with one line naming host, port, user or database and a hint,
+    never the password.
+    """
+    target = Target.from_dsn(dsn)
+    timeout_s = max(timeout_s, _MIN_TIMEOUT_S)
+    try:
+        return psycopg.connect(dsn, connect_timeout=timeout_s, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(_explain(str(exc), target, timeout_s)) from None
+
+
+def _explain(text: str, target: Target, timeout_s: int) -> str:
+    lowered = text.lower()
+    if "password authentication failed" in lowered:
+        return (
+            f"password authentication failed for user '{target.user}' at {target.where}; "
+            "check the password (PGPASSWORD or ~/.pgpass)"
+        )
+    if "no password supplied" in lowered:
+        return (
+            f"the server at {target.where} asks for a password for user '{target.user}' and none was given; "
+            "set PGPASSWORD or add it to ~/.pgpass"
+        )
+    if re.search(r'database ".*" does not exist', lowered):
+        return f"database '{target.dbname}' does not exist at {target.where}; check the database name in the DSN"
+    if re.search(r'role ".*" does not exist', lowered):
+        return f"user '{target.user}' does not exist at {target.where}; check the user name in the DSN"
+    return (
+        f"cannot connect to PostgreSQL at {target.where} within {timeout_s}s ({_reason(text)}); {EMBEDDED_HINT}"
+    )
+
+
+def _reason(text: str) -> str:
+    """The libpq reason of a failed connection: 'Connection refused', 'timeout expired', ..."""
+    first = text.strip().splitlines()[0] if text.strip() else "no answer"
+    reason = first.rsplit("failed:", 1)[-1].strip()
+    return reason.removeprefix("FATAL:").strip() or "no answer"
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` without its password (URL or ``key=value`` form, as given); safe for logs and manifests."""
+    if "://" in dsn:
+        parts = urllib.parse.urlsplit(dsn)
+        netloc = parts.netloc.rsplit("@", 1)
+        if len(netloc) == 2:
+            netloc[0] = netloc[0].split(":", 1)[0]
+        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
+        return urllib.parse.urlunsplit(parts._replace(netloc="@".join(netloc), query=urllib.parse.urlencode(query)))
+    params = _parse(dsn)
+    params.pop("password", None)
+    return conninfo.make_conninfo(**params)
+
+
+def describe_source(dsn: str) -> str:
+    """The canonical, password-free description of a DSN: ``postgresql://user@host:port/dbname``."""
+    target = Target.from_dsn(dsn)
+    return f"postgresql://{target.user}@{target.where}/{target.dbname}"
+
+
+def check_tables(conn: psycopg.Connection[Any], schema: str, tables: Sequence[str]) -> None:
+    """Raise :class:`DatabaseError` naming ``schema`` or the first tables of ``tables`` that are missing."""
+    where = f"database {conn.info.dbname} at {conn.info.host}:{conn.info.port}"
+    if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone() is None:
+        raise DatabaseError(f"schema '{schema}' does not exist in {where}; load it with `lstm-adv db load-demo`")
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        [schema],
+    ).fetchall()
+    present = {row[0] for row in rows}
+    missing = [f"{schema}.{name}" for name in tables if name not in present]
+    if len(missing) == 1:
+        raise DatabaseError(f"table {missing[0]} is missing in {where}; load it with `lstm-adv db load-demo`")
+    if missing:
+        raise DatabaseError(
+            f"tables {', '.join(missing)} are missing in {where}; load them with `lstm-adv db load-demo`"
+        )
+
+
+def _parse(dsn: str) -> dict[str, str]:
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        # libpq's message may quote part of the DSN, password included: do not repeat it.
+        raise DatabaseError(
+            "the DSN is not a valid PostgreSQL connection string; "
+            "expected e.g. postgresql://user@host:5432/dbname or 'host=... dbname=...'"
+        ) from None
+    return {key: str(value) for key, value in params.items() if value is not None}

@@ -1,0 +1,409 @@
+"""The embedded PostgreSQL server: a private cluster in a project-local folder.
+
+The binaries come from the ``pgserver`` wheel (PostgreSQL 16); this module drives them itself
+(``initdb``, ``pg_ctl``) so that it controls the port, the socket folder and the account. Layout of
+``pg_dir``::
+
+    pg_dir/data/         the cluster (PGDATA)
+    pg_dir/sock/         the unix socket (left out when its path would be too long)
+    pg_dir/server.log    the server's log
+    pg_dir/server.json   host, port, pid and data folder of the last start
+
+PostgreSQL refuses to run as root. Under root the server runs as a dedicated system account
+(``lstm-adv-pg``, created when missing; ``nobody`` if that fails), which owns ``pg_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import socket
+import stat
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from lstm_adv.config import EmbeddedConfig
+from lstm_adv.domain.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+PG_USER = "postgres"
+PG_DATABASE = "postgres"
+SERVICE_ACCOUNT = "lstm-adv-pg"
+FALLBACK_ACCOUNT = "nobody"
+STATE_FILE = "server.json"
+# sun_path holds 108 bytes including the terminating NUL.
+_SOCKET_PATH_MAX = 107
+_SOCKET_NAME_LEN = len("/.s.PGSQL.65535")
+_PORT_RETRIES = 3
+
+_HBA = """\
+# Written by lstm-adv. Trust for the superuser on this machine only; any other role must give its password.
+local   all  all                       trust
+host    all  postgres  127.0.0.1/32    trust
+host    all  postgres  ::1/128         trust
+host    all  all       127.0.0.1/32    scram-sha-256
+host    all  all       ::1/128         scram-sha-256
+"""
+
+
+@attrs.frozen
+class ServerInfo:
+    """A running embedded server."""
+
+    host: str
+    port: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(65535)))
+    pid: int = attrs.field(validator=attrs.validators.ge(1))
+    data_dir: Path
+    socket_dir: Path | None = None
+
+    @property
+    def dsn(self) -> str:
+        """The URL to connect with, e.g. ``postgresql://postgres@127.0.0.1:54321/postgres``."""
+        return f"postgresql://{PG_USER}@{self.host}:{self.port}/{PG_DATABASE}"
+
+
+@attrs.frozen
+class _Account:
+    """The OS account that runs the server (``None`` in fields = the current user)."""
+
+    name: str
+    uid: int | None = None
+    gid: int | None = None
+
+
+def pg_bin_dir() -> Path:
+    """The folder of the PostgreSQL binaries shipped by the ``pgserver`` package."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("the embedded PostgreSQL needs the package pgserver; reinstall lstm-adv")
+    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (bin_dir / "pg_ctl").exists():
+        raise ServerError(f"the PostgreSQL binaries are missing from {bin_dir}; reinstall pgserver")
+    return bin_dir
+
+
+def start_server(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
+    """Start the embedded server in ``pg_dir`` (creating the cluster on first use); reuse a running one.
+
+    ``config.port`` 0 picks a free port; a taken configured port raises :class:`ServerError`.
+    """
+    pg_dir = pg_dir.absolute()
+    running = server_status(pg_dir)
+    if running is not None:
+        if config.port and config.port != running.port:
+            log.warning("the embedded server already runs on port %d; stop it to change the port", running.port)
+        return running
+    account = _server_account(pg_dir / "data")
+    _prepare_folders(pg_dir, account)
+    if not (pg_dir / "data" / "PG_VERSION").exists():
+        _init_cluster(pg_dir, account)
+    info = _start_on_free_port(pg_dir, config, account)
+    _write_state(pg_dir, info)
+    log.info("embedded PostgreSQL running at %s (pid %d)", info.dsn, info.pid)
+    return info
+
+
+def ensure_server(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
+    """The running embedded server of ``pg_dir``, started if needed."""
+    return start_server(pg_dir, config)
+
+
+def server_status(pg_dir: Path) -> ServerInfo | None:
+    """The running server of ``pg_dir``, or ``None`` when none runs (or it does not accept connections)."""
+    data_dir = pg_dir.absolute() / "data"
+    lock = _read_postmaster_pid(data_dir)
+    if lock is None:
+        return None
+    pid, port, socket_dir, ready = lock
+    host = _read_state(pg_dir).get("host", "127.0.0.1")
+    if not (ready and _pid_alive(pid) and _accepts_tcp(str(host), port)):
+        return None
+    return ServerInfo(host=str(host), port=port, pid=pid, data_dir=data_dir, socket_dir=socket_dir)
+
+
+def stop_server(pg_dir: Path, *, timeout_s: int = 60) -> bool:
+    """Stop the server of ``pg_dir``; ``False`` when none was running."""
+    pg_dir = pg_dir.absolute()
+    running = server_status(pg_dir)
+    if running is None:
+        (pg_dir / STATE_FILE).unlink(missing_ok=True)
+        return False
+    account = _server_account(running.data_dir)
+    result = _run(
+        [str(pg_bin_dir() / "pg_ctl"), "stop", "-D", str(running.data_dir), "-m", "fast", "-w", "-t", str(timeout_s)],
+        account,
+        cwd=pg_dir,
+        timeout_s=timeout_s + 10,
+    )
+    if result.returncode != 0:
+        raise ServerError(
+            f"cannot stop the embedded server (pid {running.pid}) in {pg_dir}: {_last_line(result.stderr)}"
+        )
+    (pg_dir / STATE_FILE).unlink(missing_ok=True)
+    log.info("embedded PostgreSQL (pid %d) stopped", running.pid)
+    return True
+
+
+# --- accounts and folders ---------------------------------------------------------------------------
+
+
+def _server_account(data_dir: Path) -> _Account | None:
+    """``None`` (run as ourselves) unless we are root; then the data folder's owner or the service account."""
+    if os.geteuid() != 0:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        owner = data_dir.stat().st_uid
+        if owner != 0:
+            entry = pwd.getpwuid(owner)
+            return _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
+    return _service_account()
+
+
+def _service_account() -> _Account:
+    """The dedicated system account, created when missing; ``nobody`` when it cannot be created."""
+    for attempt in range(2):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(SERVICE_ACCOUNT)
+            return _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
+        if attempt == 0 and _create_service_account():
+            continue
+        break
+    log.warning("cannot create the system account %s; running PostgreSQL as %s", SERVICE_ACCOUNT, FALLBACK_ACCOUNT)
+    entry = pwd.getpwnam(FALLBACK_ACCOUNT)
+    return _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
+
+
+def _create_service_account() -> bool:
+    command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_ACCOUNT]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if result.returncode == 0:
+        log.warning("created the system account %s to run the embedded PostgreSQL (it refuses root)", SERVICE_ACCOUNT)
+    return result.returncode == 0
+
+
+def _prepare_folders(pg_dir: Path, account: _Account | None) -> None:
+    """Create ``pg_dir`` (and its socket folder) owned by the server's account, reachable by it."""
+    try:
+        pg_dir.mkdir(parents=True, exist_ok=True)
+        (pg_dir / "sock").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ServerError(f"cannot create the embedded server's folder {pg_dir}: {exc.strerror}") from None
+    if account is None or account.uid is None or account.gid is None:
+        return
+    for path in (pg_dir, pg_dir / "sock"):
+        os.chown(path, account.uid, account.gid)
+    _make_traversable(pg_dir.parent, account)
+
+
+def _make_traversable(folder: Path, account: _Account) -> None:
+    """Add o+x to each ancestor of ``folder`` that the server account could not pass through."""
+    for path in (folder, *folder.parents):
+        mode = path.stat().st_mode
+        if mode & stat.S_IXOTH or path.stat().st_uid == account.uid:
+            continue
+        path.chmod(mode | stat.S_IXOTH)
+        log.warning("made %s traversable (o+x) so that the account %s can reach its data folder", path, account.name)
+
+
+def _socket_dir(pg_dir: Path) -> Path | None:
+    folder = pg_dir / "sock"
+    if len(os.fsencode(folder)) + _SOCKET_NAME_LEN > _SOCKET_PATH_MAX:
+        log.info("socket folder path %s is too long for a unix socket; the server listens on TCP only", folder)
+        return None
+    return folder
+
+
+# --- the cluster ------------------------------------------------------------------------------------
+
+
+def _init_cluster(pg_dir: Path, account: _Account | None) -> None:
+    """``initdb`` into a temporary folder, then rename: an interrupted init leaves no half cluster."""
+    staging = pg_dir / "data.initdb"
+    _remove_tree(staging)
+    command = [
+        str(pg_bin_dir() / "initdb"), "-D", str(staging), "-U", PG_USER, "-A", "trust", "-E", "UTF8",
+        "--locale=C", "--no-sync", "--no-instructions",
+    ]  # fmt: skip
+    result = _run(command, account, cwd=pg_dir, timeout_s=120)
+    if result.returncode != 0:
+        _remove_tree(staging)
+        raise ServerError(f"cannot create the embedded database cluster in {pg_dir}: {_last_line(result.stderr)}")
+    (staging / "pg_hba.conf").write_text(_HBA, encoding="utf-8")
+    with (staging / "postgresql.conf").open("a", encoding="utf-8") as conf:
+        conf.write("\n# Settings written by lstm-adv at each start.\ninclude_if_exists = 'lstm_adv.conf'\n")
+    staging.rename(pg_dir / "data")
+    log.info("created the embedded database cluster in %s", pg_dir / "data")
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def _write_settings(data_dir: Path, host: str, port: int, socket_dir: Path | None, account: _Account | None) -> None:
+    lines = {
+        "listen_addresses": host,
+        "port": str(port),
+        "unix_socket_directories": str(socket_dir) if socket_dir else "",
+        "synchronous_commit": "off",
+        "maintenance_work_mem": "256MB",
+        "max_wal_size": "2GB",
+        "TimeZone": "UTC",
+    }
+    text = "".join(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'\n" for key, value in lines.items())
+    path = data_dir / "lstm_adv.conf"
+    path.write_text(text, encoding="utf-8")
+    if account is not None and account.uid is not None and account.gid is not None:
+        os.chown(path, account.uid, account.gid)
+
+
+def _start_on_free_port(pg_dir: Path, config: EmbeddedConfig, account: _Account | None) -> ServerInfo:
+    """Start the server; with ``config.port`` 0, retry on another free port if one is taken meanwhile."""
+    for attempt in range(_PORT_RETRIES):
+        port = _choose_port(config)
+        _write_settings(pg_dir / "data", config.host, port, _socket_dir(pg_dir), account)
+        info = _pg_ctl_start(pg_dir, config, account)
+        if info is not None:
+            return info
+        if config.port or attempt == _PORT_RETRIES - 1 or not _log_says_port_taken(pg_dir):
+            break
+    raise ServerError(
+        f"the embedded PostgreSQL server in {pg_dir} did not start within {config.start_timeout_s}s: "
+        f"{_last_log_line(pg_dir)}; see {pg_dir / 'server.log'}"
+    )
+
+
+def _pg_ctl_start(pg_dir: Path, config: EmbeddedConfig, account: _Account | None) -> ServerInfo | None:
+    command = [
+        str(pg_bin_dir() / "pg_ctl"), "start", "-D", str(pg_dir / "data"), "-l", str(pg_dir / "server.log"),
+        "-w", "-t", str(config.start_timeout_s),
+    ]  # fmt: skip
+    try:
+        _run(command, account, cwd=pg_dir, timeout_s=config.start_timeout_s + 15)
+    except subprocess.TimeoutExpired:
+        return None
+    return server_status(pg_dir)
+
+
+def _choose_port(config: EmbeddedConfig) -> int:
+    """``config.port`` if free (else :class:`ServerError`), or a free port when it is 0."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((config.host, config.port))
+            return int(probe.getsockname()[1])
+    except OSError:
+        if config.port == 0:
+            raise ServerError(f"cannot find a free TCP port on {config.host} for the embedded server") from None
+        raise ServerError(
+            f"port {config.port} on {config.host} is already in use; "
+            "choose another with --port or set embedded.port = 0"
+        ) from None
+
+
+def _log_says_port_taken(pg_dir: Path) -> bool:
+    return "Address already in use" in _read_log_tail(pg_dir)
+
+
+def _last_log_line(pg_dir: Path) -> str:
+    lines = [line for line in _read_log_tail(pg_dir).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no log output"
+
+
+def _read_log_tail(pg_dir: Path) -> str:
+    try:
+        with (pg_dir / "server.log").open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+# --- state ------------------------------------------------------------------------------------------
+
+
+def _read_postmaster_pid(data_dir: Path) -> tuple[int, int, Path | None, bool] | None:
+    """(pid, port, socket folder, ready) from the server's lock file ``postmaster.pid``."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text(encoding="utf-8").splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    socket_dir = Path(lines[4]) if len(lines) > 4 and lines[4].strip() else None
+    ready = len(lines) > 7 and lines[7].strip() == "ready"
+    return pid, port, socket_dir, ready
+
+
+def _read_state(pg_dir: Path) -> dict[str, object]:
+    try:
+        state = json.loads((pg_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_state(pg_dir: Path, info: ServerInfo) -> None:
+    state = {"host": info.host, "port": info.port, "pid": info.pid, "data_dir": str(info.data_dir), "dsn": info.dsn}
+    temporary = pg_dir / f"{STATE_FILE}.tmp"
+    temporary.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(pg_dir / STATE_FILE)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _accepts_tcp(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+# --- processes --------------------------------------------------------------------------------------
+
+
+def _run(
+    command: Sequence[str], account: _Account | None, *, cwd: Path, timeout_s: int
+) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL tool, as ``account`` when given, with a clean ``PG*``-free environment."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    env["LC_ALL"] = "C"
+    identity: dict[str, object] = {}
+    if account is not None:
+        identity = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        env["HOME"] = str(cwd)
+    log.debug("running %s", " ".join(command))
+    try:
+        return subprocess.run(
+            list(command), cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=timeout_s, check=False, start_new_session=True, **identity,  # type: ignore[arg-type]
+        )  # fmt: skip
+    except OSError as exc:
+        raise ServerError(f"cannot run {Path(command[0]).name}: {exc.strerror}") from None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"

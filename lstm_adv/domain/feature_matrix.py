@@ -1,0 +1,273 @@
+"""The model input: hourly, filled and scaled measurements of every kept admission, with its split.
+
+A :class:`FeatureMatrix` holds ``values`` of shape (N, 48, 19) in [0, 1], the labels, the ids of each
+sample, the train / validation / test split and the cross-validation fold of each sample, and the
+:class:`ScalingStats` that map scaled values back to clinical units.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from lstm_adv.domain.errors import DataError, ValidationError
+from lstm_adv.domain.features import N_FEATURES
+
+SPLITS = ("train", "validation", "test")
+WINDOW_HOURS = 48
+TEST_FOLD = -1
+
+_array_eq = attrs.cmp_using(eq=np.array_equal)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value)
+
+
+def _check_names(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    owner = type(instance).__name__
+    if len(value) != N_FEATURES:
+        raise ValidationError(f"{owner}.{attribute.name} must name {N_FEATURES} features, got {len(value)}")
+    if len(set(value)) != len(value):
+        raise ValidationError(f"{owner}.{attribute.name} must be unique, got {', '.join(value)}")
+
+
+def _check_stat(instance: ScalingStats, attribute: attrs.Attribute[Any], value: npt.NDArray[np.float64]) -> None:
+    if value.shape != (N_FEATURES,):
+        raise ValidationError(f"ScalingStats.{attribute.name} must have shape ({N_FEATURES},), got {value.shape}")
+    if not np.isfinite(value).all():
+        raise ValidationError(f"ScalingStats.{attribute.name} must be finite, got {value.tolist()}")
+
+
+def _float64(value: Any) -> npt.NDArray[np.float64]:
+    return np.asarray(value, dtype=np.float64)
+
+
+@attrs.frozen
+class ScalingStats:
+    """Training-split statistics per feature, in clinical units. Shape of each array: (19,).
+
+    ``p5`` and ``p95`` bound the winsorization and define the scale; ``median`` fills series never
+    measured in (or before) the window.
+    """
+
+    feature_names: tuple[str, ...] = attrs.field(converter=_names, validator=_check_names)
+    p5: npt.NDArray[np.float64] = attrs.field(converter=_float64, validator=_check_stat, eq=_array_eq)
+    p95: npt.NDArray[np.float64] = attrs.field(converter=_float64, validator=_check_stat, eq=_array_eq)
+    median: npt.NDArray[np.float64] = attrs.field(converter=_float64, validator=_check_stat, eq=_array_eq)
+
+    def __attrs_post_init__(self) -> None:
+        bad = np.flatnonzero(self.p95 < self.p5)
+        if bad.size:
+            name = self.feature_names[int(bad[0])]
+            raise ValidationError(f"ScalingStats.p95 must be >= p5, got p5 > p95 for feature {name!r}")
+
+    @property
+    def span(self) -> npt.NDArray[np.float64]:
+        """``p95 - p5`` per feature: one scaled unit in clinical units. Shape: (19,)."""
+        return self.p95 - self.p5
+
+    def to_clinical(self, delta: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """A change in scaled units as a change in clinical units: ``delta * (p95 - p5)``. Shape: (..., 19)."""
+        return np.asarray(delta, dtype=np.float64) * self.span
+
+    def scale(self, clinical: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Winsorize at p5/p95 and map to [0, 1]; a constant feature (p95 == p5) maps to 0. Shape: (..., 19)."""
+        span = np.where(self.span > 0, self.span, 1.0)
+        clipped = np.clip(np.asarray(clinical, dtype=np.float64), self.p5, self.p95)
+        result: npt.NDArray[np.float64] = np.clip((clipped - self.p5) / span, 0.0, 1.0)
+        return result
+
+
+def _check_values(instance: FeatureMatrix, attribute: attrs.Attribute[Any], value: npt.NDArray[Any]) -> None:
+    if value.ndim != 3 or value.shape[1:] != (WINDOW_HOURS, N_FEATURES):
+        raise ValidationError(
+            f"FeatureMatrix.values must have shape (N, {WINDOW_HOURS}, {N_FEATURES}), got {value.shape}"
+        )
+    if value.dtype != np.float32:
+        raise ValidationError(f"FeatureMatrix.values must be float32, got {value.dtype}")
+    if not np.isfinite(value).all():
+        raise ValidationError("FeatureMatrix.values must be finite, got NaN or infinite entries")
+    if value.size and (value.min() < 0.0 or value.max() > 1.0):
+        raise ValidationError(
+            f"FeatureMatrix.values must lie in [0, 1], got range [{value.min()}, {value.max()}]"
+        )
+
+
+def _check_vector(dtype: type[np.generic]) -> Any:
+    def check(instance: FeatureMatrix, attribute: attrs.Attribute[Any], value: npt.NDArray[Any]) -> None:
+        if value.ndim != 1:
+            raise ValidationError(f"FeatureMatrix.{attribute.name} must have shape (N,), got {value.shape}")
+        if value.dtype != dtype:
+            raise ValidationError(f"FeatureMatrix.{attribute.name} must be {np.dtype(dtype)}, got {value.dtype}")
+
+    return check
+
+
+def _int_array(dtype: type[np.generic]) -> Any:
+    def convert(value: Any) -> npt.NDArray[Any]:
+        array = np.asarray(value)
+        if array.dtype.kind in "iub":
+            return array.astype(dtype, copy=False)
+        return array  # left as is: the validator reports the wrong dtype
+
+    return convert
+
+
+@attrs.frozen
+class FeatureMatrix:
+    """Scaled hourly inputs with labels, ids, splits and folds. Shape: values (N, 48, 19), the rest (N,).
+
+    ``split`` codes index :data:`SPLITS` (0 train, 1 validation, 2 test); ``fold`` is the
+    cross-validation fold in [0, K) of train and validation samples and -1 for test samples.
+    """
+
+    values: npt.NDArray[np.float32] = attrs.field(validator=_check_values, eq=_array_eq)
+    labels: npt.NDArray[np.int64] = attrs.field(
+        converter=_int_array(np.int64), validator=_check_vector(np.int64), eq=_array_eq
+    )
+    subject_ids: npt.NDArray[np.int64] = attrs.field(
+        converter=_int_array(np.int64), validator=_check_vector(np.int64), eq=_array_eq
+    )
+    hadm_ids: npt.NDArray[np.int64] = attrs.field(
+        converter=_int_array(np.int64), validator=_check_vector(np.int64), eq=_array_eq
+    )
+    icustay_ids: npt.NDArray[np.int64] = attrs.field(
+        converter=_int_array(np.int64), validator=_check_vector(np.int64), eq=_array_eq
+    )
+    feature_names: tuple[str, ...] = attrs.field(converter=_names, validator=_check_names)
+    split: npt.NDArray[np.int8] = attrs.field(
+        converter=_int_array(np.int8), validator=_check_vector(np.int8), eq=_array_eq
+    )
+    fold: npt.NDArray[np.int8] = attrs.field(
+        converter=_int_array(np.int8), validator=_check_vector(np.int8), eq=_array_eq
+    )
+    scaling: ScalingStats = attrs.field(validator=attrs.validators.instance_of(ScalingStats))
+
+    def __attrs_post_init__(self) -> None:
+        n = self.values.shape[0]
+        for name in ("labels", "subject_ids", "hadm_ids", "icustay_ids", "split", "fold"):
+            length = getattr(self, name).shape[0]
+            if length != n:
+                raise ValidationError(f"FeatureMatrix.{name} must have length N={n} (rows of values), got {length}")
+        self._check_codes()
+        if self.scaling.feature_names != self.feature_names:
+            raise ValidationError("FeatureMatrix.scaling.feature_names must equal FeatureMatrix.feature_names")
+        if np.unique(self.hadm_ids).size != n:
+            raise ValidationError("FeatureMatrix.hadm_ids must be unique: one sample per admission")
+
+    def _check_codes(self) -> None:
+        if not np.isin(self.labels, (0, 1)).all():
+            raise ValidationError(f"FeatureMatrix.labels must be 0 or 1, got {sorted(set(self.labels.tolist()))}")
+        if not np.isin(self.split, (0, 1, 2)).all():
+            codes = sorted(set(self.split.tolist()))
+            raise ValidationError(f"FeatureMatrix.split codes must be 0, 1 or 2, got {codes}")
+        is_test = self.split == 2
+        if (self.fold[is_test] != TEST_FOLD).any() or (self.fold[~is_test] < 0).any():
+            raise ValidationError("FeatureMatrix.fold must be -1 exactly for test samples and >= 0 otherwise")
+        present = np.unique(self.fold[~is_test])
+        if not np.array_equal(present, np.arange(present.size)):
+            raise ValidationError(f"FeatureMatrix.fold must use every fold 0..K-1, got {present.tolist()}")
+        subjects = [np.unique(self.subject_ids[self.split == code]) for code in range(3)]
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            shared = np.intersect1d(subjects[a], subjects[b])
+            if shared.size:
+                raise ValidationError(
+                    f"FeatureMatrix: subject {int(shared[0])} is in both {SPLITS[a]} and {SPLITS[b]}; "
+                    "splits must be disjoint by subject"
+                )
+
+    @property
+    def n_samples(self) -> int:
+        """N, the number of samples."""
+        return int(self.values.shape[0])
+
+    @property
+    def n_folds(self) -> int:
+        """K, the number of cross-validation folds over train and validation."""
+        folds = self.fold[self.fold >= 0]
+        return int(folds.max()) + 1 if folds.size else 0
+
+    def split_mask(self, name: str) -> npt.NDArray[np.bool_]:
+        """Which samples belong to split ``name`` (train, validation or test). Shape: (N,)."""
+        if name not in SPLITS:
+            raise ValidationError(f"unknown split {name!r}; splits: {', '.join(SPLITS)}")
+        mask: npt.NDArray[np.bool_] = self.split == SPLITS.index(name)
+        return mask
+
+    def indices(self, name: str) -> npt.NDArray[np.int64]:
+        """Row indices of split ``name``, ascending. Shape: (n,)."""
+        return np.flatnonzero(self.split_mask(name)).astype(np.int64)
+
+    def subset(self, indices: npt.ArrayLike) -> FeatureMatrix:
+        """The samples at ``indices`` (same scaling; folds kept as they are)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        fold = self.fold[idx]
+        kept = np.unique(fold[fold >= 0])
+        # renumber folds so the subset still uses 0..K'-1 without gaps
+        fold = np.where(fold >= 0, np.searchsorted(kept, fold), TEST_FOLD).astype(np.int8)
+        return attrs.evolve(
+            self,
+            values=self.values[idx],
+            labels=self.labels[idx],
+            subject_ids=self.subject_ids[idx],
+            hadm_ids=self.hadm_ids[idx],
+            icustay_ids=self.icustay_ids[idx],
+            split=self.split[idx],
+            fold=fold,
+        )
+
+    def to_npz(self, path: Path) -> None:
+        """Write the stored form (an uncompressed ``.npz`` without pickled objects)."""
+        with Path(path).open("wb") as handle:
+            np.savez(
+                handle,
+                values=self.values,
+                labels=self.labels,
+                subject_ids=self.subject_ids,
+                hadm_ids=self.hadm_ids,
+                icustay_ids=self.icustay_ids,
+                feature_names=np.array(self.feature_names, dtype=str),
+                split=self.split,
+                fold=self.fold,
+                scaling_p5=self.scaling.p5,
+                scaling_p95=self.scaling.p95,
+                scaling_median=self.scaling.median,
+            )
+
+    @classmethod
+    def from_npz(cls, path: Path) -> FeatureMatrix:
+        """Read the stored form written by :meth:`to_npz`; a damaged file is a :class:`DataError`."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"feature matrix file {path} cannot be read: {exc}") from None
+        missing = sorted(set(_NPZ_KEYS) - set(arrays))
+        if missing:
+            raise DataError(f"feature matrix file {path} lacks array(s) {', '.join(missing)}; rebuild it")
+        names = tuple(arrays["feature_names"].tolist())
+        scaling = ScalingStats(
+            feature_names=names, p5=arrays["scaling_p5"], p95=arrays["scaling_p95"], median=arrays["scaling_median"]
+        )
+        return cls(
+            values=arrays["values"],
+            labels=arrays["labels"],
+            subject_ids=arrays["subject_ids"],
+            hadm_ids=arrays["hadm_ids"],
+            icustay_ids=arrays["icustay_ids"],
+            feature_names=names,
+            split=arrays["split"],
+            fold=arrays["fold"],
+            scaling=scaling,
+        )
+
+
+_NPZ_KEYS = (
+    "values", "labels", "subject_ids", "hadm_ids", "icustay_ids", "feature_names", "split", "fold",
+    "scaling_p5", "scaling_p95", "scaling_median",
+)  # fmt: skip

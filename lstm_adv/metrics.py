@@ -1,0 +1,262 @@
+"""Binary classification metrics with percentile-bootstrap intervals, vectorized over resamples.
+
+Every metric is computed from per-sample weights ``W`` of shape (B, n): a row of ones is the point
+estimate, a row of bootstrap counts is one resample. That gives one code path for both, and lets
+all B resamples be scored at once with array operations instead of a Python loop over replicates.
+Definitions follow scikit-learn: AUROC counts ties as one half; AUPRC is average precision
+(Σ (Rₖ − Rₖ₋₁) Pₖ over distinct thresholds); precision/recall/F1 use "predict 1 when p ≥ threshold"
+and are 0 when undefined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+from numpy.typing import NDArray
+
+from lstm_adv.domain.errors import DataError
+
+FloatArray = NDArray[np.float64]
+_CHUNK_CELLS = 4_000_000  # bounds the (resamples × samples) matrices held at once
+
+
+@attrs.frozen
+class Interval:
+    """A point estimate with its bootstrap percentile interval (``low``/``high`` are NaN when undefined)."""
+
+    value: float
+    low: float
+    high: float
+
+
+@attrs.frozen
+class CalibrationCurve:
+    """Reliability diagram over uniform probability bins; empty bins are left out."""
+
+    bin_low: tuple[float, ...]
+    bin_high: tuple[float, ...]
+    mean_predicted: tuple[float, ...]
+    fraction_positive: tuple[float, ...]
+    count: tuple[int, ...]
+
+
+@attrs.frozen
+class Evaluation:
+    """Everything reported for one split: ranking, threshold and calibration metrics."""
+
+    n: int
+    n_positive: int
+    prevalence: float
+    threshold: float
+    auroc: Interval
+    auprc: Interval
+    f1: Interval
+    precision: Interval
+    recall: Interval
+    brier: Interval
+    confusion_matrix: tuple[tuple[int, int], tuple[int, int]]
+    calibration: CalibrationCurve
+    bootstrap_samples: int
+    confidence: float
+
+
+def check_binary(y_true: NDArray[Any], scores: NDArray[Any], *, what: str) -> tuple[NDArray[np.int64], FloatArray]:
+    """Validated copies of labels (0/1) and finite scores of equal length, with both classes present."""
+    y = np.asarray(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.shape != y.shape:
+        raise DataError(f"{what}: labels and scores must be 1-D of equal length; got {y.shape} and {s.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise DataError(f"{what}: labels must be 0 or 1; got values {np.unique(y)[:5].tolist()}")
+    if not np.isfinite(s).all():
+        raise DataError(f"{what}: scores must be finite")
+    counts = np.bincount(y.astype(np.int64), minlength=2)
+    if counts.min() == 0:
+        raise DataError(f"{what}: needs both classes; got {counts[0]} negatives and {counts[1]} positives")
+    return y.astype(np.int64), s
+
+
+def auroc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
+    """Area under the ROC curve (ties count one half)."""
+    y, s = check_binary(y_true, scores, what="auroc")
+    return float(_auroc(s, y, np.ones((1, y.size)))[0])
+
+
+def auprc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
+    """Average precision, as ``sklearn.metrics.average_precision_score``."""
+    y, s = check_binary(y_true, scores, what="auprc")
+    return float(_auprc(s, y, np.ones((1, y.size)))[0])
+
+
+def brier(y_true: NDArray[Any], probabilities: NDArray[Any]) -> float:
+    """Mean squared difference between the probability of class 1 and the label."""
+    y, p = check_binary(y_true, probabilities, what="brier")
+    return float(_brier(p, y, np.ones((1, y.size)))[0])
+
+
+def threshold_counts(y_true: NDArray[Any], scores: NDArray[Any], threshold: float) -> dict[str, float]:
+    """Precision, recall and F1 of "positive when score ≥ threshold"."""
+    y, s = check_binary(y_true, scores, what="threshold_counts")
+    stats = _threshold_stats(s, y, np.ones((1, y.size)), threshold)
+    return {name: float(values[0]) for name, values in stats.items()}
+
+
+def confusion_matrix(y_true: NDArray[Any], scores: NDArray[Any], threshold: float) -> tuple[
+    tuple[int, int], tuple[int, int]
+]:
+    """``((tn, fp), (fn, tp))``: rows are true classes, columns predicted ones (scikit-learn's layout)."""
+    y = np.asarray(y_true).astype(np.int64)
+    predicted = (np.asarray(scores) >= threshold).astype(np.int64)
+    counts = np.bincount(2 * y + predicted, minlength=4)
+    return (int(counts[0]), int(counts[1])), (int(counts[2]), int(counts[3]))
+
+
+def calibration_curve(y_true: NDArray[Any], probabilities: NDArray[Any], *, n_bins: int) -> CalibrationCurve:
+    """Observed frequency of class 1 per uniform probability bin ([0, 1/n], (1/n, 2/n], …), as scikit-learn bins."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.searchsorted(edges[1:-1], p)
+    count = np.bincount(bins, minlength=n_bins)
+    keep = count > 0
+    mean_p = np.bincount(bins, weights=p, minlength=n_bins)[keep] / count[keep]
+    frac = np.bincount(bins, weights=y, minlength=n_bins)[keep] / count[keep]
+    return CalibrationCurve(
+        bin_low=tuple(edges[:-1][keep].tolist()),
+        bin_high=tuple(edges[1:][keep].tolist()),
+        mean_predicted=tuple(mean_p.tolist()),
+        fraction_positive=tuple(frac.tolist()),
+        count=tuple(int(c) for c in count[keep]),
+    )
+
+
+def choose_threshold(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
+    """The score threshold maximizing F1 of "positive when score ≥ threshold" (the highest one among ties)."""
+    y, s = check_binary(y_true, scores, what="choose_threshold")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    # the last index of each run of equal scores: a threshold includes every sample at that score
+    last = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])
+    tp = np.cumsum(y_sorted)[last]
+    fp = (last + 1) - tp
+    f1 = 2 * tp / (2 * tp + fp + (y.sum() - tp))
+    return float(s_sorted[last[int(np.argmax(f1))]])
+
+
+def evaluate_predictions(
+    y_true: NDArray[Any],
+    probabilities: NDArray[Any],
+    *,
+    threshold: float,
+    bootstrap_samples: int,
+    confidence: float,
+    calibration_bins: int,
+    seed: int,
+) -> Evaluation:
+    """All test metrics of SPEC §4 with percentile-bootstrap intervals (samples resampled with replacement).
+
+    ``probabilities`` are P(class 1), at the split's natural prevalence — never resampled data.
+    """
+    y, p = check_binary(y_true, probabilities, what="evaluate_predictions")
+    point = _all_metrics(p, y, np.ones((1, y.size)), threshold)
+    boot = _bootstrap(p, y, threshold, bootstrap_samples, seed)
+    tail = 50.0 * (1.0 - confidence)
+    intervals = {}
+    for name, value in point.items():
+        low, high = _percentiles(boot[name], tail)
+        intervals[name] = Interval(value=float(value[0]), low=low, high=high)
+    return Evaluation(
+        n=int(y.size),
+        n_positive=int(y.sum()),
+        prevalence=float(y.mean()),
+        threshold=float(threshold),
+        confusion_matrix=confusion_matrix(y, p, threshold),
+        calibration=calibration_curve(y, p, n_bins=calibration_bins),
+        bootstrap_samples=bootstrap_samples,
+        confidence=confidence,
+        **intervals,
+    )
+
+
+def _percentiles(values: FloatArray, tail: float) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _bootstrap(p: FloatArray, y: NDArray[np.int64], threshold: float, samples: int, seed: int) -> dict[str, FloatArray]:
+    rng = np.random.default_rng(seed)
+    n = y.size
+    chunk = max(1, _CHUNK_CELLS // max(n, 1))
+    parts: list[dict[str, FloatArray]] = []
+    for start in range(0, samples, chunk):
+        rows = min(chunk, samples - start)
+        draws = rng.integers(0, n, size=(rows, n)) + (np.arange(rows) * n)[:, None]
+        weights = np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+        parts.append(_all_metrics(p, y, weights, threshold))
+    if not parts:
+        return {name: np.empty(0) for name in ("auroc", "auprc", "f1", "precision", "recall", "brier")}
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _all_metrics(p: FloatArray, y: NDArray[np.int64], weights: FloatArray, threshold: float) -> dict[str, FloatArray]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "auroc": _auroc(p, y, weights),
+            "auprc": _auprc(p, y, weights),
+            **_threshold_stats(p, y, weights, threshold),
+            "brier": _brier(p, y, weights),
+        }
+
+
+def _grouped(s: FloatArray, y: NDArray[np.int64], weights: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Weighted positives and negatives per distinct score, ascending. Shapes: (B, U) each."""
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    w = weights[:, order]
+    positive = y[order].astype(np.float64)
+    pos = np.add.reduceat(w * positive, starts, axis=1)
+    neg = np.add.reduceat(w * (1.0 - positive), starts, axis=1)
+    return pos, neg
+
+
+def _auroc(s: FloatArray, y: NDArray[np.int64], weights: FloatArray) -> FloatArray:
+    pos, neg = _grouped(s, y, weights)
+    below = np.cumsum(neg, axis=1) - neg
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result: FloatArray = (pos * (below + 0.5 * neg)).sum(axis=1) / pairs
+    return result
+
+
+def _auprc(s: FloatArray, y: NDArray[np.int64], weights: FloatArray) -> FloatArray:
+    pos, neg = _grouped(s, y, weights)
+    pos, neg = pos[:, ::-1], neg[:, ::-1]  # descending thresholds
+    tp = np.cumsum(pos, axis=1)
+    predicted = tp + np.cumsum(neg, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1.0), 0.0)
+        result: FloatArray = (precision * pos).sum(axis=1) / pos.sum(axis=1)
+    return result
+
+
+def _threshold_stats(s: FloatArray, y: NDArray[np.int64], weights: FloatArray, threshold: float) -> dict[
+    str, FloatArray
+]:
+    predicted = s >= threshold
+    tp = weights @ (predicted & (y == 1)).astype(np.float64)
+    fp = weights @ (predicted & (y == 0)).astype(np.float64)
+    fn = weights @ (~predicted & (y == 1)).astype(np.float64)
+    safe: Callable[[FloatArray, FloatArray], FloatArray] = lambda a, b: np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
+    return {"f1": safe(2 * tp, 2 * tp + fp + fn), "precision": safe(tp, tp + fp), "recall": safe(tp, tp + fn)}
+
+
+def _brier(p: FloatArray, y: NDArray[np.int64], weights: FloatArray) -> FloatArray:
+    result: FloatArray = weights @ (p - y) ** 2 / weights.sum(axis=1)
+    return result

@@ -1,0 +1,512 @@
+"""Preprocess stage: a query run's long-format measurements become a :class:`FeatureMatrix` run.
+
+Steps (SPEC §3.3), all vectorized over measurement rows (no Python loop over admissions or rows):
+
+1. **Hourly bins.** Hour ``k`` of an admission holds the mean of its measurements in
+   ``[window_start + k h, window_start + (k + 1) h)``, ``k = 0 … 47``; ``window_start`` is the earliest
+   ICU intime of the admission. Measurements at or after the window end are ignored, whatever the
+   query exported. Bins ``-lookback_hours … -1`` (before the window) are only used to fill the start.
+2. **Window rule.** An admission is kept iff it has at least one measurement (of any feature) in an
+   hour bin ``<= first_hour_max`` *and* at least one in an hour bin ``>= last_hour_min`` (defaults 3
+   and 46: measured within the first 4 hours and within the last 2 hours of the 48 h window).
+   The rules are applied in order and each one's drops are counted: no measurement in the window;
+   first measurement after ``first_hour_max``; last measurement before ``last_hour_min``.
+3. **Splits.** Patients (``subject_id``) are split train / validation / test, stratified by the
+   patient's label (the max over their samples), seeded; K folds over train + validation patients,
+   also stratified (round robin over patients sorted by label and a seeded key).
+4. **Statistics** come from the training split only, over the observed hourly bin means in the
+   window (clinical units): per feature p5, median and p95.
+5. **Fill** each (sample, feature) series along time, never looking past the window: linear
+   interpolation between observed bins; carry the last observed bin forward to the end; before the
+   first observed bin use the last pre-window bin if there is one, else the first observed bin; a
+   series with no observation in the window uses the last pre-window bin, else the training median.
+6. **Scale.** Winsorize at p5/p95 and map ``(x - p5) / (p95 - p5)`` to [0, 1] (0 when p95 == p5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow.parquet as pq
+
+from lstm_adv.config import Config, PreprocessConfig
+from lstm_adv.domain.errors import ConfigError, DataError
+from lstm_adv.domain.feature_matrix import SPLITS, WINDOW_HOURS, FeatureMatrix, ScalingStats
+from lstm_adv.domain.features import FeatureSpec
+from lstm_adv.resources import load_feature_spec
+from lstm_adv.results.config_file import config_as_dict
+from lstm_adv.results.store import Run, RunStore
+
+log = logging.getLogger(__name__)
+
+MEASUREMENT_TABLES = ("vitals", "labs", "bloodgas")
+ADMISSION_COLUMNS = {"subject_id": "int", "hadm_id": "int", "window_start": "datetime",
+                     "first_icustay_id": "int", "label": "int"}  # fmt: skip
+MEASUREMENT_COLUMNS = {"hadm_id": "int", "charttime": "datetime", "feature": "str", "value": "float"}
+HOUR_NS = 3_600_000_000_000
+_KIND_NAMES = {"int": "integers", "datetime": "timestamps", "str": "feature names", "float": "numbers"}
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+@attrs.frozen(eq=False)
+class Measurements:
+    """Long-format measurements as arrays. Shape of each: (M,)."""
+
+    hadm_id: I64
+    time_ns: I64
+    feature: npt.NDArray[np.int8]
+    value: F64
+
+
+@attrs.frozen(eq=False)
+class QueryTables:
+    """A query run's admissions and measurements, validated. Admissions are sorted by ``hadm_id``."""
+
+    admissions: pd.DataFrame
+    measurements: Measurements
+    rows_per_table: dict[str, int]
+    origin: str
+
+    @classmethod
+    def from_frames(
+        cls, admissions: pd.DataFrame, tables: Mapping[str, pd.DataFrame], spec: FeatureSpec, *, origin: str
+    ) -> QueryTables:
+        """Validate DataFrames in the query-run format (see ``lstm_adv.query``) and combine the measurements."""
+        _check_columns(admissions, ADMISSION_COLUMNS, origin=origin, table="admissions")
+        if len(admissions) == 0:
+            raise DataError(
+                f"{origin}: the cohort is empty (admissions.parquet has no rows); nothing to preprocess — "
+                "check the query's inclusion rules and source data"
+            )
+        if admissions["hadm_id"].duplicated().any():
+            raise DataError(f"{origin}: admissions.parquet has repeated hadm_id values; expected one row per admission")
+        if not admissions["label"].isin((0, 1)).all():
+            raise DataError(f"{origin}: admissions.parquet column 'label' must be 0 or 1")
+        parts = []
+        for name in MEASUREMENT_TABLES:
+            if name not in tables:
+                raise DataError(f"{origin} has no table {name!r}; re-run `lstm-adv query`")
+            _check_columns(tables[name], MEASUREMENT_COLUMNS, origin=origin, table=name)
+            parts.append(_to_arrays(tables[name], spec, origin=origin, table=name))
+        measurements = Measurements(*(np.concatenate([getattr(p, f.name) for p in parts])
+                                      for f in attrs.fields(Measurements)))  # fmt: skip
+        return cls(
+            admissions=admissions.sort_values("hadm_id", kind="stable").reset_index(drop=True),
+            measurements=measurements,
+            rows_per_table={name: len(tables[name]) for name in MEASUREMENT_TABLES},
+            origin=origin,
+        )
+
+    @classmethod
+    def from_run(cls, run: Run, spec: FeatureSpec) -> QueryTables:
+        """Read and validate the parquet files of a query run."""
+        origin = f"query run {run.id}"
+        admissions = _read_parquet(run, "admissions", ADMISSION_COLUMNS, origin=origin, dictionary=False)
+        tables = {name: _read_parquet(run, name, MEASUREMENT_COLUMNS, origin=origin, dictionary=True)
+                  for name in MEASUREMENT_TABLES}  # fmt: skip
+        return cls.from_frames(admissions, tables, spec, origin=origin)
+
+
+def _read_parquet(run: Run, table: str, columns: Mapping[str, str], *, origin: str, dictionary: bool) -> pd.DataFrame:
+    path = run.file(f"{table}.parquet")
+    try:
+        present = set(pq.read_schema(path).names)
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise DataError(_missing_column(origin, table, missing[0], columns))
+        read_dictionary = ["feature"] if dictionary else None
+        frame: pd.DataFrame = pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary).to_pandas()
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{origin}: {table}.parquet cannot be read: {exc}") from None
+    return frame
+
+
+def _missing_column(origin: str, table: str, column: str, columns: Mapping[str, str]) -> str:
+    return f"{origin}: {table}.parquet has no column {column!r}; expected columns: {', '.join(columns)}"
+
+
+def _check_columns(frame: pd.DataFrame, columns: Mapping[str, str], *, origin: str, table: str) -> None:
+    for column, kind in columns.items():
+        if column not in frame.columns:
+            raise DataError(_missing_column(origin, table, column, columns))
+        series = frame[column]
+        if not _has_kind(series, kind):
+            raise DataError(
+                f"{origin}: {table}.parquet column {column!r} must hold {_KIND_NAMES[kind]}, got dtype {series.dtype}"
+            )
+        missing = int(series.isna().sum())
+        if missing:
+            raise DataError(f"{origin}: {table}.parquet column {column!r} has {missing} missing value(s)")
+    if "value" in columns:
+        bad = int((~np.isfinite(frame["value"].to_numpy(dtype=np.float64))).sum())
+        if bad:
+            raise DataError(f"{origin}: {table}.parquet column 'value' has {bad} infinite value(s)")
+
+
+def _has_kind(series: pd.Series[Any], kind: str) -> bool:
+    dtype = series.dtype
+    if kind == "int":
+        return pd.api.types.is_integer_dtype(dtype)
+    if kind == "float":
+        return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+    if kind == "datetime":
+        return pd.api.types.is_datetime64_any_dtype(dtype)
+    return isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype)
+
+
+def _to_arrays(frame: pd.DataFrame, spec: FeatureSpec, *, origin: str, table: str) -> Measurements:
+    return Measurements(
+        hadm_id=frame["hadm_id"].to_numpy(dtype=np.int64),
+        time_ns=_nanoseconds(frame["charttime"]),
+        feature=_feature_codes(frame["feature"], spec, origin=origin, table=table),
+        value=frame["value"].to_numpy(dtype=np.float64),
+    )
+
+
+def _nanoseconds(series: pd.Series[Any]) -> I64:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        series = series.dt.tz_convert(None)
+    return series.to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+def _feature_codes(series: pd.Series[Any], spec: FeatureSpec, *, origin: str, table: str) -> npt.NDArray[np.int8]:
+    names = list(spec.names)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        categorical = series.cat.set_categories(names)
+    else:
+        categorical = pd.Series(pd.Categorical(series, categories=names), index=series.index)
+    codes: npt.NDArray[np.int8] = categorical.cat.codes.to_numpy(dtype=np.int8)
+    if (codes < 0).any():
+        unknown = sorted({str(v) for v in series[codes < 0].unique()})
+        raise DataError(
+            f"{origin}: {table}.parquet has unknown feature name(s) {', '.join(unknown[:5])}; "
+            f"known: {', '.join(names)}"
+        )
+    return codes
+
+
+# --- building -------------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class HourlyBins:
+    """One row per non-empty (sample, hour, feature) bin, sorted by sample, hour, feature. Shape: (B,)."""
+
+    sample: I64
+    hour: npt.NDArray[np.int16]
+    feature: npt.NDArray[np.int8]
+    mean: F64
+
+    def select(self, mask: npt.NDArray[np.bool_]) -> HourlyBins:
+        """The rows where ``mask`` holds."""
+        return HourlyBins(self.sample[mask], self.hour[mask], self.feature[mask], self.mean[mask])
+
+
+@attrs.frozen
+class PreprocessReport:
+    """Counts of each step, for the run's manifest."""
+
+    flow: tuple[tuple[str, int], ...]
+    measurements: tuple[tuple[str, int], ...]
+    window_rule: str
+    missingness: tuple[tuple[str, float], ...]
+
+    def summary(self, matrix: FeatureMatrix) -> dict[str, Any]:
+        """The manifest summary of a features run (read by ``runs show``)."""
+        return {
+            "flow": [{"step": step, "count": count} for step, count in self.flow],
+            "measurements": [{"step": step, "count": count} for step, count in self.measurements],
+            "window_rule": self.window_rule,
+            "shape": list(matrix.values.shape),
+            "n_folds": matrix.n_folds,
+            "splits": _split_summary(matrix),
+            "missingness": dict(self.missingness),
+            "scaling": {
+                name: {"p5": float(p5), "median": float(med), "p95": float(p95)}
+                for name, p5, med, p95 in zip(
+                    matrix.feature_names, matrix.scaling.p5, matrix.scaling.median, matrix.scaling.p95, strict=True
+                )
+            },
+        }
+
+
+def _split_summary(matrix: FeatureMatrix) -> dict[str, dict[str, int]]:
+    result = {}
+    for name in SPLITS:
+        mask = matrix.split_mask(name)
+        result[name] = {
+            "samples": int(mask.sum()),
+            "positives": int(matrix.labels[mask].sum()),
+            "subjects": int(np.unique(matrix.subject_ids[mask]).size),
+        }
+    return result
+
+
+def window_rule_text(config: PreprocessConfig) -> str:
+    """The window rule in words, as stored in the manifest."""
+    return (
+        f"keep an admission iff it has >= 1 measurement (any feature) in an hour bin <= {config.first_hour_max} "
+        f"and >= 1 in an hour bin >= {config.last_hour_min} of the window [0, {WINDOW_HOURS}) h "
+        "from its earliest ICU intime"
+    )
+
+
+def build_feature_matrix(
+    tables: QueryTables,
+    spec: FeatureSpec,
+    *,
+    config: PreprocessConfig,
+    window_hours: int = WINDOW_HOURS,
+    lookback_hours: int = 24,
+) -> tuple[FeatureMatrix, PreprocessReport]:
+    """Bin, filter, split, fill and scale the measurements of ``tables`` into a FeatureMatrix.
+
+    Shape: values (N, 48, 19) with N the admissions passing the window rule, ordered by ``hadm_id``.
+    """
+    _check_config(config, window_hours, lookback_hours)
+    admissions = tables.admissions
+    bins, measurement_counts = _hourly_bins(tables, lookback_hours, n_features=len(spec.names))
+    keep, flow = _apply_window_rule(bins, len(admissions), config)
+    kept = admissions.loc[keep].reset_index(drop=True)
+    new_index = np.cumsum(keep) - 1
+    bins = bins.select(keep[bins.sample])
+    bins = attrs.evolve(bins, sample=new_index[bins.sample])
+    labels = kept["label"].to_numpy(dtype=np.int64)
+    subjects = kept["subject_id"].to_numpy(dtype=np.int64)
+    split, fold = assign_splits(subjects, labels, config, origin=tables.origin)
+    scaling = _training_statistics(bins, split == 0, spec, origin=tables.origin)
+    observed, before = _dense(bins, len(kept), len(spec.names))
+    filled = fill_series(observed, before, scaling.median)
+    matrix = FeatureMatrix(
+        values=scaling.scale(filled).astype(np.float32),
+        labels=labels,
+        subject_ids=subjects,
+        hadm_ids=kept["hadm_id"].to_numpy(dtype=np.int64),
+        icustay_ids=kept["first_icustay_id"].to_numpy(dtype=np.int64),
+        feature_names=spec.names,
+        split=split,
+        fold=fold,
+        scaling=scaling,
+    )
+    flow += tuple((f"positives in {name}", int(labels[split == code].sum())) for code, name in enumerate(SPLITS))
+    # share of (sample, hour) bins of each feature without a measurement in the window
+    missing = np.isnan(observed).mean(axis=(0, 1)) if len(kept) else np.ones(len(spec.names))
+    report = PreprocessReport(
+        flow=flow,
+        measurements=measurement_counts,
+        window_rule=window_rule_text(config),
+        missingness=tuple((name, float(m)) for name, m in zip(spec.names, missing, strict=True)),
+    )
+    return matrix, report
+
+
+def _check_config(config: PreprocessConfig, window_hours: int, lookback_hours: int) -> None:
+    if window_hours != WINDOW_HOURS:
+        raise ConfigError(f"cohort.window_hours must be {WINDOW_HOURS} for a FeatureMatrix, got {window_hours}")
+    if lookback_hours < 0:
+        raise ConfigError(f"cohort.lookback_hours must be >= 0, got {lookback_hours}")
+    fractions = (config.train_fraction, config.validation_fraction, config.test_fraction)
+    if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9 or config.train_fraction <= 0:
+        raise ConfigError(
+            "preprocess.train_fraction, validation_fraction and test_fraction must be >= 0 (train > 0) "
+            f"and sum to 1, got {', '.join(str(f) for f in fractions)}"
+        )
+    if config.n_folds < 2:
+        raise ConfigError(f"preprocess.n_folds must be >= 2, got {config.n_folds}")
+    if not 0 <= config.first_hour_max < WINDOW_HOURS or not 0 <= config.last_hour_min < WINDOW_HOURS:
+        raise ConfigError(
+            f"preprocess.first_hour_max and last_hour_min must be hour bins in 0..{WINDOW_HOURS - 1}, "
+            f"got {config.first_hour_max} and {config.last_hour_min}"
+        )
+
+
+def _hourly_bins(
+    tables: QueryTables, lookback_hours: int, *, n_features: int
+) -> tuple[HourlyBins, tuple[tuple[str, int], ...]]:
+    """Means per (sample, hour, feature) for hours -lookback … 47, summed in a canonical order."""
+    m = tables.measurements
+    hadm = tables.admissions["hadm_id"].to_numpy(dtype=np.int64)
+    start_ns = _nanoseconds(tables.admissions["window_start"])
+    sample = np.minimum(np.searchsorted(hadm, m.hadm_id), len(hadm) - 1)
+    known = hadm[sample] == m.hadm_id
+    hour = np.floor_divide(m.time_ns - start_ns[sample], HOUR_NS)
+    early, late = hour < -lookback_hours, hour >= WINDOW_HOURS
+    use = known & ~early & ~late
+    span = WINDOW_HOURS + lookback_hours
+    code = (sample[use] * span + (hour[use] + lookback_hours)) * n_features + m.feature[use]
+    value = m.value[use]
+    # sorting by (code, value) fixes the summation order: the input's row order cannot change a mean
+    order = np.lexsort((value, code))
+    code, value = code[order], value[order]
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if code.size else np.zeros(0, np.int64)
+    sums = np.add.reduceat(value, starts) if code.size else np.zeros(0)
+    counts = np.diff(np.r_[starts, code.size])
+    first = code[starts]
+    bins = HourlyBins(
+        sample=first // (span * n_features),
+        hour=((first // n_features) % span - lookback_hours).astype(np.int16),
+        feature=(first % n_features).astype(np.int8),
+        mean=sums / counts,
+    )
+    counts_out = (
+        ("measurement rows in", int(m.value.size)),
+        ("ignored: admission not in the cohort", int((~known).sum())),
+        (f"ignored: more than {lookback_hours} h before the window", int((known & early).sum())),
+        ("ignored: at or after the window end", int((known & late).sum())),
+        ("used: before the window (start fill)", int((use & (hour < 0)).sum())),
+        ("used: in the window", int((use & (hour >= 0)).sum())),
+    )
+    return bins, counts_out
+
+
+def _apply_window_rule(
+    bins: HourlyBins, n_admissions: int, config: PreprocessConfig
+) -> tuple[npt.NDArray[np.bool_], tuple[tuple[str, int], ...]]:
+    """Which admissions pass the window rule (see the module docstring), and the drops of each rule."""
+    inside = bins.hour >= 0
+    sample, hour = bins.sample[inside], bins.hour[inside]
+    first = np.full(n_admissions, WINDOW_HOURS, dtype=np.int64)
+    last = np.full(n_admissions, -1, dtype=np.int64)
+    if sample.size:  # bins are sorted by (sample, hour): first/last row of each sample
+        starts = np.flatnonzero(np.r_[True, sample[1:] != sample[:-1]])
+        ends = np.r_[starts[1:] - 1, sample.size - 1]
+        first[sample[starts]] = hour[starts]
+        last[sample[ends]] = hour[ends]
+    measured = last >= 0
+    early_ok = measured & (first <= config.first_hour_max)
+    keep = early_ok & (last >= config.last_hour_min)
+    flow = (
+        ("admissions in", n_admissions),
+        ("dropped: no measurement in the window", int((~measured).sum())),
+        (f"dropped: first measurement after hour {config.first_hour_max}", int((measured & ~early_ok).sum())),
+        (f"dropped: last measurement before hour {config.last_hour_min}", int((early_ok & ~keep).sum())),
+        ("samples out", int(keep.sum())),
+    )
+    return keep, flow
+
+
+def assign_splits(
+    subject_ids: I64, labels: I64, config: PreprocessConfig, *, origin: str = "cohort"
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.int8]]:
+    """Split codes (0/1/2) and folds (0..K-1, -1 for test) per sample, by patient, stratified, seeded.
+
+    Shape: (N,) each. A patient's stratum is the max label over their samples.
+    """
+    subjects, inverse = np.unique(subject_ids, return_inverse=True)
+    stratum = np.zeros(subjects.size, dtype=np.int64)
+    np.maximum.at(stratum, inverse, labels)
+    rng = np.random.default_rng(config.seed)
+    split_key, fold_key = rng.random(subjects.size), rng.random(subjects.size)
+    order = np.lexsort((split_key, stratum))
+    sorted_stratum = stratum[order]
+    class_start = np.searchsorted(sorted_stratum, sorted_stratum, side="left")
+    class_size = np.searchsorted(sorted_stratum, sorted_stratum, side="right") - class_start
+    rank = np.arange(subjects.size) - class_start
+    n_train = np.floor(config.train_fraction * class_size + 0.5)
+    n_validation = np.floor(config.validation_fraction * class_size + 0.5)
+    subject_split = np.empty(subjects.size, dtype=np.int8)
+    subject_split[order] = np.where(rank < n_train, 0, np.where(rank < n_train + n_validation, 1, 2))
+    subject_fold = _assign_folds(subject_split, stratum, fold_key, config.n_folds, origin=origin)
+    return subject_split[inverse], subject_fold[inverse]
+
+
+def _assign_folds(
+    subject_split: npt.NDArray[np.int8], stratum: I64, key: F64, n_folds: int, *, origin: str
+) -> npt.NDArray[np.int8]:
+    """Round robin over train+validation patients sorted by (stratum, key): stratified folds."""
+    pool = np.flatnonzero(subject_split < 2)
+    if pool.size < n_folds:
+        raise DataError(
+            f"{origin}: only {pool.size} patient(s) in train + validation, fewer than preprocess.n_folds={n_folds}; "
+            "lower preprocess.n_folds or use a larger cohort"
+        )
+    ordered = pool[np.lexsort((key[pool], stratum[pool]))]
+    fold = np.full(subject_split.size, -1, dtype=np.int8)
+    fold[ordered] = np.arange(ordered.size) % n_folds
+    return fold
+
+
+def _training_statistics(
+    bins: HourlyBins, train: npt.NDArray[np.bool_], spec: FeatureSpec, *, origin: str
+) -> ScalingStats:
+    """p5, median, p95 per feature over the training split's observed in-window bin means."""
+    rows = train[bins.sample] & (bins.hour >= 0)
+    feature, mean = bins.feature[rows], bins.mean[rows]
+    stats = np.empty((3, len(spec.names)))
+    for code, name in enumerate(spec.names):  # 19 features, not rows
+        values = mean[feature == code]
+        if values.size == 0:
+            raise DataError(
+                f"{origin}: feature {name!r} is never measured in the training split's windows; "
+                "its scaling statistics cannot be computed — use a larger cohort"
+            )
+        stats[:, code] = np.percentile(values, [5, 50, 95])
+    return ScalingStats(feature_names=spec.names, p5=stats[0], median=stats[1], p95=stats[2])
+
+
+def _dense(bins: HourlyBins, n_samples: int, n_features: int) -> tuple[F64, F64]:
+    """In-window bin means (N, 48, F) and the last pre-window bin mean (N, F); NaN where none."""
+    observed = np.full((n_samples, WINDOW_HOURS, n_features), np.nan)
+    inside = bins.hour >= 0
+    observed[bins.sample[inside], bins.hour[inside], bins.feature[inside]] = bins.mean[inside]
+    before = np.full((n_samples, n_features), np.nan)
+    pre = ~inside
+    series = bins.sample[pre] * n_features + bins.feature[pre]
+    order = np.lexsort((bins.hour[pre], series))
+    series = series[order]
+    last = np.flatnonzero(np.r_[series[1:] != series[:-1], True]) if series.size else np.zeros(0, np.int64)
+    before.reshape(-1)[series[last]] = bins.mean[pre][order][last]
+    return observed, before
+
+
+def fill_series(observed: F64, before: F64, median: F64) -> F64:
+    """Fill NaN gaps along time without look-ahead past the window (module docstring, step 5).
+
+    Shape: observed (N, T, F), before (N, F), median (F,) → (N, T, F).
+    """
+    n_hours = observed.shape[1]
+    hours = np.arange(n_hours, dtype=np.int8)[None, :, None]
+    seen = ~np.isnan(observed)
+    prev = np.maximum.accumulate(np.where(seen, hours, np.int8(-1)), axis=1)
+    nxt = np.minimum.accumulate(np.where(seen, hours, np.int8(n_hours))[:, ::-1], axis=1)[:, ::-1]
+    prev_value = np.take_along_axis(observed, np.maximum(prev, 0).astype(np.intp), axis=1)
+    next_value = np.take_along_axis(observed, np.minimum(nxt, n_hours - 1).astype(np.intp), axis=1)
+    has_prev, has_next = prev >= 0, nxt < n_hours
+    weight = (hours - prev) / np.maximum(nxt.astype(np.int16) - prev, 1)
+    start = np.where(np.isnan(before), median[None, :], before)[:, None, :]
+    start = np.where(has_next & np.isnan(before)[:, None, :], next_value, start)
+    result = np.where(has_prev, np.where(has_next, prev_value + (next_value - prev_value) * weight, prev_value), start)
+    return np.where(seen, observed, result)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run_preprocess(store: RunStore, query_ref: str | None, config: Config, *, spec: FeatureSpec | None = None) -> Run:
+    """Build the FeatureMatrix of a query run (``query_ref`` or the latest) and store it as a features run."""
+    spec = spec or load_feature_spec()
+    parent = store.resolve(query_ref, "query")
+    tables = QueryTables.from_run(parent, spec)
+    matrix, report = build_feature_matrix(
+        tables,
+        spec,
+        config=config.preprocess,
+        window_hours=config.cohort.window_hours,
+        lookback_hours=config.cohort.lookback_hours,
+    )
+    with store.create("features", parents=[parent.id], config=config_as_dict(config)) as writer:
+        matrix.to_npz(writer.file("features.npz"))
+        writer.summary.update(report.summary(matrix))
+        run = writer.commit()
+    log.info("features run %s: %d samples from %d admissions", run.id, matrix.n_samples, len(tables.admissions))
+    return run

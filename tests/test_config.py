@@ -1,0 +1,88 @@
+"""Configuration: shipped defaults < user file < command-line overrides, with exact error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lstm_adv.config import Config
+from lstm_adv.domain.errors import ConfigError
+from lstm_adv.results.config_file import config_as_dict, load_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "user.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_typed_classes() -> None:
+    """The shipped TOML sets every field to the same default as the attrs classes."""
+    assert load_config() == Config()
+
+
+def test_user_file_overrides_defaults_and_options_override_the_file(tmp_path: Path) -> None:
+    """A user file changes only the keys it names; CLI overrides win over it; None overrides are ignored."""
+    user = _write(tmp_path, "[cohort]\nwindow_hours = 24\nmin_age_years = 16\n")
+    config = load_config(user, {"cohort.window_hours": 12, "database.schema": None})
+    assert config.cohort.window_hours == 12
+    assert config.cohort.min_age_years == 16.0
+    assert config.database.schema == "mimiciii"
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    """A misspelt key is an error naming the dotted key and the keys that exist."""
+    user = _write(tmp_path, "[cohort]\nwindow_hour = 24\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(user)
+    assert str(info.value) == (
+        f"{user}: unknown key 'cohort.window_hour'; known keys here: lookback_hours, min_age_years, "
+        "min_hospital_los_days, min_icu_los_days, window_hours"
+    )
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    """A section that does not exist is an unknown key too."""
+    user = _write(tmp_path, "[cohrt]\nwindow_hours = 24\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'cohrt'; known keys here: cohort, database, embedded"):
+        load_config(user)
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    """A value of the wrong type is an error naming the key, the expected type and the value."""
+    user = _write(tmp_path, '[cohort]\nwindow_hours = "48"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(user)
+    assert str(info.value) == f"{user}: key 'cohort.window_hours' must be an integer, got '48'"
+
+
+def test_bool_is_not_an_integer(tmp_path: Path) -> None:
+    """TOML booleans are not accepted where a number is expected."""
+    user = _write(tmp_path, "[embedded]\nport = true\n")
+    with pytest.raises(ConfigError, match=r"key 'embedded.port' must be an integer, got True"):
+        load_config(user)
+
+
+def test_section_must_be_a_table(tmp_path: Path) -> None:
+    """A section given as a scalar is rejected."""
+    user = _write(tmp_path, "cohort = 3\n")
+    with pytest.raises(ConfigError, match=r"cohort must be a table"):
+        load_config(user)
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    """A missing file and a file that is not TOML each give one clear line."""
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml")
+    assert str(info.value) == f"config file {tmp_path / 'nope.toml'} does not exist"
+    bad = _write(tmp_path, "[cohort\n")
+    with pytest.raises(ConfigError, match=r"is not valid TOML"):
+        load_config(bad)
+
+
+def test_effective_config_is_plain_data() -> None:
+    """The manifest form of the configuration is nested plain dicts."""
+    data = config_as_dict(load_config())
+    assert data["cohort"]["window_hours"] == 48
+    assert data["database"]["schema"] == "mimiciii"

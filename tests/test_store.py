@@ -1,0 +1,190 @@
+"""The run store: atomic writes, manifests, lookup by id, prefix and kind."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lstm_adv.config import Config
+from lstm_adv.domain.errors import AmbiguousRunError, RunKindError, RunNotFoundError
+from lstm_adv.domain.run_id import RunId
+from lstm_adv.results.converter import structure, unstructure
+from lstm_adv.results.manifest import Manifest
+from lstm_adv.results.store import MANIFEST, RunStore
+from tests.strategies import attrs_instances, json_objects, run_ids, run_kinds
+
+
+class Boom(Exception):
+    """Raised by tests to interrupt a write."""
+
+
+manifests = st.builds(
+    Manifest,
+    id=run_ids,
+    kind=run_kinds,
+    created=st.datetimes(timezones=st.just(UTC)),
+    parents=st.lists(run_ids, max_size=3).map(tuple),
+    config=json_objects,
+    package_version=st.text(min_size=1, max_size=10),
+    git_commit=st.none() | st.text(alphabet="0123456789abcdef", min_size=40, max_size=40),
+    status=st.sampled_from(["complete", "interrupted"]),
+    checksums=st.dictionaries(st.text(min_size=1, max_size=10), st.text(min_size=64, max_size=64)),
+    summary=json_objects,
+)
+
+
+@given(manifests)
+def test_manifest_round_trips_through_json(manifest: Manifest) -> None:
+    """structure(unstructure(m)) == m, also after a trip through JSON text."""
+    assert structure(json.loads(json.dumps(unstructure(manifest))), Manifest) == manifest
+
+
+@given(attrs_instances(Config))
+def test_config_round_trips(config: Config) -> None:
+    """The effective configuration survives unstructure/structure unchanged."""
+    assert structure(unstructure(config), Config) == config
+
+
+def _store(tmp_path: Path) -> RunStore:
+    return RunStore(tmp_path / "runs")
+
+
+def test_committed_run_is_listed_with_checksums(tmp_path: Path) -> None:
+    """A finished write is listed, its files are checksummed and verify clean."""
+    store = _store(tmp_path)
+    with store.create("query", config={"a": 1}) as writer:
+        writer.file("t.parquet").write_bytes(b"data")
+        writer.file("sub/x.json").write_text("{}")
+        writer.summary["rows"] = 3
+    run = store.get(str(writer.id))
+    assert [r.id for r in store.list()] == [writer.id]
+    assert set(run.manifest.checksums) == {"t.parquet", "sub/x.json"}
+    assert run.manifest.summary == {"rows": 3}
+    assert run.manifest.config == {"a": 1}
+    assert run.verify() == []
+
+
+def test_verify_reports_changed_files(tmp_path: Path) -> None:
+    """A file altered after the run was written shows up in verify()."""
+    store = _store(tmp_path)
+    with store.create("query") as writer:
+        writer.file("t.bin").write_bytes(b"data")
+    run = store.get(str(writer.id))
+    (run.path / "t.bin").write_bytes(b"tampered")
+    assert run.verify() == ["t.bin"]
+
+
+@given(n_files=st.integers(0, 5), fail_after=st.integers(0, 5), where=st.sampled_from(["write", "commit"]))
+def test_interrupted_write_never_looks_complete(
+    tmp_path_factory: pytest.TempPathFactory, n_files: int, fail_after: int, where: str
+) -> None:
+    """An exception at any point of a write (files or the final rename) leaves no listed, findable run."""
+    store = _store(tmp_path_factory.mktemp("store"))
+    writer = store.create("features")
+    real_replace = os.replace
+
+    def failing_replace(src: object, dst: object) -> None:
+        raise Boom("killed during rename")
+
+    with pytest.raises(Boom):  # noqa: PT012 - the failure point is drawn by hypothesis
+        with writer:
+            for i in range(n_files):
+                if where == "write" and i == fail_after:
+                    raise Boom("killed while writing")
+                writer.file(f"f{i}.bin").write_bytes(b"x" * i)
+            if where == "commit":
+                os.replace = failing_replace  # type: ignore[assignment]
+                try:
+                    writer.commit()
+                finally:
+                    os.replace = real_replace
+            else:
+                raise Boom("killed before commit")
+    assert store.list() == []
+    with pytest.raises(RunNotFoundError):
+        store.get(str(writer.id))
+    visible = [p for p in store.root.iterdir() if not p.name.startswith(".")]
+    assert visible == []
+
+
+def test_killed_process_leaves_only_a_temp_folder(tmp_path: Path) -> None:
+    """A writer abandoned without exit (process killed) leaves nothing outside .tmp."""
+    store = _store(tmp_path)
+    writer = store.create("model")
+    writer.file("model.pt").write_bytes(b"weights")
+    (writer.path / MANIFEST).write_text("{}")  # even a manifest in the temp folder is not a run
+    assert store.list() == []
+    assert writer.path.parent.name == ".tmp"
+
+
+def _make(store: RunStore, kind: str, token: str, second: int, parents: tuple[RunId, ...] = ()) -> RunId:
+    run_id = RunId(kind=kind, created=datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC), token=token)
+    folder = store.root / str(run_id)
+    folder.mkdir(parents=True)
+    manifest = Manifest(
+        id=run_id, kind=kind, created=run_id.created, parents=parents, config={}, package_version="0",
+        git_commit=None, status="complete",
+    )  # fmt: skip
+    (folder / MANIFEST).write_text(json.dumps(unstructure(manifest)))
+    return run_id
+
+
+def test_lookup_by_prefix_latest_and_kind(tmp_path: Path) -> None:
+    """A unique prefix finds a run; latest() is the newest of a kind; a wrong kind is named."""
+    store = _store(tmp_path)
+    q1 = _make(store, "query", "aaaa", 1)
+    q2 = _make(store, "query", "bbbb", 2)
+    f1 = _make(store, "features", "cccc", 3, parents=(q2,))
+    assert store.get("features").id == f1
+    assert store.latest("query").id == q2
+    assert store.resolve(None, "query").id == q2
+    assert store.resolve(str(q1)[:-2], "query").id == q1
+    with pytest.raises(RunKindError) as info:
+        store.get(str(f1), kind="query")
+    assert str(info.value) == f"run {f1} is a features run; this needs a query run"
+
+
+def test_ambiguous_prefix_lists_candidates(tmp_path: Path) -> None:
+    """A prefix matching several runs is an error that lists them."""
+    store = _store(tmp_path)
+    q1 = _make(store, "query", "aaaa", 1)
+    q2 = _make(store, "query", "bbbb", 2)
+    with pytest.raises(AmbiguousRunError) as info:
+        store.get("query-2026")
+    assert str(info.value) == f"'query-2026' matches 2 runs: {q1}, {q2}; give more of the id"
+
+
+def test_unknown_id_and_missing_kind(tmp_path: Path) -> None:
+    """Unknown ids and kinds without runs give errors that say what to do."""
+    store = _store(tmp_path)
+    with pytest.raises(RunNotFoundError) as info:
+        store.get("nope")
+    assert str(info.value) == "no run matches 'nope'; `lstm-adv runs list` shows the runs"
+    with pytest.raises(RunNotFoundError) as info:
+        store.latest("model")
+    assert str(info.value) == "there is no model run yet; create one first (see `lstm-adv --help`)"
+
+
+def test_lineage_walks_parents(tmp_path: Path) -> None:
+    """lineage() returns the run and all its ancestors."""
+    store = _store(tmp_path)
+    q = _make(store, "query", "aaaa", 1)
+    f = _make(store, "features", "bbbb", 2, parents=(q,))
+    m = _make(store, "model", "cccc", 3, parents=(f,))
+    assert [r.id for r in store.lineage(store.get(str(m)))] == [m, f, q]
+
+
+def test_unreadable_manifest_is_skipped_not_fatal(tmp_path: Path) -> None:
+    """A run folder with a corrupt manifest is skipped by list() instead of breaking it."""
+    store = _store(tmp_path)
+    good = _make(store, "query", "aaaa", 1)
+    bad = store.root / "query-20260101-000002-bbbb"
+    bad.mkdir()
+    (bad / MANIFEST).write_text("{not json")
+    assert [r.id for r in store.list()] == [good]
