@@ -1,11 +1,58 @@
-"""Placeholder: filled in by the demo stage."""
+"""`lstm-adv demo`: the main job — every stage on the shipped MIMIC-III demo, on the embedded default."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+from rich.status import Status
+from rich.table import Table
 
-app = typer.Typer(help="demo")
+from lstm_adv.cli._common import console, state
+from lstm_adv.pipeline import StageOutcome, run_demo
 
 
-def demo() -> None:
-    """Not yet available."""
+class _RichListener:
+    """Shows a spinner for the running stage and a line for each finished one."""
+
+    def __init__(self) -> None:
+        self._status: Status | None = None
+
+    def started(self, stage: str) -> None:
+        self._status = console.status(f"[bold]{stage}[/] …")
+        self._status.start()
+
+    def step(self, stage: str, message: str) -> None:
+        if self._status is not None:
+            self._status.update(f"[bold]{stage}[/] {message} …")
+
+    def finished(self, outcome: StageOutcome) -> None:
+        if self._status is not None:
+            self._status.stop()
+        how = "reused" if outcome.reused else f"{outcome.seconds:.1f} s"
+        console.print(f"[green]✓[/] [bold]{outcome.stage}[/] ({how}) {outcome.detail}", highlight=False)
+
+
+def demo(
+    ctx: typer.Context,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Recompute every stage instead of reusing runs whose inputs are unchanged.")
+    ] = False,
+) -> None:
+    """Run the whole pipeline on the shipped MIMIC-III demo, on the toolkit's own PostgreSQL.
+
+    Starts the embedded server (in the workspace folder, see --home), loads the demo if needed,
+    then runs each stage in order and prints the runs it made. Re-running reuses runs whose
+    inputs and settings are unchanged; --fresh recomputes everything.
+    """
+    cli = state(ctx)
+    result = run_demo(cli.workspace(), cli.config(), fresh=fresh, listener=_RichListener())
+    table = Table("stage", "run", "time", title="lstm-adv demo")
+    for outcome in result.outcomes:
+        table.add_row(
+            outcome.stage,
+            str(outcome.run_id) if outcome.run_id else "—",
+            "reused" if outcome.reused else f"{outcome.seconds:.1f} s",
+        )
+    console.print(table)
+    console.print(f"new run ids: inspect any with `lstm-adv runs show <id>`; latest is {result.outcomes[-1].run_id}")
