@@ -15,9 +15,9 @@ from typing import Any
 import attrs
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from lstm_adv.config import CohortConfig, Config
+from lstm_adv.database.connection import check_tables, connect, describe_source
 from lstm_adv.database.export import export_parquet
 from lstm_adv.domain.errors import DatabaseError
 from lstm_adv.domain.run_id import RunId
@@ -49,7 +49,7 @@ def cohort_params(cohort: CohortConfig) -> dict[str, Any]:
     return attrs.asdict(cohort)
 
 
-def describe_source(conn: psycopg.Connection[Any]) -> str:
+def _describe_connection(conn: psycopg.Connection[Any]) -> str:
     """``postgresql://user@host:port/db`` of a connection; never includes the password."""
     info = conn.info
     return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
@@ -73,6 +73,7 @@ def run_cohort_query(
     (default: the server's address without password); ``progress`` is told each step as it starts.
     """
     if isinstance(database, str):
+        source = source or describe_source(database)
         with connect(database, timeout_s=config.database.connect_timeout_s) as conn:
             return run_cohort_query(
                 conn, schema=schema, config=config, store=store, parents=parents, source=source, progress=progress
@@ -87,52 +88,17 @@ def run_cohort_query(
         writer.summary["flow"] = _flow(conn, config.cohort)
         writer.summary["tables"] = tables
         writer.summary["schema"] = schema
-        writer.summary["source"] = source or describe_source(conn)
+        writer.summary["source"] = source or _describe_connection(conn)
     assert writer.committed is not None  # the writer commits on leaving the block without error
     log.info("query run %s written", writer.committed.id)
     return writer.committed
 
 
-def connect(dsn: str, *, timeout_s: int) -> psycopg.Connection[Any]:
-    """Open a connection to ``dsn``; failure is a :class:`DatabaseError` that never shows the password."""
-    try:
-        return psycopg.connect(dsn, connect_timeout=timeout_s)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {_first_line(exc)}") from None
-
-
-def redact_dsn(dsn: str) -> str:
-    """``postgresql://user@host:port/db`` for a libpq URL or key=value string, without the password."""
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "the given --dsn (not a valid connection string)"
-    host = parts.get("host") or "localhost"
-    return f"postgresql://{parts.get('user') or ''}@{host}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
-
-
 def check_source_tables(conn: psycopg.Connection[Any], schema: str) -> None:
     """Raise :class:`DatabaseError` unless ``schema`` exists and holds every MIMIC-III table the SQL reads."""
     _check_identifier(schema)
-    database = conn.info.dbname
     with conn.transaction():
-        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
-        if found is None:
-            raise DatabaseError(
-                f"schema {schema!r} does not exist in database {database!r}; "
-                "load MIMIC-III into it (`lstm-adv db load`) or name the right one with --schema"
-            )
-        rows = conn.execute(
-            "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
-            (schema,),
-        ).fetchall()
-    missing = [t for t in SOURCE_TABLES if t not in {r[0] for r in rows}]
-    if missing:
-        raise DatabaseError(
-            f"schema {schema!r} in database {database!r} has no table {', '.join(missing)}; "
-            "the query stage needs the MIMIC-III tables " + ", ".join(SOURCE_TABLES)
-        )
+        check_tables(conn, schema, SOURCE_TABLES)
 
 
 def _check_identifier(schema: str) -> None:
@@ -147,7 +113,7 @@ def _prepare(conn: psycopg.Connection[Any], schema: str, params: Mapping[str, An
     conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(sql.Identifier(schema)))
     for table in ("stays", "cohort"):
         report(f"building {table}")
-        body = _bind(conn, "cohort" if table == "cohort" else "stays", params)
+        body = _bind(conn, table, params)
         _execute(conn, table, sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(sql.Identifier(table), body))
         _execute(conn, table, sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
 
@@ -179,10 +145,10 @@ def _bind(conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any]) -
     """``sql/<name>.sql`` with its parameters inlined as literals (COPY cannot take bound parameters)."""
     text = load_sql(name).strip().rstrip(";")
     used = {key: value for key, value in params.items() if f"%({key})s" in text}
-    return sql.SQL(psycopg.ClientCursor(conn).mogrify(text, used))  # type: ignore[arg-type]
+    return sql.SQL(psycopg.ClientCursor(conn).mogrify(text, used))
 
 
-def _execute(conn: psycopg.Connection[Any], name: str, statement: sql.Composable) -> None:
+def _execute(conn: psycopg.Connection[Any], name: str, statement: sql.Composed) -> None:
     try:
         conn.execute(statement)
     except psycopg.Error as exc:

@@ -33,8 +33,11 @@ def test_ranges_follow_the_spec_bounds() -> None:
     spec = load_feature_spec()
     spo2 = spec.features[spec.index("spo2")]
     heartrate = spec.features[spec.index("heartrate")]
-    assert spo2.in_range(100.0) and not spo2.in_range(0.0) and not spo2.in_range(100.1)
-    assert heartrate.in_range(299.9) and not heartrate.in_range(300.0)
+    assert spo2.in_range(100.0)
+    assert not spo2.in_range(0.0)
+    assert not spo2.in_range(100.1)
+    assert heartrate.in_range(299.9)
+    assert not heartrate.in_range(300.0)
 
 
 def test_wrong_count_is_rejected() -> None:

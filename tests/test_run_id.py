@@ -67,5 +67,5 @@ def test_parse_rejects_malformed_text(text: str, message: str) -> None:
 
 def test_unknown_kind_is_rejected() -> None:
     """An id of an unknown kind is an error naming the kinds."""
-    with pytest.raises(RunIdError, match="RunId.kind must be one of query, synth"):
+    with pytest.raises(RunIdError, match=r"RunId\.kind must be one of query, synth"):
         RunId.parse("banana-20261121-120455-a3f9")

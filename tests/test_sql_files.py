@@ -23,7 +23,9 @@ def _items(name: str) -> dict[int, tuple[str, bool]]:
 
 
 def _range_text(feature: Feature, column: str, *, fahrenheit: bool = False) -> str:
-    lower, upper = (feature.fahrenheit_lower, feature.fahrenheit_upper) if fahrenheit else (feature.lower, feature.upper)
+    lower, upper = feature.lower, feature.upper
+    if fahrenheit:
+        lower, upper = feature.fahrenheit_lower, feature.fahrenheit_upper
     parts = [f"{column} {'>=' if feature.lower_inclusive else '>'} {lower:g}"]
     if not math.isinf(upper):
         parts.append(f"{column} {'<=' if feature.upper_inclusive else '<'} {upper:g}")

@@ -20,7 +20,7 @@ from lstm_adv.results.store import MANIFEST, RunStore
 from tests.strategies import attrs_instances, json_objects, run_ids, run_kinds
 
 
-class Boom(Exception):
+class BoomError(Exception):
     """Raised by tests to interrupt a write."""
 
 
@@ -90,22 +90,21 @@ def test_interrupted_write_never_looks_complete(
     real_replace = os.replace
 
     def failing_replace(src: object, dst: object) -> None:
-        raise Boom("killed during rename")
+        raise BoomError("killed during rename")
 
-    with pytest.raises(Boom):  # noqa: PT012 - the failure point is drawn by hypothesis
-        with writer:
-            for i in range(n_files):
-                if where == "write" and i == fail_after:
-                    raise Boom("killed while writing")
-                writer.file(f"f{i}.bin").write_bytes(b"x" * i)
-            if where == "commit":
-                os.replace = failing_replace  # type: ignore[assignment]
-                try:
-                    writer.commit()
-                finally:
-                    os.replace = real_replace
-            else:
-                raise Boom("killed before commit")
+    with pytest.raises(BoomError), writer:  # noqa: PT012 - the failure point is drawn by hypothesis
+        for i in range(n_files):
+            if where == "write" and i == fail_after:
+                raise BoomError("killed while writing")
+            writer.file(f"f{i}.bin").write_bytes(b"x" * i)
+        if where == "commit":
+            os.replace = failing_replace  # type: ignore[assignment]
+            try:
+                writer.commit()
+            finally:
+                os.replace = real_replace
+        else:
+            raise BoomError("killed before commit")
     assert store.list() == []
     with pytest.raises(RunNotFoundError):
         store.get(str(writer.id))

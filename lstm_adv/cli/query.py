@@ -1,11 +1,70 @@
-"""Placeholder: filled in by the query stage."""
+"""`lstm-adv query`: run the cohort SQL against MIMIC-III and store the results as a query run."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
-app = typer.Typer(help="query")
+from lstm_adv.cli._common import console, state
+from lstm_adv.cli.summaries import register
+from lstm_adv.database.server import ensure_server
+from lstm_adv.query import run_cohort_query
+from lstm_adv.results.store import Run
 
 
-def query() -> None:
-    """Not yet available."""
+def query(
+    ctx: typer.Context,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "PostgreSQL URL of a MIMIC-III database, e.g. postgresql://me@host:5432/mimic. Give the password "
+                "through PGPASSWORD or ~/.pgpass, never in the URL. [default: the embedded server with the demo]"
+            ),
+        ),
+    ] = None,
+    schema: Annotated[
+        str | None, typer.Option(help="Schema holding the MIMIC-III tables. [default: database.schema, mimiciii]")
+    ] = None,
+) -> None:
+    """Select the cohort and its 19 input series with the SQL in `sql/`, and store them as a query run.
+
+    Writes stays, admissions, vitals, labs and bloodgas as Parquet; the run id is printed at the end.
+    Pass the id (or nothing, for the latest) to `lstm-adv preprocess`.
+    """
+    cli = state(ctx)
+    config = cli.config({"database.schema": schema} if schema else None)
+    source = None
+    if dsn is None:
+        with console.status("starting the embedded PostgreSQL server"):
+            dsn = ensure_server(cli.workspace().pg_dir, config.embedded).dsn
+        source = "embedded"
+    with console.status("querying") as status:
+        run = run_cohort_query(
+            dsn,
+            schema=config.database.schema,
+            config=config,
+            store=cli.workspace().store,
+            source=source,
+            progress=lambda step: status.update(f"query: {step}"),
+        )
+    render_query_summary(run, console)
+    console.print(f"query run [bold]{run.id}[/]")
+
+
+@register("query")
+def render_query_summary(run: Run, out: Console) -> None:
+    """Print the cohort flow (rows left after each rule) and the row count of each stored table."""
+    summary: dict[str, Any] = run.manifest.summary
+    out.print(f"source  {summary.get('source')}, schema {summary.get('schema')}", highlight=False)
+    flow = Table("cohort step", "count")
+    for step in summary.get("flow", []):
+        flow.add_row(step["step"], f"{step['count']:,}")
+    out.print(flow)
+    tables = Table("table", "rows")
+    for name, rows in summary.get("tables", {}).items():
+        tables.add_row(f"{name}.parquet", f"{rows:,}")
+    out.print(tables)

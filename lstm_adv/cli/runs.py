@@ -15,7 +15,9 @@ from lstm_adv.domain.errors import LstmAdvError
 from lstm_adv.domain.run_id import KINDS
 from lstm_adv.results.store import Run, RunStore
 
-app = typer.Typer(help="Inspect stored runs: every stage writes one, with a manifest and its parents.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect stored runs: every stage writes one, with a manifest and its parents.", no_args_is_help=True
+)
 
 
 @app.command("list")
@@ -32,7 +34,8 @@ def list_runs(
     table.columns[0].no_wrap = True
     for run in runs:
         parents = ", ".join(str(p) for p in run.manifest.parents) or "—"
-        table.add_row(str(run.id), run.kind, f"{run.manifest.created:%Y-%m-%d %H:%M:%S}", run.manifest.status, parents)
+        created = f"{run.manifest.created:%Y-%m-%d %H:%M:%S}"
+        table.add_row(str(run.id), run.kind, created, run.manifest.status, parents)
     console.print(table)
 
 
@@ -40,7 +43,9 @@ def list_runs(
 def show_run(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="A run id or a unique prefix of one.")],
-    config: Annotated[bool, typer.Option("--config", help="Also print the run's full effective configuration.")] = False,
+    show_config: Annotated[
+        bool, typer.Option("--show-config", help="Also print the run's full effective configuration.")
+    ] = False,
 ) -> None:
     """Show one run: manifest, lineage and what it holds."""
     store = state(ctx).workspace().store
@@ -54,9 +59,10 @@ def show_run(
     _add_parents(tree, run, store)
     console.print(tree)
     damaged = run.verify()
-    console.print(f"files   {len(manifest.checksums)} ({'checksums ok' if not damaged else 'CHANGED: ' + ', '.join(damaged)})")
+    integrity = "checksums ok" if not damaged else "CHANGED: " + ", ".join(damaged)
+    console.print(f"files   {len(manifest.checksums)} ({integrity})")
     render_summary(run, console)
-    if config:
+    if show_config:
         console.print_json(json.dumps(manifest.config))
 
 

@@ -45,27 +45,26 @@ class _CopyStream:
 
     def __init__(self, copy: psycopg.Copy) -> None:
         self._copy = copy
-        self._pending = b""
+        self._buffer = bytearray()
         self._done = False
         self.closed = False
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes of CSV (everything left when ``size`` < 0); ``b""`` at the end."""
-        parts = [self._pending]
-        have = len(self._pending)
-        while not self._done and (size < 0 or have < size):
-            data = self._copy.read()  # one server message, usually one row
+        buffer, read = self._buffer, self._copy.read
+        while not self._done and (size < 0 or len(buffer) < size):
+            data = read()  # one server message: one row of CSV
             if not data:
                 self._done = True
                 break
-            parts.append(bytes(data))
-            have += len(data)
-        joined = b"".join(parts)
-        if size < 0:
-            self._pending = b""
-            return joined
-        self._pending = joined[size:]
-        return joined[:size]
+            buffer += data
+        if size < 0 or size >= len(buffer):
+            out = bytes(buffer)
+            buffer.clear()
+            return out
+        out = bytes(buffer[:size])
+        del buffer[:size]
+        return out
 
     def readable(self) -> bool:
         """Always true: this is a read-only stream."""

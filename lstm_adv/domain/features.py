@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from lstm_adv.domain.errors import FeatureSpecError
+
+T = TypeVar("T")
 
 SOURCES = ("bloodgas", "lab", "vital")
 N_FEATURES = 19
@@ -83,7 +85,7 @@ def _check_features(instance: FeatureSpec, attribute: attrs.Attribute[Any], valu
 class FeatureSpec:
     """The ordered model inputs. Validated: 19 features, unique names, each itemid used once."""
 
-    features: tuple[Feature, ...] = attrs.field(converter=tuple, validator=_check_features)
+    features: tuple[Feature, ...] = attrs.field(validator=_check_features)
 
     @classmethod
     def from_toml(cls, text: str, *, origin: str = "<features>") -> FeatureSpec:
@@ -129,7 +131,34 @@ def _feature_from_table(entry: Mapping[str, Any], position: int, origin: str) ->
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise FeatureSpecError(f"{where} ({entry.get('name')!r}): {key} must be a list of integers")
     try:
-        return Feature(**{k: (float(v) if isinstance(v, int) and k.endswith(("lower", "upper")) else v)
-                          for k, v in entry.items()})
+        return Feature(
+            name=_typed(entry, "name", str, where),
+            source=_typed(entry, "source", str, where),
+            unit=_typed(entry, "unit", str, where),
+            itemids=entry["itemids"],
+            lower=_number(entry, "lower", -math.inf, where),
+            upper=_number(entry, "upper", math.inf, where),
+            lower_inclusive=_typed(entry, "lower_inclusive", bool, where, default=False),
+            upper_inclusive=_typed(entry, "upper_inclusive", bool, where, default=False),
+            fahrenheit_itemids=entry.get("fahrenheit_itemids", []),
+            fahrenheit_lower=_number(entry, "fahrenheit_lower", -math.inf, where),
+            fahrenheit_upper=_number(entry, "fahrenheit_upper", math.inf, where),
+        )
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, FeatureSpecError):
+            raise
         raise FeatureSpecError(f"{where} ({entry.get('name')!r}) is invalid: {exc}") from None
+
+
+def _typed(entry: Mapping[str, Any], key: str, kind: type[T], where: str, *, default: T | None = None) -> T:
+    value = entry.get(key, default)
+    if not isinstance(value, kind):
+        raise FeatureSpecError(f"{where} ({entry.get('name')!r}): {key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _number(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FeatureSpecError(f"{where} ({entry.get('name')!r}): {key} must be a number, got {value!r}")
+    return float(value)

@@ -7,6 +7,7 @@ that looks complete.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -213,7 +214,7 @@ class RunStore:
         """``ref`` (id or prefix) if given, else the latest run of ``kind``."""
         return self.get(ref, kind=kind) if ref else self.latest(kind)
 
-    def lineage(self, run: Run) -> list[Run]:
+    def lineage(self, run: Run) -> builtins.list[Run]:
         """``run`` and its ancestors, breadth first; missing ancestors are skipped."""
         seen: dict[RunId, Run] = {run.id: run}
         queue = [run]
