@@ -3,11 +3,43 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from lstm_adv.database.server import ServerInfo
 
 settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "ci", max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+# --- embedded PostgreSQL (db helper) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    """An embedded PostgreSQL server in a temporary folder for the whole session, stopped at the end."""
+    from lstm_adv.config import EmbeddedConfig
+    from lstm_adv.database.server import start_server, stop_server
+
+    pg_dir = tmp_path_factory.mktemp("pg") / "pg"
+    info = start_server(pg_dir, EmbeddedConfig())
+    yield info
+    stop_server(pg_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_dsn(pg_server: ServerInfo) -> str:
+    """The DSN of ``pg_server`` with the shipped MIMIC-III demo loaded into schema ``mimiciii``."""
+    from lstm_adv.database.connection import connect
+    from lstm_adv.database.demo import load_demo
+
+    with connect(pg_server.dsn) as conn:
+        load_demo(conn, schema="mimiciii")
+    return pg_server.dsn

@@ -78,9 +78,7 @@ def _explain(text: str, target: Target, timeout_s: int) -> str:
         return f"database '{target.dbname}' does not exist at {target.where}; check the database name in the DSN"
     if re.search(r'role ".*" does not exist', lowered):
         return f"user '{target.user}' does not exist at {target.where}; check the user name in the DSN"
-    return (
-        f"cannot connect to PostgreSQL at {target.where} within {timeout_s}s ({_reason(text)}); {EMBEDDED_HINT}"
-    )
+    return f"cannot connect to PostgreSQL at {target.where} within {timeout_s}s ({_reason(text)}); {EMBEDDED_HINT}"
 
 
 def _reason(text: str) -> str:

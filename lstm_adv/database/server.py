@@ -16,15 +16,17 @@ PostgreSQL refuses to run as root. Under root the server runs as a dedicated sys
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
 import os
 import pwd
+import shutil
 import socket
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -98,17 +100,43 @@ def start_server(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
     pg_dir = pg_dir.absolute()
     running = server_status(pg_dir)
     if running is not None:
-        if config.port and config.port != running.port:
-            log.warning("the embedded server already runs on port %d; stop it to change the port", running.port)
-        return running
-    account = _server_account(pg_dir / "data")
-    _prepare_folders(pg_dir, account)
-    if not (pg_dir / "data" / "PG_VERSION").exists():
-        _init_cluster(pg_dir, account)
-    info = _start_on_free_port(pg_dir, config, account)
-    _write_state(pg_dir, info)
+        return _reuse(running, config)
+    if config.port:
+        _choose_port(config)  # a taken port fails before anything is written
+    with _start_lock(pg_dir):
+        running = server_status(pg_dir)  # another process may have started it meanwhile
+        if running is not None:
+            return _reuse(running, config)
+        account = _server_account(pg_dir / "data")
+        _prepare_folders(pg_dir, account)
+        if not (pg_dir / "data" / "PG_VERSION").exists():
+            _init_cluster(pg_dir, account)
+        info = _start_on_free_port(pg_dir, config, account)
+        _write_state(pg_dir, info)
     log.info("embedded PostgreSQL running at %s (pid %d)", info.dsn, info.pid)
     return info
+
+
+def _reuse(running: ServerInfo, config: EmbeddedConfig) -> ServerInfo:
+    if config.port and config.port != running.port:
+        log.warning("the embedded server already runs on port %d; stop it to change the port", running.port)
+    return running
+
+
+@contextlib.contextmanager
+def _start_lock(pg_dir: Path) -> Iterator[None]:
+    """Serialize starts of the same folder across processes."""
+    try:
+        pg_dir.mkdir(parents=True, exist_ok=True)
+        handle = (pg_dir / ".start.lock").open("a")
+    except OSError as exc:
+        raise ServerError(f"cannot create the embedded server's folder {pg_dir}: {exc.strerror}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_server(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
@@ -247,8 +275,6 @@ def _init_cluster(pg_dir: Path, account: _Account | None) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     if path.exists():
         shutil.rmtree(path)
 
@@ -390,20 +416,23 @@ def _run(
     """Run a PostgreSQL tool, as ``account`` when given, with a clean ``PG*``-free environment."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     env["LC_ALL"] = "C"
-    identity: dict[str, object] = {}
+    uid = gid = None
     if account is not None:
-        identity = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        uid, gid = account.uid, account.gid
         env["HOME"] = str(cwd)
     log.debug("running %s", " ".join(command))
     try:
         return subprocess.run(
             list(command), cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout_s, check=False, start_new_session=True, **identity,  # type: ignore[arg-type]
+            timeout=timeout_s, check=False, start_new_session=True, user=uid, group=gid,
+            extra_groups=[] if uid is not None else None,
         )  # fmt: skip
     except OSError as exc:
         raise ServerError(f"cannot run {Path(command[0]).name}: {exc.strerror}") from None
 
 
 def _last_line(text: str) -> str:
+    """The first error line of a tool's output (its cause), else its last line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+    errors = [line for line in lines if "error:" in line or "FATAL" in line]
+    return errors[0] if errors else lines[-1] if lines else "no output"

@@ -1,0 +1,161 @@
+"""Connections: one clear line per failure, no password ever shown, missing schema and tables named."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from typer.testing import CliRunner
+
+from lstm_adv.cli import app
+from lstm_adv.database.connection import check_tables, connect, describe_source, redact_dsn
+from lstm_adv.database.server import ServerInfo
+from lstm_adv.domain.errors import DatabaseError
+
+PASSWORD = "s3cret-Pa55"
+ROLE = "lstm_adv_pwtest"
+HINT = "is the server running? for the embedded server run `lstm-adv db start`"
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def password_role(pg_server: ServerInfo) -> Iterator[str]:
+    """A login role that must authenticate with a password over TCP (pg_hba: scram-sha-256)."""
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(PASSWORD)))
+    yield ROLE
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
+
+
+def test_unreachable_server_fails_fast_with_hint() -> None:
+    """A closed port is reported within a few seconds with host, port, the reason and a hint."""
+    port = _closed_port()
+    started = time.monotonic()
+    with pytest.raises(DatabaseError) as caught:
+        connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout_s=3)
+    assert time.monotonic() - started < 5
+    assert (
+        str(caught.value) == f"cannot connect to PostgreSQL at 127.0.0.1:{port} within 3s (Connection refused); {HINT}"
+    )
+
+
+@pytest.mark.db
+def test_wrong_password_is_reported_without_echoing_it(pg_server: ServerInfo, password_role: str) -> None:
+    """A wrong password gives the user and address and a hint, and never the password itself."""
+    wrong = "wr0ng-Guess-42"
+    dsn = f"postgresql://{password_role}:{wrong}@127.0.0.1:{pg_server.port}/postgres"
+    with pytest.raises(DatabaseError) as caught:
+        connect(dsn, timeout_s=5)
+    assert str(caught.value) == (
+        f"password authentication failed for user '{ROLE}' at 127.0.0.1:{pg_server.port}; "
+        "check the password (PGPASSWORD or ~/.pgpass)"
+    )
+    assert wrong not in str(caught.value)
+
+
+@pytest.mark.db
+def test_right_password_connects(pg_server: ServerInfo, password_role: str) -> None:
+    """The password role connects with its password (so the wrong-password test exercises real authentication)."""
+    with connect(f"postgresql://{password_role}:{PASSWORD}@127.0.0.1:{pg_server.port}/postgres") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (ROLE,)
+
+
+@pytest.mark.db
+def test_missing_password_is_reported(pg_server: ServerInfo, password_role: str) -> None:
+    """A role that needs a password but gets none is told where to put it."""
+    with pytest.raises(DatabaseError) as caught:
+        connect(f"postgresql://{password_role}@127.0.0.1:{pg_server.port}/postgres")
+    assert str(caught.value) == (
+        f"the server at 127.0.0.1:{pg_server.port} asks for a password for user '{ROLE}' and none was given; "
+        "set PGPASSWORD or add it to ~/.pgpass"
+    )
+
+
+@pytest.mark.db
+def test_unknown_database_is_named(pg_server: ServerInfo) -> None:
+    """Connecting to a database that does not exist names it."""
+    with pytest.raises(DatabaseError) as caught:
+        connect(f"postgresql://postgres@127.0.0.1:{pg_server.port}/no_such_db")
+    assert str(caught.value) == (
+        f"database 'no_such_db' does not exist at 127.0.0.1:{pg_server.port}; check the database name in the DSN"
+    )
+
+
+@pytest.mark.db
+def test_missing_schema_is_named(pg_server: ServerInfo) -> None:
+    """check_tables names a missing schema, the database and the way to load the demo."""
+    with connect(pg_server.dsn) as conn, pytest.raises(DatabaseError) as caught:
+        check_tables(conn, "no_such_schema", ["patients"])
+    assert str(caught.value) == (
+        f"schema 'no_such_schema' does not exist in database postgres at 127.0.0.1:{pg_server.port}; "
+        "load it with `lstm-adv db load-demo`"
+    )
+
+
+@pytest.mark.db
+def test_missing_tables_are_named(pg_server: ServerInfo) -> None:
+    """check_tables names each missing table with its schema, and passes when all are present."""
+    with connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS partial CASCADE")
+        conn.execute("CREATE SCHEMA partial")
+        conn.execute("CREATE TABLE partial.patients (subject_id INT)")
+        check_tables(conn, "partial", ["patients"])
+        with pytest.raises(DatabaseError) as one:
+            check_tables(conn, "partial", ["patients", "chartevents"])
+        with pytest.raises(DatabaseError) as two:
+            check_tables(conn, "partial", ["chartevents", "labevents"])
+        conn.execute("DROP SCHEMA partial CASCADE")
+    where = f"database postgres at 127.0.0.1:{pg_server.port}"
+    assert str(one.value) == f"table partial.chartevents is missing in {where}; load it with `lstm-adv db load-demo`"
+    assert str(two.value) == (
+        f"tables partial.chartevents, partial.labevents are missing in {where}; load them with `lstm-adv db load-demo`"
+    )
+
+
+def test_redact_dsn_removes_passwords() -> None:
+    """redact_dsn drops the password from URL and key=value DSNs and keeps everything else."""
+    assert redact_dsn("postgresql://me:pw@db.example:5433/mimic?sslmode=require") == (
+        "postgresql://me@db.example:5433/mimic?sslmode=require"
+    )
+    assert redact_dsn("postgresql://me@db.example/mimic?password=pw") == "postgresql://me@db.example/mimic"
+    redacted = redact_dsn("host=db.example user=me password=pw dbname=mimic")
+    assert "pw" not in redacted
+    assert psycopg.conninfo.conninfo_to_dict(redacted) == {"host": "db.example", "user": "me", "dbname": "mimic"}
+
+
+def test_describe_source_is_canonical_and_password_free() -> None:
+    """describe_source gives postgresql://user@host:port/db, with the default port filled in."""
+    assert describe_source("postgresql://me:pw@db.example/mimic") == "postgresql://me@db.example:5432/mimic"
+    assert describe_source("host=h port=6000 user=u dbname=d password=x") == "postgresql://u@h:6000/d"
+
+
+def test_invalid_dsn_is_reported_without_repeating_it() -> None:
+    """A DSN that is not a connection string gets one line that does not repeat its text."""
+    with pytest.raises(DatabaseError) as caught:
+        connect("not a dsn secretword")
+    assert str(caught.value) == (
+        "the DSN is not a valid PostgreSQL connection string; "
+        "expected e.g. postgresql://user@host:5432/dbname or 'host=... dbname=...'"
+    )
+
+
+def test_cli_load_demo_unreachable_dsn_fails_with_one_line(tmp_path: object) -> None:
+    """`db load-demo --dsn` to a closed port exits 1 with the connection message and no traceback."""
+    port = _closed_port()
+    dsn = f"postgresql://postgres:hunter2@127.0.0.1:{port}/postgres"
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "db", "load-demo", "--dsn", dsn])
+    assert result.exit_code == 1
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}" in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
