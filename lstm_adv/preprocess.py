@@ -185,7 +185,7 @@ def _feature_codes(series: pd.Series[Any], spec: FeatureSpec, *, origin: str, ta
         categorical = series.cat.set_categories(names)
     else:
         categorical = pd.Series(pd.Categorical(series, categories=names), index=series.index)
-    codes: npt.NDArray[np.int8] = categorical.cat.codes.to_numpy(dtype=np.int8)
+    codes = np.asarray(categorical.cat.codes, dtype=np.int8)
     if (codes < 0).any():
         unknown = sorted({str(v) for v in series[codes < 0].unique()})
         raise DataError(
@@ -345,8 +345,7 @@ def _hourly_bins(
     span = WINDOW_HOURS + lookback_hours
     code = (sample[use] * span + (hour[use] + lookback_hours)) * n_features + m.feature[use]
     value = m.value[use]
-    # sorting by (code, value) fixes the summation order: the input's row order cannot change a mean
-    order = np.lexsort((value, code))
+    order = _canonical_order(code, value)
     code, value = code[order], value[order]
     starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if code.size else np.zeros(0, np.int64)
     sums = np.add.reduceat(value, starts) if code.size else np.zeros(0)
@@ -367,6 +366,19 @@ def _hourly_bins(
         ("used: in the window", int((use & (hour >= 0)).sum())),
     )
     return bins, counts_out
+
+
+def _canonical_order(code: I64, value: F64) -> I64:
+    """Row order sorted by (code, value): the summation order of a bin, so input row order cannot change a mean.
+
+    Sorts by code, then re-sorts only the rows of bins with more than one measurement by value.
+    """
+    order = np.argsort(code)
+    sorted_code = code[order]
+    repeated = np.r_[sorted_code[1:] == sorted_code[:-1], False] | np.r_[False, sorted_code[1:] == sorted_code[:-1]]
+    rows = np.flatnonzero(repeated)
+    order[rows] = order[rows][np.lexsort((value[order[rows]], sorted_code[rows]))]
+    return order
 
 
 def _apply_window_rule(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lstm_adv import __version__
-from lstm_adv.cli import db, demo, query, runs
+from lstm_adv.cli import db, demo, preprocess, query, report, runs, synth, train
 from lstm_adv.cli._common import CliState, ErrorBoundaryGroup, setup_logging
 
 app = typer.Typer(
@@ -56,6 +56,11 @@ def root(
 app.command("demo")(demo.demo)
 app.add_typer(db.app, name="db")
 app.command("query")(query.query)
+app.command("preprocess")(preprocess.preprocess)
+app.command("report")(report.report)
+app.command("train")(train.train)
+app.command("tune-model")(train.tune_model)
+app.command("synth")(synth.synth)
 app.add_typer(runs.app, name="runs")
 
 

@@ -108,14 +108,19 @@ def _check_vector(dtype: type[np.generic]) -> Any:
     return check
 
 
-def _int_array(dtype: type[np.generic]) -> Any:
-    def convert(value: Any) -> npt.NDArray[Any]:
-        array = np.asarray(value)
-        if array.dtype.kind in "iub":
-            return array.astype(dtype, copy=False)
-        return array  # left as is: the validator reports the wrong dtype
+def _as_int(value: Any, dtype: type[np.generic]) -> npt.NDArray[Any]:
+    array = np.asarray(value)
+    if array.dtype.kind in "iub":
+        return array.astype(dtype, copy=False)
+    return array  # left as is: the validator reports the wrong dtype
 
-    return convert
+
+def _int64(value: Any) -> npt.NDArray[Any]:
+    return _as_int(value, np.int64)
+
+
+def _int8(value: Any) -> npt.NDArray[Any]:
+    return _as_int(value, np.int8)
 
 
 @attrs.frozen
@@ -128,23 +133,23 @@ class FeatureMatrix:
 
     values: npt.NDArray[np.float32] = attrs.field(validator=_check_values, eq=_array_eq)
     labels: npt.NDArray[np.int64] = attrs.field(
-        converter=_int_array(np.int64), validator=_check_vector(np.int64), eq=_array_eq
+        converter=_int64, validator=_check_vector(np.int64), eq=_array_eq
     )
     subject_ids: npt.NDArray[np.int64] = attrs.field(
-        converter=_int_array(np.int64), validator=_check_vector(np.int64), eq=_array_eq
+        converter=_int64, validator=_check_vector(np.int64), eq=_array_eq
     )
     hadm_ids: npt.NDArray[np.int64] = attrs.field(
-        converter=_int_array(np.int64), validator=_check_vector(np.int64), eq=_array_eq
+        converter=_int64, validator=_check_vector(np.int64), eq=_array_eq
     )
     icustay_ids: npt.NDArray[np.int64] = attrs.field(
-        converter=_int_array(np.int64), validator=_check_vector(np.int64), eq=_array_eq
+        converter=_int64, validator=_check_vector(np.int64), eq=_array_eq
     )
     feature_names: tuple[str, ...] = attrs.field(converter=_names, validator=_check_names)
     split: npt.NDArray[np.int8] = attrs.field(
-        converter=_int_array(np.int8), validator=_check_vector(np.int8), eq=_array_eq
+        converter=_int8, validator=_check_vector(np.int8), eq=_array_eq
     )
     fold: npt.NDArray[np.int8] = attrs.field(
-        converter=_int_array(np.int8), validator=_check_vector(np.int8), eq=_array_eq
+        converter=_int8, validator=_check_vector(np.int8), eq=_array_eq
     )
     scaling: ScalingStats = attrs.field(validator=attrs.validators.instance_of(ScalingStats))
 
