@@ -69,6 +69,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def reports(session: nox.Session) -> None:
+    """Render every report document from runs of a fast fixture pipeline and check the output."""
+    _install(session)
+    session.run("pytest", "tests/test_reports.py", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: each prints a table and writes JSON under bench/results/."""
     _install(session)

@@ -10,7 +10,6 @@ and are 0 when undefined.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -253,8 +252,12 @@ def _threshold_stats(s: FloatArray, y: NDArray[np.int64], weights: FloatArray, t
     tp = weights @ (predicted & (y == 1)).astype(np.float64)
     fp = weights @ (predicted & (y == 0)).astype(np.float64)
     fn = weights @ (~predicted & (y == 1)).astype(np.float64)
-    safe: Callable[[FloatArray, FloatArray], FloatArray] = lambda a, b: np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
-    return {"f1": safe(2 * tp, 2 * tp + fp + fn), "precision": safe(tp, tp + fp), "recall": safe(tp, tp + fn)}
+    return {"f1": _ratio(2 * tp, 2 * tp + fp + fn), "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn)}
+
+
+def _ratio(a: FloatArray, b: FloatArray) -> FloatArray:
+    """a / b, and 0 where b is 0 (scikit-learn's ``zero_division=0``)."""
+    return np.where(b > 0, a / np.where(b > 0, b, 1.0), 0.0)
 
 
 def _brier(p: FloatArray, y: NDArray[np.int64], weights: FloatArray) -> FloatArray:

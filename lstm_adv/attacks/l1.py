@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from lstm_adv.attacks.base import ArrayLike, Attack, BatchOutcome
 from lstm_adv.domain.errors import ConfigError
+from lstm_adv.domain.perturbation import N_CLASSES
 
 METHODS = ("ista", "fista", "adam")
 
@@ -190,7 +191,7 @@ class L1Attack(Attack):
         s = self.settings
         lower, upper = self._bounds(x)
         loss = self._loss(target)
-        tracker = _Tracker(x, n_classes=2)
+        tracker = _Tracker(x, n_classes=N_CLASSES)
         delta = torch.zeros_like(x)
         for iteration in range(1, s.max_iterations + 1):
             logits, grad = self._gradient(x + delta, loss)
@@ -203,11 +204,11 @@ class L1Attack(Attack):
         return tracker.outcome()
 
     def _fista(self, x: Tensor, target: Tensor) -> BatchOutcome:
-        """FISTA: gradient at y_k = δ_k + β_k(δ_k − δ_{k−1}) (projected to the box); δ_k checked with its own forward."""
+        """FISTA: gradient at y_k = δ_k + β_k(δ_k − δ_{k−1}), projected to the box; δ_k checked by its own forward."""
         s = self.settings
         lower, upper = self._bounds(x)
         loss = self._loss(target)
-        tracker = _Tracker(x, n_classes=2)
+        tracker = _Tracker(x, n_classes=N_CLASSES)
         delta = previous = torch.zeros_like(x)
         t = 1.0
         for iteration in range(1, s.max_iterations + 1):

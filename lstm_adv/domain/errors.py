@@ -60,3 +60,7 @@ class ServerError(DatabaseError):
 
 class DataError(LstmAdvError, ValueError):
     """Input data (demo files, query results, tensors) are missing or malformed."""
+
+
+class ReportError(LstmAdvError, RuntimeError):
+    """A report cannot be rendered: no document for the run kind, a failing cell, a missing tool."""

@@ -34,7 +34,8 @@ def _readonly_copy(value: Any) -> np.ndarray:
 
 def _check_array(owner: str, name: str, value: np.ndarray, shape: tuple[int | None, ...], dtype: type) -> None:
     """Shape (``None`` = any length), dtype and, for floats, finiteness."""
-    if value.ndim != len(shape) or any(want is not None and got != want for got, want in zip(value.shape, shape)):
+    pairs = zip(value.shape, shape, strict=False)
+    if value.ndim != len(shape) or any(want is not None and got != want for got, want in pairs):
         want_text = "(" + ", ".join("N" if w is None else str(w) for w in shape) + ")"
         raise ValidationError(f"{owner}.{name} must have shape {want_text}, got {tuple(value.shape)}")
     if value.dtype != np.dtype(dtype):
@@ -214,10 +215,6 @@ def _check_iterations(result: AttackBatchResult) -> None:
         raise ValidationError("AttackBatchResult.best_iteration must not precede first_iteration")
 
 
-def _array_field() -> Any:
-    return attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
-
-
 @attrs.frozen
 class AttackBatchResult:
     """Columnar results of one attack over N samples (the stored form).
@@ -227,17 +224,17 @@ class AttackBatchResult:
     """
 
     iterations: int
-    sample_index: np.ndarray = _array_field()
-    label: np.ndarray = _array_field()
-    logits_before: np.ndarray = _array_field()
-    attacked: np.ndarray = _array_field()
-    found: np.ndarray = _array_field()
-    first_iteration: np.ndarray = _array_field()
-    first_delta: np.ndarray = _array_field()
-    first_logits: np.ndarray = _array_field()
-    best_iteration: np.ndarray = _array_field()
-    best_delta: np.ndarray = _array_field()
-    best_logits: np.ndarray = _array_field()
+    sample_index: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    label: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    logits_before: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    attacked: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    found: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    first_iteration: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    first_delta: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    first_logits: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    best_iteration: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    best_delta: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    best_logits: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
 
     def __attrs_post_init__(self) -> None:
         _check_batch(self)
@@ -250,7 +247,8 @@ class AttackBatchResult:
     @property
     def predicted(self) -> np.ndarray:
         """Predicted label at δ = 0. Shape: (N,) int64."""
-        return self.logits_before.argmax(axis=1).astype(np.int64)
+        predicted: np.ndarray = self.logits_before.argmax(axis=1).astype(np.int64)
+        return predicted
 
     @property
     def success_rate(self) -> float:
@@ -260,16 +258,19 @@ class AttackBatchResult:
 
     def l0(self, which: str = "best") -> np.ndarray:
         """Non-zero cells of the first or best δ per sample (0 where not found). Shape: (N,) int64."""
-        return np.count_nonzero(self._deltas(which), axis=(1, 2)).astype(np.int64)
+        counts: np.ndarray = np.count_nonzero(self._deltas(which), axis=(1, 2)).astype(np.int64)
+        return counts
 
     def l1(self, which: str = "best") -> np.ndarray:
         """Σ|δ| of the first or best δ per sample (0 where not found). Shape: (N,) float64."""
-        return np.abs(self._deltas(which), dtype=np.float64).sum(axis=(1, 2))
+        sums: np.ndarray = np.abs(self._deltas(which), dtype=np.float64).sum(axis=(1, 2))
+        return sums
 
     def _deltas(self, which: str) -> np.ndarray:
         if which not in ("first", "best"):
             raise ValidationError(f"which must be 'first' or 'best', got {which!r}")
-        return self.first_delta if which == "first" else self.best_delta
+        deltas: np.ndarray = self.first_delta if which == "first" else self.best_delta
+        return deltas
 
     def not_completed_reason(self, row: int) -> str:
         """Why row ``row`` has no success."""

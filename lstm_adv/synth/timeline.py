@@ -6,8 +6,6 @@ integer minutes since 1970-01-01, in MIMIC-III's shifted years 2100-2200.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import numpy as np
 from numpy.typing import NDArray
@@ -28,37 +26,37 @@ _P_SHIFTED_AGE = 0.05  # patients older than 89, whose dob MIMIC moves ~300 year
 _P_MINOR = 0.01  # under 18 (dropped by the cohort's age rule)
 _P_CAREVUE = 0.55  # 2001-2008 patients charted in CareVue, later ones in MetaVision
 _P_SHORT_ADMISSION = 0.015  # hospital stays under one day
-_STAYS_PER_ADMISSION = (np.array([1, 2, 3]), np.array([0.89, 0.09, 0.02]))
+_STAYS_PER_ADMISSION = np.array([1, 2, 3])
+_P_STAYS_PER_ADMISSION = np.array([0.89, 0.09, 0.02])
 _P_DEATH_IN_ICU = 0.75
 
 
-def _array() -> Any:
-    return attrs.field(eq=attrs.cmp_using(eq=np.array_equal))
-
-
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Timeline:
-    """Ids and times of every subject, admission and ICU stay. Shapes: (S,), (A,), (I,)."""
+    """Ids and times of every subject, admission and ICU stay. Shapes: (S,), (A,), (I,).
+
+    An intermediate value of the generator (compared by identity); times in minutes since 1970.
+    """
 
     # per subject
-    subject_id: IntArray = _array()
-    carevue: BoolArray = _array()
-    male: BoolArray = _array()
-    dob: IntArray = _array()
+    subject_id: IntArray
+    carevue: BoolArray
+    male: BoolArray
+    dob: IntArray
     # per admission
-    hadm_id: IntArray = _array()
-    adm_subject: IntArray = _array()  # index into subjects
-    severity: FloatArray = _array()
-    death_probability: FloatArray = _array()
-    label: IntArray = _array()
-    admittime: IntArray = _array()
-    dischtime: IntArray = _array()
-    first_intime: IntArray = _array()
+    hadm_id: IntArray
+    adm_subject: IntArray  # index into subjects
+    severity: FloatArray
+    death_probability: FloatArray
+    label: IntArray
+    admittime: IntArray
+    dischtime: IntArray
+    first_intime: IntArray
     # per ICU stay
-    icustay_id: IntArray = _array()
-    stay_adm: IntArray = _array()  # index into admissions
-    intime: IntArray = _array()
-    outtime: IntArray = _array()
+    icustay_id: IntArray
+    stay_adm: IntArray  # index into admissions
+    intime: IntArray
+    outtime: IntArray
 
     @property
     def n_admissions(self) -> int:
@@ -89,7 +87,7 @@ def draw_timeline(n_admissions: int, rng: np.random.Generator, config: SynthConf
     label = (rng.random(n_admissions) < probability).astype(np.int64)
     adm_subject = _group_into_subjects(label, rng)
     n_subjects = int(adm_subject[-1]) + 1
-    rank = _rank_within(adm_subject)
+    rank = rank_within(adm_subject)
     first_admit, carevue = _subject_epochs(n_subjects, rng)
     stay_adm, intime, outtime, dischtime = _hospital_course(severity, label, rng)
     admittime = first_admit[adm_subject] + _readmission_offsets(dischtime, rank, adm_subject, rng)
@@ -122,11 +120,14 @@ def _group_into_subjects(label: IntArray, rng: np.random.Generator) -> IntArray:
     return np.concatenate([[0], np.cumsum(ends_subject[:-1])]).astype(np.int64)
 
 
-def _rank_within(groups: IntArray) -> IntArray:
+def rank_within(groups: IntArray) -> IntArray:
     """0, 1, 2, ... within each run of equal, sorted group indices."""
-    starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1]
+    if len(groups) == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1].astype(np.int64)
     sizes = np.diff(np.r_[starts, len(groups)])
-    return np.arange(len(groups), dtype=np.int64) - np.repeat(starts, sizes)
+    positions: IntArray = np.arange(len(groups), dtype=np.int64) - np.repeat(starts, sizes)
+    return positions
 
 
 def _group_cumsum(values: IntArray, groups: IntArray) -> IntArray:
@@ -184,9 +185,9 @@ def _hospital_course(
     """
     n = len(severity)
     short = rng.random(n) < _P_SHORT_ADMISSION
-    n_stays = np.where(short, 1, rng.choice(*_STAYS_PER_ADMISSION, size=n))
+    n_stays = np.where(short, 1, rng.choice(_STAYS_PER_ADMISSION, size=n, p=_P_STAYS_PER_ADMISSION))
     stay_adm = np.repeat(np.arange(n, dtype=np.int64), n_stays)
-    stay_rank = _rank_within(stay_adm)
+    stay_rank = rank_within(stay_adm)
     los = _icu_minutes(severity[stay_adm], short[stay_adm], rng)
     lead = np.where(stay_rank == 0, _pre_icu_minutes(short, rng)[stay_adm], _between_stays_minutes(len(los), rng))
     intime = _group_cumsum(lead + los, stay_adm) - los
@@ -196,7 +197,7 @@ def _hospital_course(
 
 
 def _icu_minutes(severity: FloatArray, short: BoolArray, rng: np.random.Generator) -> IntArray:
-    days = np.clip(rng.lognormal(np.log(2.1) + 0.12 * severity, 0.9), 0.08, 60.0)
+    days = np.clip(rng.lognormal(np.log(2.2) + 0.12 * severity, 0.8), 0.08, 60.0)
     days = np.where(short, rng.uniform(0.1, 0.8, len(days)), days)
     return np.round(days * MINUTES_PER_DAY).astype(np.int64)
 

@@ -1,0 +1,197 @@
+"""`lstm-adv train` and `lstm-adv tune-model`: the model stage, plus how `runs show` prints their runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lstm_adv.cli._common import console, fail, state
+from lstm_adv.cli.summaries import register
+from lstm_adv.domain.run_id import RunId
+from lstm_adv.results.store import Run
+
+# torch and optuna are imported inside the commands so that `lstm-adv --help` stays fast
+REPORTED = ("auroc", "auprc", "f1", "precision", "recall", "brier")
+
+
+def train(
+    ctx: typer.Context,
+    data: Annotated[str | None, typer.Option("--data", help="Features run id or prefix [default: the latest].")] = None,
+    params: Annotated[
+        Path | None, typer.Option("--params", help="JSON/TOML file of the nine hyperparameters (e.g. a params.json).")
+    ] = None,
+    tuned_model: Annotated[
+        str | None, typer.Option("--tuned-model", help="Take the hyperparameters from this tune-model run.")
+    ] = None,
+    trial: Annotated[
+        int | None, typer.Option("--trial", help="Trial number of --tuned-model [default: its best trial].")
+    ] = None,
+    cv: Annotated[
+        bool, typer.Option("--cv", help="Cross-validate over the K folds (mean ± sd) instead of the test split.")
+    ] = False,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
+) -> None:
+    """Train the BiLSTM with early stopping on validation and score the held-out test split once.
+
+    Hyperparameters come from the [model] config section, a --params file, or a --tuned-model run.
+    Prints the new model run's id and its test metrics with 95 % bootstrap intervals.
+    """
+    if params is not None and tuned_model is not None:
+        fail("give either --params or --tuned-model, not both")
+    if trial is not None and tuned_model is None:
+        fail("--trial needs --tuned-model")
+    from lstm_adv.train import load_params_file, params_from_config, run_training
+    from lstm_adv.tune_model import trial_params
+
+    cli = state(ctx)
+    config = cli.config({"model.device": device})
+    store = cli.workspace().store
+    features_run = store.resolve(data, "features")
+    extra: list[RunId] = []
+    if tuned_model is not None:
+        tune_run = store.get(tuned_model, kind="tune-model")
+        number, hyper = trial_params(tune_run, trial)
+        extra.append(tune_run.id)
+        console.print(f"hyperparameters of trial {number} of {tune_run.id}")
+    else:
+        hyper = load_params_file(params) if params is not None else params_from_config(config.model)
+    folds = features_run_folds(features_run) if cv else 1
+    with _epoch_progress(config.model.max_epochs * folds) as on_epoch:
+        run = run_training(store, features_run, hyper, config, cv=cv, extra_parents=extra, on_epoch=on_epoch)
+    render_model(run, console)
+    console.print(f"model run {run.id}")
+
+
+def features_run_folds(run: Run) -> int:
+    """Number of folds of a features run (for the progress bar only)."""
+    from lstm_adv.train import load_features
+
+    return max(1, load_features(run).n_folds)
+
+
+def tune_model(
+    ctx: typer.Context,
+    data: Annotated[str | None, typer.Option("--data", help="Features run id or prefix [default: the latest].")] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", help="New trials to run [default: tune_model.trials].")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Optuna storage URL, e.g. postgresql://user:pw@host:5432/db, shared by workers on many machines "
+            "[default: a file inside the run].",
+        ),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue the study of this tune-model run (a new run is written).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Processes working on the study on this machine.")] = 1,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
+) -> None:
+    """Search the SPEC §4 hyperparameter space with Optuna (TPE, median pruning on validation AUROC).
+
+    Ctrl-C keeps the finished trials (the run is marked interrupted); --resume <id> continues it.
+    Every completed trial's weights are kept, so `train --tuned-model <id>` or an attack can use them.
+    """
+    import optuna
+
+    from lstm_adv.tune_model import run_model_tuning
+
+    cli = state(ctx)
+    config = cli.config({"model.device": device})
+    store = cli.workspace().store
+    resumed = store.get(resume, kind="tune-model") if resume else None
+    features_run = store.resolve(data, "features") if (data or not resumed) else None
+    total = trials if trials is not None else config.tune_model.trials
+    optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
+    with _trial_progress(total) as on_trial:
+        run = run_model_tuning(store, features_run, config, trials=trials, storage=storage, resume=resumed,
+                               workers=workers, on_trial=on_trial)  # fmt: skip
+    render_tuning(run, console)
+    if run.manifest.status == "interrupted":
+        console.print(f"interrupted: finished trials kept; continue with `lstm-adv tune-model --resume {run.id}`")
+    console.print(f"tune-model run {run.id}")
+
+
+@contextmanager
+def _epoch_progress(total: int) -> Iterator[Any]:
+    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("", total=total)
+
+        def on_epoch(record: Any) -> None:  # an EpochRecord
+            progress.update(task, advance=1, description=f"val AUROC {record.val_auroc:.4f}")
+
+        yield on_epoch
+
+
+@contextmanager
+def _trial_progress(total: int) -> Iterator[Any]:
+    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("", total=total)
+
+        def on_trial(study: Any, trial: Any) -> None:  # optuna Study, FrozenTrial
+            progress.update(task, advance=1, description=f"trial {trial.number} {trial.state.name.lower()}")
+
+        yield on_trial
+
+
+def _interval(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "—"
+    low, high = entry.get("low"), entry.get("high")
+    bounds = f" ({low:.4f}–{high:.4f})" if low is not None and high is not None else ""
+    return f"{entry['value']:.4f}{bounds}"
+
+
+@register("model")
+def render_model(run: Run, out: Console) -> None:
+    """The test metrics table (or the cross-validation mean ± sd) of a model run."""
+    summary = run.manifest.summary
+    if summary.get("cv"):
+        table = Table("metric", "mean", "sd", "folds", title=f"{summary['n_folds']}-fold cross-validation")
+        for name in REPORTED:
+            folds = ", ".join(f"{v:.3f}" for v in summary["folds"][name])
+            table.add_row(name, f"{summary['mean'][name]:.4f}", f"{summary['sd'][name]:.4f}", folds)
+        out.print(table)
+        return
+    conf = summary.get("confidence", 0.95)
+    table = Table("metric", f"test ({conf:.0%} bootstrap interval)", title="held-out test split")
+    for name in REPORTED:
+        table.add_row(name, _interval(summary["test"].get(name)))
+    if summary.get("oracle_test_auroc") is not None:
+        table.add_row("oracle AUROC (generator)", f"{summary['oracle_test_auroc']:.4f}")
+    out.print(table)
+    (tn, fp), (fn, tp) = summary["confusion_matrix"]
+    n, prevalence = summary["n"], summary["prevalence"]
+    out.print(f"threshold {summary['threshold']:.4f} (max F1 on validation); confusion tn={tn} fp={fp} fn={fn} tp={tp}")
+    out.print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}; n train/val/test "
+              f"{n['train']}/{n['validation']}/{n['test']}; test prevalence {prevalence['test']:.3f}; "
+              f"{summary['seconds_per_epoch']:.2f} s/epoch on {summary['device']}")  # fmt: skip
+
+
+@register("tune-model")
+def render_tuning(run: Run, out: Console) -> None:
+    """Trial counts, the best trial and its hyperparameters."""
+    summary = run.manifest.summary
+    states = ", ".join(f"{count} {state}" for state, count in summary.get("states", {}).items()) or "none"
+    out.print(f"study {summary.get('study_name')} in {summary.get('storage')}: {summary.get('n_trials', 0)} trials "
+              f"({states})")  # fmt: skip
+    best = summary.get("best")
+    if not best:
+        out.print("no completed trial yet")
+        return
+    table = Table("hyperparameter", "value", title=f"best trial {best['number']}: validation AUROC {best['value']:.4f}")
+    for name, value in best["params"].items():
+        table.add_row(name, f"{value:.3g}" if isinstance(value, float) else str(value))
+    out.print(table)

@@ -1,0 +1,356 @@
+"""Training stage: fit the BiLSTM on the train split, pick the threshold on validation, score the test split once.
+
+``train_model`` is the service (FeatureMatrix in, :class:`TrainedModel` out); ``run_training``
+writes a model run (kind ``model``): ``model.pt`` (state_dict), ``params.json``, ``metrics.json``,
+``history.json``, ``tensorboard/``, and the test metrics with bootstrap intervals in the summary.
+With ``cv=True`` every fold k of train+validation is scored on its own held-out part: fold k is the
+evaluation part, fold (k+1) mod K chooses the early-stopping epoch and the threshold, and the model
+trains on the remaining K−2 folds — so no sample that scores a fold ever influenced its model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from lstm_adv import metrics
+from lstm_adv.config import Config, ModelConfig
+from lstm_adv.domain.errors import ConfigError, DataError, LstmAdvError
+from lstm_adv.domain.feature_matrix import SPLITS, FeatureMatrix
+from lstm_adv.domain.run_id import RunId
+from lstm_adv.models import BiLSTM, Hyperparameters
+from lstm_adv.results.config_file import config_as_dict
+from lstm_adv.results.converter import unstructure
+from lstm_adv.results.store import Run, RunStore, RunWriter
+from lstm_adv.training_loop import (
+    EpochCallback,
+    EpochRecord,
+    SplitTensors,
+    check_training_config,
+    fit_model,
+    predict_logits,
+    probabilities,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.npz"
+MODEL_FILE = "model.pt"
+PARAMS_FILE = "params.json"
+ORACLE_FILE = "oracle.parquet"
+REPORTED = ("auroc", "auprc", "f1", "precision", "recall", "brier")
+
+
+@attrs.frozen
+class SplitIndices:
+    """Which FeatureMatrix rows train, validate (early stopping, threshold) and evaluate. Shapes: (n,)."""
+
+    train: NDArray[np.int64] = attrs.field(eq=attrs.cmp_using(eq=np.array_equal))
+    validation: NDArray[np.int64] = attrs.field(eq=attrs.cmp_using(eq=np.array_equal))
+    evaluation: NDArray[np.int64] = attrs.field(eq=attrs.cmp_using(eq=np.array_equal))
+    name: str = "holdout"
+
+    @classmethod
+    def holdout(cls, features: FeatureMatrix) -> SplitIndices:
+        """The FeatureMatrix's own train / validation / test split."""
+        return cls(features.indices("train"), features.indices("validation"), features.indices("test"))
+
+    @classmethod
+    def fold(cls, features: FeatureMatrix, k: int) -> SplitIndices:
+        """Fold ``k`` evaluates, fold (k+1) mod K validates, the other folds train (test samples unused)."""
+        n_folds = features.n_folds
+        evaluation = np.flatnonzero(features.fold == k).astype(np.int64)
+        validation = np.flatnonzero(features.fold == (k + 1) % n_folds).astype(np.int64)
+        used = (features.fold >= 0) & (features.fold != k) & (features.fold != (k + 1) % n_folds)
+        return cls(np.flatnonzero(used).astype(np.int64), validation, evaluation, name=f"fold {k}")
+
+
+@attrs.frozen
+class TrainedModel:
+    """A trained network (best epoch), its history, the validation-chosen threshold and the one test evaluation."""
+
+    model: BiLSTM = attrs.field(eq=False)
+    params: Hyperparameters
+    history: tuple[EpochRecord, ...]
+    best_epoch: int
+    threshold: float
+    validation: metrics.Evaluation
+    evaluation: metrics.Evaluation
+    split_sizes: dict[str, int]
+    device: str
+
+
+def check_split(features: FeatureMatrix, split: SplitIndices, *, origin: str) -> None:
+    """Every part must be non-empty; validation and evaluation parts need both classes (AUROC, threshold)."""
+    parts = {"train": split.train, "validation": split.validation, "test": split.evaluation}
+    if split.name != "holdout":
+        parts = {f"{split.name} {name}": idx for name, idx in parts.items()}
+    for (name, idx), needs_both in zip(parts.items(), (False, True, True), strict=True):
+        if idx.size == 0:
+            raise DataError(f"{origin}: the {name} split is empty; rebuild the features with more admissions")
+        counts = np.bincount(features.labels[idx], minlength=2)
+        if needs_both and counts.min() == 0:
+            only = int(np.argmax(counts))
+            raise DataError(
+                f"{origin}: the {name} split holds only class {only} ({idx.size} samples); AUROC and the "
+                "threshold need both classes; rebuild the features with more admissions or another split seed"
+            )
+
+
+def train_model(
+    features: FeatureMatrix,
+    params: Hyperparameters,
+    config: ModelConfig,
+    *,
+    split: SplitIndices | None = None,
+    on_epoch: EpochCallback | None = None,
+    tensorboard_dir: Path | None = None,
+) -> TrainedModel:
+    """Fit on the training part, choose the threshold (max F1) on validation, evaluate the held-out part once.
+
+    Imbalance handling (``config.imbalance``) touches training batches only; validation and test are
+    scored as they are, at their natural prevalence.
+    """
+    check_training_config(config)
+    split = split or SplitIndices.holdout(features)
+    check_split(features, split, origin="FeatureMatrix")
+    device = resolve_device(config.device)
+    tensors = [SplitTensors.from_arrays(features.values[i], features.labels[i], device) for i in
+               (split.train, split.validation, split.evaluation)]  # fmt: skip
+    fit = fit_model(tensors[0], tensors[1], params, config, on_epoch=on_epoch, tensorboard_dir=tensorboard_dir)
+    val_p = probabilities(predict_logits(fit.model, tensors[1].x, config.eval_batch_size))
+    threshold = metrics.choose_threshold(features.labels[split.validation], val_p)
+    eval_p = probabilities(predict_logits(fit.model, tensors[2].x, config.eval_batch_size))
+    return TrainedModel(
+        model=fit.model,
+        params=params,
+        history=fit.history,
+        best_epoch=fit.best_epoch,
+        threshold=threshold,
+        validation=_evaluate(features.labels[split.validation], val_p, threshold, config),
+        evaluation=_evaluate(features.labels[split.evaluation], eval_p, threshold, config),
+        split_sizes={name: int(idx.size) for name, idx in zip(SPLITS, (split.train, split.validation, split.evaluation),
+                                                              strict=True)},
+        device=str(device),
+    )
+
+
+def _evaluate(
+    y: NDArray[np.int64], p: NDArray[np.float64], threshold: float, config: ModelConfig
+) -> metrics.Evaluation:
+    return metrics.evaluate_predictions(
+        y,
+        p,
+        threshold=threshold,
+        bootstrap_samples=config.bootstrap_samples,
+        confidence=config.confidence,
+        calibration_bins=config.calibration_bins,
+        seed=config.seed,
+    )
+
+
+def params_from_config(config: ModelConfig) -> Hyperparameters:
+    """The hyperparameters set in the ``[model]`` section."""
+    names = [field.name for field in attrs.fields(Hyperparameters)]
+    return Hyperparameters.from_mapping({name: getattr(config, name) for name in names}, origin="[model] config")
+
+
+def load_params_file(path: Path) -> Hyperparameters:
+    """Hyperparameters from a JSON or TOML file (e.g. a model run's ``params.json``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = tomllib.loads(text) if Path(path).suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"params file {path} cannot be read: {exc.strerror}") from None
+    except ValueError as exc:
+        kind = "TOML" if Path(path).suffix == ".toml" else "JSON"
+        raise ConfigError(f"params file {path} is not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {path} must hold a table of hyperparameters")
+    return Hyperparameters.from_mapping(data, origin=f"params file {path}")
+
+
+def load_features(run: Run) -> FeatureMatrix:
+    """The FeatureMatrix stored in a features run."""
+    return FeatureMatrix.from_npz(run.file(FEATURES_FILE))
+
+
+def run_training(
+    store: RunStore,
+    features_run: Run,
+    params: Hyperparameters,
+    config: Config,
+    *,
+    cv: bool = False,
+    extra_parents: Sequence[RunId] = (),
+    on_epoch: EpochCallback | None = None,
+) -> Run:
+    """Train (or cross-validate) on a features run and write a model run; bad input writes no run."""
+    features = load_features(features_run)
+    origin = f"features run {features_run.id}"
+    check_training_config(config.model)
+    splits = _cv_splits(features, origin) if cv else [SplitIndices.holdout(features)]
+    for split in splits:
+        check_split(features, split, origin=origin)
+    oracle = oracle_auroc(store, features_run, features)
+    parents = [features_run.id, *extra_parents]
+    with store.create("model", parents=parents, config=config_as_dict(config)) as writer:
+        write_json(writer.file(PARAMS_FILE), params.to_dict())
+        if cv:
+            _write_cv(writer, features, splits, params, config.model, on_epoch)
+        else:
+            _write_holdout(writer, features, params, config.model, on_epoch, oracle)
+    assert writer.committed is not None
+    return writer.committed
+
+
+def _cv_splits(features: FeatureMatrix, origin: str) -> list[SplitIndices]:
+    if features.n_folds < 3:
+        raise DataError(
+            f"{origin}: cross-validation needs at least 3 folds (evaluate, validate, train); it has "
+            f"{features.n_folds}; rebuild the features with preprocess.n_folds >= 3"
+        )
+    return [SplitIndices.fold(features, k) for k in range(features.n_folds)]
+
+
+def _write_holdout(
+    writer: RunWriter,
+    features: FeatureMatrix,
+    params: Hyperparameters,
+    config: ModelConfig,
+    on_epoch: EpochCallback | None,
+    oracle: float | None,
+) -> None:
+    trained = train_model(features, params, config, on_epoch=on_epoch, tensorboard_dir=writer.path / "tensorboard")
+    torch.save(trained.model.state_dict(), writer.file(MODEL_FILE))
+    write_json(writer.file("history.json"), [unstructure(r) for r in trained.history])
+    write_json(writer.file("metrics.json"), {"validation": unstructure(trained.validation),
+                                             "test": unstructure(trained.evaluation)})  # fmt: skip
+    writer.summary.update(_holdout_summary(features, trained, oracle))
+
+
+def _holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: float | None) -> dict[str, Any]:
+    test = trained.evaluation
+    summary: dict[str, Any] = jsonable({
+        "cv": False,
+        "test": {name: unstructure(getattr(test, name)) for name in REPORTED},
+        "confusion_matrix": test.confusion_matrix,
+        "threshold": trained.threshold,
+        "best_epoch": trained.best_epoch,
+        "epochs_run": len(trained.history),
+        "seconds_per_epoch": float(np.mean([r.seconds for r in trained.history])),
+        "n": trained.split_sizes,
+        "prevalence": {name: float(features.labels[features.indices(name)].mean()) for name in SPLITS},
+        "oracle_test_auroc": oracle,
+        "confidence": test.confidence,
+        "device": trained.device,
+    })  # fmt: skip
+    return summary
+
+
+def _write_cv(
+    writer: RunWriter,
+    features: FeatureMatrix,
+    splits: list[SplitIndices],
+    params: Hyperparameters,
+    config: ModelConfig,
+    on_epoch: EpochCallback | None,
+) -> None:
+    folds = []
+    for k, split in enumerate(splits):
+        trained = train_model(features, params, config, split=split, on_epoch=on_epoch,
+                              tensorboard_dir=writer.path / "tensorboard" / f"fold_{k}")  # fmt: skip
+        torch.save(trained.model.state_dict(), writer.file(f"folds/{k}/{MODEL_FILE}"))
+        folds.append({"fold": k, "best_epoch": trained.best_epoch, "threshold": trained.threshold,
+                      "n": trained.split_sizes, "evaluation": unstructure(trained.evaluation),
+                      "history": [unstructure(r) for r in trained.history]})  # fmt: skip
+    write_json(writer.file("metrics.json"), {"folds": folds})
+    values = {name: np.array([f["evaluation"][name]["value"] for f in folds]) for name in REPORTED}
+    writer.summary.update(jsonable({
+        "cv": True,
+        "n_folds": len(folds),
+        "folds": {name: v.tolist() for name, v in values.items()},
+        "mean": {name: float(v.mean()) for name, v in values.items()},
+        "sd": {name: float(v.std(ddof=1)) for name, v in values.items()},
+    }))  # fmt: skip
+
+
+def oracle_auroc(store: RunStore, features_run: Run, features: FeatureMatrix) -> float | None:
+    """On synthetic data, the generator's AUROC on the same test split (its true risks), else ``None``.
+
+    Looks for a ``synth`` run among the features run's ancestors holding ``oracle.parquet``
+    (columns ``hadm_id``, ``risk``).
+    """
+    synth = [r for r in _ancestors(store, features_run) if r.kind == "synth" and (r.path / ORACLE_FILE).exists()]
+    if not synth:
+        return None
+    import pandas as pd
+
+    truth = pd.read_parquet(synth[0].path / ORACLE_FILE, columns=["hadm_id", "risk"]).set_index("hadm_id")["risk"]
+    test = features.indices("test")
+    risk = truth.reindex(features.hadm_ids[test]).to_numpy(dtype=np.float64)
+    known = np.isfinite(risk)
+    labels = features.labels[test][known]
+    if known.sum() < 2 or labels.min() == labels.max():
+        log.warning("synth run %s: oracle risks do not cover the test split; no oracle AUROC", synth[0].id)
+        return None
+    return metrics.auroc(labels, risk[known])
+
+
+def _ancestors(store: RunStore, run: Run) -> list[Run]:
+    found: dict[RunId, Run] = {}
+    queue = [run]
+    while queue:
+        for parent_id in queue.pop().manifest.parents:
+            if parent_id not in found:
+                with contextlib.suppress(LstmAdvError):
+                    found[parent_id] = store.get(str(parent_id))
+                    queue.append(found[parent_id])
+    return [*found.values()]
+
+
+def load_model(folder: Path, *, device: str | torch.device = "cpu") -> BiLSTM:
+    """A trained BiLSTM from a folder holding ``params.json`` and ``model.pt`` (a model run or a tuning trial)."""
+    params_path, weights_path = folder / PARAMS_FILE, folder / MODEL_FILE
+    if not params_path.is_file() or not weights_path.is_file():
+        raise DataError(f"{folder} holds no trained model ({PARAMS_FILE} and {MODEL_FILE}); train one first")
+    params = Hyperparameters.from_mapping(json.loads(params_path.read_text(encoding="utf-8")), origin=str(params_path))
+    model = BiLSTM(params)
+    model.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
+    return model.to(device).eval()
+
+
+def load_trained_model(run: Run, *, device: str | torch.device = "cpu") -> BiLSTM:
+    """The BiLSTM of a model run (not a cross-validation run: those hold one model per fold)."""
+    if run.manifest.summary.get("cv"):
+        raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
+    return load_model(run.path, device=device)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON with non-finite numbers as null."""
+    path.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False), encoding="utf-8")
+
+
+def jsonable(data: Any) -> Any:
+    """``data`` with NaN/inf floats replaced by ``None`` and tuples/arrays as lists."""
+    if isinstance(data, float):
+        return data if np.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {str(k): jsonable(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [jsonable(v) for v in data]
+    if isinstance(data, np.generic):
+        return jsonable(data.item())
+    return data

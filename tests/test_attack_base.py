@@ -1,0 +1,155 @@
+"""The attack base class: input checks, masks, model mode, skipping misclassified samples, cuDNN handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lstm_adv.attacks import L1Attack, L1Settings, cell_mask
+from lstm_adv.domain.errors import ConfigError, DataError
+from tests.attack_models import LinearModel, TinyLSTM
+
+FAST = L1Settings(lam=1e-3, step_size=0.05, max_iterations=5)
+
+
+def _inputs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 48, 19), dtype=np.float32), rng.integers(0, 2, n).astype(np.int64)
+
+
+def test_cell_mask_allows_the_product_of_features_and_hours() -> None:
+    """cell_mask(features, hours) allows exactly the cells in the given hours of the given features."""
+    mask = cell_mask(features=[0, 5], hours=range(10, 12))
+    assert mask.shape == (48, 19)
+    assert mask.sum() == 4
+    assert mask[10, 0] and mask[11, 5] and not mask[9, 0]
+    assert cell_mask().all()
+
+
+def test_mask_that_excludes_every_cell_is_an_error() -> None:
+    """An all-False mask is refused with a message saying what to allow."""
+    with pytest.raises(ConfigError) as info:
+        L1Attack(LinearModel(), mask=np.zeros((48, 19), dtype=bool))
+    assert str(info.value) == "attack mask excludes every cell (48 × 19); allow at least one feature and hour"
+
+
+def test_mask_of_wrong_shape_is_an_error() -> None:
+    """A mask must be bool (48, 19)."""
+    with pytest.raises(ConfigError) as info:
+        L1Attack(LinearModel(), mask=np.ones(19, dtype=bool))
+    assert str(info.value) == (
+        "attack mask must be a bool array of shape (48, 19), got bool (19,); "
+        "build one with lstm_adv.attacks.cell_mask(features=..., hours=...)"
+    )
+
+
+def test_empty_input_is_an_error() -> None:
+    """Attacking zero samples (an empty split) is refused before any work."""
+    with pytest.raises(DataError) as info:
+        L1Attack(LinearModel(), FAST).run(np.zeros((0, 48, 19), np.float32), np.zeros(0, np.int64))
+    assert str(info.value) == "attack input is empty (0 samples); choose a split or subset that has samples"
+
+
+def test_input_of_wrong_shape_or_range_is_an_error() -> None:
+    """x must be (N, 48, 19) float32 in [0, 1]; y must be (N,) in {0, 1}."""
+    attack = L1Attack(LinearModel(), FAST)
+    x, y = _inputs(2)
+    with pytest.raises(DataError) as info:
+        attack.run(x[:, :, :18], y)
+    assert str(info.value) == "attack input must have shape (N, 48, 19), got (2, 48, 18)"
+    with pytest.raises(DataError) as info:
+        attack.run(x.astype(np.float64), y)
+    assert str(info.value) == "attack input must be float32, got float64"
+    with pytest.raises(DataError) as info:
+        attack.run(x + 1, y)
+    assert str(info.value) == "attack input must be finite and lie in [0, 1]; normalize it with the features run"
+    with pytest.raises(DataError) as info:
+        attack.run(x, y + 2)
+    assert str(info.value) == "attack labels must have shape (2,) with values 0 or 1, got shape (2,)"
+
+
+def test_batch_size_must_be_positive() -> None:
+    """A batch size below one is a configuration error."""
+    with pytest.raises(ConfigError) as info:
+        L1Attack(LinearModel(), FAST, batch_size=0)
+    assert str(info.value) == "attack batch size must be ≥ 1, got 0"
+
+
+def test_model_is_in_eval_mode_during_the_attack_and_restored_after() -> None:
+    """Every forward of the attack sees eval mode; a model in training mode is put back into it afterwards."""
+    model = TinyLSTM(dropout=0.5, layers=2)
+    model.train()
+    x, y = _inputs(3)
+    L1Attack(model, FAST, include_misclassified=True).run(x, y)
+    assert model.modes_seen and not any(model.modes_seen)
+    assert model.training
+
+
+def test_misclassified_samples_are_skipped_unless_included() -> None:
+    """By default samples the model gets wrong are not attacked and carry the reason 'misclassified'."""
+    model = TinyLSTM()
+    x, y = _inputs(12, seed=3)
+    predicted = model.eval()(torch.from_numpy(x)).argmax(1).numpy()
+    y = np.where(np.arange(12) < 6, predicted, 1 - predicted)  # six right, six wrong
+    skipped = L1Attack(model, FAST).run(x, y)
+    assert skipped.attacked.tolist() == [True] * 6 + [False] * 6
+    assert not skipped.found[6:].any()
+    assert {r.first.reason for r in skipped.results()[6:]} == {"misclassified"}  # type: ignore[union-attr]
+    included = L1Attack(model, FAST, include_misclassified=True).run(x, y)
+    assert included.attacked.all()
+
+
+def test_progress_counts_attacked_samples_and_index_passes_through() -> None:
+    """progress(n) is called once per batch; sample_index is stored as given."""
+    x, y = _inputs(7)
+    seen: list[int] = []
+    result = L1Attack(LinearModel(), FAST, batch_size=3, include_misclassified=True).run(
+        x, y, sample_index=np.arange(100, 107), progress=seen.append
+    )
+    assert seen == [3, 3, 1]
+    assert result.sample_index.tolist() == list(range(100, 107))
+
+
+def test_cuda_device_without_cuda_is_an_error() -> None:
+    """Asking for CUDA where there is none is a configuration error naming the fix."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ConfigError) as info:
+        L1Attack(LinearModel(), device="cuda")
+    assert str(info.value) == "attack device 'cuda' needs CUDA, which is not available; use --device cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_logits_under_attack_equal_eval_mode_logits_on_cuda() -> None:
+    """On CUDA the attack's forward (cuDNN handled) gives eval-mode logits and its backward runs in eval mode."""
+    model = TinyLSTM(hidden=32, layers=2, dropout=0.5).cuda().eval()
+    x = torch.rand(64, 48, 19, device="cuda")
+    with torch.no_grad():
+        expected = model(x)
+    attack = L1Attack(model, FAST, device="cuda")
+    with attack._eval_mode():
+        logits, grad = attack._gradient(x, lambda z: z[:, 0] - z[:, 1])
+        again = attack._forward(x)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_attack_loop_never_synchronises_with_the_host() -> None:
+    """Inside one batch's iteration loop no operation waits for the GPU (CUDA sync debug mode 'error')."""
+    model = TinyLSTM(hidden=32).cuda()
+    x = torch.rand(16, 48, 19, device="cuda")
+    target = torch.zeros(16, dtype=torch.int64, device="cuda")
+    for method in ("ista", "fista", "adam"):
+        attack = L1Attack(model, L1Settings(method=method, max_iterations=5), device="cuda")
+        with attack._eval_mode():
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                outcome = attack._attack_batch(x, target)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        assert outcome.found.shape == (16,)

@@ -1,0 +1,234 @@
+"""The sparse L1 attack: prox step, batch oracle, bounds and masks, response to change, stored successes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from lstm_adv.attacks import L1Attack, L1Settings, prox_l1_box, soft_threshold
+from lstm_adv.domain.errors import ConfigError
+from lstm_adv.domain.perturbation import AttackBatchResult
+from tests.attack_models import LinearModel, TinyLSTM
+from tests.strategies import attack_inputs, attack_methods, cell_masks
+
+# Settings under which the tiny model is flipped within a few iterations, per method.
+SETTINGS = {
+    "ista": L1Settings(lam=1e-3, step_size=10.0, method="ista", max_iterations=12),
+    "fista": L1Settings(lam=1e-3, step_size=5.0, method="fista", max_iterations=12),
+    "adam": L1Settings(lam=0.1, step_size=0.05, method="adam", max_iterations=12),
+}
+MODEL = TinyLSTM(seed=1).eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and are not slowed down by a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _inputs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 48, 19), dtype=np.float32), rng.integers(0, 2, n).astype(np.int64)
+
+
+class _Recording(nn.Module):
+    """Passes through to a model and keeps every input it was evaluated at."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+# --- the prox step ----------------------------------------------------------------------------------
+
+unit = st.floats(0, 1, allow_nan=False)
+
+
+@given(u=st.floats(-2, 2), low=unit, high=unit, threshold=st.floats(0, 0.5))
+def test_prox_is_the_minimizer_of_the_penalized_box_problem(u: float, low: float, high: float, threshold: float) -> None:
+    """prox_l1_box(u) minimizes ½(d − u)² + t·|d| over d ∈ [−low, high] (checked by brute force on a grid)."""
+    grid = np.linspace(-low, high, 200_001)
+    brute = grid[np.argmin(0.5 * (grid - u) ** 2 + threshold * np.abs(grid))]
+    got = prox_l1_box(torch.tensor([u], dtype=torch.float64), threshold,
+                      torch.tensor([-low], dtype=torch.float64), torch.tensor([high], dtype=torch.float64))  # fmt: skip
+    assert float(got[0]) == pytest.approx(brute, abs=2 * (low + high) / 200_000 + 1e-12)
+
+
+@given(seed=st.integers(0, 2**32 - 1), threshold=st.floats(0, 1))
+def test_prox_equals_soft_threshold_then_projection(seed: int, threshold: float) -> None:
+    """On random arrays the prox equals sign(u)·max(|u| − t, 0) clipped to the box, element by element."""
+    rng = np.random.default_rng(seed)
+    u, x = rng.normal(size=(4, 48, 19)), rng.random((4, 48, 19))
+    expected = np.clip(np.sign(u) * np.maximum(np.abs(u) - threshold, 0), -x, 1 - x)
+    got = prox_l1_box(torch.from_numpy(u), threshold, torch.from_numpy(-x), torch.from_numpy(1 - x))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(soft_threshold(torch.from_numpy(u), threshold).numpy(),
+                               np.sign(u) * np.maximum(np.abs(u) - threshold, 0), rtol=0, atol=1e-15)  # fmt: skip
+
+
+# --- oracle: a batch equals each sample alone ---------------------------------------------------------
+
+
+@given(attack_inputs(max_samples=5), attack_methods, st.integers(1, 5))
+def test_a_batch_gives_the_same_results_as_each_sample_alone(
+    inputs: tuple[np.ndarray, np.ndarray], method: str, batch_size: int
+) -> None:
+    """Attacking samples in batches gives the results of attacking each one alone (fresh state per batch)."""
+    x, y = inputs
+    settings = SETTINGS[method]
+    batched = L1Attack(MODEL, settings, batch_size=batch_size, include_misclassified=True).run(x, y)
+    alone = AttackBatchResult.concatenate(
+        [L1Attack(MODEL, settings, batch_size=1, include_misclassified=True).run(x[i : i + 1], y[i : i + 1])
+         for i in range(len(x))]
+    )  # fmt: skip
+    assert batched.found.tolist() == alone.found.tolist()
+    assert batched.first_iteration.tolist() == alone.first_iteration.tolist()
+    assert batched.best_iteration.tolist() == alone.best_iteration.tolist()
+    for name in ("first_delta", "best_delta", "first_logits", "best_logits", "logits_before"):
+        np.testing.assert_allclose(getattr(batched, name), getattr(alone, name), rtol=0, atol=1e-5)
+
+
+def test_ista_on_a_linear_model_matches_a_direct_computation() -> None:
+    """On z = W·x + b, the first success (iteration and δ) equals a plain numpy ISTA run per sample."""
+    model = LinearModel(seed=4)
+    x, y = _inputs(8, seed=5)
+    settings = L1Settings(kappa=0.2, lam=2e-3, step_size=0.05, method="ista", max_iterations=40)
+    result = L1Attack(model, settings, include_misclassified=True).run(x, y)
+    w, b = model.weight.detach().double().numpy(), model.bias.detach().double().numpy()
+    for row in range(len(x)):
+        iteration, delta = _numpy_ista_first_success(w, b, x[row].astype(np.float64).ravel(), settings)
+        assert result.first_iteration[row] == iteration
+        np.testing.assert_allclose(result.first_delta[row].ravel(), delta, rtol=0, atol=1e-5)
+    assert result.found.all()
+
+
+def _numpy_ista_first_success(w: np.ndarray, b: np.ndarray, x: np.ndarray, s: L1Settings) -> tuple[int, np.ndarray]:
+    c = int(np.argmax(w @ x + b))
+    direction = w[c] - w[1 - c]
+    delta = np.zeros_like(x)
+    for iteration in range(1, s.max_iterations + 1):
+        margin = direction @ (x + delta) + b[c] - b[1 - c]
+        u = delta - s.step_size * (direction if margin >= -s.kappa else 0.0)
+        delta = np.clip(np.sign(u) * np.maximum(np.abs(u) - s.step_size * s.lam, 0.0), -x, 1 - x)
+        if np.argmax(w @ (x + delta) + b) != c:
+            return iteration, delta
+    return 0, np.zeros_like(x)
+
+
+# --- bounds and masks ---------------------------------------------------------------------------------
+
+
+@given(attack_inputs(max_samples=3), attack_methods, cell_masks())
+def test_every_point_evaluated_stays_in_the_box_and_masked_cells_never_change(
+    inputs: tuple[np.ndarray, np.ndarray], method: str, mask: np.ndarray
+) -> None:
+    """Every x + δ the model sees (iterates and FISTA's extrapolated points) is in [0, 1] and equals x off the mask."""
+    x, y = inputs
+    model = _Recording(MODEL)
+    result = L1Attack(model, SETTINGS[method], mask=mask, include_misclassified=True).run(x, y)
+    xt = torch.from_numpy(x)
+    for seen in model.inputs:
+        assert bool(((seen >= 0) & (seen <= 1)).all())
+        assert torch.equal(seen[:, ~torch.from_numpy(mask)], xt[:, ~torch.from_numpy(mask)])
+    for deltas in (result.first_delta, result.best_delta):
+        assert ((x + deltas >= 0) & (x + deltas <= 1)).all()
+        assert not deltas[:, ~mask].any()
+
+
+# --- response to change -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["ista", "fista", "adam"])
+def test_more_iterations_never_lower_best_success(method: str) -> None:
+    """A longer run extends a shorter one: every success stays, the first is unchanged, the best only shrinks."""
+    x, y = _inputs(16, seed=7)
+    short_settings = L1Settings(lam=1e-2, step_size=SETTINGS[method].step_size, method=method, max_iterations=6)
+    short = L1Attack(MODEL, short_settings, include_misclassified=True).run(x, y)
+    long = L1Attack(MODEL, L1Settings(**{**_as_dict(short_settings), "max_iterations": 20}),
+                    include_misclassified=True).run(x, y)  # fmt: skip
+    assert (long.found >= short.found).all()
+    assert long.found.sum() > short.found.sum() > 0
+    assert (long.first_iteration[short.found] == short.first_iteration[short.found]).all()
+    assert (long.l1()[short.found] <= short.l1()[short.found]).all()
+
+
+def _as_dict(settings: L1Settings) -> dict[str, object]:
+    import attrs
+
+    return attrs.asdict(settings)
+
+
+def test_larger_lambda_never_raises_mean_l0() -> None:
+    """On a fixed model and a seeded set of 30 samples, λ ten times larger gives a mean L0 that is no larger."""
+    x, y = _inputs(30, seed=11)
+    mean_l0 = []
+    for lam in (1e-4, 1e-3, 1e-2):
+        settings = L1Settings(lam=lam, step_size=10.0, method="ista", max_iterations=30)
+        result = L1Attack(MODEL, settings, include_misclassified=True).run(x, y)
+        assert result.found.mean() >= 0.5
+        mean_l0.append(result.l0()[result.found].mean())
+    assert mean_l0[0] >= mean_l0[1] >= mean_l0[2]
+
+
+# --- stored successes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["ista", "fista", "adam"])
+def test_stored_successes_flip_the_prediction_when_reapplied(method: str, tmp_path: Path) -> None:
+    """δ read back from the stored file, added to x, makes the model predict the other class (first and best)."""
+    x, y = _inputs(10, seed=2)
+    result = L1Attack(MODEL, SETTINGS[method], include_misclassified=True).run(x, y)
+    result.to_npz(tmp_path / "attack.npz")
+    stored = AttackBatchResult.from_npz(tmp_path / "attack.npz")
+    assert stored.found.any()
+    found = stored.found
+    for which in ("first", "best"):
+        delta = getattr(stored, f"{which}_delta")[found]
+        with torch.no_grad():
+            logits = MODEL(torch.from_numpy(x[found] + delta))
+        assert (logits.argmax(1).numpy() != stored.predicted[found]).all()
+        np.testing.assert_allclose(logits.numpy(), getattr(stored, f"{which}_logits")[found], atol=1e-5)
+
+
+def test_no_success_is_a_stored_failure_with_its_reason() -> None:
+    """A budget too small to flip anything leaves every sample not completed, with the iteration budget named."""
+    x, y = _inputs(3)
+    result = L1Attack(MODEL, L1Settings(lam=1.0, step_size=1e-3, max_iterations=2), include_misclassified=True).run(x, y)
+    assert not result.found.any()
+    assert {r.first.reason for r in result.results()} == {"no success within 2 iterations"}  # type: ignore[union-attr]
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+
+def test_unknown_method_is_a_config_error() -> None:
+    """The method must be ista, fista or adam."""
+    with pytest.raises(ConfigError) as info:
+        L1Settings(method="sgd")
+    assert str(info.value) == "L1Settings.method must be one of ista, fista, adam; got 'sgd'"
+
+
+def test_step_size_must_be_positive_and_lambda_non_negative() -> None:
+    """A zero step or a negative λ is refused with the rule and the value."""
+    with pytest.raises(ConfigError) as info:
+        L1Settings(step_size=0.0)
+    assert str(info.value) == "L1Settings.step_size must be finite and > 0.0, got 0.0"
+    with pytest.raises(ConfigError) as info:
+        L1Settings(lam=-1.0)
+    assert str(info.value) == "L1Settings.lam must be finite and ≥ 0.0, got -1.0"

@@ -1,0 +1,234 @@
+"""Training: it really trains, evaluation is honest, runs are complete, bad input writes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lstm_adv import metrics, training_loop
+from lstm_adv.cli import app
+from lstm_adv.config import ModelConfig
+from lstm_adv.domain.errors import ConfigError, DataError
+from lstm_adv.domain.feature_matrix import SPLITS
+from lstm_adv.models import Hyperparameters
+from lstm_adv.results.config_file import load_config
+from lstm_adv.results.store import Run, RunStore
+from lstm_adv.train import SplitIndices, load_trained_model, run_training, train_model
+from tests.strategies import tiny_feature_matrix
+
+PARAMS = Hyperparameters(
+    hidden_size=8, num_layers=1, lstm_activation="tanh", dropout=0.0, fc_size=8,
+    fc_activation="relu", optimizer="adam", learning_rate=0.02, batch_size=16,
+)  # fmt: skip
+FAST = ModelConfig(max_epochs=3, patience=3, device="cpu", bootstrap_samples=50)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def features_run(store: RunStore, features: Any) -> Run:
+    """A features run holding ``features``."""
+    with store.create("features") as writer:
+        features.to_npz(writer.file("features.npz"))
+    assert writer.committed is not None
+    return writer.committed
+
+
+def test_tiny_model_overfits_separable_data() -> None:
+    """On separable data the training loss falls and validation and test AUROC reach 1."""
+    config = attrs.evolve(FAST, max_epochs=30, patience=30)
+    trained = train_model(tiny_feature_matrix(60, signal=0.5), attrs.evolve(PARAMS, learning_rate=0.01), config)
+    losses = [record.train_loss for record in trained.history]
+    assert np.mean(losses[-3:]) < 0.25 * losses[0]
+    assert max(record.val_auroc for record in trained.history) == 1.0
+    assert trained.evaluation.auroc.value == 1.0
+
+
+def test_evaluation_never_sees_resampled_or_training_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every metric is computed on the validation or test split as it is, while training batches are resampled."""
+    features = tiny_feature_matrix(80, prevalence=0.2)
+    seen: list[np.ndarray] = []
+    drawn: list[np.ndarray] = []
+    for name in ("auroc", "choose_threshold", "evaluate_predictions"):
+        original = getattr(metrics, name)
+
+        def spy(y: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            seen.append(np.asarray(y).copy())
+            return _original(y, *args, **kwargs)
+
+        monkeypatch.setattr(metrics, name, spy)
+    original_order = training_loop.epoch_order
+
+    def order_spy(labels: torch.Tensor, imbalance: str, generator: torch.Generator) -> torch.Tensor:
+        order = original_order(labels, imbalance, generator)
+        drawn.append(labels[order].numpy())
+        return order
+
+    monkeypatch.setattr(training_loop, "epoch_order", order_spy)
+    train_model(features, PARAMS, attrs.evolve(FAST, imbalance="weighted_sampling"))
+    natural = {split: features.labels[features.indices(split)] for split in ("validation", "test")}
+    assert seen and all(any(np.array_equal(y, ref) for ref in natural.values()) for y in seen)
+    assert any(np.array_equal(y, natural["test"]) for y in seen)
+    train_prevalence = features.labels[features.indices("train")].mean()
+    assert abs(np.concatenate(drawn).mean() - 0.5) < abs(train_prevalence - 0.5)  # the sampler did rebalance
+
+
+def test_class_weighted_loss_weights_the_minority() -> None:
+    """The class-weighted loss weighs each class by n / (2 n_k); the other settings do not weigh."""
+    labels = torch.tensor([0, 0, 0, 1])
+    weighted = training_loop.loss_function(labels, "class_weighted_loss")
+    assert torch.allclose(weighted.weight, torch.tensor([4 / 6, 2.0]))  # type: ignore[arg-type]
+    assert training_loop.loss_function(labels, "weighted_sampling").weight is None
+
+
+def test_loss_is_cross_entropy_on_logits() -> None:
+    """The training loss is cross-entropy of the model's raw logits (no softmax before it)."""
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    labels = torch.tensor([0, 1])
+    expected = -torch.log_softmax(logits, dim=1)[torch.arange(2), labels].mean()
+    assert torch.allclose(training_loop.loss_function(labels, "none")(logits, labels), expected)
+
+
+def test_training_is_deterministic_on_cpu() -> None:
+    """Two runs with the same seed give identical weights, history and metrics."""
+    features = tiny_feature_matrix(60)
+    first, second = (train_model(features, PARAMS, FAST) for _ in range(2))
+    assert first.history == second.history or [r.val_auroc for r in first.history] == [
+        r.val_auroc for r in second.history
+    ]
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    assert first.evaluation == second.evaluation
+
+
+def test_best_checkpoint_is_kept() -> None:
+    """The returned model has the best epoch's weights: its validation AUROC is the best in the history."""
+    features = tiny_feature_matrix(60, signal=0.2)
+    trained = train_model(features, attrs.evolve(PARAMS, learning_rate=0.05), attrs.evolve(FAST, max_epochs=6))
+    best = trained.history[trained.best_epoch - 1]
+    assert best.val_auroc == max(record.val_auroc for record in trained.history)
+    val = features.indices("validation")
+    x = torch.from_numpy(features.values[val])
+    _, val_auroc = training_loop.validation_scores(trained.model, training_loop.SplitTensors(x, torch.from_numpy(
+        features.labels[val])), 64)  # fmt: skip
+    assert val_auroc == pytest.approx(best.val_auroc)
+
+
+def test_early_stopping_stops_after_patience() -> None:
+    """Training stops once the validation value has not improved for `patience` epochs."""
+    trained = train_model(tiny_feature_matrix(60, signal=0.6), PARAMS, attrs.evolve(FAST, max_epochs=40, patience=2))
+    assert len(trained.history) == trained.best_epoch + 2 < 40
+
+
+def test_model_run_holds_weights_params_metrics_and_lineage(tmp_path: Path) -> None:
+    """A model run stores weights, params, metrics, history, TensorBoard events and the features parent."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    config = attrs.evolve(load_config(), model=FAST)
+    run = run_training(store, parent, PARAMS, config)
+    assert run.kind == "model" and run.manifest.parents == (parent.id,)
+    assert {"model.pt", "params.json", "metrics.json", "history.json"} <= set(run.manifest.checksums)
+    assert any(name.startswith("tensorboard/") for name in run.manifest.checksums)
+    assert json.loads(run.file("params.json").read_text()) == PARAMS.to_dict()
+    summary = run.manifest.summary
+    features = tiny_feature_matrix(60)
+    assert summary["n"] == {name: int((features.split == code).sum()) for code, name in enumerate(SPLITS)}
+    auroc = summary["test"]["auroc"]
+    assert auroc["low"] <= auroc["value"] <= auroc["high"]
+    reloaded = load_trained_model(run)
+    assert reloaded.params == PARAMS
+    test = torch.from_numpy(tiny_feature_matrix(60).values[:4])
+    assert reloaded(test).shape == (4, 2)
+
+
+def test_cross_validation_scores_each_fold_on_its_own_part(tmp_path: Path) -> None:
+    """--cv trains K models; fold k is evaluated on fold k only, never trained on, and mean ± sd is reported."""
+    features = tiny_feature_matrix(90, n_folds=3)
+    for k in range(3):
+        split = SplitIndices.fold(features, k)
+        assert np.intersect1d(split.evaluation, np.r_[split.train, split.validation]).size == 0
+        assert (features.fold[split.evaluation] == k).all() and (features.split[split.train] != 2).all()
+    store = RunStore(tmp_path)
+    run = run_training(store, features_run(store, features), PARAMS, attrs.evolve(load_config(), model=FAST), cv=True)
+    summary = run.manifest.summary
+    assert summary["cv"] and len(summary["folds"]["auroc"]) == 3
+    assert summary["mean"]["auroc"] == pytest.approx(np.mean(summary["folds"]["auroc"]))
+    assert {f"folds/{k}/model.pt" for k in range(3)} <= set(run.manifest.checksums)
+
+
+def _runs(tmp_path: Path) -> list[str]:
+    return [path.name for path in tmp_path.iterdir() if not path.name.startswith(".")]
+
+
+def test_empty_split_is_refused_without_a_run(tmp_path: Path) -> None:
+    """A features run without validation samples is a clear DataError and no model run is written."""
+    features = tiny_feature_matrix(60)
+    keep = np.flatnonzero(features.split != 1)
+    store = RunStore(tmp_path)
+    parent = features_run(store, features.subset(keep))
+    with pytest.raises(DataError) as info:
+        run_training(store, parent, PARAMS, attrs.evolve(load_config(), model=FAST))
+    assert str(info.value) == (
+        f"features run {parent.id}: the validation split is empty; rebuild the features with more admissions"
+    )
+    assert _runs(tmp_path) == [str(parent.id)]
+
+
+def test_single_class_validation_is_refused_without_a_run(tmp_path: Path) -> None:
+    """A validation split with one class is a clear DataError and no model run is written."""
+    features = tiny_feature_matrix(60)
+    keep = np.flatnonzero((features.split != 1) | (features.labels == 0))
+    store = RunStore(tmp_path)
+    parent = features_run(store, features.subset(keep))
+    with pytest.raises(DataError) as info:
+        run_training(store, parent, PARAMS, attrs.evolve(load_config(), model=FAST))
+    n_val = int((features.subset(keep).split == 1).sum())
+    assert str(info.value) == (
+        f"features run {parent.id}: the validation split holds only class 0 ({n_val} samples); AUROC and the "
+        "threshold need both classes; rebuild the features with more admissions or another split seed"
+    )
+    assert _runs(tmp_path) == [str(parent.id)]
+
+
+def test_unknown_imbalance_setting_is_a_config_error() -> None:
+    """An unknown imbalance setting names the options."""
+    with pytest.raises(ConfigError) as info:
+        train_model(tiny_feature_matrix(60), PARAMS, attrs.evolve(FAST, imbalance="smote"))
+    assert str(info.value) == (
+        "model.imbalance must be one of weighted_sampling, class_weighted_loss, none; got 'smote'"
+    )
+
+
+def test_cli_train_with_params_file_and_runs_show(tmp_path: Path) -> None:
+    """`train --params` writes a model run; `runs show` prints its metrics table; a bad optimizer writes nothing."""
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(60))
+    config_file = tmp_path / "fast.toml"
+    config_file.write_text('[model]\nmax_epochs = 2\nbootstrap_samples = 20\ndevice = "cpu"\n')
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(PARAMS.to_dict()))
+    base = ["--home", str(tmp_path), "--config", str(config_file)]
+    result = CliRunner().invoke(app, [*base, "train", "--data", str(parent.id), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    run = store.latest("model")
+    assert f"model run {run.id}" in result.output
+    shown = CliRunner().invoke(app, [*base, "runs", "show", str(run.id)])
+    assert "held-out test split" in shown.output and "auroc" in shown.output
+    params.write_text(json.dumps({**PARAMS.to_dict(), "optimizer": "adamw"}))
+    bad = CliRunner().invoke(app, [*base, "train", "--params", str(params)])
+    assert bad.exit_code == 1
+    assert "Hyperparameters.optimizer must be one of adam, rmsprop, sgd; got 'adamw'" in bad.output
+    assert len(store.list("model")) == 1
