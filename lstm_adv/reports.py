@@ -247,7 +247,8 @@ def execute_notebook(notebook: Any, settings: Mapping[str, Any], *, cwd: Path, t
 
     _hide_non_python(notebook)
     notebook.cells.insert(0, _nbformat().v4.new_code_cell(_setup_code(settings)))
-    client = NotebookClient(notebook, km=_kernel_manager(), timeout=timeout_s, allow_errors=False,
+    km = _kernel_manager()
+    client = NotebookClient(notebook, km=km, timeout=timeout_s, allow_errors=False,
                             resources={"metadata": {"path": str(cwd)}})  # fmt: skip
     env = os.environ | {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     try:
@@ -259,6 +260,8 @@ def execute_notebook(notebook: Any, settings: Mapping[str, Any], *, cwd: Path, t
         raise ReportError(f"{origin}: {_failed_cell(notebook)} did not finish: {exc}") from None
     finally:
         notebook.cells.pop(0)
+        if km.has_kernel:  # nbclient leaves a kernel manager it was given running
+            km.shutdown_kernel(now=True)
 
 
 def _hide_non_python(notebook: Any) -> None:

@@ -6,6 +6,7 @@ query-run contract, then the real preprocess stage over it.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -316,6 +317,20 @@ def test_failing_cell_fails_the_render(tmp_path: Path) -> None:
         "no report was written — fix the document or the run it reads"
     )
     assert not list(out.glob("*.html"))
+    assert child_processes() == []  # the kernel is shut down, also after a failure
+
+
+def child_processes() -> list[int]:
+    """Ids of this process's live children (Linux /proc; empty elsewhere)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
 
 
 @pytest.mark.slow

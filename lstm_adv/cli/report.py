@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +38,8 @@ def report(
     The document only reads the run's stored aggregates; it shows no patient-level rows or ids.
     Prints the HTML and PDF paths; `lstm-adv runs show <report id>` shows what was rendered.
     """
+    # jupyter_client warns through traitlets when it tears down its zmq context at exit; harmless noise
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
     cli = state(ctx)
     workspace = cli.workspace()
     run = workspace.store.get(run_id)
