@@ -266,3 +266,68 @@ def attack_batch_results(draw: st.DrawFn) -> Any:
         first_iteration=first_it, first_delta=delta.astype(np.float32), first_logits=after,
         best_iteration=best_it, best_delta=(delta / 2).astype(np.float32), best_logits=after,
     )  # fmt: skip
+
+
+# --- synthetic cohort (oracle AUROC) ----------------------------------------------------------------
+
+
+@st.composite
+def scores_and_labels(draw: st.DrawFn) -> tuple[list[float], list[int]]:
+    """Scores with frequent ties and 0/1 labels holding both outcomes."""
+    n = draw(st.integers(2, 30))
+    scores = draw(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0]) | st.floats(0, 1), min_size=n, max_size=n))
+    labels = draw(st.lists(st.integers(0, 1), min_size=n, max_size=n).filter(lambda ys: 0 < sum(ys) < len(ys)))
+    return scores, labels
+
+
+# --- analysis stage ---------------------------------------------------------------------------------
+
+
+def sparse_delta_array(seed: int, n: int, density: float, *, levels: int = 0) -> Any:
+    """float32 δ of shape (n, 48, 19) in [-1, 1] with about ``density`` non-zero cells; ``levels > 0`` rounds
+    magnitudes to that many steps so ties (equal maxima, equal susceptibilities) are common."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(-1.0, 1.0, (n, 48, 19))
+    if levels:
+        values = np.round(values * levels) / levels
+    return (values * (rng.random((n, 48, 19)) < density)).astype(np.float32)
+
+
+analysis_deltas = st.builds(
+    sparse_delta_array,
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 8),
+    density=st.sampled_from([0.0, 0.002, 0.02, 0.2, 1.0]),
+    levels=st.sampled_from([0, 1, 3]),
+)
+
+
+def analysis_attack_result(seed: int, n: int, *, density: float = 0.05, budget: int = 40) -> Any:
+    """An AttackBatchResult over samples 0..n-1 as the analysis stage reads it: both predicted classes,
+    some samples skipped, most attacked ones (and always sample 0) successful, best δ = first δ shrunk."""
+    import numpy as np
+
+    from lstm_adv.domain.perturbation import AttackBatchResult
+
+    rng = np.random.default_rng(seed)
+    predicted = rng.integers(0, 2, n)
+    predicted[:2] = (0, 1)
+    before = np.where(predicted[:, None] == 0, [[1.0, -1.0]], [[-1.0, 1.0]]).astype(np.float32)
+    attacked = rng.random(n) < 0.9
+    found = attacked & (rng.random(n) < 0.8)
+    attacked[0] = found[0] = True  # at least one success: the stage refuses attacks without any
+    first = sparse_delta_array(int(rng.integers(2**32)), n, density) * found[:, None, None]
+    first_it = np.where(found, rng.integers(1, budget // 2 + 1, n), 0).astype(np.int64)
+    after = np.where(found[:, None], before[:, ::-1], 0.0).astype(np.float32)
+    return AttackBatchResult(
+        budget, sample_index=np.arange(n, dtype=np.int64), label=predicted.astype(np.int64),
+        logits_before=before, attacked=attacked, found=found,
+        first_iteration=first_it, first_delta=first, first_logits=after,
+        best_iteration=np.where(found, first_it + rng.integers(0, budget // 2, n), 0).astype(np.int64),
+        best_delta=(first * rng.uniform(0.2, 1.0, (n, 1, 1))).astype(np.float32), best_logits=after,
+    )  # fmt: skip
+
+
+analysis_attack_results = st.builds(analysis_attack_result, seed=st.integers(0, 2**32 - 1), n=st.integers(2, 12))

@@ -53,7 +53,7 @@ def synth(
     """
     cli = state(ctx)
     config = cli.config({"synth.admissions": admissions, "synth.seed": seed, "synth.schema": schema})
-    check_request(config.synth.admissions, config.synth.seed)  # before starting a server
+    check_request(config.synth.admissions, config.synth.seed, config.synth)  # before starting a server
     check_schema_name(config.synth.schema)
     source = None
     if dsn is None:

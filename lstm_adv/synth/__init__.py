@@ -11,7 +11,7 @@ MIMIC-III tables), ``oracle`` (true-risk AUROC), ``service`` (load and record th
 from __future__ import annotations
 
 from lstm_adv.synth.cohort import MAX_ADMISSIONS, TABLES, SyntheticCohort, check_request, generate_cohort
-from lstm_adv.synth.oracle import TRUTH_FILE, auroc, load_truth, oracle_auroc
+from lstm_adv.synth.oracle import TRUTH_FILE, auroc, find_synth_run, load_truth, oracle_auroc
 from lstm_adv.synth.service import TRUTH_TABLE, load_cohort, run_synth
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "SyntheticCohort",
     "auroc",
     "check_request",
+    "find_synth_run",
     "generate_cohort",
     "load_cohort",
     "load_truth",

@@ -30,6 +30,8 @@ class SyntheticCohort:
 
     ``tables`` maps the MIMIC-III table names of :data:`TABLES` to DataFrames with MIMIC's column
     names; ``truth`` has one row per admission: hadm_id, death_probability, label, severity.
+    Columns nothing reads are left out and load as NULL: chartevents' storetime, cgid,
+    resultstatus and stopped, and patients' dod_ssn. CareVue rows have NULL warning/error, as in MIMIC.
     """
 
     n_admissions: int
@@ -48,8 +50,8 @@ class SyntheticCohort:
         return float(self.truth["label"].mean())
 
 
-def check_request(n_admissions: int, seed: int) -> None:
-    """Reject an impossible size or seed before anything is generated or written."""
+def check_request(n_admissions: int, seed: int, config: SynthConfig | None = None) -> None:
+    """Reject an impossible size, seed or setting before anything is generated or written."""
     if not 1 <= n_admissions <= MAX_ADMISSIONS:
         raise ConfigError(
             f"synth admissions must be between 1 and {MAX_ADMISSIONS}, got {n_admissions}; "
@@ -57,14 +59,23 @@ def check_request(n_admissions: int, seed: int) -> None:
         )
     if seed < 0:
         raise ConfigError(f"synth seed must be a non-negative integer, got {seed}; pass e.g. --seed 0")
+    if config is None:
+        return
+    if not 0.0 < config.mortality < 1.0:
+        raise ConfigError(f"synth.mortality must lie strictly between 0 and 1, got {config.mortality}; e.g. 0.10")
+    for key in ("vital_hours", "lab_hours", "lab_lookback_hours"):
+        if not 0.0 < getattr(config, key) <= 24 * 365:
+            raise ConfigError(f"synth.{key} must be positive hours (at most a year), got {getattr(config, key)}")
+    if not 0.0 <= config.severity_effect <= 20.0:
+        raise ConfigError(f"synth.severity_effect must lie in [0, 20], got {config.severity_effect}; e.g. 2.5")
 
 
 def generate_cohort(
     n_admissions: int, *, seed: int, config: SynthConfig | None = None, spec: FeatureSpec | None = None
 ) -> SyntheticCohort:
     """Generate ``n_admissions`` synthetic ICU admissions; the same arguments give identical tables."""
-    check_request(n_admissions, seed)
     config = config or SynthConfig()
+    check_request(n_admissions, seed, config)
     spec = spec or load_feature_spec()
     check_spec(spec)
     table = PhysiologyTable.for_spec(spec)

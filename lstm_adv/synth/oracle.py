@@ -7,7 +7,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from lstm_adv.domain.errors import DataError, ValidationError
-from lstm_adv.results.store import Run
+from lstm_adv.results.store import Run, RunStore
 
 TRUTH_FILE = "truth.parquet"
 TRUTH_COLUMNS = ("hadm_id", "death_probability", "label", "severity")
@@ -63,3 +63,20 @@ def load_truth(run: Run) -> pd.DataFrame:
     if missing:
         raise DataError(f"run {run.id}: {TRUTH_FILE} lacks column(s) {', '.join(missing)}; regenerate it")
     return truth
+
+
+def find_synth_run(store: RunStore, query_run: Run) -> Run | None:
+    """The synth run that wrote the tables ``query_run`` read, or None (real data, or the run is gone).
+
+    That is the latest synth run created no later than the query run with the same database
+    (summary ``source``) and ``schema``. Walk a features or model run up to its query run first.
+    """
+    summary = query_run.manifest.summary
+    matches = [
+        run
+        for run in store.list("synth")
+        if run.manifest.summary.get("schema") == summary.get("schema")
+        and run.manifest.summary.get("source") == summary.get("source")
+        and run.manifest.created <= query_run.manifest.created
+    ]
+    return matches[-1] if matches else None

@@ -52,7 +52,7 @@ def run_synth(
     label, severity); the same rows go to table ``<schema>.synth_truth``. Bad input writes nothing.
     """
     settings = config.synth
-    check_request(settings.admissions, settings.seed)
+    check_request(settings.admissions, settings.seed, settings)
     check_schema_name(settings.schema)
     if isinstance(database, str):
         source = source or describe_source(database)

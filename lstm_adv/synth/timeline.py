@@ -92,7 +92,8 @@ def draw_timeline(n_admissions: int, rng: np.random.Generator, config: SynthConf
     stay_adm, intime, outtime, dischtime = _hospital_course(severity, label, rng)
     admittime = first_admit[adm_subject] + _readmission_offsets(dischtime, rank, adm_subject, rng)
     intime, outtime, dischtime = intime + admittime[stay_adm], outtime + admittime[stay_adm], dischtime + admittime
-    dob = _dates_of_birth(first_admit, rng)
+    last_admit = admittime[np.r_[np.flatnonzero(np.diff(adm_subject)), n_admissions - 1]]
+    dob = _dates_of_birth(first_admit, last_admit, rng)
     first_intime = intime[np.r_[0, np.flatnonzero(np.diff(stay_adm)) + 1]]
     return Timeline(
         subject_id=np.arange(n_subjects, dtype=np.int64) + 10_001,
@@ -163,13 +164,20 @@ def _readmission_offsets(
     return _group_cumsum(steps, adm_subject)
 
 
-def _dates_of_birth(first_admit: IntArray, rng: np.random.Generator) -> IntArray:
-    """Dob at midnight; ages at the first admission realistic, >89 shifted to ~300, a few minors."""
+def _dates_of_birth(first_admit: IntArray, last_admit: IntArray, rng: np.random.Generator) -> IntArray:
+    """Dob at midnight; realistic ages, a few minors, and MIMIC's shift for the old.
+
+    A patient older than 89 at any admission gets a dob that makes them 300 years old at the
+    first admission (as in MIMIC-III), so no age between 90 and 299 ever appears.
+    """
     n = len(first_admit)
     age = np.clip(rng.normal(64.0, 16.0, n), 18.2, 86.0)
     kind = rng.random(n)
-    age = np.where(kind < _P_SHIFTED_AGE, 300.0 + rng.uniform(0.0, 0.9, n), age)
-    age = np.where((kind >= _P_SHIFTED_AGE) & (kind < _P_SHIFTED_AGE + _P_MINOR), rng.uniform(15.0, 17.8, n), age)
+    minor = (kind >= _P_SHIFTED_AGE) & (kind < _P_SHIFTED_AGE + _P_MINOR)
+    age = np.where(minor, rng.uniform(15.0, 17.8, n), age)
+    oldest = age + (last_admit - first_admit) / MINUTES_PER_YEAR
+    shifted = (kind < _P_SHIFTED_AGE) | (oldest >= 89.5)
+    age = np.where(shifted, 300.0 + rng.uniform(0.0, 0.9, n), age)
     dob = first_admit - np.round(age * MINUTES_PER_YEAR).astype(np.int64)
     return dob - dob % MINUTES_PER_DAY
 
