@@ -55,8 +55,8 @@ class SynthConfig:
     schema: str = "synthetic"
     mortality: float = 0.10
     severity_effect: float = 2.5
-    vital_hours: float = 72.0
-    lab_hours: float = 72.0
+    vital_hours: float = 60.0
+    lab_hours: float = 60.0
     lab_lookback_hours: float = 24.0
 
 
@@ -107,6 +107,15 @@ class TuneModelConfig:
 
 
 @attrs.frozen
+class AnalysisConfig:
+    """Statistics and figures of an attack (``lstm-adv analyze``). Owned by lstm_adv/analysis.py."""
+
+    top_k: int = 5
+    histogram_bins: int = 30
+    figure_dpi: int = 150
+
+
+@attrs.frozen
 class Config:
     """The whole effective configuration of one invocation."""
 
@@ -117,3 +126,4 @@ class Config:
     synth: SynthConfig = SynthConfig()
     model: ModelConfig = ModelConfig()
     tune_model: TuneModelConfig = TuneModelConfig()
+    analysis: AnalysisConfig = AnalysisConfig()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lstm_adv import __version__
-from lstm_adv.cli import db, demo, preprocess, query, report, runs, synth, train
+from lstm_adv.cli import analyze, db, demo, preprocess, query, report, runs, synth, train
 from lstm_adv.cli._common import CliState, ErrorBoundaryGroup, setup_logging
 
 app = typer.Typer(
@@ -61,6 +61,7 @@ app.command("report")(report.report)
 app.command("train")(train.train)
 app.command("tune-model")(train.tune_model)
 app.command("synth")(synth.synth)
+app.command("analyze")(analyze.analyze)
 app.add_typer(runs.app, name="runs")
 
 

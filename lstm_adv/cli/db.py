@@ -13,7 +13,8 @@ from lstm_adv.database.server import server_status, start_server, stop_server
 
 app = typer.Typer(
     help=(
-        "The toolkit's own PostgreSQL server, kept in the pg/ folder of the workspace (see --home); no install, no credentials.\n\n"
+        "The toolkit's own PostgreSQL server, kept in the pg/ folder of the workspace (see --home); "
+        "no install, no credentials.\n\n"
         "Typical first steps: `lstm-adv db start`, then `lstm-adv db load-demo`, then `lstm-adv query`."
     ),
     no_args_is_help=True,

@@ -1,0 +1,418 @@
+"""The analysis stage: how large, how sparse and where an attack's successful perturbations are (SPEC §7).
+
+Statistics are taken over the successful samples of an attack run, separately for the *first* and the
+*best* successful iterate and for each direction of the flip (``0to1``: predicted 0 at δ = 0, so the
+attack made it 1; ``1to0`` the reverse). The direction is the model's prediction at δ = 0, which for
+correctly classified samples is the label.
+
+Per cell (hour i, feature j), over the n examples of one group:
+
+- GMP  = max |δ_ij|,
+- GPP  = fraction of examples with δ_ij ≠ 0,
+- GANZP = mean |δ_ij| over the examples where it is non-zero; **0 where no example changed the cell**
+  (``n_nonzero`` in ``cells.parquet`` tells those cells apart),
+- GAP  = mean |δ_ij| over all n examples (a 48 × 19 matrix, never a scalar: SPEC §11 item 9),
+- sensitivity = GPP / GANZP, **0 where GANZP = 0**,
+- feature susceptibility S_j = Σ_i GMP_ij · GPP_ij (Sun et al. 2018) and hour susceptibility
+  Σ_j GMP_ij · GPP_ij, ranked descending (ties keep feature / hour order).
+
+Every statistic is in the scaled units of the FeatureMatrix except ``clinical.parquet`` and
+``mean_clinical_abs_delta``, which are |δ| · (p95 − p5) in the feature's clinical unit. Groups without
+examples (e.g. no ``1to0`` success) have no rows in the per-cell, feature, hour and clinical tables.
+The tables carry no sample, subject or admission ids; only per-example norms and aggregates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from lstm_adv.config import AnalysisConfig, Config
+from lstm_adv.domain.errors import ConfigError, DataError
+from lstm_adv.domain.feature_matrix import FeatureMatrix, ScalingStats
+from lstm_adv.domain.perturbation import N_FEATURES, N_HOURS, AttackBatchResult
+from lstm_adv.resources import load_feature_spec
+from lstm_adv.results.config_file import config_as_dict
+from lstm_adv.results.store import Run, RunStore
+
+log = logging.getLogger(__name__)
+
+WHICH = ("first", "best")
+DIRECTIONS = ("0to1", "1to0")
+DIRECTION_LABELS = {"0to1": "0→1", "1to0": "1→0"}
+TABLES = ("examples", "cells", "features", "hours", "clinical", "discovery")
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+# --- per example and per cell ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class ExampleStats:
+    """Norms of each example's δ. Shape of each array: (n,)."""
+
+    l0: IntArray
+    l1: FloatArray
+    linf: FloatArray
+    mean_nonzero: FloatArray
+
+
+def example_stats(deltas: npt.NDArray[np.floating[Any]]) -> ExampleStats:
+    """L0, L1 = Σ|δ|, L∞ and mean non-zero |δ| (0 for δ = 0) per example. Shape: deltas (n, 48, 19)."""
+    magnitude = np.abs(deltas, dtype=np.float64)
+    l0 = np.count_nonzero(deltas, axis=(1, 2)).astype(np.int64)
+    l1 = magnitude.sum(axis=(1, 2))
+    linf = magnitude.max(axis=(1, 2), initial=0.0)
+    mean_nonzero = np.divide(l1, l0, out=np.zeros_like(l1), where=l0 > 0)
+    return ExampleStats(l0=l0, l1=l1, linf=linf, mean_nonzero=mean_nonzero)
+
+
+@attrs.frozen
+class CellStats:
+    """Per-cell statistics over ``n_examples`` examples. Shape of each matrix: (48, 19) float64."""
+
+    n_examples: int
+    gmp: FloatArray
+    gpp: FloatArray
+    ganzp: FloatArray
+    gap: FloatArray
+    n_nonzero: IntArray
+
+    @property
+    def sensitivity(self) -> FloatArray:
+        """GPP / GANZP per cell, 0 where GANZP = 0. Shape: (48, 19)."""
+        return np.divide(self.gpp, self.ganzp, out=np.zeros_like(self.gpp), where=self.ganzp > 0)
+
+    @property
+    def feature_susceptibility(self) -> FloatArray:
+        """S_j = Σ_i GMP_ij · GPP_ij (Sun et al.). Shape: (19,)."""
+        result: FloatArray = (self.gmp * self.gpp).sum(axis=0)
+        return result
+
+    @property
+    def hour_susceptibility(self) -> FloatArray:
+        """Σ_j GMP_ij · GPP_ij. Shape: (48,)."""
+        result: FloatArray = (self.gmp * self.gpp).sum(axis=1)
+        return result
+
+
+def cell_stats(deltas: npt.NDArray[np.floating[Any]]) -> CellStats:
+    """GMP, GPP, GANZP (0 where no example changed the cell) and GAP. Shape: deltas (n, 48, 19), n ≥ 1."""
+    n = deltas.shape[0]
+    if n == 0:
+        raise DataError("cell statistics need at least one example; got an empty (0, 48, 19) array")
+    magnitude = np.abs(deltas, dtype=np.float64)
+    n_nonzero = np.count_nonzero(deltas, axis=0).astype(np.int64)
+    total = magnitude.sum(axis=0)
+    return CellStats(
+        n_examples=n,
+        gmp=magnitude.max(axis=0),
+        gpp=n_nonzero / n,
+        ganzp=np.divide(total, n_nonzero, out=np.zeros_like(total), where=n_nonzero > 0),
+        gap=total / n,
+        n_nonzero=n_nonzero,
+    )
+
+
+def rank_descending(scores: npt.ArrayLike) -> IntArray:
+    """1-based rank of each score, largest first; equal scores keep their input order. Shape: as scores."""
+    values = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-values, kind="stable")
+    ranks = np.empty(values.shape[0], dtype=np.int64)
+    ranks[order] = np.arange(1, values.shape[0] + 1)
+    return ranks
+
+
+@attrs.frozen
+class ClinicalStats:
+    """|δ| in clinical units over the non-zero cells of each feature (0 where none). Shape of each: (19,)."""
+
+    n_nonzero: IntArray
+    median: FloatArray
+    mean: FloatArray
+    max: FloatArray
+
+
+def clinical_stats(deltas: npt.NDArray[np.floating[Any]], scaling: ScalingStats) -> ClinicalStats:
+    """Typical perturbation per feature in clinical units, |δ| · (p95 − p5). Shape: deltas (n, 48, 19)."""
+    flat = deltas.reshape(-1, N_FEATURES)
+    nonzero = flat != 0
+    counts = nonzero.sum(axis=0).astype(np.int64)
+    clinical = np.abs(scaling.to_clinical(flat))
+    total = np.where(nonzero, clinical, 0.0).sum(axis=0)
+    masked = np.where(nonzero, clinical, np.nan)
+    masked[:, counts == 0] = 0.0  # a feature never changed reports 0 (its count says so) without NaN warnings
+    return ClinicalStats(
+        n_nonzero=counts,
+        median=np.nanmedian(masked, axis=0) if flat.shape[0] else np.zeros(N_FEATURES),
+        mean=np.divide(total, counts, out=np.zeros_like(total), where=counts > 0),
+        max=clinical.max(axis=0, initial=0.0),
+    )
+
+
+# --- groups: first / best × direction ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Group:
+    """The successful examples of one (which, direction). Shapes: deltas (n, 48, 19), iterations (n,)."""
+
+    which: str
+    direction: str
+    deltas: npt.NDArray[np.float32]
+    iterations: IntArray
+
+    @property
+    def n(self) -> int:
+        """Number of examples."""
+        return int(self.deltas.shape[0])
+
+
+def direction_codes(result: AttackBatchResult) -> npt.NDArray[np.str_]:
+    """``0to1`` where the prediction at δ = 0 is 0, else ``1to0``. Shape: (N,)."""
+    return np.where(result.predicted == 0, DIRECTIONS[0], DIRECTIONS[1])
+
+
+def split_groups(result: AttackBatchResult) -> list[Group]:
+    """The four groups (first, best) × (0to1, 1to0) of successful examples, in that order; some may be empty."""
+    directions = direction_codes(result)
+    groups = []
+    for which in WHICH:
+        deltas = result.first_delta if which == "first" else result.best_delta
+        iterations = result.first_iteration if which == "first" else result.best_iteration
+        for direction in DIRECTIONS:
+            rows = result.found & (directions == direction)
+            groups.append(Group(which, direction, deltas[rows], iterations[rows]))
+    return groups
+
+
+# --- tables -----------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class AnalysisTables:
+    """Every table of an analysis run (see the module docstring), without ids."""
+
+    examples: pd.DataFrame
+    cells: pd.DataFrame
+    features: pd.DataFrame
+    hours: pd.DataFrame
+    clinical: pd.DataFrame
+    discovery: pd.DataFrame
+
+    def as_dict(self) -> dict[str, pd.DataFrame]:
+        """Table name → DataFrame, in :data:`TABLES` order."""
+        return {name: getattr(self, name) for name in TABLES}
+
+
+def _keys(group: Group, length: int) -> dict[str, Any]:
+    return {"which": [group.which] * length, "direction": [group.direction] * length}
+
+
+def examples_table(group: Group) -> pd.DataFrame:
+    """One row per example: which, direction, l0, l1, linf, mean_nonzero, iteration."""
+    stats = example_stats(group.deltas)
+    return pd.DataFrame(
+        _keys(group, group.n)
+        | {"l0": stats.l0, "l1": stats.l1, "linf": stats.linf, "mean_nonzero": stats.mean_nonzero}
+        | {"iteration": group.iterations.astype(np.int64)}
+    )
+
+
+def cells_table(group: Group, stats: CellStats, names: tuple[str, ...]) -> pd.DataFrame:
+    """One row per (hour, feature), hour-major: GMP, GPP, GANZP, GAP, sensitivity, n_nonzero, n_examples."""
+    hours, features = np.divmod(np.arange(N_HOURS * N_FEATURES), N_FEATURES)
+    columns = {"gmp": stats.gmp, "gpp": stats.gpp, "ganzp": stats.ganzp, "gap": stats.gap}
+    return pd.DataFrame(
+        _keys(group, hours.size)
+        | {"hour": hours.astype(np.int64), "feature": np.asarray(names)[features]}
+        | {name: matrix.ravel() for name, matrix in columns.items()}
+        | {"sensitivity": stats.sensitivity.ravel(), "n_nonzero": stats.n_nonzero.ravel()}
+        | {"n_examples": np.full(hours.size, stats.n_examples, dtype=np.int64)}
+    )
+
+
+def features_table(
+    group: Group, stats: CellStats, clinical: ClinicalStats, units: tuple[str, ...], names: tuple[str, ...]
+) -> pd.DataFrame:
+    """One row per feature in model order: S_j, its rank, mean GPP over hours, mean clinical |δ| and unit."""
+    susceptibility = stats.feature_susceptibility
+    return pd.DataFrame(
+        _keys(group, N_FEATURES)
+        | {"feature": list(names), "unit": list(units), "susceptibility": susceptibility}
+        | {"rank": rank_descending(susceptibility), "mean_gpp": stats.gpp.mean(axis=0)}
+        | {"mean_clinical_abs_delta": clinical.mean}
+    )
+
+
+def hours_table(group: Group, stats: CellStats) -> pd.DataFrame:
+    """One row per hour: Σ_j GMP·GPP and its rank."""
+    susceptibility = stats.hour_susceptibility
+    return pd.DataFrame(
+        _keys(group, N_HOURS)
+        | {"hour": np.arange(N_HOURS, dtype=np.int64), "susceptibility": susceptibility}
+        | {"rank": rank_descending(susceptibility)}
+    )
+
+
+def clinical_table(
+    group: Group, clinical: ClinicalStats, scaling: ScalingStats, units: tuple[str, ...]
+) -> pd.DataFrame:
+    """One row per feature: |δ| in clinical units over its non-zero cells (median, mean, max) and p95 − p5."""
+    return pd.DataFrame(
+        _keys(group, N_FEATURES)
+        | {"feature": list(scaling.feature_names), "unit": list(units), "span": scaling.span}
+        | {"n_nonzero": clinical.n_nonzero, "median_abs_delta": clinical.median}
+        | {"mean_abs_delta": clinical.mean, "max_abs_delta": clinical.max}
+    )
+
+
+def discovery_table(result: AttackBatchResult) -> pd.DataFrame:
+    """Per direction and iteration 1..budget: first and best successes found there, and the cumulative
+    fraction of attacked samples with a first success by then (0 for a direction with none attacked)."""
+    directions = direction_codes(result)
+    iterations = np.arange(1, result.iterations + 1, dtype=np.int64)
+    frames = []
+    for direction in DIRECTIONS:
+        rows = result.found & (directions == direction)
+        attacked = int((result.attacked & (directions == direction)).sum())
+        first = np.bincount(result.first_iteration[rows], minlength=result.iterations + 1)[1:]
+        best = np.bincount(result.best_iteration[rows], minlength=result.iterations + 1)[1:]
+        cumulative = np.cumsum(first) / attacked if attacked else np.zeros(iterations.size)
+        frames.append(pd.DataFrame({
+            "direction": direction, "iteration": iterations, "n_attacked": attacked,
+            "first_found": first.astype(np.int64), "best_found": best.astype(np.int64),
+            "cumulative_first_fraction": cumulative,
+        }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def _feature_units(names: tuple[str, ...]) -> tuple[str, ...]:
+    units = {feature.name: feature.unit for feature in load_feature_spec().features}
+    return tuple(units.get(name, "") for name in names)
+
+
+def analyse_attack(result: AttackBatchResult, scaling: ScalingStats) -> AnalysisTables:
+    """All tables of one attack's successful examples (pure; no I/O). Needs at least one success."""
+    if not result.found.any():
+        raise DataError("an attack result without successful examples has nothing to analyse")
+    names = scaling.feature_names
+    units = _feature_units(names)
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES if name != "discovery"}
+    for group in split_groups(result):
+        parts["examples"].append(examples_table(group))
+        if group.n == 0:
+            continue
+        stats, clinical = cell_stats(group.deltas), clinical_stats(group.deltas, scaling)
+        parts["cells"].append(cells_table(group, stats, names))
+        parts["features"].append(features_table(group, stats, clinical, units, names))
+        parts["hours"].append(hours_table(group, stats))
+        parts["clinical"].append(clinical_table(group, clinical, scaling, units))
+    tables = {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+    return AnalysisTables(discovery=discovery_table(result), **tables)
+
+
+# --- summary ----------------------------------------------------------------------------------------
+
+
+def _mean_or_none(values: pd.Series) -> float | None:
+    return float(values.mean()) if len(values) else None
+
+
+def _top(table: pd.DataFrame, which: str, direction: str, column: str, k: int) -> list[Any]:
+    rows = table[(table["which"] == which) & (table["direction"] == direction)].sort_values("rank").head(k)
+    return [item.item() if isinstance(item, np.generic) else item for item in rows[column]]
+
+
+def summarize(result: AttackBatchResult, tables: AnalysisTables, *, top_k: int) -> dict[str, Any]:
+    """The manifest summary: counts and success rate per direction, mean L0/L1, top features and hours."""
+    directions = direction_codes(result)
+    per_direction = {}
+    for direction in DIRECTIONS:
+        attacked = int((result.attacked & (directions == direction)).sum())
+        found = int((result.found & (directions == direction)).sum())
+        per_direction[direction] = {
+            "attacked": attacked, "successful": found, "success_rate": found / attacked if attacked else 0.0,
+        }  # fmt: skip
+    examples = tables.examples
+    means: dict[str, dict[str, dict[str, float | None]]] = {"mean_l0": {}, "mean_l1": {}}
+    for norm, key in (("l0", "mean_l0"), ("l1", "mean_l1")):
+        for which in WHICH:
+            rows = examples[examples["which"] == which]
+            means[key][which] = {"all": _mean_or_none(rows[norm])} | {
+                d: _mean_or_none(rows.loc[rows["direction"] == d, norm]) for d in DIRECTIONS
+            }
+    tops = {
+        key: {w: {d: _top(table, w, d, column, top_k) for d in DIRECTIONS} for w in WHICH}
+        for key, table, column in (("top_features", tables.features, "feature"), ("top_hours", tables.hours, "hour"))
+    }
+    return {
+        "n_samples": result.n, "n_attacked": int(result.attacked.sum()), "n_successful": int(result.found.sum()),
+        "success_rate": result.success_rate, "directions": per_direction,
+    } | means | tops  # fmt: skip
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def _check_config(config: AnalysisConfig) -> None:
+    for key, value, low in (("top_k", config.top_k, 1), ("histogram_bins", config.histogram_bins, 1),
+                            ("figure_dpi", config.figure_dpi, 10)):  # fmt: skip
+        if value < low:
+            raise ConfigError(f"analysis.{key} must be at least {low}, got {value}; set it in [analysis] of --config")
+
+
+def load_attack_inputs(store: RunStore, attack: Run) -> tuple[AttackBatchResult, FeatureMatrix, Run]:
+    """The attack's results, the FeatureMatrix it attacked (for scaling statistics) and its features run."""
+    features_ref = attack.manifest.summary.get("features_run")
+    if not isinstance(features_ref, str) or not features_ref:
+        raise DataError(
+            f"attack run {attack.id} does not name its features run (summary key 'features_run'); "
+            "re-run `lstm-adv attack`"
+        )
+    result = AttackBatchResult.from_npz(attack.file("results.npz"))
+    features_run = store.get(features_ref, kind="features")
+    matrix = FeatureMatrix.from_npz(features_run.file("features.npz"))
+    if result.n and int(result.sample_index.max()) >= matrix.n_samples:
+        raise DataError(
+            f"attack run {attack.id} refers to sample {int(result.sample_index.max())}, but features run "
+            f"{features_run.id} has only {matrix.n_samples} samples; the runs do not belong together"
+        )
+    return result, matrix, features_run
+
+
+def run_analysis(store: RunStore, attack_ref: str | None, config: Config) -> Run:
+    """Analyse attack run ``attack_ref`` (id, prefix, or the latest) into a new analysis run.
+
+    Writes ``<table>.parquet`` for every name in :data:`TABLES` and ``figures/<name>.png`` / ``.svg``.
+    An attack without any successful example is a :class:`DataError` and writes no run.
+    """
+    from lstm_adv.figures import write_figures  # matplotlib is imported only when figures are drawn
+
+    _check_config(config.analysis)
+    attack = store.resolve(attack_ref, "attack")
+    result, matrix, features_run = load_attack_inputs(store, attack)
+    if not result.found.any():
+        raise DataError(
+            f"attack run {attack.id} has no successful examples ({int(result.attacked.sum())} attacked); "
+            "nothing to analyse. Attack more samples or with a larger budget"
+        )
+    tables = analyse_attack(result, matrix.scaling)
+    summary = summarize(result, tables, top_k=config.analysis.top_k)
+    with store.create("analysis", parents=[attack.id], config=config_as_dict(config)) as writer:
+        for name, table in tables.as_dict().items():
+            table.to_parquet(writer.file(f"{name}.parquet"), index=False)
+        figures = write_figures(tables, writer.path / "figures", config.analysis)
+        writer.summary.update(
+            {"attack_run": str(attack.id), "features_run": str(features_run.id)} | summary | {"figures": figures}
+        )
+        run = writer.commit()
+    log.info("analysis run %s: %d successful examples of attack %s", run.id, int(result.found.sum()), attack.id)
+    return run
