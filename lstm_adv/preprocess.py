@@ -21,6 +21,11 @@ Steps (SPEC §3.3), all vectorized over measurement rows (no Python loop over ad
    first observed bin use the last pre-window bin if there is one, else the first observed bin; a
    series with no observation in the window uses the last pre-window bin, else the training median.
 6. **Scale.** Winsorize at p5/p95 and map ``(x - p5) / (p95 - p5)`` to [0, 1] (0 when p95 == p5).
+
+Performance (``bench/bench_preprocess.py``): rows are never sorted as a whole. Each row gets an integer
+cell code, ``np.bincount`` gives every bin's count and sum on a dense (N, lookback + 48, F) grid, and
+only bins with three or more rows are re-summed in ascending value order (what makes a mean independent
+of the input row order). Filling and scaling run over chunks of samples with flat-index gathers.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lstm_adv.config import Config, PreprocessConfig
@@ -80,39 +86,59 @@ class QueryTables:
         cls, admissions: pd.DataFrame, tables: Mapping[str, pd.DataFrame], spec: FeatureSpec, *, origin: str
     ) -> QueryTables:
         """Validate DataFrames in the query-run format (see ``lstm_adv.query``) and combine the measurements."""
-        _check_columns(admissions, ADMISSION_COLUMNS, origin=origin, table="admissions")
-        if len(admissions) == 0:
-            raise DataError(
-                f"{origin}: the cohort is empty (admissions.parquet has no rows); nothing to preprocess — "
-                "check the query's inclusion rules and source data"
-            )
-        if admissions["hadm_id"].duplicated().any():
-            raise DataError(f"{origin}: admissions.parquet has repeated hadm_id values; expected one row per admission")
-        if not admissions["label"].isin((0, 1)).all():
-            raise DataError(f"{origin}: admissions.parquet column 'label' must be 0 or 1")
-        parts = []
+        admissions = _checked_admissions(admissions, origin)
+        parts = {}
         for name in MEASUREMENT_TABLES:
             if name not in tables:
                 raise DataError(f"{origin} has no table {name!r}; re-run `lstm-adv query`")
-            _check_columns(tables[name], MEASUREMENT_COLUMNS, origin=origin, table=name)
-            parts.append(_to_arrays(tables[name], spec, origin=origin, table=name))
-        measurements = Measurements(*(np.concatenate([getattr(p, f.name) for p in parts])
-                                      for f in attrs.fields(Measurements)))  # fmt: skip
-        return cls(
-            admissions=admissions.sort_values("hadm_id", kind="stable").reset_index(drop=True),
-            measurements=measurements,
-            rows_per_table={name: len(tables[name]) for name in MEASUREMENT_TABLES},
-            origin=origin,
-        )
+            parts[name] = _measurement_arrays(tables[name], spec, origin=origin, table=name)
+        return cls._combine(admissions, parts, origin)
 
     @classmethod
     def from_run(cls, run: Run, spec: FeatureSpec) -> QueryTables:
         """Read and validate the parquet files of a query run."""
         origin = f"query run {run.id}"
         admissions = _read_parquet(run, "admissions", ADMISSION_COLUMNS, origin=origin, dictionary=False)
-        tables = {name: _read_parquet(run, name, MEASUREMENT_COLUMNS, origin=origin, dictionary=True)
-                  for name in MEASUREMENT_TABLES}  # fmt: skip
-        return cls.from_frames(admissions, tables, spec, origin=origin)
+        admissions = _checked_admissions(admissions, origin)
+        # one table at a time: each DataFrame is dropped as soon as it is converted to arrays (peak memory)
+        parts = {name: _measurement_arrays(_read_parquet(run, name, MEASUREMENT_COLUMNS, origin=origin,
+                                                         dictionary=True), spec, origin=origin, table=name)
+                 for name in MEASUREMENT_TABLES}  # fmt: skip
+        tables = cls._combine(admissions, parts, origin)
+        pa.default_memory_pool().release_unused()  # Arrow's allocator may keep the freed read buffers
+        return tables
+
+    @classmethod
+    def _combine(cls, admissions: pd.DataFrame, parts: Mapping[str, Measurements], origin: str) -> QueryTables:
+        measurements = Measurements(*(np.concatenate([getattr(p, f.name) for p in parts.values()])
+                                      for f in attrs.fields(Measurements)))  # fmt: skip
+        return cls(
+            admissions=admissions.sort_values("hadm_id", kind="stable").reset_index(drop=True),
+            measurements=measurements,
+            rows_per_table={name: int(part.value.size) for name, part in parts.items()},
+            origin=origin,
+        )
+
+
+def _checked_admissions(admissions: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """``admissions`` after checking its columns, that it is not empty, its ids unique and labels 0/1."""
+    _check_columns(admissions, ADMISSION_COLUMNS, origin=origin, table="admissions")
+    if len(admissions) == 0:
+        raise DataError(
+            f"{origin}: the cohort is empty (admissions.parquet has no rows); nothing to preprocess — "
+            "check the query's inclusion rules and source data"
+        )
+    if admissions["hadm_id"].duplicated().any():
+        raise DataError(f"{origin}: admissions.parquet has repeated hadm_id values; expected one row per admission")
+    if not admissions["label"].isin((0, 1)).all():
+        raise DataError(f"{origin}: admissions.parquet column 'label' must be 0 or 1")
+    return admissions
+
+
+def _measurement_arrays(frame: pd.DataFrame, spec: FeatureSpec, *, origin: str, table: str) -> Measurements:
+    """The checked columns of one measurement table as arrays."""
+    _check_columns(frame, MEASUREMENT_COLUMNS, origin=origin, table=table)
+    return _to_arrays(frame, spec, origin=origin, table=table)
 
 
 def _read_parquet(run: Run, table: str, columns: Mapping[str, str], *, origin: str, dictionary: bool) -> pd.DataFrame:
@@ -123,7 +149,9 @@ def _read_parquet(run: Run, table: str, columns: Mapping[str, str], *, origin: s
         if missing:
             raise DataError(_missing_column(origin, table, missing[0], columns))
         read_dictionary = ["feature"] if dictionary else None
-        frame: pd.DataFrame = pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary).to_pandas()
+        arrow = pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary)
+        frame: pd.DataFrame = arrow.to_pandas(self_destruct=True)  # frees Arrow buffers as they are converted
+        del arrow
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -199,17 +227,34 @@ def _feature_codes(series: pd.Series[Any], spec: FeatureSpec, *, origin: str, ta
 
 
 @attrs.frozen(eq=False)
-class HourlyBins:
-    """One row per non-empty (sample, hour, feature) bin, sorted by sample, hour, feature. Shape: (B,)."""
+class HourlyGrid:
+    """Hourly bin means on a dense grid, NaN where a bin has no measurement.
 
-    sample: I64
-    hour: npt.NDArray[np.int16]
-    feature: npt.NDArray[np.int8]
-    mean: F64
+    Shape: means (N, lookback + 48, F); hour ``k`` of the window is ``means[:, lookback + k]``.
+    """
 
-    def select(self, mask: npt.NDArray[np.bool_]) -> HourlyBins:
-        """The rows where ``mask`` holds."""
-        return HourlyBins(self.sample[mask], self.hour[mask], self.feature[mask], self.mean[mask])
+    means: F64
+    lookback_hours: int
+
+    @property
+    def window(self) -> F64:
+        """The in-window bins (a view). Shape: (N, 48, F)."""
+        return self.means[:, self.lookback_hours :]
+
+    def select(self, mask: npt.NDArray[np.bool_]) -> HourlyGrid:
+        """The samples where ``mask`` holds."""
+        return HourlyGrid(self.means[mask], self.lookback_hours)
+
+    def last_before(self) -> F64:
+        """The last non-empty bin before the window per (sample, feature), NaN where none. Shape: (N, F)."""
+        pre = self.means[:, : self.lookback_hours]
+        n, hours, f = pre.shape
+        if hours == 0:
+            return np.full((n, f), np.nan)
+        seen = ~np.isnan(pre)
+        last = hours - 1 - np.argmax(seen[:, ::-1], axis=1)  # (N, F); 0 where nothing is seen
+        flat = (np.arange(n)[:, None] * hours + last) * f + np.arange(f)[None, :]
+        return np.where(seen.any(axis=1), pre.reshape(-1)[flat], np.nan)
 
 
 @attrs.frozen
@@ -275,20 +320,16 @@ def build_feature_matrix(
     """
     _check_config(config, window_hours, lookback_hours)
     admissions = tables.admissions
-    bins, measurement_counts = _hourly_bins(tables, lookback_hours, n_features=len(spec.names))
-    keep, flow = _apply_window_rule(bins, len(admissions), config)
+    grid, measurement_counts = _hourly_grid(tables, lookback_hours, n_features=len(spec.names))
+    keep, flow = _apply_window_rule(grid, config)
     kept = admissions.loc[keep].reset_index(drop=True)
-    new_index = np.cumsum(keep) - 1
-    bins = bins.select(keep[bins.sample])
-    bins = attrs.evolve(bins, sample=new_index[bins.sample])
+    grid = grid.select(keep)
     labels = kept["label"].to_numpy(dtype=np.int64)
     subjects = kept["subject_id"].to_numpy(dtype=np.int64)
     split, fold = assign_splits(subjects, labels, config, origin=tables.origin)
-    scaling = _training_statistics(bins, split == 0, spec, origin=tables.origin)
-    observed, before = _dense(bins, len(kept), len(spec.names))
-    filled = fill_series(observed, before, scaling.median)
+    scaling = _training_statistics(grid.window[split == 0], spec, origin=tables.origin)
     matrix = FeatureMatrix(
-        values=scaling.scale(filled).astype(np.float32),
+        values=fill_and_scale(grid.window, grid.last_before(), scaling),
         labels=labels,
         subject_ids=subjects,
         hadm_ids=kept["hadm_id"].to_numpy(dtype=np.int64),
@@ -300,7 +341,7 @@ def build_feature_matrix(
     )
     flow += tuple((f"positives in {name}", int(labels[split == code].sum())) for code, name in enumerate(SPLITS))
     # share of (sample, hour) bins of each feature without a measurement in the window
-    missing = np.isnan(observed).mean(axis=(0, 1)) if len(kept) else np.ones(len(spec.names))
+    missing = np.isnan(grid.window).mean(axis=(0, 1)) if len(kept) else np.ones(len(spec.names))
     report = PreprocessReport(
         flow=flow,
         measurements=measurement_counts,
@@ -330,33 +371,35 @@ def _check_config(config: PreprocessConfig, window_hours: int, lookback_hours: i
         )
 
 
-def _hourly_bins(
+def _hourly_grid(
     tables: QueryTables, lookback_hours: int, *, n_features: int
-) -> tuple[HourlyBins, tuple[tuple[str, int], ...]]:
-    """Means per (sample, hour, feature) for hours -lookback … 47, summed in a canonical order."""
+) -> tuple[HourlyGrid, tuple[tuple[str, int], ...]]:
+    """Means per (sample, hour, feature) for hours -lookback … 47 on a dense grid, and the row counts.
+
+    Each used row gets an integer cell code ``(sample * span + lookback + hour) * F + feature``, so the
+    grid is one ``np.bincount`` away (no sort of all rows, no groupby).
+    """
+    n_samples, span = len(tables.admissions), WINDOW_HOURS + lookback_hours
+    code, value, counts_out = _cell_codes(tables, lookback_hours, n_features=n_features)
+    means = _bin_means(code, value, n_samples * span * n_features)
+    return HourlyGrid(means.reshape(n_samples, span, n_features), lookback_hours), counts_out
+
+
+def _cell_codes(
+    tables: QueryTables, lookback_hours: int, *, n_features: int
+) -> tuple[I64, F64, tuple[tuple[str, int], ...]]:
+    """Cell code and value of each row used (see :func:`_hourly_grid`), and the counts of rows used and ignored.
+
+    Shape: (M_used,) each. A function of its own so that its row-sized temporaries are freed on return.
+    """
     m = tables.measurements
     hadm = tables.admissions["hadm_id"].to_numpy(dtype=np.int64)
     start_ns = _nanoseconds(tables.admissions["window_start"])
-    sample = np.minimum(np.searchsorted(hadm, m.hadm_id), len(hadm) - 1)
-    known = hadm[sample] == m.hadm_id
-    hour = np.floor_divide(m.time_ns - start_ns[sample], HOUR_NS)
+    sample = _sample_index(hadm, m.hadm_id)
+    known = sample >= 0
+    hour = np.floor_divide(m.time_ns - start_ns[sample], HOUR_NS)  # unknown rows (-1) get a dummy start
     early, late = hour < -lookback_hours, hour >= WINDOW_HOURS
     use = known & ~early & ~late
-    span = WINDOW_HOURS + lookback_hours
-    code = (sample[use] * span + (hour[use] + lookback_hours)) * n_features + m.feature[use]
-    value = m.value[use]
-    order = _canonical_order(code, value)
-    code, value = code[order], value[order]
-    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if code.size else np.zeros(0, np.int64)
-    sums = np.add.reduceat(value, starts) if code.size else np.zeros(0)
-    counts = np.diff(np.r_[starts, code.size])
-    first = code[starts]
-    bins = HourlyBins(
-        sample=first // (span * n_features),
-        hour=((first // n_features) % span - lookback_hours).astype(np.int16),
-        feature=(first % n_features).astype(np.int8),
-        mean=sums / counts,
-    )
     counts_out = (
         ("measurement rows in", int(m.value.size)),
         ("ignored: admission not in the cohort", int((~known).sum())),
@@ -365,40 +408,74 @@ def _hourly_bins(
         ("used: before the window (start fill)", int((use & (hour < 0)).sum())),
         ("used: in the window", int((use & (hour >= 0)).sum())),
     )
-    return bins, counts_out
+    del known, early, late
+    # code = (sample * span + lookback + hour) * F + feature, in place: row-sized arrays dominate the memory
+    code = sample
+    code *= WINDOW_HOURS + lookback_hours
+    code += hour
+    del hour
+    code += lookback_hours
+    code *= n_features
+    code += m.feature
+    return code[use], m.value[use], counts_out
 
 
-def _canonical_order(code: I64, value: F64) -> I64:
-    """Row order sorted by (code, value): the summation order of a bin, so input row order cannot change a mean.
+def _sample_index(hadm: I64, row_hadm: I64) -> I64:
+    """Position of each row's admission in the sorted ``hadm``, -1 for admissions not in it. Shape: (M,).
 
-    Sorts by code, then re-sorts only the rows of bins with more than one measurement by value.
+    A lookup table indexed by ``hadm_id - min`` when the ids are dense enough (MIMIC's are), as one
+    gather is several times faster than a binary search per row; ``searchsorted`` otherwise.
     """
-    order = np.argsort(code)
-    sorted_code = code[order]
-    repeated = np.r_[sorted_code[1:] == sorted_code[:-1], False] | np.r_[False, sorted_code[1:] == sorted_code[:-1]]
-    rows = np.flatnonzero(repeated)
-    order[rows] = order[rows][np.lexsort((value[order[rows]], sorted_code[rows]))]
-    return order
+    if hadm.size == 0:
+        return np.full(row_hadm.size, -1, dtype=np.int64)
+    low, high = int(hadm[0]), int(hadm[-1])
+    if high - low < max(16 * hadm.size, 1 << 20):
+        table = np.full(high - low + 2, -1, dtype=np.int64)  # the last slot answers every id out of range
+        table[hadm - low] = np.arange(hadm.size)
+        offset = row_hadm - low
+        offset[(offset < 0) | (offset > high - low)] = high - low + 1
+        return table[offset]
+    sample = np.minimum(np.searchsorted(hadm, row_hadm), hadm.size - 1)
+    return np.where(hadm[sample] == row_hadm, sample, -1)
+
+
+def _bin_means(code: I64, value: F64, n_cells: int) -> F64:
+    """Mean of the values of each cell code, NaN for empty cells; independent of the row order. Shape: (n_cells,).
+
+    ``np.bincount`` adds each cell's values in row order, starting from 0. A sum of one or two values
+    does not depend on that order (``0 + a + b == 0 + b + a`` exactly), but one of three or more
+    does, so those cells are summed again in a canonical order: ascending value.
+    """
+    counts = np.bincount(code, minlength=n_cells)
+    sums = np.bincount(code, weights=value, minlength=n_cells).astype(np.float64, copy=False)
+    few = np.minimum(counts, 3).astype(np.uint8)  # a small copy: the per-row lookup below stays in cache
+    crowded = few[code] == 3
+    del few
+    if crowded.any():
+        cells, compact = np.unique(code[crowded], return_inverse=True)
+        crowded_value = value[crowded]
+        by_value = np.argsort(crowded_value)
+        # bincount adds in row order, here ascending value: each cell's sum is order independent
+        sums[cells] = np.bincount(compact[by_value], weights=crowded_value[by_value], minlength=cells.size)
+    empty = counts == 0
+    counts[empty] = 1
+    sums /= counts
+    sums[empty] = np.nan
+    return sums
 
 
 def _apply_window_rule(
-    bins: HourlyBins, n_admissions: int, config: PreprocessConfig
+    grid: HourlyGrid, config: PreprocessConfig
 ) -> tuple[npt.NDArray[np.bool_], tuple[tuple[str, int], ...]]:
     """Which admissions pass the window rule (see the module docstring), and the drops of each rule."""
-    inside = bins.hour >= 0
-    sample, hour = bins.sample[inside], bins.hour[inside]
-    first = np.full(n_admissions, WINDOW_HOURS, dtype=np.int64)
-    last = np.full(n_admissions, -1, dtype=np.int64)
-    if sample.size:  # bins are sorted by (sample, hour): first/last row of each sample
-        starts = np.flatnonzero(np.r_[True, sample[1:] != sample[:-1]])
-        ends = np.r_[starts[1:] - 1, sample.size - 1]
-        first[sample[starts]] = hour[starts]
-        last[sample[ends]] = hour[ends]
-    measured = last >= 0
+    hour_measured: npt.NDArray[np.bool_] = ~np.all(np.isnan(grid.window), axis=2)  # (N, 48): any feature
+    measured = hour_measured.any(axis=1)
+    first = np.argmax(hour_measured, axis=1)
+    last = WINDOW_HOURS - 1 - np.argmax(hour_measured[:, ::-1], axis=1)
     early_ok = measured & (first <= config.first_hour_max)
     keep = early_ok & (last >= config.last_hour_min)
     flow = (
-        ("admissions in", n_admissions),
+        ("admissions in", int(measured.size)),
         ("dropped: no measurement in the window", int((~measured).sum())),
         (f"dropped: first measurement after hour {config.first_hour_max}", int((measured & ~early_ok).sum())),
         (f"dropped: last measurement before hour {config.last_hour_min}", int((early_ok & ~keep).sum())),
@@ -448,15 +525,15 @@ def _assign_folds(
     return fold
 
 
-def _training_statistics(
-    bins: HourlyBins, train: npt.NDArray[np.bool_], spec: FeatureSpec, *, origin: str
-) -> ScalingStats:
-    """p5, median, p95 per feature over the training split's observed in-window bin means."""
-    rows = train[bins.sample] & (bins.hour >= 0)
-    feature, mean = bins.feature[rows], bins.mean[rows]
+def _training_statistics(window: F64, spec: FeatureSpec, *, origin: str) -> ScalingStats:
+    """p5, median, p95 per feature over the observed in-window bin means of the training samples.
+
+    Shape: window (N_train, 48, F).
+    """
+    by_feature = window.reshape(-1, len(spec.names)).T  # (F, N_train * 48)
     stats = np.empty((3, len(spec.names)))
     for code, name in enumerate(spec.names):  # 19 features, not rows
-        values = mean[feature == code]
+        values = by_feature[code][~np.isnan(by_feature[code])]
         if values.size == 0:
             raise DataError(
                 f"{origin}: feature {name!r} is never measured in the training split's windows; "
@@ -466,19 +543,19 @@ def _training_statistics(
     return ScalingStats(feature_names=spec.names, p5=stats[0], median=stats[1], p95=stats[2])
 
 
-def _dense(bins: HourlyBins, n_samples: int, n_features: int) -> tuple[F64, F64]:
-    """In-window bin means (N, 48, F) and the last pre-window bin mean (N, F); NaN where none."""
-    observed = np.full((n_samples, WINDOW_HOURS, n_features), np.nan)
-    inside = bins.hour >= 0
-    observed[bins.sample[inside], bins.hour[inside], bins.feature[inside]] = bins.mean[inside]
-    before = np.full((n_samples, n_features), np.nan)
-    pre = ~inside
-    series = bins.sample[pre] * n_features + bins.feature[pre]
-    order = np.lexsort((bins.hour[pre], series))
-    series = series[order]
-    last = np.flatnonzero(np.r_[series[1:] != series[:-1], True]) if series.size else np.zeros(0, np.int64)
-    before.reshape(-1)[series[last]] = bins.mean[pre][order][last]
-    return observed, before
+FILL_CHUNK = 4096  # samples filled at once: bounds the temporaries to ~30 MB each
+
+
+def fill_and_scale(window: F64, before: F64, scaling: ScalingStats) -> npt.NDArray[np.float32]:
+    """Fill (:func:`fill_series`) and scale the in-window bin means, a chunk of samples at a time.
+
+    Shape: window (N, 48, F), before (N, F) → (N, 48, F) float32.
+    """
+    values = np.empty(window.shape, dtype=np.float32)
+    for first in range(0, window.shape[0], FILL_CHUNK):  # chunks of samples bound the memory
+        part = slice(first, first + FILL_CHUNK)
+        values[part] = scaling.scale(fill_series(window[part], before[part], scaling.median))
+    return values
 
 
 def fill_series(observed: F64, before: F64, median: F64) -> F64:
@@ -486,15 +563,18 @@ def fill_series(observed: F64, before: F64, median: F64) -> F64:
 
     Shape: observed (N, T, F), before (N, F), median (F,) → (N, T, F).
     """
-    n_hours = observed.shape[1]
-    hours = np.arange(n_hours, dtype=np.int8)[None, :, None]
+    n, n_hours, f = observed.shape
+    hours = np.arange(n_hours)[None, :, None]
     seen = ~np.isnan(observed)
-    prev = np.maximum.accumulate(np.where(seen, hours, np.int8(-1)), axis=1)
-    nxt = np.minimum.accumulate(np.where(seen, hours, np.int8(n_hours))[:, ::-1], axis=1)[:, ::-1]
-    prev_value = np.take_along_axis(observed, np.maximum(prev, 0).astype(np.intp), axis=1)
-    next_value = np.take_along_axis(observed, np.minimum(nxt, n_hours - 1).astype(np.intp), axis=1)
+    prev = np.maximum.accumulate(np.where(seen, hours, -1), axis=1)  # last observed hour <= t, -1 if none
+    nxt = np.minimum.accumulate(np.where(seen, hours, n_hours)[:, ::-1], axis=1)[:, ::-1]  # first >= t, T if none
     has_prev, has_next = prev >= 0, nxt < n_hours
-    weight = (hours - prev) / np.maximum(nxt.astype(np.int16) - prev, 1)
+    # flat positions instead of take_along_axis: one gather per array
+    flat = observed.reshape(-1)
+    base = np.arange(n)[:, None, None] * (n_hours * f) + np.arange(f)[None, None, :]
+    prev_value = flat[base + np.maximum(prev, 0) * f]
+    next_value = flat[base + np.minimum(nxt, n_hours - 1) * f]
+    weight = (hours - prev) / np.maximum(nxt - prev, 1)
     start = np.where(np.isnan(before), median[None, :], before)[:, None, :]
     start = np.where(has_next & np.isnan(before)[:, None, :], next_value, start)
     result = np.where(has_prev, np.where(has_next, prev_value + (next_value - prev_value) * weight, prev_value), start)
