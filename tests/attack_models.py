@@ -38,3 +38,21 @@ class LinearModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits. Shape: (N, 48, 19) → (N, 2)."""
         return x.reshape(len(x), -1) @ self.weight.T + self.bias
+
+
+class TinyMLP(nn.Module):
+    """vec(x) → Linear(912 → 16) → tanh → Linear(16 → 2), computed in float64 (input and gradient stay float32).
+
+    Batched and single-sample runs of it differ by far less than float32 reduction-order noise, so it
+    checks the attack's per-sample independence even for Adam, whose normalisation amplifies that noise.
+    """
+
+    def __init__(self, *, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(48 * 19, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (float64). Shape: (N, 48, 19) → (N, 2)."""
+        logits: torch.Tensor = self.net(x.reshape(len(x), -1).double())
+        return logits

@@ -23,7 +23,9 @@ def test_cell_mask_allows_the_product_of_features_and_hours() -> None:
     mask = cell_mask(features=[0, 5], hours=range(10, 12))
     assert mask.shape == (48, 19)
     assert mask.sum() == 4
-    assert mask[10, 0] and mask[11, 5] and not mask[9, 0]
+    assert mask[10, 0]
+    assert mask[11, 5]
+    assert not mask[9, 0]
     assert cell_mask().all()
 
 
@@ -82,7 +84,8 @@ def test_model_is_in_eval_mode_during_the_attack_and_restored_after() -> None:
     model.train()
     x, y = _inputs(3)
     L1Attack(model, FAST, include_misclassified=True).run(x, y)
-    assert model.modes_seen and not any(model.modes_seen)
+    assert model.modes_seen
+    assert not any(model.modes_seen)
     assert model.training
 
 
@@ -134,7 +137,8 @@ def test_logits_under_attack_equal_eval_mode_logits_on_cuda() -> None:
         again = attack._forward(x)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
-    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0
 
 
 @pytest.mark.gpu

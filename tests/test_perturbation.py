@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 from lstm_adv.domain.errors import DataError, ValidationError
 from lstm_adv.domain.perturbation import (
@@ -196,3 +196,19 @@ def test_batch_result_rejects_inconsistent_lengths() -> None:
             best_delta=zeros_delta, best_logits=np.zeros((1, 2), np.float32),
         )  # fmt: skip
     assert str(info.value) == "AttackBatchResult.first_delta must have shape (1, 48, 19), got (2, 48, 19)"
+
+
+@settings(max_examples=5)
+@given(attack_batch_results())
+def test_batch_result_is_stored_through_the_run_store(result: AttackBatchResult) -> None:
+    """An AttackBatchResult written into an attack run reads back equal from the committed run."""
+    import tempfile
+
+    from lstm_adv.results.store import RunStore
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = RunStore(Path(folder))
+        with store.create("attack", config={}) as writer:
+            result.to_npz(writer.file("attack.npz"))
+        run = store.get(str(writer.id), kind="attack")
+        assert AttackBatchResult.from_npz(run.file("attack.npz")) == result

@@ -86,7 +86,8 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
 class Attack(abc.ABC):
     """Base of every attack. Subclasses implement :meth:`_attack_batch` and :attr:`iterations`.
 
-    The model is put in eval mode for the whole run (its previous mode is restored afterwards). On
+    The model is moved to ``device`` (default: where its parameters are) and put in eval mode for the
+    whole run (its previous mode is restored afterwards). On
     CUDA, cuDNN is disabled around the attack's forward and backward passes: cuDNN refuses RNN
     backward in eval mode, and the native kernels compute the same eval-mode logits (dropout off).
     """
@@ -217,7 +218,7 @@ def _check_input(x: ArrayLike, y: ArrayLike, sample_index: ArrayLike | None) -> 
     index = np.arange(len(xs), dtype=np.int64) if sample_index is None else np.asarray(sample_index, dtype=np.int64)
     if index.shape != (len(xs),):
         raise DataError(f"attack sample_index must have shape ({len(xs)},), got {index.shape}")
-    return xs.cpu(), ys.cpu().long(), index
+    return xs.detach().cpu(), ys.detach().cpu().long(), index
 
 
 def _empty_outcome() -> dict[str, np.ndarray]:

@@ -210,13 +210,13 @@ class L1Attack(Attack):
         loss = self._loss(target)
         tracker = _Tracker(x, n_classes=N_CLASSES)
         delta = previous = torch.zeros_like(x)
-        t = 1.0
+        t, beta = 1.0, 0.0  # Beck & Teboulle: t_1 = 1, y_1 = δ_0, β_k = (t_k − 1) / t_{k+1}
         for iteration in range(1, s.max_iterations + 1):
-            t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-            point = torch.minimum(torch.maximum(delta + ((t - 1.0) / t_next) * (delta - previous), lower), upper)
+            point = torch.minimum(torch.maximum(delta + beta * (delta - previous), lower), upper)
             _, grad = self._gradient(x + point, loss)
             previous, delta = delta, prox_l1_box(point - s.step_size * grad, s.step_size * s.lam, lower, upper)
             with torch.no_grad():
                 tracker.update(iteration, delta, self._forward(x + delta), target)
-            t = t_next
+            t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+            t, beta = t_next, (t - 1.0) / t_next
         return tracker.outcome()
