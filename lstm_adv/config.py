@@ -107,12 +107,82 @@ class TuneModelConfig:
 
 
 @attrs.frozen
+class AttackConfig:
+    """The sparse L1 attack of `lstm-adv attack` (SPEC §5.1, §5.3). Owned by lstm_adv/attack.py."""
+
+    max_iterations: int = 1000
+    include_misclassified: bool = False
+    features: tuple[str, ...] = ()
+    hours: tuple[int, int] = (0, 48)
+    device: str = "auto"
+
+
+@attrs.frozen
+class TuneAttackConfig:
+    """Optuna search over the attack's settings (SPEC §5.2). Owned by lstm_adv/tune_attack.py."""
+
+    trials: int = 30
+    objective: str = "sparsity"
+    max_nonzero: int = 20
+    subset_size: int = 256
+    subset_seed: int = 0
+    chunks: int = 4
+    max_iterations: int = 300
+    kappa: tuple[float, float] = (0.0, 2.0)
+    lam: tuple[float, float] = (1e-7, 1.0)
+    step_size: tuple[float, float] = (1e-5, 1.0)
+    methods: tuple[str, ...] = ("ista", "fista", "adam")
+    batch_size_log2: tuple[int, int] = (5, 10)
+    pruner_startup_trials: int = 3
+    pruner_warmup_steps: int = 0
+    seed: int = 0
+    storage_timeout_s: int = 10
+
+
+@attrs.frozen
 class AnalysisConfig:
     """Statistics and figures of an attack (``lstm-adv analyze``). Owned by lstm_adv/analysis.py."""
 
     top_k: int = 5
     histogram_bins: int = 30
     figure_dpi: int = 150
+
+
+@attrs.frozen
+class PgdConfig:
+    """Projected gradient descent (SPEC §5.4), shared by defend and robustness. Owned by lstm_adv/attacks/pgd.py."""
+
+    step_size: float = 0.0
+    iterations: int = 10
+    target: int = -1
+    random_start: bool = True
+    loss: str = "ce"
+    seed: int = 0
+    batch_size: int = 1024
+
+
+@attrs.frozen
+class DefendConfig:
+    """Adversarial training (``lstm-adv defend``, SPEC §6). Owned by lstm_adv/defend.py."""
+
+    method: str = "adaptive"
+    attack: str = "pgd-linf"
+    eps: float = 0.05
+    epochs: int = 10
+    mix: float = 0.5
+    regenerate: str = "epoch"
+    learning_rate: float = 0.0
+
+
+@attrs.frozen
+class RobustnessConfig:
+    """Robustness curves (``lstm-adv robustness``, SPEC §6). Owned by lstm_adv/robustness.py."""
+
+    eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1)
+    attack: str = "pgd-linf"
+    split: str = "test"
+    include_original: bool = True
+    l1_max_iterations: int = 1000
 
 
 @attrs.frozen
@@ -126,4 +196,9 @@ class Config:
     synth: SynthConfig = SynthConfig()
     model: ModelConfig = ModelConfig()
     tune_model: TuneModelConfig = TuneModelConfig()
+    tune_attack: TuneAttackConfig = TuneAttackConfig()
+    attack: AttackConfig = AttackConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    pgd: PgdConfig = PgdConfig()
+    defend: DefendConfig = DefendConfig()
+    robustness: RobustnessConfig = RobustnessConfig()

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 FEATURES_FILE = "features.npz"
 MODEL_FILE = "model.pt"
 PARAMS_FILE = "params.json"
-ORACLE_FILE = "oracle.parquet"
 REPORTED = ("auroc", "auprc", "f1", "precision", "recall", "brier")
 
 
@@ -287,25 +286,19 @@ def _write_cv(
 
 
 def oracle_auroc(store: RunStore, features_run: Run, features: FeatureMatrix) -> float | None:
-    """On synthetic data, the generator's AUROC on the same test split (its true risks), else ``None``.
+    """On synthetic data, the generator's AUROC (true death probabilities) on the same test split, else ``None``."""
+    from lstm_adv import synth
 
-    Looks for a ``synth`` run among the features run's ancestors holding ``oracle.parquet``
-    (columns ``hadm_id``, ``risk``).
-    """
-    synth = [r for r in _ancestors(store, features_run) if r.kind == "synth" and (r.path / ORACLE_FILE).exists()]
-    if not synth:
+    queries = [run for run in _ancestors(store, features_run) if run.kind == "query"]
+    synth_run = synth.find_synth_run(store, queries[0]) if queries else None
+    if synth_run is None:
         return None
-    import pandas as pd
-
-    truth = pd.read_parquet(synth[0].path / ORACLE_FILE, columns=["hadm_id", "risk"]).set_index("hadm_id")["risk"]
     test = features.indices("test")
-    risk = truth.reindex(features.hadm_ids[test]).to_numpy(dtype=np.float64)
-    known = np.isfinite(risk)
-    labels = features.labels[test][known]
-    if known.sum() < 2 or labels.min() == labels.max():
-        log.warning("synth run %s: oracle risks do not cover the test split; no oracle AUROC", synth[0].id)
+    try:
+        return synth.oracle_auroc(synth.load_truth(synth_run), features.hadm_ids[test], features.labels[test])
+    except LstmAdvError as exc:  # a mismatched synth run must not cost the trained model
+        log.warning("no oracle AUROC from synth run %s: %s", synth_run.id, exc)
         return None
-    return metrics.auroc(labels, risk[known])
 
 
 def _ancestors(store: RunStore, run: Run) -> list[Run]:

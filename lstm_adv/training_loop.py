@@ -7,11 +7,11 @@ when imbalance is handled by weighted sampling). Validation is always the unresa
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,22 +106,6 @@ def build_optimizer(params: Hyperparameters, model: nn.Module) -> torch.optim.Op
     raise ConfigError(f"optimizer must be one of adam, rmsprop, sgd; got {params.optimizer!r}")
 
 
-@contextlib.contextmanager
-def compute_settings(device: torch.device) -> Iterator[None]:
-    """Deterministic kernels on CPU, and oneDNN off for the CPU LSTM (measured faster for training there)."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.are_deterministic_algorithms_enabled(), torch._C._get_mkldnn_enabled()
-    torch.use_deterministic_algorithms(True)
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0])
-        torch._C._set_mkldnn_enabled(previous[1])
-
-
 def epoch_order(labels: torch.Tensor, imbalance: str, generator: torch.Generator) -> torch.Tensor:
     """Training sample order for one epoch: a permutation, or a class-balanced draw with replacement. Shape: (n,)."""
     n = labels.shape[0]
@@ -168,7 +152,10 @@ def fit_model(
     """Train a :class:`BiLSTM` on ``train``, early-stopping on the unresampled ``validation`` split.
 
     ``on_epoch`` sees every epoch's record (a tuning trial reports and may raise to prune). The
-    returned model carries the weights of the best epoch by ``config.monitor``.
+    returned model carries the weights of the best epoch by ``config.monitor``. Seeded: on CPU two
+    calls with the same seed and thread count give identical weights (CPU kernels are deterministic,
+    so ``torch.use_deterministic_algorithms`` — which also NaN-fills every new buffer, ~20 % slower
+    per epoch here — is not needed); cuDNN's LSTM on CUDA is not bitwise reproducible.
     """
     device = train.x.device
     torch.manual_seed(config.seed)
@@ -177,14 +164,13 @@ def fit_model(
     state = _LoopState(model, build_optimizer(params, model), loss_function(train.y, config.imbalance))
     writer = _summary_writer(tensorboard_dir)
     try:
-        with compute_settings(device):
-            for epoch in range(1, (max_epochs or config.max_epochs) + 1):
-                record = _run_epoch(state, train, validation, params, config, generator, epoch)
-                _log_epoch(writer, record)
-                if on_epoch is not None:
-                    on_epoch(record)
-                if state.update_best(record, config.monitor) >= config.patience:
-                    break
+        for epoch in range(1, (max_epochs or config.max_epochs) + 1):
+            record = _run_epoch(state, train, validation, params, config, generator, epoch)
+            _log_epoch(writer, record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if state.update_best(record, config.monitor) >= config.patience:
+                break
     finally:
         if writer is not None:
             writer.close()
@@ -209,7 +195,8 @@ class _LoopState:
         self.history.append(record)
         value = record.val_auroc if monitor == "auroc" else record.val_loss
         better = value > self.best_value if monitor == "auroc" else value < self.best_value
-        if self.best_epoch == 0 or better:
+        recovered = math.isnan(self.best_value) and not math.isnan(value)  # NaN compares False: never "best"
+        if self.best_epoch == 0 or better or recovered:
             self.best_state = copy.deepcopy(self.model.state_dict())
             self.best_epoch, self.best_value, self.stale = record.epoch, value, 0
         else:
@@ -227,35 +214,46 @@ def _run_epoch(
     epoch: int,
 ) -> EpochRecord:
     started = time.perf_counter()
-    order = epoch_order(train.y, config.imbalance, generator).to(train.x.device)
-    state.model.train()
-    total = torch.zeros((), device=train.x.device)
-    for start in range(0, order.shape[0], params.batch_size):
-        batch = order[start : start + params.batch_size]
-        loss = state.criterion(state.model(train.x[batch]), train.y[batch])
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip_norm > 0:
-            nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip_norm)
-        state.optimizer.step()
-        total += loss.detach() * batch.shape[0]
+    train_loss = train_epoch(state.model, state.optimizer, state.criterion, train, params.batch_size,
+                             order=epoch_order(train.y, config.imbalance, generator), clip=config.grad_clip_norm)
     val_loss, val_auroc = validation_scores(state.model, validation, config.eval_batch_size)
-    return EpochRecord(
-        epoch=epoch,
-        train_loss=float(total) / max(order.shape[0], 1),
-        val_loss=val_loss,
-        val_auroc=val_auroc,
-        seconds=time.perf_counter() - started,
-    )
+    return EpochRecord(epoch, train_loss, val_loss, val_auroc, seconds=time.perf_counter() - started)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    train: SplitTensors,
+    batch_size: int,
+    *,
+    order: torch.Tensor,
+    clip: float,
+) -> float:
+    """One pass over ``order`` (indices into the on-device split) in batches of index slices; mean loss."""
+    order = order.to(train.x.device)
+    model.train()
+    total = torch.zeros((), device=train.x.device)
+    for start in range(0, order.shape[0], batch_size):
+        batch = order[start : start + batch_size]
+        loss = criterion(model(train.x[batch]), train.y[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        total += loss.detach() * batch.shape[0]
+    return float(total) / max(order.shape[0], 1)  # one device sync per epoch, not per batch
 
 
 def validation_scores(model: nn.Module, split: SplitTensors, batch_size: int) -> tuple[float, float]:
     """Unweighted cross-entropy and AUROC of ``model`` on the split as it is (natural prevalence)."""
     logits = predict_logits(model, split.x, batch_size)
     loss = float(nn.functional.cross_entropy(logits, split.y))
-    if not np.isfinite(loss):
+    scores = probabilities(logits)
+    if not np.isfinite(scores).all():  # a diverged model scores NaN (a pruner prunes it), never an exception
         return loss, float("nan")
-    return loss, metrics.auroc(split.y.cpu().numpy(), probabilities(logits))
+    return loss, metrics.auroc(split.y.cpu().numpy(), scores)
 
 
 def _summary_writer(folder: Path | None) -> Any:

@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,12 +265,17 @@ def _optimize_all(job: _Job, study: optuna.Study, target: int, workers: int, on_
     """Run the main worker here and ``workers - 1`` spawned ones; ``interrupted`` after Ctrl-C."""
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    processes = [context.Process(target=_worker_main, args=(job, i, target, threads)) for i in range(1, workers)]
+    ready = [context.Event() for _ in range(1, workers)]
+    processes = [
+        context.Process(target=_worker_main, args=(job, i + 1, target, threads, event, optuna.logging.get_verbosity()))
+        for i, event in enumerate(ready)
+    ]
     for process in processes:
         process.start()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads if workers > 1 else previous_threads)
     try:
+        _wait_until_ready(processes, ready)
         _optimize(job, study, target, on_trial)
         status = "complete"
     except KeyboardInterrupt:
@@ -282,11 +288,23 @@ def _optimize_all(job: _Job, study: optuna.Study, target: int, workers: int, on_
     return status
 
 
-def _worker_main(job: _Job, index: int, target: int, threads: int) -> None:
+def _wait_until_ready(processes: Sequence[Any], ready: Sequence[Any]) -> None:
+    """Start together: wait until every spawned worker has opened the study (or died trying)."""
+    for process, event in zip(processes, ready, strict=True):
+        while not event.wait(0.2) and process.is_alive():
+            pass
+        if not event.is_set():
+            log.warning("tuning worker %s exited before it started (exit code %s)", process.name, process.exitcode)
+
+
+def _worker_main(job: _Job, index: int, target: int, threads: int, ready: Any, verbosity: int) -> None:
     """Entry point of a spawned worker process."""
     torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(verbosity)
     with contextlib.suppress(KeyboardInterrupt):  # the main process reports the interruption
-        _optimize(job, job.study(worker=index), target, None)
+        study = job.study(worker=index)
+        ready.set()
+        _optimize(job, study, target, None)
 
 
 def _optimize(job: _Job, study: optuna.Study, target: int, on_trial: TrialCallback | None) -> None:
@@ -317,6 +335,7 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest_params(trial, self.config.tune_model, self.config.model)
         trial.set_user_attr("params", params.to_dict())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
         def report(record: EpochRecord) -> None:
             trial.report(record.val_auroc, record.epoch)
@@ -362,6 +381,7 @@ def _trial_entry(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "params": trial.user_attrs.get("params"),
         "best_epoch": trial.user_attrs.get("best_epoch"),
         "last_epoch": trial.last_step,
+        "worker": trial.user_attrs.get("worker"),
     }
 
 

@@ -95,7 +95,8 @@ def test_bootstrap_intervals_contain_point_estimates() -> None:
         assert interval.low <= interval.value <= interval.high, name
         assert interval.low < interval.high, name
     assert metrics.evaluate_predictions(y, p, **kwargs) == first  # type: ignore[arg-type]
-    assert first.n == 400 and first.prevalence == pytest.approx(y.mean())
+    assert first.n == 400
+    assert first.prevalence == pytest.approx(y.mean())
 
 
 def test_single_class_is_a_data_error() -> None:

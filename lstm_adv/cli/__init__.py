@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lstm_adv import __version__
-from lstm_adv.cli import analyze, db, demo, preprocess, query, report, runs, synth, train
+from lstm_adv.cli import analyze, attack, db, defend, demo, preprocess, query, report, runs, synth, train
 from lstm_adv.cli._common import CliState, ErrorBoundaryGroup, setup_logging
 
 app = typer.Typer(
@@ -60,8 +60,12 @@ app.command("preprocess")(preprocess.preprocess)
 app.command("report")(report.report)
 app.command("train")(train.train)
 app.command("tune-model")(train.tune_model)
+app.command("tune-attack")(attack.tune_attack)
+app.command("attack")(attack.attack)
 app.command("synth")(synth.synth)
 app.command("analyze")(analyze.analyze)
+app.command("defend")(defend.defend)
+app.command("robustness")(defend.robustness)
 app.add_typer(runs.app, name="runs")
 
 

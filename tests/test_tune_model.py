@@ -1,0 +1,196 @@
+"""Model tuning: pruning fires, trials keep their weights, Ctrl-C and --resume, shared PostgreSQL studies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from lstm_adv.config import Config
+from lstm_adv.domain.errors import ConfigError, DatabaseError
+from lstm_adv.results.config_file import load_config
+from lstm_adv.results.store import RunStore
+from lstm_adv.train import load_model, run_training
+from lstm_adv.tune_model import STUDY_FILE, database_url, run_model_tuning, trial_params
+from tests.strategies import tiny_feature_matrix
+from tests.test_train import features_run
+
+TINY = {
+    "model.device": "cpu", "model.patience": 4, "model.bootstrap_samples": 20, "model.max_epochs": 2,
+    "tune_model.epochs_per_trial": 4, "tune_model.pruner_startup_trials": 1, "tune_model.pruner_warmup_epochs": 0,
+    "tune_model.hidden_size_log2": [2, 3], "tune_model.fc_size_log2": [2, 3], "tune_model.batch_size_log2": [3, 4],
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _config(**overrides: Any) -> Config:
+    return load_config(None, {**TINY, **overrides})
+
+
+def _runs(root: Path) -> list[str]:
+    return sorted(path.name for path in root.iterdir() if not path.name.startswith("."))
+
+
+def test_pruning_fires_and_completed_trials_keep_their_weights(tmp_path: Path) -> None:
+    """With a median pruner on per-epoch validation AUROC some trials are pruned; completed ones keep weights."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    run = run_model_tuning(store, parent, _config(), trials=8)
+    summary = run.manifest.summary
+    assert run.manifest.status == "complete"
+    assert summary["n_trials"] == 8
+    assert summary["states"].get("pruned", 0) >= 1
+    assert summary["states"].get("complete", 0) >= 1
+    assert STUDY_FILE in run.manifest.checksums
+    for trial in summary["trials"]:
+        folder = run.path / "trials" / str(trial["number"])
+        assert folder.is_dir() == (trial["state"] == "complete")
+    best_number, best_params = trial_params(run)
+    assert load_model(run.path / "trials" / str(best_number)).params == best_params
+    assert run.manifest.parents == (parent.id,)
+
+
+def test_tuned_trial_feeds_training(tmp_path: Path) -> None:
+    """`train --tuned-model` takes a trial's hyperparameters; the model run names the tuning run as a parent."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    tuned = run_model_tuning(store, parent, _config(), trials=2)
+    _number, params = trial_params(tuned)
+    model = run_training(store, parent, params, _config(), extra_parents=[tuned.id])
+    assert model.manifest.parents == (parent.id, tuned.id)
+    with pytest.raises(ConfigError) as info:
+        trial_params(tuned, 99)
+    assert str(info.value).startswith(f"tuning run {tuned.id} has no completed trial 99; completed trials: ")
+
+
+def test_interrupt_keeps_finished_trials_and_resume_continues_the_study(tmp_path: Path) -> None:
+    """Ctrl-C publishes an interrupted run with its finished trials; --resume continues the same study."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+
+    def interrupt(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.number == 1:
+            raise KeyboardInterrupt
+
+    first = run_model_tuning(store, parent, _config(), trials=5, on_trial=interrupt)
+    assert first.manifest.status == "interrupted"
+    assert [t["number"] for t in first.manifest.summary["trials"]] == [0, 1]
+    resumed = run_model_tuning(store, None, _config(), trials=2, resume=first)
+    summary = resumed.manifest.summary
+    assert resumed.manifest.status == "complete"
+    assert summary["study_name"] == first.manifest.summary["study_name"] == str(first.id)
+    assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
+    assert summary["trials"][:2] == first.manifest.summary["trials"]
+    assert resumed.manifest.parents == (parent.id, first.id)
+    done = [t["number"] for t in summary["trials"] if t["state"] == "complete"]
+    assert all((resumed.path / "trials" / str(n) / "model.pt").exists() for n in done)
+
+
+def test_unreachable_storage_is_a_database_error_and_writes_no_run(tmp_path: Path) -> None:
+    """A storage URL that cannot be reached fails before anything is written, naming the URL and the fix."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    url = "postgresql://postgres:secret@127.0.0.1:1/optuna"
+    with pytest.raises(DatabaseError) as info:
+        run_model_tuning(store, parent, _config(**{"tune_model.storage_timeout_s": 2}), trials=1, storage=url)
+    message = str(info.value)
+    assert message.startswith("cannot use the Optuna storage postgresql+psycopg://postgres:***@127.0.0.1:1/optuna: ")
+    assert message.endswith(
+        "; check the URL and that the server is running, or leave out --storage to keep the study in a file inside "
+        "the run"
+    )
+    assert "secret" not in message
+    assert _runs(tmp_path) == [str(parent.id)]
+
+
+def test_unknown_optimizer_in_search_space_is_a_config_error(tmp_path: Path) -> None:
+    """An unknown optimizer in the search space names the options and writes no run."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    with pytest.raises(ConfigError) as info:
+        run_model_tuning(store, parent, _config(**{"tune_model.optimizers": ["adam", "lbfgs"]}), trials=1)
+    assert str(info.value) == (
+        "tune_model.optimizers must list some of adam, rmsprop, sgd; got ['adam', 'lbfgs']"
+    )
+    assert _runs(tmp_path) == [str(parent.id)]
+
+
+def test_tuning_never_touches_the_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials train on the train split and are scored on validation only."""
+    features = tiny_feature_matrix(60)
+    store = RunStore(tmp_path)
+    parent = features_run(store, features)
+    sizes: list[int] = []
+    from lstm_adv import tune_model
+
+    original = tune_model.fit_model
+
+    def spy(train: Any, validation: Any, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(train.y.shape[0] + validation.y.shape[0])
+        return original(train, validation, *args, **kwargs)
+
+    monkeypatch.setattr(tune_model, "fit_model", spy)
+    run_model_tuning(store, parent, _config(), trials=1)
+    assert sizes == [int((features.split != 2).sum())]
+
+
+@pytest.mark.db
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(tmp_path: Path, pg_server: Any) -> None:
+    """Two worker processes work on one PostgreSQL study: both run trials, no trial number repeats."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    config = _config(**{"tune_model.pruner_startup_trials": 100})
+    run = run_model_tuning(store, parent, config, trials=6, storage=pg_server.dsn, workers=2)
+    trials = run.manifest.summary["trials"]
+    numbers = [t["number"] for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert sorted(numbers) == list(range(len(numbers)))
+    assert 6 <= len(numbers) <= 7  # a worker may start one trial while the other reaches the target
+    assert len({t["worker"] for t in trials}) == 2
+    assert run.manifest.summary["storage"] == pg_server.dsn
+    storage = optuna.storages.RDBStorage(database_url(pg_server.dsn))
+    assert len(optuna.load_study(study_name=str(run.id), storage=storage).trials) == len(numbers)
+    again = run_model_tuning(store, None, config, trials=1, resume=run)
+    assert again.manifest.summary["n_trials"] == len(numbers) + 1
+
+
+def test_cli_tune_model_then_train_from_its_best_trial(tmp_path: Path) -> None:
+    """`tune-model` prints its run; `runs show` lists the best trial; `train --tuned-model` trains from it."""
+    from typer.testing import CliRunner
+
+    from lstm_adv.cli import app
+
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(60))
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(
+        '[model]\ndevice = "cpu"\nmax_epochs = 2\nbootstrap_samples = 20\n'
+        "[tune_model]\nepochs_per_trial = 2\nhidden_size_log2 = [2, 3]\nfc_size_log2 = [2, 3]\n"
+    )
+    base = ["--home", str(tmp_path), "--config", str(config_file)]
+    tuned = CliRunner().invoke(app, [*base, "tune-model", "--data", str(parent.id), "--trials", "2"])
+    assert tuned.exit_code == 0, tuned.output
+    run = store.latest("tune-model")
+    assert f"tune-model run {run.id}" in tuned.output
+    shown = CliRunner().invoke(app, [*base, "runs", "show", str(run.id)])
+    assert "best trial" in shown.output
+    trained = CliRunner().invoke(app, [*base, "train", "--tuned-model", str(run.id)])
+    assert trained.exit_code == 0, trained.output
+    assert store.latest("model").manifest.parents == (parent.id, run.id)
