@@ -186,6 +186,16 @@ class RobustnessConfig:
 
 
 @attrs.frozen
+class DemoConfig:
+    """The main job (`lstm-adv demo`): small budgets so the whole pipeline runs in minutes on a laptop."""
+
+    model_trials: int = 8
+    attack_trials: int = 8
+    attack_split: str = "test"
+    synthetic_seed: int = 0
+
+
+@attrs.frozen
 class Config:
     """The whole effective configuration of one invocation."""
 
@@ -202,3 +212,4 @@ class Config:
     pgd: PgdConfig = PgdConfig()
     defend: DefendConfig = DefendConfig()
     robustness: RobustnessConfig = RobustnessConfig()
+    demo: DemoConfig = DemoConfig()

@@ -24,6 +24,9 @@ from lstm_adv.preprocess import run_preprocess
 from lstm_adv.query import SOURCE_TABLES, run_cohort_query
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
+from lstm_adv.synth import run_synth
+from lstm_adv.train import run_training
+from lstm_adv.tune_model import run_model_tuning, trial_params
 from lstm_adv.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -31,8 +34,11 @@ log = logging.getLogger(__name__)
 DEMO_SCHEMA = "mimiciii"
 # Which configuration sections each run kind depends on (for reuse decisions).
 SECTIONS: dict[str, tuple[str, ...]] = {
+    "synth": ("synth",),
     "query": ("database", "cohort"),
     "features": ("cohort", "preprocess"),
+    "tune-model": ("model", "tune_model"),
+    "model": ("model",),
 }
 
 
@@ -77,30 +83,120 @@ class _Silent:
 
 
 def run_demo(
-    workspace: Workspace, config: Config, *, fresh: bool = False, listener: StageListener | None = None
+    workspace: Workspace,
+    config: Config,
+    *,
+    fresh: bool = False,
+    synthetic: int | None = None,
+    listener: StageListener | None = None,
 ) -> DemoResult:
-    """Run every available stage on the shipped MIMIC-III demo in the embedded PostgreSQL."""
-    listen = listener or _Silent()
-    store = workspace.store
-    outcomes: list[StageOutcome] = []
-    runs: dict[str, Run] = {}
+    """Run every stage on the embedded PostgreSQL: the shipped MIMIC-III demo, or a synthetic cohort.
 
-    server = _timed(listen, outcomes, "database", lambda: _prepare_demo_database(workspace, config, listen))
-    runs["query"] = _stage(
-        listen, outcomes, "query", store, config, parents=(), fresh=fresh,
-        match={"schema": DEMO_SCHEMA, "source": f"embedded:{DEMO_SCHEMA}"},
+    ``synthetic`` = N generates N synthetic admissions (seed ``demo.synthetic_seed``) into schema
+    ``synthetic_<N>`` first and runs the same stages on them.
+    """
+    listen = listener or _Silent()
+    ctx = _Context(workspace.store, config, fresh, listen)
+    server = ctx.timed("database", lambda: _prepare_database(workspace, config, listen, demo=synthetic is None))
+    query_parents: tuple[RunId, ...] = ()
+    schema = DEMO_SCHEMA
+    if synthetic is not None:
+        config = _synthetic_config(config, synthetic)
+        ctx = _Context(workspace.store, config, fresh, listen)
+        schema = config.synth.schema
+        synth = ctx.stage(
+            "synth", parents=(), match={"schema": schema},
+            make=lambda: run_synth(server.dsn, config=config, store=ctx.store, source=f"embedded:{schema}",
+                                   progress=lambda m: listen.step("synth", m)),
+            reusable=lambda run: _schema_loaded(server, config, schema),
+        )  # fmt: skip
+        query_parents = (synth.id,)
+    source = f"embedded:{schema}"
+    query = ctx.stage(
+        "query", parents=query_parents, match={"schema": schema, "source": source},
         make=lambda: run_cohort_query(
-            server.dsn, schema=DEMO_SCHEMA, config=config, store=store, source=f"embedded:{DEMO_SCHEMA}",
+            server.dsn, schema=schema, config=config, store=ctx.store, parents=query_parents, source=source,
             progress=lambda message: listen.step("query", message),
         ),
-        detail=_query_detail,
     )  # fmt: skip
-    runs["features"] = _stage(
-        listen, outcomes, "preprocess", store, config, parents=(runs["query"].id,), fresh=fresh, kind="features",
-        make=lambda: run_preprocess(store, str(runs["query"].id), config),
-        detail=_features_detail,
+    features = ctx.stage(
+        "preprocess", kind="features", parents=(query.id,),
+        make=lambda: run_preprocess(ctx.store, str(query.id), config),
     )  # fmt: skip
-    return DemoResult(outcomes=tuple(outcomes), runs=runs)
+    trials = config.demo.model_trials
+    tuning = ctx.stage(
+        "tune-model", parents=(features.id,), match={"n_trials": trials},
+        make=lambda: run_model_tuning(
+            ctx.store, features, config, trials=trials,
+            on_trial=lambda _study, trial: listen.step("tune-model", f"trial {trial.number} finished"),
+        ),
+    )  # fmt: skip
+    ctx.stage(
+        "train", kind="model", parents=(features.id, tuning.id),
+        make=lambda: run_training(
+            ctx.store, features, trial_params(tuning)[1], config, extra_parents=(tuning.id,),
+            on_epoch=lambda record: listen.step("train", f"epoch {record.epoch}"),
+        ),
+    )  # fmt: skip
+    return DemoResult(outcomes=tuple(ctx.outcomes), runs=dict(ctx.runs))
+
+
+def _synthetic_config(config: Config, admissions: int) -> Config:
+    synth = attrs.evolve(
+        config.synth, admissions=admissions, seed=config.demo.synthetic_seed, schema=f"synthetic_{admissions}"
+    )
+    return attrs.evolve(config, synth=synth)
+
+
+class _Context:
+    """Bookkeeping shared by the stages of one main-job invocation."""
+
+    def __init__(self, store: RunStore, config: Config, fresh: bool, listen: StageListener) -> None:
+        self.store = store
+        self.config = config
+        self.fresh = fresh
+        self.listen = listen
+        self.outcomes: list[StageOutcome] = []
+        self.runs: dict[str, Run] = {}
+
+    def stage(
+        self,
+        name: str,
+        *,
+        parents: Sequence[RunId],
+        make: Callable[[], Run],
+        kind: str | None = None,
+        match: dict[str, Any] | None = None,
+        reusable: Callable[[Run], bool] | None = None,
+    ) -> Run:
+        """Reuse a matching earlier run of the stage, or make one; report either way."""
+        self.listen.started(name)
+        start = time.perf_counter()
+        existing = None
+        if not self.fresh:
+            existing = find_reusable(self.store, kind or name, self.config, parents=parents, match=match)
+            if existing is not None and reusable is not None and not reusable(existing):
+                existing = None
+        run = existing or make()
+        outcome = StageOutcome(
+            stage=name, run_id=run.id, reused=existing is not None, seconds=time.perf_counter() - start,
+            detail=describe_run(run),
+        )  # fmt: skip
+        self.outcomes.append(outcome)
+        self.runs[run.kind] = run
+        self.listen.finished(outcome)
+        return run
+
+    def timed(self, name: str, action: Callable[[], tuple[ServerInfo, str]]) -> ServerInfo:
+        """Run a step that makes no run (the database), reporting its time."""
+        self.listen.started(name)
+        start = time.perf_counter()
+        server, detail = action()
+        outcome = StageOutcome(stage=name, run_id=None, reused=False, seconds=time.perf_counter() - start,
+                               detail=detail)  # fmt: skip
+        self.outcomes.append(outcome)
+        self.listen.finished(outcome)
+        return server
 
 
 def find_reusable(
@@ -129,68 +225,74 @@ def find_reusable(
     return None
 
 
-def _stage(
-    listen: StageListener,
-    outcomes: list[StageOutcome],
-    name: str,
-    store: RunStore,
-    config: Config,
-    *,
-    parents: Sequence[RunId],
-    fresh: bool,
-    make: Callable[[], Run],
-    detail: Callable[[Run], str],
-    kind: str | None = None,
-    match: dict[str, Any] | None = None,
-) -> Run:
-    listen.started(name)
-    start = time.perf_counter()
-    existing = None if fresh else find_reusable(store, kind or name, config, parents=parents, match=match)
-    run = existing or make()
-    outcome = StageOutcome(
-        stage=name, run_id=run.id, reused=existing is not None, seconds=time.perf_counter() - start, detail=detail(run)
-    )
-    outcomes.append(outcome)
-    listen.finished(outcome)
-    return run
-
-
-def _timed(
-    listen: StageListener, outcomes: list[StageOutcome], name: str, action: Callable[[], tuple[ServerInfo, str]]
-) -> ServerInfo:
-    listen.started(name)
-    start = time.perf_counter()
-    server, detail = action()
-    outcome = StageOutcome(stage=name, run_id=None, reused=False, seconds=time.perf_counter() - start, detail=detail)
-    outcomes.append(outcome)
-    listen.finished(outcome)
-    return server
-
-
-def _prepare_demo_database(workspace: Workspace, config: Config, listen: StageListener) -> tuple[ServerInfo, str]:
-    """Start the embedded server and load the demo unless its tables are already there."""
+def _prepare_database(
+    workspace: Workspace, config: Config, listen: StageListener, *, demo: bool
+) -> tuple[ServerInfo, str]:
+    """Start the embedded server and, for the demo, load it unless its tables are already there."""
     listen.step("database", "starting the embedded PostgreSQL")
     server = ensure_server(workspace.pg_dir, config.embedded)
+    if not demo:
+        return server, f"PostgreSQL on port {server.port}"
+    if _schema_loaded(server, config, DEMO_SCHEMA):
+        return server, f"PostgreSQL on port {server.port}; demo already loaded in schema {DEMO_SCHEMA}"
+    listen.step("database", "loading the MIMIC-III demo")
     with connect(server.dsn, timeout_s=config.database.connect_timeout_s, autocommit=True) as conn:
-        present = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = ANY(%s)",
-            (DEMO_SCHEMA, list(SOURCE_TABLES)),
-        ).fetchone()
-        if present is not None and present[0] == len(SOURCE_TABLES):
-            return server, f"PostgreSQL on port {server.port}; demo already loaded in schema {DEMO_SCHEMA}"
-        listen.step("database", "loading the MIMIC-III demo")
         counts = load_demo(conn, schema=DEMO_SCHEMA)
     rows = ", ".join(f"{table} {n:,}" for table, n in counts.items())
     return server, f"PostgreSQL on port {server.port}; loaded {rows}"
 
 
-def _query_detail(run: Run) -> str:
-    flow = run.manifest.summary.get("flow", [])
-    return " → ".join(f"{step['step']} {step['count']:,}" for step in flow)
+def _schema_loaded(server: ServerInfo, config: Config, schema: str) -> bool:
+    """Whether ``schema`` holds every MIMIC-III table the queries read."""
+    with connect(server.dsn, timeout_s=config.database.connect_timeout_s, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = ANY(%s)",
+            (schema, list(SOURCE_TABLES)),
+        ).fetchone()
+    return row is not None and row[0] == len(SOURCE_TABLES)
 
 
-def _features_detail(run: Run) -> str:
+def describe_run(run: Run) -> str:
+    """One line on what a run of the main job holds (counts and headline metrics)."""
     summary = run.manifest.summary
+    describe = _DESCRIBERS.get(run.kind)
+    return describe(summary) if describe is not None else ""
+
+
+def _describe_query(summary: dict[str, Any]) -> str:
+    return " → ".join(f"{step['step']} {step['count']:,}" for step in summary.get("flow", []))
+
+
+def _describe_features(summary: dict[str, Any]) -> str:
     shape = summary.get("shape")
-    positives = summary.get("positives")
-    return f"shape {shape}, positives {positives}" if shape else "feature matrix written"
+    return f"{shape[0]} samples × {shape[1]} h × {shape[2]} features" if shape else ""
+
+
+def _describe_tuning(summary: dict[str, Any]) -> str:
+    best = summary.get("best") or {}
+    states = ", ".join(f"{n} {state}" for state, n in summary.get("states", {}).items())
+    value = best.get("value")
+    return f"{states}; best validation AUROC {value:.3f}" if value is not None else states
+
+
+def _describe_model(summary: dict[str, Any]) -> str:
+    test = summary.get("test", {})
+    auroc = test.get("auroc", {})
+    if not auroc:
+        return ""
+    text = f"test AUROC {auroc['value']:.3f} [{auroc['low']:.3f}, {auroc['high']:.3f}]"
+    oracle = summary.get("oracle_test_auroc")
+    return text + (f" (oracle {oracle:.3f})" if oracle is not None else "")
+
+
+def _describe_synth(summary: dict[str, Any]) -> str:
+    return f"{summary.get('admissions', 0):,} admissions, prevalence {summary.get('prevalence', 0):.1%}"
+
+
+_DESCRIBERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "synth": _describe_synth,
+    "query": _describe_query,
+    "features": _describe_features,
+    "tune-model": _describe_tuning,
+    "model": _describe_model,
+}

@@ -41,7 +41,10 @@ from lstm_adv.results.store import Run, RunStore
 log = logging.getLogger(__name__)
 
 #: Run kind → document (``reports/<document>.qmd``). Later stages add their kinds here.
-DOCUMENTS: dict[str, str] = {"query": "data", "features": "data"}
+DOCUMENTS: dict[str, str] = {"query": "data", "features": "data", "model": "model", "attack": "attack",
+                             "analysis": "attack", "robustness": "robustness"}  # fmt: skip
+#: The document of a whole pipeline, rendered for its last run (``render_report(run, document=PIPELINE)``).
+PIPELINE = "pipeline"
 ENGINES = ("auto", "quarto", "offline")
 DEFAULT_OPTIONS: dict[str, Any] = {"echo": False, "output": True, "include": True, "warning": True}
 REPORTS_ENV = "LSTM_ADV_REPORTS"
@@ -118,10 +121,13 @@ def find_reports_dir(explicit: Path | None = None) -> Path:
 
 def render_report(
     run: Run, *, store: RunStore, home: Path, reports_dir: Path | None = None, engine: str = "auto",
-    timeout_s: int = 600,
+    timeout_s: int = 600, document: str | None = None,
 ) -> Run:  # fmt: skip
-    """Render the document of ``run``'s kind and store HTML, PDF and executed notebook as a ``report`` run."""
-    document = document_for(run.kind)
+    """Render the document of ``run``'s kind and store HTML, PDF and executed notebook as a ``report`` run.
+
+    ``document`` picks another document, e.g. :data:`PIPELINE` for the whole pipeline that ends in ``run``.
+    """
+    document = document or document_for(run.kind)
     qmd = find_reports_dir(reports_dir) / f"{document}.qmd"
     if not qmd.is_file():
         raise ReportError(f"report document {qmd} is missing; restore it from the project's reports/ folder")
@@ -133,6 +139,15 @@ def render_report(
         report = writer.commit()
     log.info("report run %s: %s of %s", report.id, document, run.id)
     return report
+
+
+def render_pipeline_report(
+    run: Run, *, store: RunStore, home: Path, reports_dir: Path | None = None, engine: str = "auto",
+    timeout_s: int = 600,
+) -> Run:  # fmt: skip
+    """Render the pipeline document for the lineage that ends in ``run`` (e.g. an analysis run)."""
+    return render_report(run, store=store, home=home, reports_dir=reports_dir, engine=engine, timeout_s=timeout_s,
+                         document=PIPELINE)  # fmt: skip
 
 
 def report_files(report: Run) -> tuple[Path, Path]:

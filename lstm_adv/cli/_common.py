@@ -73,7 +73,7 @@ def fail(message: str) -> NoReturn:
 
 def setup_logging(verbose: bool) -> None:
     """Library code logs; the CLI shows warnings (or everything with ``--verbose``)."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Optuna logs every trial at INFO through its own handler; the CLI shows progress itself.
+    logging.getLogger("optuna").setLevel(level)

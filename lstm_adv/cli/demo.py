@@ -30,7 +30,7 @@ class _RichListener:
         if self._status is not None:
             self._status.stop()
         how = "reused" if outcome.reused else f"{outcome.seconds:.1f} s"
-        console.print(f"[green]✓[/] [bold]{outcome.stage}[/] ({how}) {outcome.detail}", highlight=False)
+        console.print(f"[green]✓[/] [bold]{outcome.stage}[/] ({how})", highlight=False)
 
 
 def demo(
@@ -38,6 +38,14 @@ def demo(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Recompute every stage instead of reusing runs whose inputs are unchanged.")
     ] = False,
+    synthetic: Annotated[
+        int | None,
+        typer.Option(
+            "--synthetic",
+            metavar="N",
+            help="Run on N synthetic admissions (generated into schema synthetic_N) instead of the MIMIC-III demo.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole pipeline on the shipped MIMIC-III demo, on the toolkit's own PostgreSQL.
 
@@ -46,8 +54,9 @@ def demo(
     inputs and settings are unchanged; --fresh recomputes everything.
     """
     cli = state(ctx)
-    result = run_demo(cli.workspace(), cli.config(), fresh=fresh, listener=_RichListener())
+    result = run_demo(cli.workspace(), cli.config(), fresh=fresh, synthetic=synthetic, listener=_RichListener())
     table = Table("stage", "run", "time", title="lstm-adv demo")
+    table.columns[1].no_wrap = True
     for outcome in result.outcomes:
         table.add_row(
             outcome.stage,
@@ -55,4 +64,7 @@ def demo(
             "reused" if outcome.reused else f"{outcome.seconds:.1f} s",
         )
     console.print(table)
+    for outcome in result.outcomes:
+        if outcome.detail:
+            console.print(f"[bold]{outcome.stage}[/]: {outcome.detail}", highlight=False)
     console.print(f"new run ids: inspect any with `lstm-adv runs show <id>`; latest is {result.outcomes[-1].run_id}")
