@@ -263,3 +263,28 @@ def _ratio(a: FloatArray, b: FloatArray) -> FloatArray:
 def _brier(p: FloatArray, y: NDArray[np.int64], weights: FloatArray) -> FloatArray:
     result: FloatArray = weights @ (p - y) ** 2 / weights.sum(axis=1)
     return result
+
+
+def curve_points(y_true: NDArray[Any], scores: NDArray[Any]) -> dict[str, NDArray[np.float64]]:
+    """ROC and precision-recall curve points over the distinct scores, highest score first.
+
+    Returns ``roc_x`` (false-positive rate) / ``roc_y`` (true-positive rate) starting at (0, 0),
+    ``pr_x`` (recall) / ``pr_y`` (precision), and each curve's ``*_threshold`` (predict 1 when
+    score >= threshold). Aggregates only: one point per distinct score, no sample identity.
+    """
+    y, s = check_binary(y_true, scores, what="curve_points")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])  # end of each run of equal scores
+    tp = np.cumsum(y_sorted)[last].astype(np.float64)
+    fp = (last + 1).astype(np.float64) - tp
+    positives, negatives = max(float(y.sum()), 1.0), max(float(y.size - y.sum()), 1.0)
+    thresholds = s_sorted[last].astype(np.float64)
+    return {
+        "roc_x": np.r_[0.0, fp / negatives],
+        "roc_y": np.r_[0.0, tp / positives],
+        "roc_threshold": np.r_[np.inf, thresholds],
+        "pr_x": tp / positives,
+        "pr_y": tp / (tp + fp),
+        "pr_threshold": thresholds,
+    }

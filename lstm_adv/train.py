@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+import pandas as pd
 import torch
 from numpy.typing import NDArray
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 FEATURES_FILE = "features.npz"
 MODEL_FILE = "model.pt"
 PARAMS_FILE = "params.json"
+CURVES_FILE = "curves.parquet"
 REPORTED = ("auroc", "auprc", "f1", "precision", "recall", "brier")
 
 
@@ -88,6 +90,7 @@ class TrainedModel:
     evaluation: metrics.Evaluation
     split_sizes: dict[str, int]
     device: str
+    curves: pd.DataFrame = attrs.field(eq=False)
 
 
 def check_split(features: FeatureMatrix, split: SplitIndices, *, origin: str) -> None:
@@ -142,7 +145,23 @@ def train_model(
         split_sizes={name: int(idx.size) for name, idx in zip(SPLITS, (split.train, split.validation, split.evaluation),
                                                               strict=True)},
         device=str(device),
-    )
+        curves=pd.concat([curve_table("validation", features.labels[split.validation], val_p),
+                          curve_table("test", features.labels[split.evaluation], eval_p)], ignore_index=True),
+    )  # fmt: skip
+
+
+def curve_table(split: str, y: NDArray[np.int64], p: NDArray[np.float64]) -> pd.DataFrame:
+    """ROC and PR points of one split as a long table (split, curve, x, y, threshold); empty for one class."""
+    columns = ["split", "curve", "x", "y", "threshold"]
+    if np.unique(y).size < 2:
+        return pd.DataFrame({name: [] for name in columns})
+    points = metrics.curve_points(y, p)
+    parts = [
+        pd.DataFrame({"curve": curve, "x": points[f"{curve}_x"], "y": points[f"{curve}_y"],
+                      "threshold": points[f"{curve}_threshold"]})
+        for curve in ("roc", "pr")
+    ]  # fmt: skip
+    return pd.concat(parts, ignore_index=True).assign(split=split)[columns]
 
 
 def _evaluate(
@@ -234,6 +253,7 @@ def _write_holdout(
     trained = train_model(features, params, config, on_epoch=on_epoch, tensorboard_dir=writer.path / "tensorboard")
     torch.save(trained.model.state_dict(), writer.file(MODEL_FILE))
     write_json(writer.file("history.json"), [unstructure(r) for r in trained.history])
+    trained.curves.to_parquet(writer.file(CURVES_FILE), index=False)
     write_json(writer.file("metrics.json"), {"validation": unstructure(trained.validation),
                                              "test": unstructure(trained.evaluation)})  # fmt: skip
     writer.summary.update(_holdout_summary(features, trained, oracle))

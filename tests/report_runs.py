@@ -12,8 +12,6 @@ import shutil
 from pathlib import Path
 
 import attrs
-import numpy as np
-import pandas as pd
 import torch
 
 from lstm_adv.analysis import run_analysis
@@ -22,8 +20,7 @@ from lstm_adv.models import Hyperparameters
 from lstm_adv.preprocess import run_preprocess
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.train import load_features, load_trained_model, run_training
-from lstm_adv.training_loop import predict_logits, probabilities
+from lstm_adv.train import run_training
 from tests.strategies import analysis_attack_result
 from tests.test_reports import make_query_run
 
@@ -85,38 +82,14 @@ def make_full_pipeline(home: Path) -> Pipeline:
     return attrs.evolve(base, attack=attack, analysis=analysis)
 
 
-def with_curves(pipeline: Pipeline) -> Run:
-    """A copy of the model run that also holds ``curves.parquet`` (ROC and PR points of the test split).
-
-    train.py does not store curve points yet; this writes them in the format the model report reads.
-    """
+def without_curves(pipeline: Pipeline) -> Run:
+    """A copy of the model run without ``curves.parquet``, as a run of an older toolkit would be."""
     model = pipeline.model
-    features = load_features(pipeline.features)
-    test = features.indices("test")
-    logits = predict_logits(load_trained_model(model), torch.from_numpy(features.values[test]), 256)
-    curves = curve_points(features.labels[test], probabilities(logits))
     with pipeline.store.create("model", parents=list(model.manifest.parents), config=model.manifest.config) as writer:
         for path in model.path.iterdir():
-            if path.name != "manifest.json":
+            if path.name not in ("manifest.json", "curves.parquet"):
                 target = writer.path / path.name
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
-        curves.to_parquet(writer.file("curves.parquet"), index=False)
         writer.summary.update(model.manifest.summary)
     assert writer.committed is not None
     return writer.committed
-
-
-def curve_points(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
-    """ROC (x = FPR, y = TPR) and PR (x = recall, y = precision) points over the distinct scores, descending."""
-    order = np.argsort(-p, kind="stable")
-    p_sorted, y_sorted = p[order], y[order]
-    last = np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True])
-    tp = np.cumsum(y_sorted)[last].astype(np.float64)
-    fp = (last + 1) - tp
-    tpr, fpr = tp / max(y.sum(), 1), fp / max((1 - y).sum(), 1)
-    precision = tp / (tp + fp)
-    thresholds = p_sorted[last]
-    roc = pd.DataFrame({"curve": "roc", "x": np.r_[0.0, fpr], "y": np.r_[0.0, tpr],
-                        "threshold": np.r_[1.0, thresholds]})
-    pr = pd.DataFrame({"curve": "pr", "x": tpr, "y": precision, "threshold": thresholds})
-    return pd.concat([roc, pr], ignore_index=True).assign(split="test")

@@ -11,6 +11,7 @@ from sklearn.calibration import calibration_curve as sk_calibration
 
 from lstm_adv import metrics
 from lstm_adv.domain.errors import DataError
+from tests.strategies import scores_and_labels
 
 
 def _fixed() -> tuple[np.ndarray, np.ndarray]:
@@ -104,3 +105,17 @@ def test_single_class_is_a_data_error() -> None:
     with pytest.raises(DataError) as info:
         metrics.auroc(np.zeros(5, dtype=int), np.linspace(0, 1, 5))
     assert str(info.value) == "auroc: needs both classes; got 5 negatives and 0 positives"
+
+
+@given(scores_and_labels())
+def test_curve_points_match_scikit_learn(data: tuple[list[float], list[int]]) -> None:
+    """ROC and PR points equal scikit-learn's (without its point dropping) on random scores with ties."""
+    p, y = np.asarray(data[0]), np.asarray(data[1])
+    points = metrics.curve_points(y, p)
+    fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
+    np.testing.assert_allclose(points["roc_x"], fpr)
+    np.testing.assert_allclose(points["roc_y"], tpr)
+    precision, recall, _ = skm.precision_recall_curve(y, p, drop_intermediate=False)
+    # scikit-learn lists PR points from the lowest threshold up and appends (recall 0, precision 1).
+    np.testing.assert_allclose(points["pr_x"], recall[:-1][::-1])
+    np.testing.assert_allclose(points["pr_y"], precision[:-1][::-1])

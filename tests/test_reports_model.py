@@ -13,7 +13,7 @@ from lstm_adv.reports import document_for, render_report, report_files
 from lstm_adv.results import api
 from lstm_adv.results.store import Run
 from tests.report_checks import embedded_images, external_references, leaks, pdf_pages
-from tests.report_runs import Pipeline, make_model_pipeline, with_curves
+from tests.report_runs import Pipeline, make_model_pipeline, without_curves
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def curved(pipeline: Pipeline) -> Run:
+def uncurved(pipeline: Pipeline) -> Run:
     """A copy of the model run that also stores ROC and PR points (curves.parquet)."""
-    return with_curves(pipeline)
+    return without_curves(pipeline)
 
 
 def test_model_kind_is_reported_by_the_model_document() -> None:
@@ -60,10 +60,10 @@ def test_training_history_marks_the_kept_epoch(pipeline: Pipeline) -> None:
     assert history.loc[history["best"], "epoch"].tolist() == [summary["best_epoch"]]
 
 
-def test_curves_are_none_without_curve_points(pipeline: Pipeline, curved: Run) -> None:
-    """A run without curves.parquet has no curves; one with it gives ROC points from (0, 0) to (1, 1)."""
-    assert api.model_curves(pipeline.model) is None
-    curves = api.model_curves(curved)
+def test_curves_are_none_without_curve_points(pipeline: Pipeline, uncurved: Run) -> None:
+    """A run without curves.parquet has no curves; a trained run gives ROC points from (0, 0) to (1, 1)."""
+    assert api.model_curves(uncurved) is None
+    curves = api.model_curves(pipeline.model)
     assert curves is not None
     roc = curves[curves["curve"] == "roc"]
     assert (roc["x"].iloc[0], roc["y"].iloc[0]) == (0.0, 0.0)
@@ -81,9 +81,9 @@ def test_holdout_only_tables_refuse_a_cv_run(pipeline: Pipeline) -> None:
 
 
 @pytest.fixture(scope="module")
-def rendered(pipeline: Pipeline, curved: Run) -> Run:
+def rendered(pipeline: Pipeline) -> Run:
     """The model report of the run with curve points (offline engine)."""
-    return render_report(curved, store=pipeline.store, home=pipeline.home, engine="offline")
+    return render_report(pipeline.model, store=pipeline.store, home=pipeline.home, engine="offline")
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -156,6 +157,19 @@ def test_model_run_holds_weights_params_metrics_and_lineage(tmp_path: Path) -> N
     assert reloaded.params == PARAMS
     test = torch.from_numpy(tiny_feature_matrix(60).values[:4])
     assert reloaded(test).shape == (4, 2)
+
+
+def test_stored_roc_curve_integrates_to_the_test_auroc(tmp_path: Path) -> None:
+    """curves.parquet holds ROC/PR points whose ROC area equals the reported test AUROC (no ids stored)."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    run = run_training(store, parent, PARAMS, attrs.evolve(load_config(), model=FAST))
+    curves = pd.read_parquet(run.file("curves.parquet"))
+    assert list(curves.columns) == ["split", "curve", "x", "y", "threshold"]
+    assert set(curves["split"]) == {"validation", "test"}
+    roc = curves[(curves["split"] == "test") & (curves["curve"] == "roc")]
+    area = float(np.sum(np.diff(roc["x"]) * (roc["y"].to_numpy()[1:] + roc["y"].to_numpy()[:-1]) / 2))
+    assert area == pytest.approx(run.manifest.summary["test"]["auroc"]["value"], abs=1e-9)
 
 
 def test_cross_validation_scores_each_fold_on_its_own_part(tmp_path: Path) -> None:

@@ -1,0 +1,189 @@
+"""`lstm-adv tune-attack` and `lstm-adv attack`: the attack stage, plus how `runs show` prints their runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lstm_adv.cli._common import console, state
+from lstm_adv.cli.summaries import register
+from lstm_adv.results.store import Run
+
+# torch and optuna are imported inside the commands so that `lstm-adv --help` stays fast
+
+
+def tune_attack(
+    ctx: typer.Context,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model run id or prefix, or a tune-model run with --trial [default: the latest "
+                     "model run]."),
+    ] = None,
+    trial: Annotated[
+        int | None, typer.Option("--trial", help="Trial of a tune-model run given as --model [default: its best].")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", help="New trials to run [default: tune_attack.trials].")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option("--objective", help="sparsity, sparse_small, sparse_small_max or max_num_nonzero_perts "
+                     "[default: tune_attack.objective]."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host:5432/db, shared by "
+                     "workers on many machines [default: a file inside the run]."),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue the study of this tune-attack run (a new run is written).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: attack.device].")] = None,
+) -> None:
+    """Tune the sparse L1 attack (κ, λ, step size, method, batch size) with Optuna on a seeded training subset.
+
+    Each trial attacks the subset in chunks and reports the running objective, so poor trials are
+    pruned. Ctrl-C keeps finished trials (the run is marked interrupted); --resume <id> continues it.
+    `lstm-adv attack --tuned <id>` then uses the best trial's settings.
+    """
+    import optuna
+
+    from lstm_adv.tune_attack import run_attack_tuning
+
+    cli = state(ctx)
+    config = cli.config({"attack.device": device})
+    store = cli.workspace().store
+    resumed = store.get(resume, kind="tune-attack") if resume else None
+    model_run = (store.get(model) if model else store.latest("model")) if (model or not resumed) else None
+    total = trials if trials is not None else config.tune_attack.trials
+    optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
+    with _trial_progress(total) as on_trial:
+        run = run_attack_tuning(store, model_run, config, trial=trial, trials=trials, objective=objective,
+                                storage=storage, resume=resumed, on_trial=on_trial)  # fmt: skip
+    render_tuning(run, console)
+    if run.manifest.status == "interrupted":
+        console.print(f"interrupted: finished trials kept; continue with `lstm-adv tune-attack --resume {run.id}`")
+    console.print(f"tune-attack run {run.id}")
+
+
+def attack(
+    ctx: typer.Context,
+    tuned: Annotated[
+        str | None, typer.Option("--tuned", help="Tune-attack run id or prefix [default: the latest].")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="test, val, train or all [default: test].")
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="Attack only shard i of n (e.g. 2/4); once all n shards finished, they are "
+                     "merged into one run automatically."),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Complete this interrupted attack run (a new run is written).")
+    ] = None,
+    include_misclassified: Annotated[
+        bool | None,
+        typer.Option("--include-misclassified/--skip-misclassified",
+                     help="Also attack samples the model already misclassifies "
+                     "[default: attack.include_misclassified]."),
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: attack.device].")] = None,
+) -> None:
+    """Attack a split with the best settings of a tune-attack run, against the model it was tuned on.
+
+    Ctrl-C keeps the finished batches (the run is marked interrupted); --resume <id> completes it.
+    With --shard i/n only every n-th batch is attacked (run the n shards anywhere, e.g. in parallel).
+    """
+    from lstm_adv.attack import Shard, merge_attack_shards, run_attack
+
+    cli = state(ctx)
+    config = cli.config({"attack.device": device, "attack.include_misclassified": include_misclassified})
+    store = cli.workspace().store
+    parsed = Shard.parse(shard) if shard is not None else None
+    resumed = store.get(resume, kind="attack") if resume else None
+    tuned_run = store.resolve(tuned, "tune-attack") if (tuned or not resumed) else None
+    with _batch_progress() as progress:
+        run = run_attack(store, tuned_run, config, split=split, shard=parsed, resume=resumed, progress=progress)
+    render_attack(run, console)
+    if run.manifest.status == "interrupted":
+        console.print(f"interrupted: finished batches kept; continue with `lstm-adv attack --resume {run.id}`")
+    console.print(f"attack run {run.id}")
+    summary = run.manifest.summary
+    if summary.get("shard") and run.manifest.status == "complete":
+        count = int(str(summary["shard"]).split("/")[1])
+        tuned_of_run = store.get(str(summary["tune_attack_run"]), kind="tune-attack")
+        merged = merge_attack_shards(store, tuned_of_run, split=str(summary["split"]), count=count)
+        if merged is None:
+            console.print(f"shard {summary['shard']} done; the shards are merged once all {count} have finished")
+        else:
+            console.print(f"all {count} shards finished: merged attack run {merged.id}")
+
+
+@contextmanager
+def _trial_progress(total: int) -> Iterator[Any]:
+    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("", total=total)
+
+        def on_trial(study: Any, trial: Any) -> None:  # optuna Study, FrozenTrial
+            progress.update(task, advance=1, description=f"trial {trial.number} {trial.state.name.lower()}")
+
+        yield on_trial
+
+
+@contextmanager
+def _batch_progress() -> Iterator[Any]:
+    with Progress(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("", total=None)
+
+        def on_batch(n: int) -> None:
+            progress.update(task, advance=n)
+
+        yield on_batch
+
+
+def _number(value: Any, fmt: str = ".3g") -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+@register("tune-attack")
+def render_tuning(run: Run, out: Console) -> None:
+    """Objective, subset, trial counts and the best trial's settings."""
+    s = run.manifest.summary
+    states = ", ".join(f"{count} {name}" for name, count in s.get("states", {}).items()) or "none"
+    out.print(f"study {s.get('study_name')} in {s.get('storage')}: {s.get('n_trials', 0)} trials ({states}); "
+              f"objective {s.get('objective')} on {s.get('subset_size')} training samples (seed "
+              f"{s.get('subset_seed')}), model {s.get('model_run')}")  # fmt: skip
+    best = s.get("best")
+    if not best:
+        out.print("no completed trial yet")
+        return
+    table = Table("setting", "value", title=f"best trial {best['number']}: {s.get('objective')} {best['value']:.4g}")
+    for name, value in best["settings"].items():
+        table.add_row(name, _number(value) if isinstance(value, float) else str(value))
+    out.print(table)
+
+
+@register("attack")
+def render_attack(run: Run, out: Console) -> None:
+    """Success rate and mean L0 / L1 of the first and best examples per direction."""
+    s = run.manifest.summary
+    shard = f", shard {s['shard']}" if s.get("shard") else ""
+    out.print(f"{s.get('split')} split{shard}: {s.get('n_attacked')} of {s.get('n_samples')} samples attacked, "
+              f"{s.get('n_successful')} flipped (success rate {_number(s.get('success_rate'), '.3f')}); "
+              f"batches {s['batches']['done']}/{s['batches']['total']}; model {s.get('model_run')}")  # fmt: skip
+    table = Table("direction", "attacked", "successful", "rate", "first L0", "first L1", "best L0", "best L1")
+    for name, entry in s.get("directions", {}).items():
+        table.add_row(name, str(entry["attacked"]), str(entry["successful"]), _number(entry["success_rate"], ".3f"),
+                      _number(entry["first"]["mean_l0"], ".1f"), _number(entry["first"]["mean_l1"], ".3f"),
+                      _number(entry["best"]["mean_l0"], ".1f"), _number(entry["best"]["mean_l1"], ".3f"))  # fmt: skip
+    out.print(table)

@@ -1,0 +1,292 @@
+"""Attack stage: stored successes flip the model, misclassified samples, Ctrl-C and --resume, shards, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lstm_adv.attack import RESULTS_FILE, Shard, merge_attack_shards, run_attack
+from lstm_adv.cli import app
+from lstm_adv.config import Config
+from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
+from lstm_adv.domain.feature_matrix import FeatureMatrix
+from lstm_adv.domain.perturbation import AttackBatchResult
+from lstm_adv.models import BiLSTM, Hyperparameters
+from lstm_adv.results.config_file import load_config
+from lstm_adv.results.store import Run, RunStore
+from lstm_adv.train import load_features, load_trained_model, write_json
+from lstm_adv.tune_attack import run_attack_tuning
+from tests.strategies import tiny_feature_matrix
+from tests.test_train import features_run
+
+PARAMS = Hyperparameters(
+    hidden_size=8, num_layers=1, lstm_activation="tanh", dropout=0.0, fc_size=8,
+    fc_activation="relu", optimizer="adam", learning_rate=0.01, batch_size=16,
+)  # fmt: skip
+# A search space of one point, so the tuned settings are known to flip this model quickly.
+FIXED = {
+    "attack.device": "cpu", "attack.max_iterations": 40,
+    "tune_attack.subset_size": 8, "tune_attack.chunks": 2, "tune_attack.max_iterations": 20,
+    "tune_attack.kappa": [0.1, 0.1], "tune_attack.lam": [1e-3, 1e-3], "tune_attack.step_size": [0.05, 0.05],
+    "tune_attack.methods": ["ista"], "tune_attack.batch_size_log2": [2, 2],
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def config(**overrides: Any) -> Config:
+    """The test configuration: tiny, CPU, and a fixed attack search space."""
+    return load_config(None, {**FIXED, **overrides})
+
+
+def model_run(store: RunStore, features_parent: Run, *, seed: int = 0) -> Run:
+    """A model run holding a seeded untrained BiLSTM whose output bias splits the samples' predictions in half."""
+    features = load_features(features_parent)
+    torch.manual_seed(seed)
+    model = BiLSTM(PARAMS).eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(features.values))
+        model.head[-1].bias[1] -= float(torch.median(logits[:, 1] - logits[:, 0]))
+    with store.create("model", parents=[features_parent.id]) as writer:
+        torch.save(model.state_dict(), writer.file("model.pt"))
+        write_json(writer.file("params.json"), PARAMS.to_dict())
+        writer.summary["cv"] = False
+    assert writer.committed is not None
+    return writer.committed
+
+
+@attrs.frozen
+class World:
+    """A store with a features run, a model run and a tune-attack run (one trial of the fixed space)."""
+
+    store: RunStore
+    features: Run
+    model: Run
+    tuned: Run
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = RunStore(tmp_path_factory.mktemp("attack-stage") / "runs")
+    features = features_run(store, tiny_feature_matrix(60))
+    model = model_run(store, features)
+    tuned = run_attack_tuning(store, model, config(), trials=1)
+    return World(store, features, model, tuned)
+
+
+def runs_in(store: RunStore) -> list[str]:
+    """Every published or temporary run folder under the store."""
+    tmp = store.root / ".tmp"
+    names = [p.name for p in store.root.iterdir() if not p.name.startswith(".")]
+    return sorted(names + ([f".tmp/{p.name}" for p in tmp.iterdir()] if tmp.is_dir() else []))
+
+
+def stored(run: Run) -> AttackBatchResult:
+    """The attack result as read back from the run folder."""
+    return AttackBatchResult.from_npz(run.file(RESULTS_FILE))
+
+
+def test_stored_successes_flip_the_model_when_delta_is_reapplied(world: World) -> None:
+    """Every stored success, first and best, flips the model's prediction when δ from results.npz is added again."""
+    run = run_attack(world.store, world.tuned, config())
+    result = stored(run)
+    features = load_features(world.features)
+    model = load_trained_model(world.model)
+    assert result.found.sum() >= 3
+    assert np.array_equal(result.sample_index, features.indices("test"))
+    x = torch.from_numpy(features.values[result.sample_index])
+    with torch.no_grad():
+        before = model(x).argmax(1).numpy()
+        for which in ("first", "best"):
+            delta = torch.from_numpy(getattr(result, f"{which}_delta"))
+            after = model(x + delta).argmax(1).numpy()
+            assert np.array_equal(after[result.found] != before[result.found], np.ones(result.found.sum(), bool))
+            assert float((x + delta).min()) >= 0.0
+            assert float((x + delta).max()) <= 1.0
+    summary = run.manifest.summary
+    assert run.manifest.parents == (world.tuned.id,)
+    assert (summary["model_run"], summary["features_run"], summary["split"]) == (
+        str(world.model.id), str(world.features.id), "test")
+    assert summary["n_samples"] == result.n
+    assert summary["n_attacked"] == int(result.attacked.sum())
+    directions = summary["directions"]
+    assert directions["0to1"]["successful"] + directions["1to0"]["successful"] == int(result.found.sum())
+    assert json.loads(run.file("params.json").read_text())["step_size"] == pytest.approx(0.05)
+
+
+def test_misclassified_samples_are_skipped_unless_included(world: World) -> None:
+    """By default only correctly classified samples are attacked; include_misclassified attacks every sample."""
+    default = stored(run_attack(world.store, world.tuned, config(), split="all"))
+    included = stored(run_attack(world.store, world.tuned, config(**{"attack.include_misclassified": True}),
+                                 split="all"))  # fmt: skip
+    correct = default.predicted == default.label
+    assert 0 < correct.sum() < default.n
+    assert np.array_equal(default.attacked, correct)
+    assert included.attacked.all()
+
+
+def test_mask_keeps_delta_inside_the_allowed_features_and_hours(world: World) -> None:
+    """With attack.features = ["vital"] and hours [0, 24) every stored δ is zero outside those cells."""
+    from lstm_adv.resources import load_feature_spec
+
+    masked = config(**{"attack.features": ["vital"], "attack.hours": [0, 24], "attack.include_misclassified": True})
+    run = run_attack(world.store, world.tuned, masked, split="all")
+    result = stored(run)
+    vital = np.array([f.source == "vital" for f in load_feature_spec().features])
+    assert result.found.any()
+    for deltas in (result.first_delta, result.best_delta):
+        assert not deltas[:, 24:, :].any()
+        assert not deltas[:, :, ~vital].any()
+
+
+def test_shards_merge_into_the_unsharded_result(world: World) -> None:
+    """Three shards of the whole cohort merge into one run whose rows equal the unsharded attack's."""
+    cfg = config(**{"attack.include_misclassified": True})
+    whole = run_attack(world.store, world.tuned, cfg, split="all")
+    shards = []
+    for index in (1, 2, 3):
+        assert merge_attack_shards(world.store, world.tuned, split="all", count=3) is None
+        shards.append(run_attack(world.store, world.tuned, cfg, split="all", shard=Shard(index, 3)))
+        assert shards[-1].manifest.summary["shard"] == f"{index}/3"
+    merged = merge_attack_shards(world.store, world.tuned, split="all", count=3)
+    assert merged is not None
+    assert stored(merged) == stored(whole)
+    assert merged.manifest.parents == (world.tuned.id, *(s.id for s in shards))
+    keys = ("n_samples", "n_attacked", "n_successful", "success_rate", "directions", "split")
+    assert {k: merged.manifest.summary[k] for k in keys} == {k: whole.manifest.summary[k] for k in keys}
+
+
+def test_ctrl_c_keeps_finished_batches_and_resume_completes_the_run(world: World) -> None:
+    """Ctrl-C after two batches publishes them as an interrupted run; --resume writes the full, identical result."""
+    cfg = config(**{"attack.include_misclassified": True})
+    whole = stored(run_attack(world.store, world.tuned, cfg, split="all"))
+    seen: list[int] = []
+
+    def interrupt(n: int) -> None:
+        seen.append(n)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    first = run_attack(world.store, world.tuned, cfg, split="all", progress=interrupt)
+    assert first.manifest.status == "interrupted"
+    assert first.manifest.summary["batches"] == {"done": 2, "total": 15}
+    assert np.array_equal(stored(first).sample_index, np.arange(8))
+    resumed = run_attack(world.store, None, config(), resume=first)
+    assert resumed.manifest.status == "complete"
+    assert resumed.manifest.parents == (world.tuned.id, first.id)
+    assert stored(resumed) == whole
+    with pytest.raises(ConfigError) as info:
+        run_attack(world.store, None, config(), resume=resumed)
+    assert str(info.value) == (
+        f"--resume needs an interrupted attack run; run {resumed.id} is a complete attack run"
+    )
+
+
+def test_interrupt_before_any_batch_writes_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C inside the first batch leaves no run behind and propagates."""
+    before = runs_in(world.store)
+
+    def interrupt(*args: Any, **kwargs: Any) -> AttackBatchResult:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lstm_adv.attack.L1Attack.run", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(world.store, world.tuned, config())
+    assert runs_in(world.store) == before
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("3/2", "--shard i/n needs 1 <= i <= n; got '3/2'"),
+        ("0/2", "--shard i/n needs 1 <= i <= n; got '0/2'"),
+        ("a/b", "--shard must look like i/n with whole numbers, e.g. 1/4; got 'a/b'"),
+    ],
+)
+def test_bad_shard_specs_are_clear_errors(spec: str, message: str) -> None:
+    """Shard specs outside 1 <= i <= n or not of the form i/n are rejected with the exact rule."""
+    with pytest.raises(ConfigError) as info:
+        Shard.parse(spec)
+    assert str(info.value) == message
+
+
+def test_bad_inputs_are_clear_errors_and_write_nothing(world: World) -> None:
+    """A run of the wrong kind, a mask excluding every cell and a shard without batches write no run."""
+    before = runs_in(world.store)
+    with pytest.raises(RunKindError) as kind:
+        run_attack(world.store, world.model, config())
+    assert str(kind.value) == f"run {world.model.id} is a model run; --tuned needs a tune-attack run"
+    with pytest.raises(ConfigError) as mask:
+        run_attack(world.store, world.tuned, config(**{"attack.hours": [5, 5]}))
+    assert str(mask.value) == "attack.hours [5, 5) excludes every cell (48 × 19); allow at least one hour"
+    with pytest.raises(DataError) as shard:
+        run_attack(world.store, world.tuned, config(), shard=Shard(5, 5))
+    assert str(shard.value) == (
+        "shard 5/5 of the test split holds no batch (13 samples in 4 batches of 4); use at most 4 shards"
+    )
+    with pytest.raises(ConfigError) as split:
+        run_attack(world.store, world.tuned, config(), split="holdout")
+    assert str(split.value) == "--split must be one of test, val, train, all; got 'holdout'"
+    assert runs_in(world.store) == before
+
+
+def test_empty_split_is_a_data_error_and_writes_nothing(tmp_path: Path) -> None:
+    """A features run whose test split is empty cannot be attacked on it; no run is written."""
+    store = RunStore(tmp_path)
+    matrix: FeatureMatrix = tiny_feature_matrix(40)
+    no_test = attrs.evolve(matrix, split=np.where(matrix.split == 2, 1, matrix.split).astype(np.int8),
+                           fold=np.where(matrix.fold < 0, 0, matrix.fold).astype(np.int8))  # fmt: skip
+    parent = features_run(store, no_test)
+    tuned = run_attack_tuning(store, model_run(store, parent), config(), trials=1)
+    before = runs_in(store)
+    with pytest.raises(DataError) as info:
+        run_attack(store, tuned, config(), split="test")
+    assert str(info.value) == (
+        f"features run {parent.id}: the test split is empty; there is nothing to attack; choose another --split"
+    )
+    assert runs_in(store) == before
+
+
+def test_cli_attack_shards_merge_and_runs_show(world: World) -> None:
+    """`attack --shard i/2` twice merges automatically; `runs show` prints the attack summary; bad shards fail."""
+    runner = CliRunner(env={"COLUMNS": "200"})
+    base = ["--home", str(world.store.root.parent)]
+    args = ["attack", "--tuned", str(world.tuned.id), "--split", "val", "--device", "cpu"]
+    overrides = world.store.root.parent / "attack.toml"
+    overrides.write_text("[attack]\nmax_iterations = 20\n")
+    base += ["--config", str(overrides)]
+    first = runner.invoke(app, [*base, *args, "--shard", "1/2"])
+    assert first.exit_code == 0, first.output
+    assert "shard 1/2 done; the shards are merged once all 2 have finished" in first.output
+    second = runner.invoke(app, [*base, *args, "--shard", "2/2"])
+    assert second.exit_code == 0, second.output
+    merged_id = second.output.split("all 2 shards finished: merged attack run ")[1].split()[0]
+    shown = runner.invoke(app, [*base, "runs", "show", merged_id])
+    assert shown.exit_code == 0, shown.output
+    assert "validation split" in shown.output
+    assert "first L0" in shown.output
+    bad = runner.invoke(app, [*base, *args, "--shard", "3/2"])
+    assert bad.exit_code == 1
+    assert "--shard i/n needs 1 <= i <= n; got '3/2'" in bad.output

@@ -1,0 +1,186 @@
+"""Attack tuning: best settings stored, pruning fires, Ctrl-C and --resume, objectives, bad input writes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lstm_adv.cli import app
+from lstm_adv.domain.errors import ConfigError, RunKindError
+from lstm_adv.domain.perturbation import AttackBatchResult
+from lstm_adv.results.store import RunStore
+from lstm_adv.tune_attack import objective_value, run_attack_tuning, tuning_subset
+from lstm_adv.tune_model import STUDY_FILE
+from tests.strategies import tiny_feature_matrix
+from tests.test_attack_stage import World, config, model_run, runs_in
+from tests.test_train import features_run
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    store = RunStore(tmp_path / "runs")
+    features = features_run(store, tiny_feature_matrix(60))
+    model = model_run(store, features)
+    return World(store, features, model, model)
+
+
+# The real search space (wide step sizes: some trials find nothing) on a subset attacked in 4 chunks.
+WIDE = {
+    "tune_attack.kappa": [0.0, 2.0], "tune_attack.lam": [1e-7, 1.0], "tune_attack.step_size": [1e-5, 1.0],
+    "tune_attack.methods": ["ista", "fista", "adam"], "tune_attack.batch_size_log2": [1, 3],
+    "tune_attack.subset_size": 16, "tune_attack.chunks": 4, "tune_attack.pruner_startup_trials": 2,
+}  # fmt: skip
+
+
+def test_three_trials_write_a_run_with_the_best_settings(world: World) -> None:
+    """Three trials give a complete run whose best_params.json holds the best trial's settings."""
+    run = run_attack_tuning(world.store, world.model, config(**WIDE), trials=3)
+    summary = run.manifest.summary
+    assert run.manifest.status == "complete"
+    assert run.manifest.parents == (world.model.id,)
+    assert summary["n_trials"] == 3
+    assert summary["objective"] == "sparsity"
+    assert (summary["subset_size"], summary["subset_seed"]) == (16, 0)
+    assert summary["model_run"] == str(world.model.id)
+    assert summary["features_run"] == str(world.features.id)
+    best = json.loads(run.file("best_params.json").read_text())
+    assert best == summary["best"]["settings"]
+    assert set(best) == {"kappa", "lam", "step_size", "method", "batch_size"}
+    assert summary["best"]["value"] == max(t["value"] for t in summary["trials"] if t["state"] == "complete")
+    assert STUDY_FILE in run.manifest.checksums
+
+
+def test_pruning_fires_on_trials_that_fall_behind(world: World) -> None:
+    """With the median pruner fed the running objective after each chunk, trials that find less are pruned."""
+    run = run_attack_tuning(world.store, world.model, config(**WIDE), trials=12)
+    summary = run.manifest.summary
+    assert summary["n_pruned"] >= 1, summary["states"]
+    pruned = [t for t in summary["trials"] if t["state"] == "pruned"]
+    assert all(t["last_step"] < 3 for t in pruned)  # stopped before the last of the 4 chunks
+
+
+def test_interrupt_keeps_finished_trials_and_resume_continues_the_study(world: World) -> None:
+    """Ctrl-C publishes an interrupted run with its finished trials; --resume continues the same study."""
+
+    def interrupt(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.number == 1:
+            raise KeyboardInterrupt
+
+    first = run_attack_tuning(world.store, world.model, config(), trials=4, on_trial=interrupt)
+    assert first.manifest.status == "interrupted"
+    assert [t["number"] for t in first.manifest.summary["trials"]] == [0, 1]
+    resumed = run_attack_tuning(world.store, None, config(), trials=2, resume=first)
+    summary = resumed.manifest.summary
+    assert resumed.manifest.status == "complete"
+    assert summary["study_name"] == first.manifest.summary["study_name"] == str(first.id)
+    assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
+    assert resumed.manifest.parents == (world.model.id, first.id)
+    with pytest.raises(ConfigError) as info:
+        run_attack_tuning(world.store, None, config(), objective="sparse_small", resume=resumed)
+    assert str(info.value) == (
+        f"tune-attack run {resumed.id} maximizes 'sparsity'; a resumed study cannot change its objective to "
+        "'sparse_small'"
+    )
+
+
+def _result(deltas: list[np.ndarray]) -> AttackBatchResult:
+    n = len(deltas)
+    stacked = np.stack(deltas).astype(np.float32)
+    found = np.abs(stacked).sum(axis=(1, 2)) > 0
+    logits = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (n, 1))
+    return AttackBatchResult(
+        10, sample_index=np.arange(n), label=np.zeros(n, dtype=np.int64), logits_before=logits,
+        attacked=np.ones(n, dtype=bool), found=found, first_iteration=np.where(found, 1, 0),
+        first_delta=stacked, first_logits=np.where(found[:, None], logits[:, ::-1], 0).astype(np.float32),
+        best_iteration=np.where(found, 1, 0), best_delta=stacked,
+        best_logits=np.where(found[:, None], logits[:, ::-1], 0).astype(np.float32),
+    )  # fmt: skip
+
+
+def test_objectives_follow_their_definitions() -> None:
+    """Each objective sums its SPEC §5.2 formula over successful samples' best δ; failures add nothing."""
+    a = np.zeros((48, 19)); a[0, 0], a[1, 1] = 0.5, -0.25  # noqa: E702  n = 2, L1 = 0.75, max = 0.5
+    b = np.zeros((48, 19)); b[3, :4] = 0.1  # noqa: E702  n = 4, L1 = 0.4, max = 0.1
+    result = _result([a, b, np.zeros((48, 19))])
+    sa, sb = 1 - 2 / 912, 1 - 4 / 912
+    assert objective_value(result, "sparsity", max_nonzero=3) == pytest.approx(sa + sb)
+    assert objective_value(result, "sparse_small", max_nonzero=3) == pytest.approx(sa / 0.75 + sb / 0.4, rel=1e-6)
+    assert objective_value(result, "sparse_small_max", max_nonzero=3) == pytest.approx(sa / 0.5 + sb / 0.1, rel=1e-6)
+    assert objective_value(result, "max_num_nonzero_perts", max_nonzero=3) == 1.0
+    assert objective_value(result, "max_num_nonzero_perts", max_nonzero=4) == 2.0
+
+
+def test_tuning_subset_is_seeded_and_drawn_from_the_given_rows() -> None:
+    """The same seed draws the same rows, another seed others; all rows come from the training split."""
+    rows = np.arange(100, 300, dtype=np.int64)
+    first = tuning_subset(rows, 20, seed=3)
+    assert np.array_equal(first, tuning_subset(rows, 20, seed=3))
+    assert not np.array_equal(first, tuning_subset(rows, 20, seed=4))
+    assert np.isin(first, rows).all()
+    assert np.all(np.diff(first) > 0)
+    assert np.array_equal(tuning_subset(rows[:5], 20, seed=3), rows[:5])
+
+
+def test_bad_inputs_are_clear_errors_and_write_nothing(world: World) -> None:
+    """A run of the wrong kind, --trial on a model run, an unknown objective or an empty mask write no run."""
+    before = runs_in(world.store)
+    with pytest.raises(RunKindError) as kind:
+        run_attack_tuning(world.store, world.features, config(), trials=1)
+    assert str(kind.value) == (
+        f"run {world.features.id} is a features run; --model needs a model run (or a tune-model run with --trial)"
+    )
+    with pytest.raises(ConfigError) as trial:
+        run_attack_tuning(world.store, world.model, config(), trial=2, trials=1)
+    assert str(trial.value) == f"--trial selects a trial of a tune-model run; run {world.model.id} is a model run"
+    with pytest.raises(ConfigError) as objective:
+        run_attack_tuning(world.store, world.model, config(), objective="smallest", trials=1)
+    assert str(objective.value) == (
+        "tune_attack.objective must be one of sparsity, sparse_small, sparse_small_max, max_num_nonzero_perts; "
+        "got 'smallest'"
+    )
+    with pytest.raises(ConfigError) as mask:
+        run_attack_tuning(world.store, world.model, config(**{"attack.hours": [7, 7]}), trials=1)
+    assert str(mask.value) == "attack.hours [7, 7) excludes every cell (48 × 19); allow at least one hour"
+    assert runs_in(world.store) == before
+
+
+def test_cli_tune_attack_then_attack(world: World) -> None:
+    """`tune-attack --model` prints its run id, `attack --tuned` uses it; a wrong kind is one red line."""
+    runner = CliRunner(env={"COLUMNS": "200"})
+    home = world.store.root.parent
+    settings = home / "small.toml"
+    settings.write_text("[tune_attack]\nsubset_size = 8\nchunks = 2\nmax_iterations = 10\n"
+                        "[attack]\nmax_iterations = 10\n")  # fmt: skip
+    base = ["--home", str(home), "--config", str(settings)]
+    tuned = runner.invoke(app, [*base, "tune-attack", "--model", str(world.model.id), "--trials", "2",
+                                "--objective", "max_num_nonzero_perts", "--device", "cpu"])  # fmt: skip
+    assert tuned.exit_code == 0, tuned.output
+    tuned_id = tuned.output.split("tune-attack run ")[-1].split()[0]
+    assert "objective max_num_nonzero_perts on 8 training samples" in tuned.output
+    attacked = runner.invoke(app, [*base, "attack", "--tuned", tuned_id, "--split", "all", "--device", "cpu"])
+    assert attacked.exit_code == 0, attacked.output
+    assert "all split: " in attacked.output
+    assert "attack run attack-" in attacked.output
+    wrong = runner.invoke(app, [*base, "tune-attack", "--model", str(world.features.id)])
+    assert wrong.exit_code == 1
+    assert f"run {world.features.id} is a features run; --model needs a model run" in wrong.output
