@@ -2,5 +2,9 @@
 
 from lstm_adv.attacks.base import Attack, BatchOutcome, cell_mask
 from lstm_adv.attacks.l1 import METHODS, L1Attack, L1Settings, prox_l1_box, soft_threshold
+from lstm_adv.attacks.pgd import ATTACK_NORMS, NORMS, PgdAttack, PgdSettings
 
-__all__ = ["METHODS", "Attack", "BatchOutcome", "L1Attack", "L1Settings", "cell_mask", "prox_l1_box", "soft_threshold"]
+__all__ = [
+    "ATTACK_NORMS", "METHODS", "NORMS", "Attack", "BatchOutcome", "L1Attack", "L1Settings", "PgdAttack", "PgdSettings",
+    "cell_mask", "prox_l1_box", "soft_threshold",
+]

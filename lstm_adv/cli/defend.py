@@ -1,0 +1,158 @@
+"""`lstm-adv defend` and `lstm-adv robustness`: adversarial training and robustness curves, and `runs show`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lstm_adv.cli._common import console, fail, state
+from lstm_adv.cli.summaries import register
+from lstm_adv.results.store import Run
+
+# torch is imported inside the commands so that `lstm-adv --help` stays fast
+_SHOWN = ("clean_accuracy", "robust_accuracy", "robust_recall", "robust_auroc", "success_rate")
+
+
+def defend(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option("--model", help="Model run to harden [default: the latest].")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option("--method", help="static (examples made once) or adaptive (Madry: fresh examples every "
+                     "epoch) [default: defend.method]."),
+    ] = None,
+    attack: Annotated[
+        str | None, typer.Option("--attack", help="pgd-linf or pgd-l2 [default: defend.attack].")
+    ] = None,
+    eps: Annotated[
+        float | None, typer.Option("--eps", help="Budget ε of the training examples [default: defend.eps].")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Fine-tuning epochs [default: defend.epochs].")] = None,
+    mix: Annotated[
+        float | None,
+        typer.Option("--mix", help="Share of training samples replaced by their adversarial example "
+                     "[default: defend.mix]."),
+    ] = None,
+    target: Annotated[
+        int | None,
+        typer.Option("--target", help="Targeted examples towards this class (0: deaths look like survivals) "
+                     "[default: untargeted]."),
+    ] = None,
+    regenerate: Annotated[
+        str | None, typer.Option("--regenerate", help="Adaptive: new examples every epoch or batch.")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
+) -> None:
+    """Fine-tune a trained model on a mix of clean and PGD examples (static or adaptive adversarial training).
+
+    The result is a new model run (parent: the original model) that every later stage accepts;
+    judge it with `lstm-adv robustness --model <new id>`, which attacks its final weights afresh.
+    """
+    from lstm_adv.defend import run_defense
+
+    cli = state(ctx)
+    overrides = {"defend.method": method, "defend.attack": attack, "defend.eps": eps, "defend.epochs": epochs,
+                 "defend.mix": mix, "defend.regenerate": regenerate, "pgd.target": target, "model.device": device}
+    config = cli.config(overrides)
+    store = cli.workspace().store
+    model_run = store.resolve(model, "model")
+    with _progress("fine-tuning", config.defend.epochs) as advance:
+        run = run_defense(store, model_run, config,
+                          on_epoch=lambda r: advance(f"clean val AUROC {r.val_auroc:.4f}"))  # fmt: skip
+    from lstm_adv.cli.train import render_model
+
+    render_model(run, console)
+    defense = run.manifest.summary["defense"]
+    console.print(f"{defense['method']} defense with {defense['attack']} ε={defense['eps']}: "
+                  f"{defense['regenerations']} example generation(s)")  # fmt: skip
+    console.print(f"model run {run.id}")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fail(f"--eps must be a comma-separated list of numbers, e.g. 0,0.01,0.02; got {text!r}")
+
+
+def robustness(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option("--model", help="Model run to evaluate [default: the latest].")] = None,
+    models: Annotated[
+        str | None, typer.Option("--models", help="More model runs, comma-separated (ids or prefixes).")
+    ] = None,
+    eps: Annotated[
+        str | None,
+        typer.Option("--eps", help="Comma-separated ε sweep, e.g. 0,0.01,0.02,0.05 [default: robustness.eps]."),
+    ] = None,
+    attack: Annotated[
+        str | None, typer.Option("--attack", help="pgd-linf or pgd-l2 [default: robustness.attack].")
+    ] = None,
+    target: Annotated[
+        int | None, typer.Option("--target", help="Targeted PGD towards this class (0: deaths → survivals).")
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="test, validation or train [default: test].")] = None,
+    l1_iterations: Annotated[
+        int | None, typer.Option("--l1-iterations", help="Iterations of the L1 attack per model (0 skips it).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
+) -> None:
+    """Fresh PGD attacks against each model's final weights across an ε sweep, plus the sparse L1 attack.
+
+    Reports clean and robust accuracy, robust recall of deaths, AUROC under attack and confusion
+    matrices per model and ε; a defended model is compared with its original automatically.
+    `lstm-adv report <id>` draws the curves.
+    """
+    from lstm_adv.robustness import run_robustness
+
+    cli = state(ctx)
+    overrides = {"robustness.eps": _floats(eps) if eps is not None else None, "robustness.attack": attack,
+                 "robustness.split": split, "robustness.l1_max_iterations": l1_iterations, "pgd.target": target,
+                 "model.device": device}  # fmt: skip
+    config = cli.config(overrides)
+    store = cli.workspace().store
+    refs = [model] + [m.strip() for m in (models or "").split(",") if m.strip()]
+    runs = [store.resolve(ref, "model") for ref in dict.fromkeys(refs)]
+    with console.status("attacking…") as status:
+        run = run_robustness(store, runs, config, progress=lambda text: status.update(text))
+    render_robustness(run, console)
+    console.print(f"robustness run {run.id}")
+
+
+@contextmanager
+def _progress(what: str, total: int) -> Iterator[Any]:
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("", total=total)
+        yield lambda description: progress.update(task, advance=1, description=description)
+
+
+def _value(value: Any) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+@register("robustness")
+def render_robustness(run: Run, out: Console) -> None:
+    """Per model and ε: clean / robust accuracy, robust recall of deaths, AUROC under attack; L1 before vs after."""
+    summary: dict[str, Any] = run.manifest.summary
+    defenses = {m["model"]: m["defense"] for m in summary.get("models", [])}
+    table = Table("model", "defense", "ε", *_SHOWN,
+                  title=f"fresh {summary.get('attack')} on the {summary.get('split')} split (n={summary.get('n')})")
+    for row in summary.get("table", []):
+        table.add_row(row["model"], defenses.get(row["model"], "?"), f"{row['eps']:g}",
+                      *[_value(row.get(name)) for name in _SHOWN])  # fmt: skip
+    out.print(table)
+    l1 = summary.get("l1", {}).get("by_model", {})
+    if l1:
+        l1_table = Table("model", "defense", "attacked", "success rate", "mean L0", "mean L1", title="sparse L1 attack")
+        for model, values in l1.items():
+            l1_table.add_row(model, defenses.get(model, "?"), f"{values.get('attacked', 0):.0f}",
+                             _value(values.get("success_rate")), _value(values.get("mean_l0")),
+                             _value(values.get("mean_l1")))  # fmt: skip
+        out.print(l1_table)

@@ -1,0 +1,302 @@
+"""Defense stage: adversarial fine-tuning of a trained model with PGD examples (SPEC §6).
+
+``defend_model`` is the service (a trained BiLSTM and its FeatureMatrix in, :class:`DefenseResult`
+out); ``run_defense`` writes the result as a run of kind ``model`` whose first parent is the
+original model run (and whose second is the features run), with the same files as a model run of
+``lstm-adv train`` plus ``defense.json`` — so every later stage takes it like any other model.
+
+- ``static``: examples are generated once, against the given model, for the whole training split;
+  every epoch a seeded share ``mix`` of the training samples is replaced by its (fixed) example.
+- ``adaptive`` (Madry): fresh examples against the current weights every epoch (or every batch) for
+  that epoch's chosen share.
+
+Examples are generated in eval mode by the attack base; training runs in train mode through the
+model stage's own loop (:func:`lstm_adv.training_loop.train_epoch`). Every epoch is scored on the
+clean, unresampled validation split; the final weights are kept (choosing a checkpoint by clean
+validation would favour the least robust epoch). The threshold is chosen on clean validation and
+the test split is scored once, as ``lstm-adv train`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import attrs
+import pandas as pd
+import torch
+
+from lstm_adv import metrics
+from lstm_adv.attacks.pgd import ATTACK_NORMS, PgdAttack, PgdSettings
+from lstm_adv.config import Config
+from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
+from lstm_adv.domain.feature_matrix import SPLITS, FeatureMatrix
+from lstm_adv.models import BiLSTM
+from lstm_adv.results.config_file import config_as_dict
+from lstm_adv.results.converter import unstructure
+from lstm_adv.results.store import Run, RunStore
+from lstm_adv.train import (
+    CURVES_FILE,
+    MODEL_FILE,
+    PARAMS_FILE,
+    SplitIndices,
+    TrainedModel,
+    _evaluate,
+    _holdout_summary,
+    check_split,
+    curve_table,
+    load_features,
+    load_trained_model,
+    oracle_auroc,
+    write_json,
+)
+from lstm_adv.training_loop import (
+    EpochCallback,
+    EpochRecord,
+    SplitTensors,
+    build_optimizer,
+    check_training_config,
+    epoch_order,
+    loss_function,
+    predict_logits,
+    probabilities,
+    resolve_device,
+    train_epoch,
+    validation_scores,
+)
+
+log = logging.getLogger(__name__)
+
+METHODS = ("static", "adaptive")
+REGENERATE = ("epoch", "batch")
+DEFENSE_FILE = "defense.json"
+
+
+@attrs.frozen
+class DefenseResult:
+    """A defended model (final weights, clean evaluation) and how its training examples were made."""
+
+    trained: TrainedModel
+    method: str
+    settings: PgdSettings
+    regenerations: int
+    examples_per_epoch: float
+
+
+def check_defense(config: Config) -> PgdSettings:
+    """Validate the ``[defend]`` section and return the PGD settings of the training examples."""
+    d = config.defend
+    if d.method not in METHODS:
+        raise ConfigError(f"defend.method must be one of {', '.join(METHODS)}; got {d.method!r}")
+    if d.regenerate not in REGENERATE:
+        raise ConfigError(f"defend.regenerate must be one of {', '.join(REGENERATE)}; got {d.regenerate!r}")
+    if d.attack not in ATTACK_NORMS:
+        raise ConfigError(f"defend.attack must be one of {', '.join(ATTACK_NORMS)}; got {d.attack!r}")
+    if not (math.isfinite(d.eps) and d.eps >= 0):
+        raise ConfigError(f"defend.eps must be a finite number ≥ 0, got {d.eps}; use e.g. --eps 0.05")
+    if d.epochs < 1:
+        raise ConfigError(f"defend.epochs must be ≥ 1, got {d.epochs}")
+    if not 0.0 <= d.mix <= 1.0:
+        raise ConfigError(f"defend.mix (share of adversarial samples) must lie in [0, 1], got {d.mix}")
+    if not (math.isfinite(d.learning_rate) and d.learning_rate >= 0):
+        raise ConfigError(f"defend.learning_rate must be ≥ 0 (0: the model's own), got {d.learning_rate}")
+    if config.pgd.batch_size < 1:
+        raise ConfigError(f"pgd.batch_size must be ≥ 1, got {config.pgd.batch_size}")
+    check_training_config(config.model)
+    return PgdSettings.from_config(config.pgd, attack=d.attack, eps=d.eps)
+
+
+@attrs.define
+class _Trainer:
+    """One fine-tuning: the model, its optimizer and loss, the PGD attack, and the counters."""
+
+    model: BiLSTM
+    optimizer: torch.optim.Optimizer
+    criterion: torch.nn.Module
+    attack: PgdAttack
+    train: SplitTensors
+    eligible: torch.Tensor
+    config: Config
+    generator: torch.Generator
+    regenerations: int = 0
+    used: int = 0
+
+    def chosen(self) -> torch.Tensor:
+        """This epoch's seeded share ``mix`` of the attackable training rows. Shape: (n,) bool."""
+        draw = torch.rand(self.train.y.shape[0], generator=self.generator).to(self.train.x.device)
+        return self.eligible & (draw < self.config.defend.mix)
+
+    def adversarial(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``x`` with the rows ``rows`` replaced by fresh examples against the current weights."""
+        self.regenerations += 1
+        out = x.clone()
+        index = rows.nonzero()[:, 0]
+        if index.numel():
+            out[index] = x[index] + self.attack.perturb(x[index], y[index])
+        return out
+
+    def epoch(self, fixed: torch.Tensor | None) -> float:
+        """One training epoch; ``fixed`` holds static examples (None: adaptive). Returns the mean loss."""
+        chosen = self.chosen()
+        self.used += int(chosen.sum())
+        order = epoch_order(self.train.y, self.config.model.imbalance, self.generator)
+        batch_size, clip = self.model.params.batch_size, self.config.model.grad_clip_norm
+        if fixed is not None or self.config.defend.regenerate == "epoch":
+            x = (torch.where(chosen[:, None, None], fixed, self.train.x) if fixed is not None
+                 else self.adversarial(self.train.x, self.train.y, chosen))  # fmt: skip
+            split = SplitTensors(x, self.train.y)
+            return train_epoch(self.model, self.optimizer, self.criterion, split, batch_size, order=order, clip=clip)
+        return self._epoch_by_batch(order.to(self.train.x.device), chosen, batch_size, clip)
+
+    def _epoch_by_batch(self, order: torch.Tensor, chosen: torch.Tensor, batch_size: int, clip: float) -> float:
+        """Adaptive per batch: each batch's examples are made against the weights of that very step."""
+        total = 0.0
+        for start in range(0, order.shape[0], batch_size):
+            rows = order[start : start + batch_size]
+            y = self.train.y[rows]
+            x = self.adversarial(self.train.x[rows], y, chosen[rows])
+            step = torch.arange(rows.shape[0])
+            total += train_epoch(self.model, self.optimizer, self.criterion, SplitTensors(x, y), batch_size,
+                                 order=step, clip=clip) * rows.shape[0]  # fmt: skip
+        return total / max(order.shape[0], 1)
+
+
+def defend_model(
+    model: BiLSTM, features: FeatureMatrix, config: Config, *, on_epoch: EpochCallback | None = None
+) -> DefenseResult:
+    """Fine-tune ``model`` adversarially on the training split (see the module docstring); the input is not changed.
+
+    Shape: features.values (N, 48, 19).
+    """
+    settings = check_defense(config)
+    split = SplitIndices.holdout(features)
+    check_split(features, split, origin="FeatureMatrix")
+    device = resolve_device(config.model.device)
+    torch.manual_seed(config.model.seed)
+    tensors = [SplitTensors.from_arrays(features.values[i], features.labels[i], device) for i in
+               (split.train, split.validation, split.evaluation)]  # fmt: skip
+    trainer = _trainer(_copy_model(model, device), tensors[0], settings, config)
+    fixed = None
+    if config.defend.method == "static":  # once, against the given weights, for every attackable row
+        fixed = trainer.adversarial(tensors[0].x, tensors[0].y, trainer.eligible)
+    history = []
+    for epoch in range(1, config.defend.epochs + 1):
+        started = time.perf_counter()
+        train_loss = trainer.epoch(fixed)
+        val_loss, val_auroc = validation_scores(trainer.model, tensors[1], config.model.eval_batch_size)
+        record = EpochRecord(epoch, train_loss, val_loss, val_auroc, seconds=time.perf_counter() - started)
+        log.info("defense epoch %d: train loss %.4f, clean validation AUROC %.4f", epoch, train_loss, val_auroc)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    trainer.model.eval()
+    trained = _evaluated(trainer.model, features, split, tensors, tuple(history), config, str(device))
+    per_epoch = trainer.used / config.defend.epochs
+    return DefenseResult(trained, config.defend.method, settings, trainer.regenerations, per_epoch)
+
+
+def _copy_model(model: BiLSTM, device: torch.device) -> BiLSTM:
+    copy = BiLSTM(model.params).to(device)
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+def _trainer(model: BiLSTM, train: SplitTensors, settings: PgdSettings, config: Config) -> _Trainer:
+    rate = config.defend.learning_rate or model.params.learning_rate
+    optimizer = build_optimizer(attrs.evolve(model.params, learning_rate=rate), model)
+    eligible = train.y != settings.target if settings.target is not None else torch.ones_like(train.y, dtype=torch.bool)
+    attack = PgdAttack(model, settings, device=train.x.device, batch_size=config.pgd.batch_size)
+    generator = torch.Generator().manual_seed(config.model.seed)
+    return _Trainer(model, optimizer, loss_function(train.y, config.model.imbalance), attack, train, eligible,
+                    config, generator)  # fmt: skip
+
+
+def _evaluated(
+    model: BiLSTM, features: FeatureMatrix, split: SplitIndices, tensors: list[SplitTensors],
+    history: tuple[EpochRecord, ...], config: Config, device: str,
+) -> TrainedModel:  # fmt: skip
+    """Threshold on clean validation (max F1), one clean evaluation of the test split — as ``lstm-adv train``."""
+    batch = config.model.eval_batch_size
+    val_p = probabilities(predict_logits(model, tensors[1].x, batch))
+    threshold = metrics.choose_threshold(features.labels[split.validation], val_p)
+    eval_p = probabilities(predict_logits(model, tensors[2].x, batch))
+    return TrainedModel(
+        model=model, params=model.params, history=history, best_epoch=len(history), threshold=threshold,
+        validation=_evaluate(features.labels[split.validation], val_p, threshold, config.model),
+        evaluation=_evaluate(features.labels[split.evaluation], eval_p, threshold, config.model),
+        split_sizes={name: int(idx.size) for name, idx in
+                     zip(SPLITS, (split.train, split.validation, split.evaluation), strict=True)},
+        device=device,
+        curves=pd.concat([curve_table("validation", features.labels[split.validation], val_p),
+                          curve_table("test", features.labels[split.evaluation], eval_p)], ignore_index=True),
+    )  # fmt: skip
+
+
+def features_run_of(store: RunStore, model_run: Run) -> Run:
+    """The features run a model run was trained on (a defended model: through its original model)."""
+    for parent in model_run.manifest.parents:
+        if parent.kind == "features":
+            return store.get(str(parent), kind="features")
+    for parent in model_run.manifest.parents:
+        if parent.kind == "model":
+            return features_run_of(store, store.get(str(parent), kind="model"))
+    raise DataError(f"model run {model_run.id} names no features run among its parents; retrain it with lstm-adv train")
+
+
+def check_model_run(run: Run) -> None:
+    """A single (non cross-validation) model run, else a clear error."""
+    if run.kind != "model":
+        raise RunKindError(f"run {run.id} is a {run.kind} run; give a model run (lstm-adv train)")
+    if run.manifest.summary.get("cv"):
+        raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
+
+
+def run_defense(
+    store: RunStore, model_run: Run, config: Config, *, on_epoch: EpochCallback | None = None
+) -> Run:
+    """Adversarially fine-tune the model of ``model_run`` and write a new model run; bad input writes no run."""
+    check_model_run(model_run)
+    settings = check_defense(config)
+    features_run = features_run_of(store, model_run)
+    features = load_features(features_run)
+    check_split(features, SplitIndices.holdout(features), origin=f"features run {features_run.id}")
+    model = load_trained_model(model_run)
+    oracle = oracle_auroc(store, features_run, features)
+    with store.create("model", parents=[model_run.id, features_run.id], config=config_as_dict(config)) as writer:
+        result = defend_model(model, features, config, on_epoch=on_epoch)
+        trained = result.trained
+        torch.save(trained.model.state_dict(), writer.file(MODEL_FILE))
+        write_json(writer.file(PARAMS_FILE), trained.params.to_dict())
+        write_json(writer.file("history.json"), [attrs.asdict(r) for r in trained.history])
+        trained.curves.to_parquet(writer.file(CURVES_FILE), index=False)
+        write_json(writer.file("metrics.json"), {"validation": _plain(trained.validation),
+                                                 "test": _plain(trained.evaluation)})  # fmt: skip
+        defense = defense_record(result, model_run, config)
+        write_json(writer.file(DEFENSE_FILE), defense)
+        writer.summary.update(_holdout_summary(features, trained, oracle))
+        writer.summary["defense"] = {key: defense[key] for key in ("method", "attack", "eps", "epochs", "mix",
+                                                                   "regenerate", "regenerations", "original_model")}
+        writer.summary["features_run"] = str(features_run.id)
+    log.info("defense %s with %s examples: %d regenerations", settings.norm, config.defend.method, result.regenerations)
+    assert writer.committed is not None
+    return writer.committed
+
+
+def defense_record(result: DefenseResult, model_run: Run, config: Config) -> dict[str, Any]:
+    """What ``defense.json`` holds: method, ε, epochs, mix, the attack settings and the regeneration count."""
+    d = config.defend
+    return {
+        "method": result.method, "attack": d.attack, "eps": d.eps, "epochs": d.epochs, "mix": d.mix,
+        "regenerate": d.regenerate if result.method == "adaptive" else "once",
+        "learning_rate": d.learning_rate or result.trained.params.learning_rate,
+        "pgd": {**attrs.asdict(result.settings), "alpha": result.settings.alpha},
+        "regenerations": result.regenerations, "adversarial_samples_per_epoch": result.examples_per_epoch,
+        "original_model": str(model_run.id),
+    }  # fmt: skip
+
+
+def _plain(evaluation: metrics.Evaluation) -> Any:
+    return unstructure(evaluation)
+

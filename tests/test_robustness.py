@@ -1,0 +1,173 @@
+"""Robustness curves: ε = 0 is the clean evaluation, attacks are fresh on final weights, bad input writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lstm_adv.attacks.pgd import PgdAttack
+from lstm_adv.cli import app
+from lstm_adv.config import Config, PgdConfig, RobustnessConfig
+from lstm_adv.defend import run_defense
+from lstm_adv.domain.errors import ConfigError, RunKindError
+from lstm_adv.results import api
+from lstm_adv.results.store import Run, RunStore
+from lstm_adv.robustness import CONFUSION_FILE, CURVES_FILE, L1_FILE, run_robustness
+from lstm_adv.train import load_trained_model
+from tests.test_defend import config as defend_config
+from tests.test_defend import trained_store, weights_hash
+
+
+def config(**robustness: Any) -> Config:
+    """Fast settings: few PGD and L1 iterations, a short ε sweep."""
+    settings = {"eps": (0.0, 0.05, 0.2), "l1_max_iterations": 20, **robustness}
+    return attrs.evolve(defend_config(epochs=2), pgd=PgdConfig(iterations=3), robustness=RobustnessConfig(**settings))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def defended(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunStore, Run, Run, Run]:
+    """A store with features, a baseline model and its adaptive defense."""
+    store, features_run, model_run = trained_store(tmp_path_factory.mktemp("robust") / "runs")
+    return store, features_run, model_run, run_defense(store, model_run, defend_config(method="adaptive", epochs=2))
+
+
+@pytest.fixture(scope="module")
+def robustness_run(defended: tuple[RunStore, Run, Run, Run]) -> Run:
+    """One robustness run over the defended model (its original is added automatically)."""
+    store, _features, _model, defense = defended
+    return run_robustness(store, [defense], config())
+
+
+def _curve(run: Run) -> pd.DataFrame:
+    return pd.read_parquet(run.file(CURVES_FILE))
+
+
+def test_zero_budget_gives_exactly_the_clean_metrics(defended: tuple[RunStore, Run, Run, Run],
+                                                      robustness_run: Run) -> None:  # fmt: skip
+    """At ε = 0 robust accuracy equals clean accuracy, AUROC and confusion matrix equal the model run's test ones."""
+    curves = _curve(robustness_run).set_index(["model", "eps", "metric"])["value"]
+    confusion = pd.read_parquet(robustness_run.file(CONFUSION_FILE))
+    for run in defended[2:]:
+        at_zero = curves.loc[(str(run.id), 0.0)]
+        assert at_zero["robust_accuracy"] == at_zero["clean_accuracy"]
+        assert at_zero["robust_recall"] == at_zero["clean_recall"]
+        assert at_zero["success_rate"] == 0.0
+        assert at_zero["mean_linf"] == 0.0
+        assert at_zero["robust_auroc"] == run.manifest.summary["test"]["auroc"]["value"]
+        cells = confusion[(confusion["model"] == str(run.id)) & (confusion["eps"] == 0.0)]
+        matrix = [[int(cells[(cells.true_label == t) & (cells.predicted_label == p)]["count"].iloc[0]) for p in (0, 1)]
+                  for t in (0, 1)]  # fmt: skip
+        assert matrix == run.manifest.summary["confusion_matrix"]
+
+
+def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, Run], robustness_run: Run) -> None:
+    """The run's parents are the original then the defended model; tables cover every model, ε and metric."""
+    _store, _features, model_run, defense = defended
+    assert robustness_run.kind == "robustness"
+    assert robustness_run.manifest.parents == (model_run.id, defense.id)
+    curves = _curve(robustness_run)
+    assert set(curves["model"]) == {str(model_run.id), str(defense.id)}
+    assert sorted(set(curves["eps"])) == [0.0, 0.05, 0.2]
+    assert set(curves["defense"]) == {"baseline", "adaptive"}
+    by = curves.set_index(["model", "eps", "metric"])["value"]
+    for run in (model_run, defense):
+        assert by[(str(run.id), 0.2, "robust_accuracy")] <= by[(str(run.id), 0.0, "robust_accuracy")]
+        assert by[(str(run.id), 0.2, "mean_linf")] <= 0.2 + 1e-6
+    l1 = pd.read_parquet(robustness_run.file(L1_FILE))
+    assert set(l1["metric"]) == {"attacked", "success_rate", "mean_l0", "mean_l1"}
+    assert set(robustness_run.manifest.summary["l1"]["by_model"]) == {str(model_run.id), str(defense.id)}
+
+
+def test_defense_is_judged_by_fresh_attacks_on_its_final_weights(
+    defended: tuple[RunStore, Run, Run, Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ε > 0 of every model runs a new PGD attack against exactly the stored final weights of that model."""
+    store, _features, model_run, defense = defended
+    seen: list[str] = []
+    original = PgdAttack.perturb
+
+    def spy(self: PgdAttack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        seen.append(weights_hash(self.model))
+        return original(self, x, y)
+
+    monkeypatch.setattr(PgdAttack, "perturb", spy)
+    run_robustness(store, [defense], config(eps=(0.0, 0.05, 0.2), l1_max_iterations=0))
+    final = {weights_hash(load_trained_model(run)) for run in (model_run, defense)}
+    assert sorted(seen) == sorted([h for h in final for _ in range(2)])  # two ε > 0 per model; ε = 0 needs none
+
+
+def _runs(root: Path) -> list[str]:
+    return sorted(path.name for path in root.iterdir() if not path.name.startswith("."))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"eps": (0.0, -0.01)}, "robustness.eps values must be finite numbers ≥ 0, got -0.01"),
+        ({"attack": "pgd-l1"}, "robustness.attack must be one of pgd-linf, pgd-l2; got 'pgd-l1'"),
+        ({"eps": ()}, "robustness.eps is empty; give at least one budget, e.g. --eps 0,0.01,0.02"),
+    ],
+)
+def test_bad_settings_write_nothing(defended: tuple[RunStore, Run, Run, Run], settings: dict[str, Any],
+                                    message: str) -> None:  # fmt: skip
+    """A negative ε, an unknown attack norm or an empty sweep is a ConfigError and no run is written."""
+    store, _features, model_run, _defense = defended
+    before = _runs(store.root)
+    with pytest.raises(ConfigError) as info:
+        run_robustness(store, [model_run], config(**settings))
+    assert str(info.value) == message
+    assert _runs(store.root) == before
+
+
+def test_wrong_run_kind_writes_nothing(defended: tuple[RunStore, Run, Run, Run]) -> None:
+    """A features run in place of a model run is a RunKindError and no run is written."""
+    store, features_run, _model, _defense = defended
+    before = _runs(store.root)
+    with pytest.raises(RunKindError) as info:
+        run_robustness(store, [features_run], config())
+    assert str(info.value) == f"run {features_run.id} is a features run; give a model run (lstm-adv train)"
+    assert _runs(store.root) == before
+
+
+def test_results_api_gives_curves_and_confusion(defended: tuple[RunStore, Run, Run, Run],
+                                                robustness_run: Run) -> None:  # fmt: skip
+    """The results API returns the curves, confusion matrices and L1 table as aggregates, labelled per model."""
+    store, *_ = defended
+    run = api.load_run(str(robustness_run.id), store.root.parent, kinds=("robustness",))
+    curves = api.robustness_curves(run)
+    assert {"label", "eps", "metric", "value"} <= set(curves.columns)
+    assert len(api.robustness_confusion(run)) == 2 * 3 * 4
+    assert set(api.robustness_l1(run)["label"]) == set(curves["label"])
+
+
+def test_cli_robustness_prints_the_run_and_shows_it(defended: tuple[RunStore, Run, Run, Run]) -> None:
+    """`lstm-adv robustness` prints the table and the run id; `runs show` renders the same table."""
+    store, _features, model_run, _defense = defended
+    home = store.root.parent
+    runner = CliRunner()
+    result = runner.invoke(app, ["--home", str(home), "robustness", "--model", str(model_run.id), "--eps", "0,0.1",
+                                 "--device", "cpu", "--l1-iterations", "5"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run_id = result.output.strip().splitlines()[-1].removeprefix("robustness run ")
+    assert store.get(run_id).kind == "robustness"
+    shown = runner.invoke(app, ["--home", str(home), "runs", "show", run_id])
+    assert "sparse L1 attack" in shown.output
+    assert "baseline" in shown.output
+    bad = runner.invoke(app, ["--home", str(home), "robustness", "--eps", "0,x"])
+    assert bad.exit_code == 1
+    assert "--eps must be a comma-separated list of numbers" in bad.output
