@@ -137,6 +137,7 @@ class TuneAttackConfig:
     pruner_warmup_steps: int = 0
     seed: int = 0
     storage_timeout_s: int = 10
+    start_from_defaults: bool = True
 
 
 @attrs.frozen
@@ -190,8 +191,14 @@ class DemoConfig:
     """The main job (`lstm-adv demo`): small budgets so the whole pipeline runs in minutes on a laptop."""
 
     model_trials: int = 8
-    attack_trials: int = 8
-    attack_split: str = "test"
+    model_activations: tuple[str, ...] = ("tanh",)
+    model_optimizers: tuple[str, ...] = ("adam",)
+    model_learning_rate: tuple[float, float] = (1e-4, 1e-2)
+    attack_trials: int = 6
+    attack_subset: int = 32
+    tune_attack_iterations: int = 150
+    attack_iterations: int = 500
+    attack_split: str = "all"
     synthetic_seed: int = 0
 
 

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from lstm_adv.analysis import run_analysis
+from lstm_adv.attack import run_attack
 from lstm_adv.config import Config
 from lstm_adv.database.connection import connect
 from lstm_adv.database.demo import load_demo
@@ -22,10 +24,12 @@ from lstm_adv.database.server import ServerInfo, ensure_server
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.preprocess import run_preprocess
 from lstm_adv.query import SOURCE_TABLES, run_cohort_query
+from lstm_adv.reports import PIPELINE, render_report
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.synth import run_synth
 from lstm_adv.train import run_training
+from lstm_adv.tune_attack import run_attack_tuning
 from lstm_adv.tune_model import run_model_tuning, trial_params
 from lstm_adv.workspace import Workspace
 
@@ -39,6 +43,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "features": ("cohort", "preprocess"),
     "tune-model": ("model", "tune_model"),
     "model": ("model",),
+    "tune-attack": ("tune_attack", "attack"),
+    "attack": ("attack",),
+    "analysis": ("analysis",),
+    "report": (),
 }
 
 
@@ -69,6 +77,7 @@ class DemoResult:
 
     outcomes: tuple[StageOutcome, ...]
     runs: dict[str, Run]
+    reports: tuple[Run, ...] = ()
 
 
 class _Silent:
@@ -96,6 +105,7 @@ def run_demo(
     ``synthetic_<N>`` first and runs the same stages on them.
     """
     listen = listener or _Silent()
+    config = demo_config(config)
     ctx = _Context(workspace.store, config, fresh, listen)
     server = ctx.timed("database", lambda: _prepare_database(workspace, config, listen, demo=synthetic is None))
     query_parents: tuple[RunId, ...] = ()
@@ -131,14 +141,66 @@ def run_demo(
             on_trial=lambda _study, trial: listen.step("tune-model", f"trial {trial.number} finished"),
         ),
     )  # fmt: skip
-    ctx.stage(
+    model = ctx.stage(
         "train", kind="model", parents=(features.id, tuning.id),
         make=lambda: run_training(
             ctx.store, features, trial_params(tuning)[1], config, extra_parents=(tuning.id,),
             on_epoch=lambda record: listen.step("train", f"epoch {record.epoch}"),
         ),
     )  # fmt: skip
-    return DemoResult(outcomes=tuple(ctx.outcomes), runs=dict(ctx.runs))
+    final = _attack_stages(ctx, model)
+    reports = [_report(ctx, workspace, final, PIPELINE), _report(ctx, workspace, model, "model")]
+    return DemoResult(outcomes=tuple(ctx.outcomes), runs=dict(ctx.runs), reports=tuple(reports))
+
+
+def _attack_stages(ctx: _Context, model: Run) -> Run:
+    """tune-attack → attack → analyze; returns the last run made (the attack if it had no success)."""
+    config, listen = ctx.config, ctx.listen
+    demo = config.demo
+    tuning = ctx.stage(
+        "tune-attack", parents=(model.id,), match={"n_trials": demo.attack_trials},
+        make=lambda: run_attack_tuning(
+            ctx.store, model, config, trials=demo.attack_trials,
+            on_trial=lambda _study, trial: listen.step("tune-attack", f"trial {trial.number} finished"),
+        ),
+    )  # fmt: skip
+    attack = ctx.stage(
+        "attack", parents=(tuning.id,), match={"split": demo.attack_split},
+        make=lambda: run_attack(ctx.store, tuning, config, split=demo.attack_split,
+                                progress=lambda n: listen.step("attack", f"batch of {n} samples done")),
+    )  # fmt: skip
+    if not attack.manifest.summary.get("n_successful"):
+        listen.step("attack", "no successful example: nothing to analyse")
+        return attack
+    return ctx.stage("analyze", kind="analysis", parents=(attack.id,),
+                     make=lambda: run_analysis(ctx.store, str(attack.id), config))  # fmt: skip
+
+
+def _report(ctx: _Context, workspace: Workspace, target: Run, document: str) -> Run:
+    """Render ``document`` for ``target`` (HTML + PDF) as a report run, or reuse an identical one."""
+
+    def make() -> Run:
+        return render_report(target, store=ctx.store, home=workspace.home, document=document)
+
+    return ctx.stage(
+        f"report {document}", kind="report", parents=(target.id,), match={"document": document}, make=make
+    )
+
+
+def demo_config(config: Config) -> Config:
+    """``config`` with the demo's narrowed model search and small attack budgets (section ``demo``) applied."""
+    demo = config.demo
+    return attrs.evolve(
+        config,
+        tune_model=attrs.evolve(
+            config.tune_model, lstm_activations=demo.model_activations, fc_activations=demo.model_activations,
+            optimizers=demo.model_optimizers, learning_rate=demo.model_learning_rate,
+        ),
+        tune_attack=attrs.evolve(
+            config.tune_attack, subset_size=demo.attack_subset, max_iterations=demo.tune_attack_iterations
+        ),
+        attack=attrs.evolve(config.attack, max_iterations=demo.attack_iterations),
+    )
 
 
 def _synthetic_config(config: Config, admissions: int) -> Config:
@@ -289,7 +351,30 @@ def _describe_synth(summary: dict[str, Any]) -> str:
     return f"{summary.get('admissions', 0):,} admissions, prevalence {summary.get('prevalence', 0):.1%}"
 
 
+def _describe_attack_tuning(summary: dict[str, Any]) -> str:
+    best = summary.get("best") or {}
+    value = best.get("value")
+    states = ", ".join(f"{n} {state}" for state, n in summary.get("states", {}).items())
+    return f"{states}; best {summary.get('objective', 'objective')} {value:.3f}" if value is not None else states
+
+
+def _describe_attack(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary.get('n_successful', 0)} of {summary.get('n_attacked', 0)} attacked samples flipped "
+        f"({summary.get('n_samples', 0)} in split {summary.get('split')}; misclassified ones are skipped)"
+    )
+
+
+def _describe_analysis(summary: dict[str, Any]) -> str:
+    best = (summary.get("top_features") or {}).get("best", {})
+    parts = [f"{direction.replace('to', '→')}: {', '.join(names[:3])}" for direction, names in best.items() if names]
+    return "most susceptible features (best examples) " + "; ".join(parts) if parts else ""
+
+
 _DESCRIBERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "tune-attack": _describe_attack_tuning,
+    "attack": _describe_attack,
+    "analysis": _describe_analysis,
     "synth": _describe_synth,
     "query": _describe_query,
     "features": _describe_features,

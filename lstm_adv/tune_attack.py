@@ -209,9 +209,33 @@ def _resumed(
 def _study(place: StudyPlace, tune: TuneAttackConfig) -> optuna.Study:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
                                          n_warmup_steps=tune.pruner_warmup_steps)  # fmt: skip
-    return optuna.create_study(study_name=place.name, storage=place.storage(tune.storage_timeout_s),
-                               sampler=optuna.samplers.TPESampler(seed=tune.seed), pruner=pruner,
-                               direction="maximize", load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(study_name=place.name, storage=place.storage(tune.storage_timeout_s),
+                                sampler=optuna.samplers.TPESampler(seed=tune.seed), pruner=pruner,
+                                direction="maximize", load_if_exists=True)  # fmt: skip
+    start = default_trial(tune)
+    if not study.trials and start is not None:
+        study.enqueue_trial(start)
+    return study
+
+
+def default_trial(tune: TuneAttackConfig) -> dict[str, Any] | None:
+    """The attack's default settings as a first trial, when enabled and inside the search space.
+
+    Random first trials often draw a λ so large that nothing flips; starting from the defaults gives
+    even a short search a working baseline that TPE then improves on.
+    """
+    if not tune.start_from_defaults:
+        return None
+    defaults = L1Settings()
+    start: dict[str, Any] = {
+        "kappa": defaults.kappa, "lam": defaults.lam, "step_size": defaults.step_size, "method": defaults.method,
+        "batch_size_log2": min(max(6, tune.batch_size_log2[0]), tune.batch_size_log2[1]),
+    }  # fmt: skip
+    inside = (
+        tune.kappa[0] <= defaults.kappa <= tune.kappa[1] and tune.lam[0] <= defaults.lam <= tune.lam[1]
+        and tune.step_size[0] <= defaults.step_size <= tune.step_size[1] and defaults.method in tune.methods
+    )  # fmt: skip
+    return start if inside else None
 
 
 def _optimize(study: optuna.Study, objective: _Objective, *, n_trials: int, on_trial: TrialCallback | None) -> str:

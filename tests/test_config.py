@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
@@ -90,3 +91,10 @@ def test_effective_config_is_plain_data() -> None:
     data = config_as_dict(load_config())
     assert data["cohort"]["window_hours"] == 48
     assert data["database"]["schema"] == "mimiciii"
+
+
+def test_manifest_form_equals_its_json_round_trip() -> None:
+    """The stored configuration compares equal after a trip through a manifest (tuples become lists)."""
+    data = config_as_dict(load_config())
+    assert json.loads(json.dumps(data)) == data
+    assert data["tune_model"]["dropout"] == [0.0, 0.5]

@@ -70,6 +70,17 @@ def test_three_trials_write_a_run_with_the_best_settings(world: World) -> None:
     assert STUDY_FILE in run.manifest.checksums
 
 
+def test_a_fresh_study_starts_from_the_attack_defaults(world: World) -> None:
+    """Trial 0 of a new study uses the attack's default settings; switching that off leaves it to the sampler."""
+    run = run_attack_tuning(world.store, world.model, config(**WIDE), trials=1)
+    first = run.manifest.summary["trials"][0]["settings"]
+    assert (first["kappa"], first["lam"], first["step_size"], first["method"]) == (0.0, 1e-3, 1e-2, "ista")
+    assert first["batch_size"] == 2**3  # the default 2^6 clipped into the configured batch range [2^1, 2^3]
+    off = run_attack_tuning(world.store, world.model, config(**WIDE, **{"tune_attack.start_from_defaults": False}),
+                            trials=1)  # fmt: skip
+    assert off.manifest.summary["trials"][0]["settings"] != first
+
+
 def test_pruning_fires_on_trials_that_fall_behind(world: World) -> None:
     """With the median pruner fed the running objective after each chunk, trials that find less are pruned."""
     run = run_attack_tuning(world.store, world.model, config(**WIDE), trials=12)

@@ -77,3 +77,5 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # Optuna logs every trial at INFO through its own handler; the CLI shows progress itself.
     logging.getLogger("optuna").setLevel(level)
+    # The report renderer's kernel client warns about zmq teardown at exit; it is harmless noise.
+    logging.getLogger("traitlets").setLevel(logging.ERROR)

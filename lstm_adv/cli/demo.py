@@ -10,6 +10,7 @@ from rich.table import Table
 
 from lstm_adv.cli._common import console, state
 from lstm_adv.pipeline import StageOutcome, run_demo
+from lstm_adv.reports import report_files
 
 
 class _RichListener:
@@ -67,4 +68,7 @@ def demo(
     for outcome in result.outcomes:
         if outcome.detail:
             console.print(f"[bold]{outcome.stage}[/]: {outcome.detail}", highlight=False)
-    console.print(f"new run ids: inspect any with `lstm-adv runs show <id>`; latest is {result.outcomes[-1].run_id}")
+    for report in result.reports:
+        html, pdf = report_files(report)
+        console.print(f"report: {html}\n        {pdf}", highlight=False, soft_wrap=True)
+    console.print("inspect any run with `lstm-adv runs show <id>`; all runs: `lstm-adv runs list`")

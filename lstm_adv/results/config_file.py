@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 import types
 import typing
@@ -36,8 +37,8 @@ def load_config(user_file: Path | None = None, overrides: Mapping[str, Any] | No
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:
-    """Plain nested data of ``config``, as stored in manifests."""
-    result: dict[str, Any] = unstructure(config)
+    """Plain nested data of ``config`` exactly as a manifest stores it (JSON types: lists, not tuples)."""
+    result: dict[str, Any] = json.loads(json.dumps(unstructure(config)))
     return result
 
 
