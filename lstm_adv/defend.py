@@ -25,14 +25,13 @@ import time
 from typing import Any
 
 import attrs
-import pandas as pd
 import torch
 
 from lstm_adv import metrics
 from lstm_adv.attacks.pgd import ATTACK_NORMS, PgdAttack, PgdSettings
 from lstm_adv.config import Config
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
-from lstm_adv.domain.feature_matrix import SPLITS, FeatureMatrix
+from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.models import BiLSTM
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.converter import unstructure
@@ -43,10 +42,9 @@ from lstm_adv.train import (
     PARAMS_FILE,
     SplitIndices,
     TrainedModel,
-    _evaluate,
-    _holdout_summary,
+    assess_model,
     check_split,
-    curve_table,
+    holdout_summary,
     load_features,
     load_trained_model,
     oracle_auroc,
@@ -60,8 +58,6 @@ from lstm_adv.training_loop import (
     check_training_config,
     epoch_order,
     loss_function,
-    predict_logits,
-    probabilities,
     resolve_device,
     train_epoch,
     validation_scores,
@@ -192,7 +188,8 @@ def defend_model(
         if on_epoch is not None:
             on_epoch(record)
     trainer.model.eval()
-    trained = _evaluated(trainer.model, features, split, tensors, tuple(history), config, str(device))
+    trained = assess_model(trainer.model, features, split, tensors, history=tuple(history), best_epoch=len(history),
+                           config=config.model, device=str(device))  # fmt: skip
     per_epoch = trainer.used / config.defend.epochs
     return DefenseResult(trained, config.defend.method, settings, trainer.regenerations, per_epoch)
 
@@ -211,27 +208,6 @@ def _trainer(model: BiLSTM, train: SplitTensors, settings: PgdSettings, config: 
     generator = torch.Generator().manual_seed(config.model.seed)
     return _Trainer(model, optimizer, loss_function(train.y, config.model.imbalance), attack, train, eligible,
                     config, generator)  # fmt: skip
-
-
-def _evaluated(
-    model: BiLSTM, features: FeatureMatrix, split: SplitIndices, tensors: list[SplitTensors],
-    history: tuple[EpochRecord, ...], config: Config, device: str,
-) -> TrainedModel:  # fmt: skip
-    """Threshold on clean validation (max F1), one clean evaluation of the test split — as ``lstm-adv train``."""
-    batch = config.model.eval_batch_size
-    val_p = probabilities(predict_logits(model, tensors[1].x, batch))
-    threshold = metrics.choose_threshold(features.labels[split.validation], val_p)
-    eval_p = probabilities(predict_logits(model, tensors[2].x, batch))
-    return TrainedModel(
-        model=model, params=model.params, history=history, best_epoch=len(history), threshold=threshold,
-        validation=_evaluate(features.labels[split.validation], val_p, threshold, config.model),
-        evaluation=_evaluate(features.labels[split.evaluation], eval_p, threshold, config.model),
-        split_sizes={name: int(idx.size) for name, idx in
-                     zip(SPLITS, (split.train, split.validation, split.evaluation), strict=True)},
-        device=device,
-        curves=pd.concat([curve_table("validation", features.labels[split.validation], val_p),
-                          curve_table("test", features.labels[split.evaluation], eval_p)], ignore_index=True),
-    )  # fmt: skip
 
 
 def features_run_of(store: RunStore, model_run: Run) -> Run:
@@ -275,7 +251,7 @@ def run_defense(
                                                  "test": _plain(trained.evaluation)})  # fmt: skip
         defense = defense_record(result, model_run, config)
         write_json(writer.file(DEFENSE_FILE), defense)
-        writer.summary.update(_holdout_summary(features, trained, oracle))
+        writer.summary.update(holdout_summary(features, trained, oracle))
         writer.summary["defense"] = {key: defense[key] for key in ("method", "attack", "eps", "epochs", "mix",
                                                                    "regenerate", "regenerations", "original_model")}
         writer.summary["features_run"] = str(features_run.id)

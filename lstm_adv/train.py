@@ -131,20 +131,32 @@ def train_model(
     tensors = [SplitTensors.from_arrays(features.values[i], features.labels[i], device) for i in
                (split.train, split.validation, split.evaluation)]  # fmt: skip
     fit = fit_model(tensors[0], tensors[1], params, config, on_epoch=on_epoch, tensorboard_dir=tensorboard_dir)
-    val_p = probabilities(predict_logits(fit.model, tensors[1].x, config.eval_batch_size))
+    return assess_model(fit.model, features, split, tensors, history=fit.history, best_epoch=fit.best_epoch,
+                        config=config, device=str(device))  # fmt: skip
+
+
+def assess_model(
+    model: BiLSTM, features: FeatureMatrix, split: SplitIndices, tensors: Sequence[SplitTensors], *,
+    history: tuple[EpochRecord, ...], best_epoch: int, config: ModelConfig, device: str,
+) -> TrainedModel:  # fmt: skip
+    """Choose the threshold (max F1) on validation and evaluate the held-out part once, at natural prevalence.
+
+    ``tensors`` are the (train, validation, evaluation) tensors of ``split``; the model is in eval mode.
+    """
+    val_p = probabilities(predict_logits(model, tensors[1].x, config.eval_batch_size))
     threshold = metrics.choose_threshold(features.labels[split.validation], val_p)
-    eval_p = probabilities(predict_logits(fit.model, tensors[2].x, config.eval_batch_size))
+    eval_p = probabilities(predict_logits(model, tensors[2].x, config.eval_batch_size))
     return TrainedModel(
-        model=fit.model,
-        params=params,
-        history=fit.history,
-        best_epoch=fit.best_epoch,
+        model=model,
+        params=model.params,
+        history=history,
+        best_epoch=best_epoch,
         threshold=threshold,
-        validation=_evaluate(features.labels[split.validation], val_p, threshold, config),
-        evaluation=_evaluate(features.labels[split.evaluation], eval_p, threshold, config),
+        validation=evaluate_split(features.labels[split.validation], val_p, threshold, config),
+        evaluation=evaluate_split(features.labels[split.evaluation], eval_p, threshold, config),
         split_sizes={name: int(idx.size) for name, idx in zip(SPLITS, (split.train, split.validation, split.evaluation),
                                                               strict=True)},
-        device=str(device),
+        device=device,
         curves=pd.concat([curve_table("validation", features.labels[split.validation], val_p),
                           curve_table("test", features.labels[split.evaluation], eval_p)], ignore_index=True),
     )  # fmt: skip
@@ -164,7 +176,7 @@ def curve_table(split: str, y: NDArray[np.int64], p: NDArray[np.float64]) -> pd.
     return pd.concat(parts, ignore_index=True).assign(split=split)[columns]
 
 
-def _evaluate(
+def evaluate_split(
     y: NDArray[np.int64], p: NDArray[np.float64], threshold: float, config: ModelConfig
 ) -> metrics.Evaluation:
     return metrics.evaluate_predictions(
@@ -256,10 +268,10 @@ def _write_holdout(
     trained.curves.to_parquet(writer.file(CURVES_FILE), index=False)
     write_json(writer.file("metrics.json"), {"validation": unstructure(trained.validation),
                                              "test": unstructure(trained.evaluation)})  # fmt: skip
-    writer.summary.update(_holdout_summary(features, trained, oracle))
+    writer.summary.update(holdout_summary(features, trained, oracle))
 
 
-def _holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: float | None) -> dict[str, Any]:
+def holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: float | None) -> dict[str, Any]:
     test = trained.evaluation
     summary: dict[str, Any] = jsonable({
         "cv": False,

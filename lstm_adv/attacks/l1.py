@@ -96,7 +96,7 @@ def margin(logits: Tensor, target: Tensor) -> Tensor:
     return own - others.amax(dim=1)
 
 
-class _Tracker:
+class SuccessTracker:
     """First and best (smallest L1) successful iterate per sample, updated on the device."""
 
     def __init__(self, x: Tensor, n_classes: int) -> None:
@@ -191,7 +191,7 @@ class L1Attack(Attack):
         s = self.settings
         lower, upper = self._bounds(x)
         loss = self._loss(target)
-        tracker = _Tracker(x, n_classes=N_CLASSES)
+        tracker = SuccessTracker(x, n_classes=N_CLASSES)
         delta = torch.zeros_like(x)
         for iteration in range(1, s.max_iterations + 1):
             logits, grad = self._gradient(x + delta, loss)
@@ -208,7 +208,7 @@ class L1Attack(Attack):
         s = self.settings
         lower, upper = self._bounds(x)
         loss = self._loss(target)
-        tracker = _Tracker(x, n_classes=N_CLASSES)
+        tracker = SuccessTracker(x, n_classes=N_CLASSES)
         delta = previous = torch.zeros_like(x)
         t, beta = 1.0, 0.0  # Beck & Teboulle: t_1 = 1, y_1 = δ_0, β_k = (t_k − 1) / t_{k+1}
         for iteration in range(1, s.max_iterations + 1):

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lstm_adv.attacks.base import ArrayLike, Attack, BatchOutcome
-from lstm_adv.attacks.l1 import _Tracker, margin
+from lstm_adv.attacks.l1 import SuccessTracker, margin
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.perturbation import CELL_SHAPE, N_CLASSES
 
@@ -167,7 +167,7 @@ class PgdAttack(Attack):
         away = torch.full_like(target, 1 - s.target) if s.target is not None else target
         lower, upper = self._ball_and_box(x)
         loss = self._loss(target)
-        tracker = _Tracker(x, n_classes=N_CLASSES)
+        tracker = SuccessTracker(x, n_classes=N_CLASSES)
         delta = self._start(x, lower, upper)
         for iteration in range(1, s.iterations + 1):
             logits, grad = self._gradient(x + delta, loss)
