@@ -1,4 +1,4 @@
-"""The analysis stage: how large, how sparse and where an attack's successful perturbations are (SPEC §7).
+"""The analysis stage: how large, how sparse and where an attack's successful perturbations are.
 
 Statistics are taken over the successful samples of an attack run, separately for the *first* and the
 *best* successful iterate and for each direction of the flip (``0to1``: predicted 0 at δ = 0, so the
@@ -11,7 +11,7 @@ Per cell (hour i, feature j), over the n examples of one group:
 - GPP  = fraction of examples with δ_ij ≠ 0,
 - GANZP = mean |δ_ij| over the examples where it is non-zero; **0 where no example changed the cell**
   (``n_nonzero`` in ``cells.parquet`` tells those cells apart),
-- GAP  = mean |δ_ij| over all n examples (a 48 × 19 matrix, never a scalar: SPEC §11 item 9),
+- GAP  = mean |δ_ij| over all n examples (a 48 × 19 matrix, never a scalar),
 - sensitivity = GPP / GANZP, **0 where GANZP = 0**,
 - feature susceptibility S_j = Σ_i GMP_ij · GPP_ij (Sun et al. 2018) and hour susceptibility
   Σ_j GMP_ij · GPP_ij, ranked descending (ties keep feature / hour order).

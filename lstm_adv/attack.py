@@ -1,4 +1,4 @@
-"""Attack stage: the sparse L1 attack with a tune-attack run's best settings on one split (SPEC §5.3, §9).
+"""Attack stage: the sparse L1 attack with a tune-attack run's best settings on one split.
 
 ``run_attack`` writes an attack run (kind ``attack``, parents: the tune-attack run, plus the
 interrupted run it resumes): ``results.npz`` (:class:`AttackBatchResult`, rows in ascending sample

@@ -35,7 +35,7 @@ class CohortConfig:
 
 @attrs.frozen
 class PreprocessConfig:
-    """FeatureMatrix building: window rule, splits and folds. Owned by lstm_adv/preprocess.py."""
+    """FeatureMatrix building: window rule, splits and folds."""
 
     seed: int = 42
     train_fraction: float = 0.70
@@ -48,7 +48,7 @@ class PreprocessConfig:
 
 @attrs.frozen
 class SynthConfig:
-    """The synthetic MIMIC-III generator (``lstm-adv synth``). Owned by lstm_adv/synth/."""
+    """The synthetic MIMIC-III generator (``lstm-adv synth``)."""
 
     admissions: int = 1000
     seed: int = 0
@@ -62,7 +62,7 @@ class SynthConfig:
 
 @attrs.frozen
 class ModelConfig:
-    """BiLSTM hyperparameters and training. Owned by lstm_adv/train.py."""
+    """BiLSTM hyperparameters and training."""
 
     hidden_size: int = 64
     num_layers: int = 1
@@ -88,7 +88,7 @@ class ModelConfig:
 
 @attrs.frozen
 class TuneModelConfig:
-    """Optuna search over the model (SPEC §4). Owned by lstm_adv/tune_model.py."""
+    """Optuna search over the model."""
 
     trials: int = 50
     epochs_per_trial: int = 20
@@ -108,7 +108,7 @@ class TuneModelConfig:
 
 @attrs.frozen
 class AttackConfig:
-    """The sparse L1 attack of `lstm-adv attack` (SPEC §5.1, §5.3). Owned by lstm_adv/attack.py."""
+    """The sparse L1 attack of `lstm-adv attack`."""
 
     max_iterations: int = 1000
     include_misclassified: bool = False
@@ -119,7 +119,7 @@ class AttackConfig:
 
 @attrs.frozen
 class TuneAttackConfig:
-    """Optuna search over the attack's settings (SPEC §5.2). Owned by lstm_adv/tune_attack.py."""
+    """Optuna search over the attack's settings."""
 
     trials: int = 30
     objective: str = "sparsity"
@@ -142,7 +142,7 @@ class TuneAttackConfig:
 
 @attrs.frozen
 class AnalysisConfig:
-    """Statistics and figures of an attack (``lstm-adv analyze``). Owned by lstm_adv/analysis.py."""
+    """Statistics and figures of an attack (``lstm-adv analyze``)."""
 
     top_k: int = 5
     histogram_bins: int = 30
@@ -151,7 +151,7 @@ class AnalysisConfig:
 
 @attrs.frozen
 class PgdConfig:
-    """Projected gradient descent (SPEC §5.4), shared by defend and robustness. Owned by lstm_adv/attacks/pgd.py."""
+    """Projected gradient descent, shared by defend and robustness."""
 
     step_size: float = 0.0
     iterations: int = 10
@@ -164,7 +164,7 @@ class PgdConfig:
 
 @attrs.frozen
 class DefendConfig:
-    """Adversarial training (``lstm-adv defend``, SPEC §6). Owned by lstm_adv/defend.py."""
+    """Adversarial training (``lstm-adv defend``)."""
 
     method: str = "adaptive"
     attack: str = "pgd-linf"
@@ -177,7 +177,7 @@ class DefendConfig:
 
 @attrs.frozen
 class RobustnessConfig:
-    """Robustness curves (``lstm-adv robustness``, SPEC §6). Owned by lstm_adv/robustness.py."""
+    """Robustness curves (``lstm-adv robustness``)."""
 
     eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1)
     attack: str = "pgd-linf"

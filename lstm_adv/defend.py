@@ -1,4 +1,4 @@
-"""Defense stage: adversarial fine-tuning of a trained model with PGD examples (SPEC §6).
+"""Defense stage: adversarial fine-tuning of a trained model with PGD examples.
 
 ``defend_model`` is the service (a trained BiLSTM and its FeatureMatrix in, :class:`DefenseResult`
 out); ``run_defense`` writes the result as a run of kind ``model`` whose first parent is the

@@ -155,7 +155,7 @@ def evaluate_predictions(
     calibration_bins: int,
     seed: int,
 ) -> Evaluation:
-    """All test metrics of SPEC §4 with percentile-bootstrap intervals (samples resampled with replacement).
+    """All test metrics with percentile-bootstrap intervals (samples resampled with replacement).
 
     ``probabilities`` are P(class 1), at the split's natural prevalence — never resampled data.
     """

@@ -1,6 +1,6 @@
 """Preprocess stage: a query run's long-format measurements become a :class:`FeatureMatrix` run.
 
-Steps (SPEC §3.3), all vectorized over measurement rows (no Python loop over admissions or rows):
+Steps, all vectorized over measurement rows (no Python loop over admissions or rows):
 
 1. **Hourly bins.** Hour ``k`` of an admission holds the mean of its measurements in
    ``[window_start + k h, window_start + (k + 1) h)``, ``k = 0 … 47``; ``window_start`` is the earliest

@@ -3,7 +3,7 @@
 Documents live in ``reports/`` (one ``.qmd`` per run kind, see :data:`DOCUMENTS`); each takes
 ``run_id`` (and ``home``) in a cell tagged ``parameters`` and only reads stored aggregates through
 :mod:`lstm_adv.results.api`. With ``quarto`` on PATH the document is rendered by Quarto; otherwise by
-the offline path of SPEC §8:
+the offline path:
 
 1. jupytext reads the ``.qmd`` (its R Markdown reader understands ```` ```{python} ```` chunks; the
    ``#|`` cell options stay in the source and are parsed here);

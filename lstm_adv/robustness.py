@@ -1,4 +1,4 @@
-"""Robustness stage: fresh attacks against each model's final weights across an ε sweep (SPEC §6).
+"""Robustness stage: fresh attacks against each model's final weights across an ε sweep.
 
 For every model and every ε, PGD is run anew against that model's stored final weights on the
 chosen split (default: test) — never with examples kept from training. Per (model, ε): clean and

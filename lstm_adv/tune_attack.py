@@ -1,4 +1,4 @@
-"""Attack tuning stage: Optuna over κ, λ, step size, method and batch size of the L1 attack (SPEC §5.2).
+"""Attack tuning stage: Optuna over κ, λ, step size, method and batch size of the L1 attack.
 
 Design of a tuning run (kind ``tune-attack``, parents: the model run, plus the run it resumes):
 
@@ -94,7 +94,7 @@ def check_tuning_config(tune: TuneAttackConfig) -> None:
 
 
 def suggest_settings(trial: optuna.Trial, tune: TuneAttackConfig) -> tuple[L1Settings, int]:
-    """One point of the SPEC §5.2 search space: L1 settings and a batch size (a power of two)."""
+    """One point of the attack search space: L1 settings and a batch size (a power of two)."""
     settings = L1Settings(
         kappa=trial.suggest_float("kappa", *tune.kappa),
         lam=trial.suggest_float("lam", *tune.lam, log=True),

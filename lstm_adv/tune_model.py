@@ -101,7 +101,7 @@ def check_search_space(tune: TuneModelConfig) -> None:
 
 
 def suggest_params(trial: optuna.Trial, tune: TuneModelConfig, model: ModelConfig) -> Hyperparameters:
-    """One point of the SPEC §4 search space; sizes are powers of two, the learning rate log-uniform."""
+    """One point of the model search space; sizes are powers of two, the learning rate log-uniform."""
     return Hyperparameters(
         hidden_size=2 ** trial.suggest_int("hidden_size_log2", *tune.hidden_size_log2),
         num_layers=model.num_layers,
@@ -163,7 +163,7 @@ def run_model_tuning(
     workers: int = 1,
     on_trial: TrialCallback | None = None,
 ) -> Run:
-    """Run (or continue) a study over the SPEC §4 search space and write a tuning run.
+    """Run (or continue) a study over the model search space and write a tuning run.
 
     ``trials`` new trials are run (default ``tune_model.trials``) by ``workers`` processes. Returns
     the run, with status ``interrupted`` after Ctrl-C (finished trials kept).

@@ -19,7 +19,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
-# --- embedded PostgreSQL (db helper) --------------------------------------------------------------
+# --- embedded PostgreSQL --------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -200,7 +200,7 @@ def tiny_feature_matrix(
     )
 
 
-# --- attacks and perturbations (attack helper) ------------------------------------------------------
+# --- attacks and perturbations ------------------------------------------------------
 
 attack_methods = st.sampled_from(("ista", "fista", "adam"))
 

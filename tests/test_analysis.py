@@ -40,7 +40,7 @@ N_SAMPLES = 60
 
 
 def naive_cells(deltas: np.ndarray) -> dict[str, np.ndarray]:
-    """GMP, GPP, GANZP, GAP, sensitivity by looping over cells and examples (SPEC §7 read literally)."""
+    """GMP, GPP, GANZP, GAP, sensitivity by looping over cells and examples (the definitions read literally)."""
     n = deltas.shape[0]
     out = {name: np.zeros((48, 19)) for name in ("gmp", "gpp", "ganzp", "gap", "sensitivity")}
     for i in range(48):
@@ -74,7 +74,7 @@ def test_cell_statistics_match_a_naive_per_cell_reference(deltas: np.ndarray) ->
 
 
 def test_gap_is_a_48_by_19_matrix_not_a_scalar() -> None:
-    """GAP keeps one mean |δ| per hour and feature (SPEC §11 item 9: the predecessor's GAP was a scalar)."""
+    """GAP keeps one mean |δ| per hour and feature (a single scalar would hide where perturbations fall)."""
     deltas = np.zeros((2, 48, 19), dtype=np.float32)
     deltas[0, 3, 5], deltas[1, 3, 5], deltas[1, 40, 18] = 0.5, -0.25, 1.0
     gap = cell_stats(deltas).gap

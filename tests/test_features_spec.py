@@ -19,7 +19,7 @@ def _text() -> str:
 
 
 def test_shipped_spec_has_the_19_features_in_order() -> None:
-    """The shipped file defines SPEC §3.2's features in model order with their sources."""
+    """The shipped file defines the 19 features in model order with their sources."""
     spec = load_feature_spec()
     assert spec.names == EXPECTED
     assert [f.name for f in spec.by_source("bloodgas")] == ["potassium", "calcium", "ph", "pco2", "lactate"]
@@ -29,7 +29,7 @@ def test_shipped_spec_has_the_19_features_in_order() -> None:
 
 
 def test_ranges_follow_the_spec_bounds() -> None:
-    """Open and closed range ends behave as SPEC §3.2 writes them."""
+    """Open and closed range ends behave as the feature table writes them."""
     spec = load_feature_spec()
     spo2 = spec.features[spec.index("spo2")]
     heartrate = spec.features[spec.index("heartrate")]

@@ -1,4 +1,4 @@
-"""The BiLSTM network and its hyperparameters (SPEC §4, §11.2–3)."""
+"""The BiLSTM network and its hyperparameters: logits out, a full-sequence backward summary."""
 
 from __future__ import annotations
 

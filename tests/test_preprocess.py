@@ -124,7 +124,7 @@ def test_splits_are_disjoint_by_subject_and_stratified(frames: Frames) -> None:
 
 @given(query_table_inputs)
 def test_vectorized_path_equals_naive_reference(frames: Frames) -> None:
-    """The vectorized build equals a row-by-row reference implementation of SPEC §3.3."""
+    """The vectorized build equals a row-by-row reference implementation of the preprocessing steps."""
     matrix = _buildable(frames)
     admissions, tables = frames
     expected_ids, values = _naive(admissions, pd.concat(tables.values()), matrix)

@@ -1,7 +1,7 @@
 """The query stage against a real PostgreSQL loaded with the MIMIC-III demo, checked against the demo CSVs.
 
 Every expected value here is computed independently with pandas from the shipped CSV files,
-following SPEC §3.2 directly (itemids and ranges are restated below, not read from the package).
+following the published feature table directly (itemids and ranges are restated below, not read from the package).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ YEAR_S = 365.2425 * 86400
 HOUR = pd.Timedelta(hours=1)
 INF = math.inf
 
-# SPEC §3.2: itemid -> (feature, lower (exclusive), upper, upper inclusive, Fahrenheit)
+# itemid -> (feature, lower (exclusive), upper, upper inclusive, Fahrenheit)
 VITAL_ITEMS: dict[int, tuple[str, float, float, bool, bool]] = {
     **{i: ("heartrate", 0, 300, False, False) for i in (211, 220045)},
     **{i: ("sysbp", 0, 400, False, False) for i in (51, 442, 455, 6701, 220179, 220050)},
@@ -147,7 +147,7 @@ def _windows(admissions: pd.DataFrame, window_hours: int = 48, lookback_hours: i
 
 
 def _apply_items(events: pd.DataFrame, items: dict[int, tuple[str, float, float, bool, bool]]) -> pd.DataFrame:
-    """Name, range-check and convert measurements per SPEC §3.2; output in the contract's long format."""
+    """Name, range-check and convert measurements per the feature definitions; output in the contract's long format."""
     events = events[events["itemid"].isin(list(items)) & events["valuenum"].notna()].copy()
     table = pd.DataFrame.from_dict(
         items, orient="index", columns=["feature", "lower", "upper", "upper_inclusive", "fahrenheit"]
@@ -220,7 +220,7 @@ def test_flow_counts_match_an_independent_computation(query_run: Run, csv_stays:
         {"step": "admissions", "count": s.loc[s["included"], "hadm_id"].nunique()},
     ]
     assert query_run.manifest.summary["flow"] == expected
-    assert expected[0]["count"] == 136  # SPEC §3.1: the demo has 136 ICU stays
+    assert expected[0]["count"] == 136  # the demo has 136 ICU stays
 
 
 def test_stays_match_the_csvs(query_run: Run, csv_stays: pd.DataFrame) -> None:

@@ -129,7 +129,7 @@ def _result(deltas: list[np.ndarray]) -> AttackBatchResult:
 
 
 def test_objectives_follow_their_definitions() -> None:
-    """Each objective sums its SPEC §5.2 formula over successful samples' best δ; failures add nothing."""
+    """Each objective sums its formula over successful samples' best δ; failures add nothing."""
     a = np.zeros((48, 19)); a[0, 0], a[1, 1] = 0.5, -0.25  # noqa: E702  n = 2, L1 = 0.75, max = 0.5
     b = np.zeros((48, 19)); b[3, :4] = 0.1  # noqa: E702  n = 4, L1 = 0.4, max = 0.1
     result = _result([a, b, np.zeros((48, 19))])

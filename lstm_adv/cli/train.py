@@ -97,7 +97,7 @@ def tune_model(
     workers: Annotated[int, typer.Option("--workers", help="Processes working on the study on this machine.")] = 1,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
 ) -> None:
-    """Search the SPEC §4 hyperparameter space with Optuna (TPE, median pruning on validation AUROC).
+    """Search the BiLSTM hyperparameter space with Optuna (TPE, median pruning on validation AUROC).
 
     Ctrl-C keeps the finished trials (the run is marked interrupted); --resume <id> continues it.
     Every completed trial's weights are kept, so `train --tuned-model <id>` or an attack can use them.

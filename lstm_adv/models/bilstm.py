@@ -1,4 +1,4 @@
-"""The bidirectional LSTM classifier of SPEC §4. Networks only: no training, no I/O."""
+"""The bidirectional LSTM classifier. Networks only: no training, no I/O."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class BiLSTM(nn.Module):
 
     The summary vector concatenates the forward direction's hidden state after the last time step
     with the backward direction's final hidden state, i.e. after it has read the sequence from the
-    last step back to step 0 — so it depends on every time step (SPEC §11.3). ``nn.LSTM`` only
+    last step back to step 0 — so it depends on every time step. ``nn.LSTM`` only
     implements tanh gates, so the tuned "LSTM activation" (ReLU/Tanh) is applied to the summary
     vector. The output is raw **logits**; there is no softmax inside the model.
     """

@@ -1,4 +1,4 @@
-"""The nine hyperparameters of one model (SPEC §4): architecture plus optimizer, step size and batch size."""
+"""The nine hyperparameters of one model: architecture plus optimizer, step size and batch size."""
 
 from __future__ import annotations
 
