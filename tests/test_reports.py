@@ -363,6 +363,17 @@ def test_cli_report_prints_both_paths(workspace: tuple[Path, RunStore, Run, Run]
     assert store.get(paths[0].parent.name, kind="report").manifest.parents == (features.id,)
 
 
+def test_cli_pipeline_flag_renders_the_pipeline_document(workspace: tuple[Path, RunStore, Run, Run]) -> None:
+    """`lstm-adv report <id> --pipeline` renders pipeline.qmd for the lineage ending in the run."""
+    home, store, _query, features = workspace
+    args = ["--home", str(home), "report", str(features.id), "--engine", "offline", "--pipeline"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    html = next(Path(line.strip()) for line in result.output.splitlines() if line.strip().endswith(".html"))
+    assert html.name == "pipeline.html"
+    assert store.get(html.parent.name, kind="report").manifest.summary["document"] == "pipeline"
+
+
 def test_cli_report_of_a_kind_without_document_is_one_red_line(workspace: tuple[Path, RunStore, Run, Run]) -> None:
     """Reporting a run kind without a document exits 1 with the toolkit's message and writes no report run."""
     home, store, _query, _features = workspace

@@ -53,21 +53,21 @@ def root(
     ctx.obj = CliState(home=home, config_file=config)
 
 
+# Registration order is the order `lstm-adv --help` lists the commands: the pipeline's order.
 app.command("demo")(demo.demo)
 app.add_typer(db.app, name="db")
+app.command("synth")(synth.synth)
 app.command("query")(query.query)
 app.command("preprocess")(preprocess.preprocess)
-app.command("report")(report.report)
-app.command("train")(train.train)
 app.command("tune-model")(train.tune_model)
+app.command("train")(train.train)
 app.command("tune-attack")(attack.tune_attack)
 app.command("attack")(attack.attack)
-app.command("synth")(synth.synth)
 app.command("analyze")(analyze.analyze)
+app.command("report")(report.report)
 app.command("defend")(defend.defend)
 app.command("robustness")(defend.robustness)
 app.add_typer(runs.app, name="runs")
-
 
 def main() -> None:
     """Console-script entry point."""

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
-from lstm_adv.reports import DOCUMENTS, ENGINES, render_report, report_files
+from lstm_adv.reports import DOCUMENTS, ENGINES, PIPELINE, render_report, report_files
 from lstm_adv.results.store import Run
 
 
@@ -32,8 +32,12 @@ def report(
             "--reports", help="Folder of the .qmd documents [default: $LSTM_ADV_REPORTS or the project's reports/]."
         ),
     ] = None,
+    pipeline: Annotated[
+        bool,
+        typer.Option("--pipeline", help="Render the whole-pipeline report of the lineage that ends in this run."),
+    ] = False,
 ) -> None:
-    """Render the report of a run (data, …) to self-contained HTML and a PDF, stored as a report run.
+    """Render the report of a run (data, model, attack, robustness, or --pipeline) to self-contained HTML and PDF.
 
     The document only reads the run's stored aggregates; it shows no patient-level rows or ids.
     Prints the HTML and PDF paths; `lstm-adv runs show <report id>` shows what was rendered.
@@ -44,7 +48,8 @@ def report(
     workspace = cli.workspace()
     run = workspace.store.get(run_id)
     with console.status(f"rendering the report of {run.id}…"):
-        result = render_report(run, store=workspace.store, home=workspace.home, reports_dir=reports, engine=engine)
+        result = render_report(run, store=workspace.store, home=workspace.home, reports_dir=reports, engine=engine,
+                               document=PIPELINE if pipeline else None)  # fmt: skip
     html, pdf = report_files(result)
     console.print(f"report run [bold]{result.id}[/]")
     console.print(str(html), highlight=False, soft_wrap=True)
