@@ -50,7 +50,7 @@ def tune_attack(
     """Tune the sparse L1 attack (κ, λ, step size, method, batch size) with Optuna on a seeded training subset.
 
     Each trial attacks the subset in chunks and reports the running objective, so poor trials are
-    pruned. Ctrl-C keeps finished trials (the run is marked interrupted); --resume <id> continues it.
+    pruned. Ctrl-C keeps finished trials (the run is marked interrupted); --resume ID continues it.
     `lstm-adv attack --tuned <id>` then uses the best trial's settings.
     """
     import optuna
@@ -99,7 +99,7 @@ def attack(
 ) -> None:
     """Attack a split with the best settings of a tune-attack run, against the model it was tuned on.
 
-    Ctrl-C keeps the finished batches (the run is marked interrupted); --resume <id> completes it.
+    Ctrl-C keeps the finished batches (the run is marked interrupted); --resume ID completes it.
     With --shard i/n only every n-th batch is attacked (run the n shards anywhere, e.g. in parallel).
     """
     from lstm_adv.attack import Shard, merge_attack_shards, run_attack

@@ -99,7 +99,7 @@ def tune_model(
 ) -> None:
     """Search the BiLSTM hyperparameter space with Optuna (TPE, median pruning on validation AUROC).
 
-    Ctrl-C keeps the finished trials (the run is marked interrupted); --resume <id> continues it.
+    Ctrl-C keeps the finished trials (the run is marked interrupted); --resume ID continues it.
     Every completed trial's weights are kept, so `train --tuned-model <id>` or an attack can use them.
     """
     import optuna
