@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -28,14 +27,6 @@ SETTINGS = {
 MODEL = TinyLSTM(seed=1).eval()
 MLP64 = TinyMLP(seed=1).eval()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and are not slowed down by a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _inputs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -20,14 +18,6 @@ from tests.strategies import attack_inputs, cell_masks
 MODEL = TinyLSTM(seed=1).eval()
 norms = st.sampled_from(("linf", "l2"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

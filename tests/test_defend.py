@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,6 @@ def config(**defend: Any) -> Config:
     settings = {"epochs": 3, "eps": 0.05, "mix": 0.5, **defend}
     return attrs.evolve(base, model=FAST, pgd=PgdConfig(iterations=3), defend=DefendConfig(**settings))
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def trained_store(root: Path) -> tuple[RunStore, Run, Run]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -16,13 +14,6 @@ PARAMS = {
     "fc_activation": "relu", "optimizer": "adam", "learning_rate": 0.01, "batch_size": 16,
 }  # fmt: skip
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _model(**changes: object) -> BiLSTM:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,6 @@ def config(**robustness: Any) -> Config:
     settings = {"eps": (0.0, 0.05, 0.2), "l1_max_iterations": 20, **robustness}
     return attrs.evolve(defend_config(epochs=2), pgd=PgdConfig(iterations=3), robustness=RobustnessConfig(**settings))
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

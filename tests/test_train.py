@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,6 @@ PARAMS = Hyperparameters(
 )  # fmt: skip
 FAST = ModelConfig(max_epochs=3, patience=3, device="cpu", bootstrap_samples=50)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def features_run(store: RunStore, features: Any) -> Run:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
@@ -21,19 +19,6 @@ from lstm_adv.tune_model import STUDY_FILE
 from tests.strategies import tiny_feature_matrix
 from tests.test_attack_stage import World, config, model_run, runs_in
 from tests.test_train import features_run
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_optuna() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture

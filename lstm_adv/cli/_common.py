@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import attrs
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
 from lstm_adv.config import Config
@@ -56,6 +58,15 @@ class CliState:
         """Defaults < ``--config`` file < ``overrides``."""
         return load_config(self.config_file, overrides)
 
+    def database(self, dsn: str | None, config: Config) -> tuple[str, str | None]:
+        """``dsn`` as given, or the embedded server's (started if needed) with the source label ``embedded``."""
+        if dsn is not None:
+            return dsn, None
+        from lstm_adv.database.server import ensure_server  # the server module is only needed here
+
+        with console.status("starting the embedded PostgreSQL server"):
+            return ensure_server(self.workspace().pg_dir, config.embedded).dsn, "embedded"
+
 
 def state(ctx: typer.Context) -> CliState:
     """The :class:`CliState` of this invocation (defaults when run without the root callback)."""
@@ -79,3 +90,16 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("optuna").setLevel(level)
     # The report renderer's kernel client warns about zmq teardown at exit; it is harmless noise.
     logging.getLogger("traitlets").setLevel(logging.ERROR)
+
+
+@contextmanager
+def trial_progress(total: int) -> Iterator[Callable[[Any, Any], None]]:
+    """A progress bar over ``total`` Optuna trials; yields the callback to pass as ``on_trial``."""
+    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("", total=total)
+
+        def on_trial(study: Any, trial: Any) -> None:  # optuna Study, FrozenTrial
+            progress.update(task, advance=1, description=f"trial {trial.number} {trial.state.name.lower()}")
+
+        yield on_trial

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lstm_adv.cli._common import console, state
+from lstm_adv.cli._common import console, state, trial_progress
 from lstm_adv.cli.summaries import register
 from lstm_adv.results.store import Run
 
@@ -64,7 +64,7 @@ def tune_attack(
     model_run = (store.get(model) if model else store.latest("model")) if (model or not resumed) else None
     total = trials if trials is not None else config.tune_attack.trials
     optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
-    with _trial_progress(total) as on_trial:
+    with trial_progress(total) as on_trial:
         run = run_attack_tuning(store, model_run, config, trial=trial, trials=trials, objective=objective,
                                 storage=storage, resume=resumed, on_trial=on_trial)  # fmt: skip
     render_tuning(run, console)
@@ -126,17 +126,6 @@ def attack(
         else:
             console.print(f"all {count} shards finished: merged attack run {merged.id}")
 
-
-@contextmanager
-def _trial_progress(total: int) -> Iterator[Any]:
-    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
-        task = progress.add_task("", total=total)
-
-        def on_trial(study: Any, trial: Any) -> None:  # optuna Study, FrozenTrial
-            progress.update(task, advance=1, description=f"trial {trial.number} {trial.state.name.lower()}")
-
-        yield on_trial
 
 
 @contextmanager

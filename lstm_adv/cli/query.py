@@ -10,7 +10,6 @@ from rich.table import Table
 
 from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
-from lstm_adv.database.server import ensure_server
 from lstm_adv.query import run_cohort_query
 from lstm_adv.results.store import Run
 
@@ -37,11 +36,7 @@ def query(
     """
     cli = state(ctx)
     config = cli.config({"database.schema": schema} if schema else None)
-    source = None
-    if dsn is None:
-        with console.status("starting the embedded PostgreSQL server"):
-            dsn = ensure_server(cli.workspace().pg_dir, config.embedded).dsn
-        source = "embedded"
+    dsn, source = cli.database(dsn, config)
     with console.status("querying") as status:
         run = run_cohort_query(
             dsn,

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
-from lstm_adv.database.server import ensure_server
 from lstm_adv.results.store import Run
 from lstm_adv.synth import check_request, run_synth
 from lstm_adv.synth.service import check_schema_name
@@ -55,11 +54,7 @@ def synth(
     config = cli.config({"synth.admissions": admissions, "synth.seed": seed, "synth.schema": schema})
     check_request(config.synth.admissions, config.synth.seed, config.synth)  # before starting a server
     check_schema_name(config.synth.schema)
-    source = None
-    if dsn is None:
-        with console.status("starting the embedded PostgreSQL server"):
-            dsn = ensure_server(cli.workspace().pg_dir, config.embedded).dsn
-        source = "embedded"
+    dsn, source = cli.database(dsn, config)
     with console.status("synth") as status:
         run = run_synth(
             dsn,

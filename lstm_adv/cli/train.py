@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lstm_adv.cli._common import console, fail, state
+from lstm_adv.cli._common import console, fail, state, trial_progress
 from lstm_adv.cli.summaries import register
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.results.store import Run
@@ -113,7 +113,7 @@ def tune_model(
     features_run = store.resolve(data, "features") if (data or not resumed) else None
     total = trials if trials is not None else config.tune_model.trials
     optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
-    with _trial_progress(total) as on_trial:
+    with trial_progress(total) as on_trial:
         run = run_model_tuning(store, features_run, config, trials=trials, storage=storage, resume=resumed,
                                workers=workers, on_trial=on_trial)  # fmt: skip
     render_tuning(run, console)
@@ -133,17 +133,6 @@ def _epoch_progress(total: int) -> Iterator[Any]:
 
         yield on_epoch
 
-
-@contextmanager
-def _trial_progress(total: int) -> Iterator[Any]:
-    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
-        task = progress.add_task("", total=total)
-
-        def on_trial(study: Any, trial: Any) -> None:  # optuna Study, FrozenTrial
-            progress.update(task, advance=1, description=f"trial {trial.number} {trial.state.name.lower()}")
-
-        yield on_trial
 
 
 def _interval(entry: dict[str, Any] | None) -> str:
