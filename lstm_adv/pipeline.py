@@ -342,7 +342,9 @@ def _describe_model(summary: dict[str, Any]) -> str:
     auroc = test.get("auroc", {})
     if not auroc:
         return ""
-    text = f"test AUROC {auroc['value']:.3f} [{auroc['low']:.3f}, {auroc['high']:.3f}]"
+    low, high = auroc.get("low"), auroc.get("high")
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    text = f"test AUROC {auroc['value']:.3f}{interval}"
     oracle = summary.get("oracle_test_auroc")
     return text + (f" (oracle {oracle:.3f})" if oracle is not None else "")
 

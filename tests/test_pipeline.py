@@ -106,3 +106,11 @@ def test_cli_demo_prints_the_report_paths(first: DemoResult, workspace: Workspac
     assert "pipeline.html" in result.output
     assert "model.pdf" in result.output
     assert "reused" in result.output
+
+
+def test_model_line_without_intervals() -> None:
+    """A model run scored without bootstrap (no interval bounds) is still described, without brackets."""
+    from lstm_adv.pipeline import _describe_model
+
+    summary = {"test": {"auroc": {"value": 0.8, "low": None, "high": None}}, "oracle_test_auroc": None}
+    assert _describe_model(summary) == "test AUROC 0.800"
