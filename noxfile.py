@@ -20,6 +20,11 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 ROOT = Path(__file__).parent
 LOCK = "requirements/lock.txt"
 PYTHON = "3.11"
+# The tests that render every report document (data, model, attack, pipeline, robustness) from fixture runs.
+REPORT_TESTS = [
+    "tests/test_reports.py", "tests/test_reports_model.py", "tests/test_reports_attack.py",
+    "tests/test_robustness.py::test_robustness_report_renders_self_contained_without_ids",
+]
 
 
 def _pip_find_links() -> str | None:
@@ -72,7 +77,7 @@ def typecheck(session: nox.Session) -> None:
 def reports(session: nox.Session) -> None:
     """Render every report document from runs of a fast fixture pipeline and check the output."""
     _install(session)
-    session.run("pytest", "tests/test_reports.py", *(session.posargs or ["-q"]))
+    session.run("pytest", *REPORT_TESTS, *(session.posargs or ["-q"]))
 
 
 @nox.session(python=PYTHON)

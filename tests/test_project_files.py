@@ -43,3 +43,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci
     assert commands[0].split(" && ")[0] in ci
+
+
+def test_pixi_reports_task_renders_the_same_tests_as_nox() -> None:
+    """The reports task runs exactly the nox session's report tests."""
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
+    nox_text = (ROOT / "noxfile.py").read_text()
+    block = re.search(r"REPORT_TESTS = \[(.*?)\]", nox_text, re.S)
+    assert block is not None
+    tests = re.findall(r'"([^"]+)"', block.group(1))
+    assert pixi["tasks"]["reports"] == "pytest " + " ".join(tests) + " -q"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,11 +18,13 @@ from lstm_adv.config import Config, PgdConfig, RobustnessConfig
 from lstm_adv.defend import run_defense
 from lstm_adv.domain.errors import ConfigError, RunKindError
 from lstm_adv.results import api
+from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.robustness import CONFUSION_FILE, CURVES_FILE, L1_FILE, run_robustness
-from lstm_adv.train import load_trained_model
+from lstm_adv.train import load_trained_model, run_training
 from tests.test_defend import config as defend_config
 from tests.test_defend import trained_store, weights_hash
+from tests.test_train import FAST, PARAMS
 
 
 def config(**robustness: Any) -> Config:
@@ -163,3 +166,30 @@ def test_cli_robustness_prints_the_run_and_shows_it(defended: tuple[RunStore, Ru
     bad = runner.invoke(app, ["--home", str(home), "robustness", "--eps", "0,x"])
     assert bad.exit_code == 1
     assert "--eps must be a comma-separated list of numbers" in bad.output
+
+
+@pytest.mark.slow
+def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) -> None:
+    """robustness.qmd renders offline to HTML (figures embedded, nothing fetched) and a PDF, with no sample id."""
+    from lstm_adv.reports import render_report, report_files
+    from tests.report_checks import embedded_images, external_references, pdf_pages
+    from tests.strategies import tiny_feature_matrix
+    from tests.test_reports import leaked, visible_text
+
+    base = tiny_feature_matrix(60)
+    ids = np.arange(700_001, 700_061, dtype=np.int64)  # distinctive, so a leak cannot hide among small numbers
+    features = attrs.evolve(base, subject_ids=ids, hadm_ids=ids + 100_000, icustay_ids=ids + 200_000)
+    store = RunStore(tmp_path / "runs")
+    with store.create("features") as writer:
+        features.to_npz(writer.file("features.npz"))
+    assert writer.committed is not None
+    model = run_training(store, writer.committed, PARAMS, attrs.evolve(load_config(), model=FAST))
+    defense = run_defense(store, model, defend_config(method="static", epochs=1))
+    robustness = run_robustness(store, [defense], config())
+    report = render_report(robustness, store=store, home=tmp_path, engine="offline")
+    html = report_files(report)[0].read_text(encoding="utf-8")
+    assert external_references(html) == []
+    assert embedded_images(html) >= 2  # the metric-vs-ε curves and the confusion matrices
+    assert pdf_pages(report) >= 1
+    needles = {str(i) for i in np.concatenate([features.subject_ids, features.hadm_ids, features.icustay_ids])}
+    assert leaked(visible_text(html), needles) == []
