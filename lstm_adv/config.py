@@ -171,7 +171,7 @@ class DefendConfig:
     eps: float = 0.05
     epochs: int = 10
     mix: float = 0.5
-    regenerate: str = "epoch"
+    regenerate: str = "batch"
     learning_rate: float = 0.0
 
 

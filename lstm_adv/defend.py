@@ -7,7 +7,7 @@ original model run (and whose second is the features run), with the same files a
 
 - ``static``: examples are generated once, against the given model, for the whole training split;
   every epoch a seeded share ``mix`` of the training samples is replaced by its (fixed) example.
-- ``adaptive`` (Madry): fresh examples against the current weights every epoch (or every batch) for
+- ``adaptive`` (Madry): fresh examples against the current weights every batch (default) or every epoch for
   that epoch's chosen share.
 
 Examples are generated in eval mode by the attack base; training runs in train mode through the

@@ -97,7 +97,8 @@ def test_adaptive_training_regenerates_each_epoch_against_current_weights(
     """Adaptive training attacks once per epoch, each time other weights, and the examples change."""
     _store, features_run, model_run = trained
     original = load_trained_model(model_run)
-    result = defend_model(original, load_features(features_run), config(method="adaptive", epochs=3, mix=1.0))
+    result = defend_model(original, load_features(features_run),
+                          config(method="adaptive", epochs=3, mix=1.0, regenerate="epoch"))  # fmt: skip
     assert result.regenerations == 3 == len(perturb_calls)
     hashes = [call[0] for call in perturb_calls]
     assert hashes[0] == weights_hash(original)
@@ -132,7 +133,7 @@ def test_given_model_is_not_changed(trained: tuple[RunStore, Run, Run]) -> None:
 def test_defense_run_is_a_model_run_with_lineage(tmp_path: Path) -> None:
     """A defense writes a model run (parents: original model, features) that later stages load like any model."""
     store, features_run, model_run = trained_store(tmp_path)
-    run = run_defense(store, model_run, config(method="adaptive", epochs=2))
+    run = run_defense(store, model_run, config(method="adaptive", epochs=2, regenerate="epoch"))
     assert run.kind == "model"
     assert run.manifest.parents == (model_run.id, features_run.id)
     assert {"model.pt", "params.json", "metrics.json", "history.json", DEFENSE_FILE} <= set(run.manifest.checksums)

@@ -24,8 +24,8 @@ def defend(
     model: Annotated[str | None, typer.Option("--model", help="Model run to harden [default: the latest].")] = None,
     method: Annotated[
         str | None,
-        typer.Option("--method", help="static (examples made once) or adaptive (Madry: fresh examples every "
-                     "epoch) [default: defend.method]."),
+        typer.Option("--method", help="static (examples made once) or adaptive (Madry: fresh examples against "
+                     "the current weights) [default: defend.method]."),
     ] = None,
     attack: Annotated[
         str | None, typer.Option("--attack", help="pgd-linf or pgd-l2 [default: defend.attack].")
@@ -45,7 +45,8 @@ def defend(
                      "[default: untargeted]."),
     ] = None,
     regenerate: Annotated[
-        str | None, typer.Option("--regenerate", help="Adaptive: new examples every epoch or batch.")
+        str | None,
+        typer.Option("--regenerate", help="Adaptive: fresh examples every batch (Madry) or epoch [default: batch]."),
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
 ) -> None:
