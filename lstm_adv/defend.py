@@ -144,19 +144,9 @@ class _Trainer:
                  else self.adversarial(self.train.x, self.train.y, chosen))  # fmt: skip
             split = SplitTensors(x, self.train.y)
             return train_epoch(self.model, self.optimizer, self.criterion, split, batch_size, order=order, clip=clip)
-        return self._epoch_by_batch(order.to(self.train.x.device), chosen, batch_size, clip)
-
-    def _epoch_by_batch(self, order: torch.Tensor, chosen: torch.Tensor, batch_size: int, clip: float) -> float:
-        """Adaptive per batch: each batch's examples are made against the weights of that very step."""
-        total = 0.0
-        for start in range(0, order.shape[0], batch_size):
-            rows = order[start : start + batch_size]
-            y = self.train.y[rows]
-            x = self.adversarial(self.train.x[rows], y, chosen[rows])
-            step = torch.arange(rows.shape[0])
-            total += train_epoch(self.model, self.optimizer, self.criterion, SplitTensors(x, y), batch_size,
-                                 order=step, clip=clip) * rows.shape[0]  # fmt: skip
-        return total / max(order.shape[0], 1)
+        # Adaptive per batch: each batch's examples are made against the weights of that very step.
+        return train_epoch(self.model, self.optimizer, self.criterion, self.train, batch_size, order=order,
+                           clip=clip, transform=lambda x, y, rows: self.adversarial(x, y, chosen[rows]))  # fmt: skip
 
 
 def defend_model(

@@ -28,6 +28,9 @@ from lstm_adv.models import BiLSTM, Hyperparameters
 
 log = logging.getLogger(__name__)
 
+# (inputs, labels, row indices into the split) → the inputs to train on. Shape: (B, 48, 19).
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
 IMBALANCE = ("weighted_sampling", "class_weighted_loss", "none")
 MONITORS = ("auroc", "loss")
 DEVICES = ("auto", "cpu", "cuda")
@@ -229,14 +232,22 @@ def train_epoch(
     *,
     order: torch.Tensor,
     clip: float,
+    transform: BatchTransform | None = None,
 ) -> float:
-    """One pass over ``order`` (indices into the on-device split) in batches of index slices; mean loss."""
+    """One pass over ``order`` (indices into the on-device split) in batches of index slices; mean loss.
+
+    ``transform(x, y, rows)`` may replace a batch's inputs just before its step (adversarial training
+    makes its examples there, against the weights of that very step).
+    """
     order = order.to(train.x.device)
     model.train()
     total = torch.zeros((), device=train.x.device)
     for start in range(0, order.shape[0], batch_size):
         batch = order[start : start + batch_size]
-        loss = criterion(model(train.x[batch]), train.y[batch])
+        x, y = train.x[batch], train.y[batch]
+        if transform is not None:
+            x = transform(x, y, batch)
+        loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip > 0:

@@ -6,7 +6,6 @@ is checked against it before anything is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tomllib
 from pathlib import Path
@@ -18,6 +17,7 @@ import psycopg
 from lstm_adv.database.loader import TableSource, load_tables
 from lstm_adv.domain.errors import DataError
 from lstm_adv.resources import resource
+from lstm_adv.results.store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def verify_demo(data_dir: Path | None = None) -> dict[str, Path]:
         path = folder / entry.name
         if not path.is_file():
             raise DataError(f"demo file {entry.name} is missing from {folder}; {_REINSTALL}")
-        if _sha256(path) != entry.sha256:
+        if sha256_file(path) != entry.sha256:
             raise DataError(
                 f"demo file {entry.name} is corrupt (its SHA-256 does not match the shipped manifest); {_REINSTALL}"
             )
@@ -83,11 +83,3 @@ def load_demo(
     counts = load_tables(conn, schema, sources, replace=True)
     log.info("loaded the MIMIC-III demo into schema %s: %s", schema, counts)
     return counts
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -71,7 +71,7 @@ class Run:
         bad = []
         for name, expected in self.manifest.checksums.items():
             path = self.path / name
-            if not path.exists() or _sha256(path) != expected:
+            if not path.exists() or sha256_file(path) != expected:
                 bad.append(name)
         return bad
 
@@ -100,7 +100,7 @@ class RunWriter:
     def commit(self, *, status: str = "complete") -> Run:
         """Checksum every file, write the manifest, and rename the folder into place."""
         checksums = {
-            str(p.relative_to(self.path)): _sha256(p)
+            str(p.relative_to(self.path)): sha256_file(p)
             for p in sorted(self.path.rglob("*"))
             if p.is_file() and p.name != MANIFEST
         }
@@ -238,7 +238,8 @@ class RunStore:
         return Run(manifest=manifest, path=folder)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -275,8 +276,3 @@ def _git_commit() -> str | None:
         return None
     commit = result.stdout.strip()
     return commit if result.returncode == 0 and commit else None
-
-
-def iter_files(run: Run) -> Iterator[Path]:
-    """Every stored file of ``run`` except its manifest."""
-    return (run.path / name for name in run.manifest.checksums)
