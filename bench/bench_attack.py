@@ -48,8 +48,17 @@ def build_model(hidden: int, seed: int) -> nn.Module:
     from lstm_adv.models.hyperparameters import Hyperparameters
 
     torch.manual_seed(seed)
-    params = Hyperparameters(hidden_size=hidden, num_layers=1, lstm_activation="tanh", dropout=0.2, fc_size=64,
-                             fc_activation="relu", optimizer="adam", learning_rate=1e-3, batch_size=64)  # fmt: skip
+    params = Hyperparameters(
+        hidden_size=hidden,
+        num_layers=1,
+        lstm_activation="tanh",
+        dropout=0.2,
+        fc_size=64,
+        fc_activation="relu",
+        optimizer="adam",
+        learning_rate=1e-3,
+        batch_size=64,
+    )
     return BiLSTM(params)
 
 
@@ -110,9 +119,19 @@ def cost_ratio(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, devi
     k1, k2 = args.ratio_iterations // 4, args.ratio_iterations
     base = forward_backward(model, x.to(device), k2 - k1, device)
     times: dict[str, list[float]] = {"fb": []}
-    attacks = {m: [L1Attack(model, L1Settings(lam=args.lam, step_size=args.step, method=m, max_iterations=k),
-                            batch_size=len(x), include_misclassified=True, device=device) for k in (k1, k2)]
-               for m in ("ista", "fista", "adam")}  # fmt: skip
+    attacks = {
+        m: [
+            L1Attack(
+                model,
+                L1Settings(lam=args.lam, step_size=args.step, method=m, max_iterations=k),
+                batch_size=len(x),
+                include_misclassified=True,
+                device=device,
+            )
+            for k in (k1, k2)
+        ]
+        for m in ("ista", "fista", "adam")
+    }
     base()  # warm-up
     for repeat in range(args.repeats):
         times["fb"].append(_timed(base, device) / (k2 - k1))
@@ -123,8 +142,12 @@ def cost_ratio(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, devi
                 times.setdefault(method, []).append((t_long - t_short) / (k2 - k1))
                 times.setdefault(f"{method}_whole", []).append(t_long / k2)
     fb = statistics.median(times["fb"][1:] or times["fb"])
-    out: dict[str, Any] = {"batch": len(x), "iterations": [k1, k2], "repeats": args.repeats,
-                           "forward_backward_ms": fb * 1e3}  # fmt: skip
+    out: dict[str, Any] = {
+        "batch": len(x),
+        "iterations": [k1, k2],
+        "repeats": args.repeats,
+        "forward_backward_ms": fb * 1e3,
+    }
     for method in attacks:
         per_iter, whole = statistics.median(times[method]), statistics.median(times[f"{method}_whole"])
         out[method] = {"iteration_ms": per_iter * 1e3, "ratio": per_iter / fb, "whole_run_ratio": whole / fb}
@@ -148,11 +171,27 @@ def compare_art(model: nn.Module, x: torch.Tensor, args: argparse.Namespace) -> 
         start = time.perf_counter()
         result = attack.run(x, predicted)
         runs[f"ours_{method}"] = (result.found, result.l1(), result.l0(), time.perf_counter() - start)
-    classifier = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(48, 19), nb_classes=2,
-                                   clip_values=(0.0, 1.0), device_type="cpu")  # fmt: skip
-    ead = ElasticNet(classifier, confidence=0.0, targeted=False, learning_rate=args.step, binary_search_steps=1,
-                     max_iter=args.art_iterations, beta=args.step * args.lam, initial_const=1.0, batch_size=len(x),
-                     decision_rule="L1", verbose=False)  # fmt: skip
+    classifier = PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=(48, 19),
+        nb_classes=2,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
+    ead = ElasticNet(
+        classifier,
+        confidence=0.0,
+        targeted=False,
+        learning_rate=args.step,
+        binary_search_steps=1,
+        max_iter=args.art_iterations,
+        beta=args.step * args.lam,
+        initial_const=1.0,
+        batch_size=len(x),
+        decision_rule="L1",
+        verbose=False,
+    )
     x_np = x.numpy()
     start = time.perf_counter()
     adversarial = ead.generate(x_np, y=np.eye(2, dtype=np.float32)[predicted.numpy()])
@@ -162,12 +201,21 @@ def compare_art(model: nn.Module, x: torch.Tensor, args: argparse.Namespace) -> 
     delta = adversarial - x_np
     runs["art_ead"] = (flipped, np.abs(delta).sum(axis=(1, 2)), np.count_nonzero(delta, axis=(1, 2)), elapsed)
     common = np.logical_and.reduce([found for found, *_ in runs.values()])
-    out: dict[str, Any] = {"samples": len(x), "iterations": args.art_iterations, "lam": args.lam, "step": args.step,
-                           "common_successes": int(common.sum())}  # fmt: skip
+    out: dict[str, Any] = {
+        "samples": len(x),
+        "iterations": args.art_iterations,
+        "lam": args.lam,
+        "step": args.step,
+        "common_successes": int(common.sum()),
+    }
     for name, (found, l1, l0, seconds) in runs.items():
-        out[name] = {"success_rate": float(found.mean()), "mean_l1_best": _mean(l1[found]),
-                     "mean_l0_best": _mean(l0[found]), "mean_l1_common": _mean(l1[common]),
-                     "ms_per_iteration": seconds / args.art_iterations * 1e3}  # fmt: skip
+        out[name] = {
+            "success_rate": float(found.mean()),
+            "mean_l1_best": _mean(l1[found]),
+            "mean_l0_best": _mean(l0[found]),
+            "mean_l1_common": _mean(l1[common]),
+            "ms_per_iteration": seconds / args.art_iterations * 1e3,
+        }
     return out
 
 
@@ -189,18 +237,25 @@ def gpu_throughput(model: nn.Module, args: argparse.Namespace, device: torch.dev
     settings = L1Settings(lam=args.lam, step_size=args.step, method="ista", max_iterations=args.full_iterations)
     attack = L1Attack(model, settings, batch_size=best, include_misclassified=True, device=device)
     elapsed = _timed(lambda: attack.run(x, y), device)
-    return {"probe_rates": {str(b): r for b, r in rates.items()}, "best_batch": best, "full_samples": len(x),
-            "full_iterations": args.full_iterations, "full_seconds": elapsed,
-            "full_rate": len(x) * args.full_iterations / elapsed,
-            "device_name": torch.cuda.get_device_name()}  # fmt: skip
+    return {
+        "probe_rates": {str(b): r for b, r in rates.items()},
+        "best_batch": best,
+        "full_samples": len(x),
+        "full_iterations": args.full_iterations,
+        "full_seconds": elapsed,
+        "full_rate": len(x) * args.full_iterations / elapsed,
+        "device_name": torch.cuda.get_device_name(),
+    }
 
 
 def print_table(report: dict[str, Any]) -> None:
     """The figures as plain-text tables."""
     ratio = report["cost_ratio"]
-    print(f"\nCost of one attack iteration ÷ one forward+backward ({report['device']}, batch {ratio['batch']}, "
-          f"hidden {report['hidden']}, {report['threads']} thread(s)); forward+backward = "
-          f"{ratio['forward_backward_ms']:.1f} ms")  # fmt: skip
+    print(
+        f"\nCost of one attack iteration ÷ one forward+backward ({report['device']}, batch {ratio['batch']}, "
+        f"hidden {report['hidden']}, {report['threads']} thread(s)); forward+backward = "
+        f"{ratio['forward_backward_ms']:.1f} ms"
+    )
     print(f"{'method':<8}{'ms/iter':>10}{'ratio':>8}{'whole-run':>11}   (target ratio ≤ 1.10)")
     for method in ("ista", "fista", "adam"):
         row = ratio[method]
@@ -209,23 +264,33 @@ def print_table(report: dict[str, Any]) -> None:
     if art is None:
         print("\nART comparison skipped: install adversarial-robustness-toolbox (benchmark-only dependency).")
     else:
-        print(f"\nvs ART ElasticNet: {art['samples']} samples, {art['iterations']} iterations, λ={art['lam']}, "
-              f"step={art['step']}")  # fmt: skip
-        print(f"{'attack':<12}{'success':>9}{'mean L1 best':>14}{'mean L0 best':>14}"
-              f"{'L1 on common':>14}{'ms/iter':>10}   (common = {art['common_successes']} flipped by all)")
+        print(
+            f"\nvs ART ElasticNet: {art['samples']} samples, {art['iterations']} iterations, λ={art['lam']}, "
+            f"step={art['step']}"
+        )
+        print(
+            f"{'attack':<12}{'success':>9}{'mean L1 best':>14}{'mean L0 best':>14}"
+            f"{'L1 on common':>14}{'ms/iter':>10}   (common = {art['common_successes']} flipped by all)"
+        )
         for name in ("ours_ista", "ours_fista", "art_ead"):
             row = art[name]
-            cells = [_fmt(row[key], digits) for key, digits in
-                     (("mean_l1_best", 3), ("mean_l0_best", 1), ("mean_l1_common", 3))]  # fmt: skip
-            print(f"{name:<12}{row['success_rate']:>9.3f}{cells[0]:>14}{cells[1]:>14}{cells[2]:>14}"
-                  f"{row['ms_per_iteration']:>10.1f}")
+            cells = [
+                _fmt(row[key], digits)
+                for key, digits in (("mean_l1_best", 3), ("mean_l0_best", 1), ("mean_l1_common", 3))
+            ]
+            print(
+                f"{name:<12}{row['success_rate']:>9.3f}{cells[0]:>14}{cells[1]:>14}{cells[2]:>14}"
+                f"{row['ms_per_iteration']:>10.1f}"
+            )
     gpu = report.get("gpu")
     if gpu is not None:
         print(f"\nGPU ({gpu['device_name']}): samples·iterations/s by batch size")
         for batch, rate in gpu["probe_rates"].items():
             print(f"  batch {batch:>6}: {rate:,.0f}")
-        print(f"full attack: {gpu['full_samples']} × {gpu['full_iterations']} in {gpu['full_seconds']:.1f} s "
-              f"({gpu['full_rate']:,.0f} samples·iterations/s, batch {gpu['best_batch']}; target ≤ 120 s)")  # fmt: skip
+        print(
+            f"full attack: {gpu['full_samples']} × {gpu['full_iterations']} in {gpu['full_seconds']:.1f} s "
+            f"({gpu['full_rate']:,.0f} samples·iterations/s, batch {gpu['best_batch']}; target ≤ 120 s)"
+        )
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -250,8 +315,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--full-samples", type=int, default=37_832)
     parser.add_argument("--full-iterations", type=int, default=1000)
     parser.add_argument("--probe-iterations", type=int, default=20)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 8192, 16384, 37_832],
-                        help="batch sizes probed on the GPU")  # fmt: skip
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[4096, 8192, 16384, 37_832], help="batch sizes probed on the GPU"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -266,10 +332,15 @@ def main(argv: list[str]) -> int:
     accuracy = train_briefly(model, args.train_steps, device, args.seed)
     x, _ = synthetic_data(args.batch, seed=args.seed + 1)
     report: dict[str, Any] = {
-        "device": str(device), "hidden": args.hidden, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.processor() or "?",
-        "train_accuracy": accuracy, "cost_ratio": cost_ratio(model, x, args, device),
-    }  # fmt: skip
+        "device": str(device),
+        "hidden": args.hidden,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.processor() or "?",
+        "train_accuracy": accuracy,
+        "cost_ratio": cost_ratio(model, x, args, device),
+    }
     if not args.skip_art:
         report["art_comparison"] = compare_art(model, synthetic_data(args.art_samples, seed=args.seed + 3)[0], args)
     if device.type == "cuda":

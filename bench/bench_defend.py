@@ -64,8 +64,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    params = Hyperparameters(hidden_size=args.hidden, num_layers=1, lstm_activation="tanh", dropout=0.2, fc_size=64,
-                             fc_activation="relu", optimizer="adam", learning_rate=1e-3, batch_size=args.batch)
+    params = Hyperparameters(
+        hidden_size=args.hidden,
+        num_layers=1,
+        lstm_activation="tanh",
+        dropout=0.2,
+        fc_size=64,
+        fc_activation="relu",
+        optimizer="adam",
+        learning_rate=1e-3,
+        batch_size=args.batch,
+    )
     torch.manual_seed(0)
     split = SplitTensors(torch.rand(args.samples, 48, 19).to(device), torch.randint(0, 2, (args.samples,)).to(device))
     epoch_seconds(SplitTensors(split.x[:512], split.y[:512]), params, device, args.steps)  # warm-up
@@ -80,12 +89,26 @@ def main() -> None:
     print(f"{f'adaptive (PGD {args.steps} steps)':<28}{best['adaptive']:>10.2f}")
     print(f"ratio {ratio:.2f} (expectation ≈ steps + 1 = {args.steps + 1}) on {device}, N={args.samples}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(), "samples": args.samples, "steps": args.steps, "hidden": args.hidden,
-        "batch": args.batch, "seconds": best, "ratio": ratio, "expected_ratio": args.steps + 1,
-    }, indent=2), encoding="utf-8")  # fmt: skip
+    args.out.write_text(
+        json.dumps(
+            {
+                "device": str(device),
+                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                "cpu": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "threads": torch.get_num_threads(),
+                "samples": args.samples,
+                "steps": args.steps,
+                "hidden": args.hidden,
+                "batch": args.batch,
+                "seconds": best,
+                "ratio": ratio,
+                "expected_ratio": args.steps + 1,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
 
 
 if __name__ == "__main__":

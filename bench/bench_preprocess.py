@@ -178,10 +178,15 @@ def _dense_query_run(work: Path, size: int, seed: int) -> tuple[Path, dict[str, 
     spec, rng = load_feature_spec(), np.random.default_rng(seed)
     minute = np.timedelta64(1, "m")
     start = np.datetime64("2150-01-01T00:00", "ns") + rng.integers(0, 10**7, size) * minute
-    admissions = pd.DataFrame({
-        "subject_id": rng.integers(1, int(size * 0.8) + 2, size), "hadm_id": np.arange(size) + 100_000,
-        "window_start": start, "first_icustay_id": np.arange(size) + 200_000, "label": (rng.random(size) < 0.1) * 1,
-    })  # fmt: skip
+    admissions = pd.DataFrame(
+        {
+            "subject_id": rng.integers(1, int(size * 0.8) + 2, size),
+            "hadm_id": np.arange(size) + 100_000,
+            "window_start": start,
+            "first_icustay_id": np.arange(size) + 200_000,
+            "label": (rng.random(size) < 0.1) * 1,
+        }
+    )
     rate = {"vital": 1.35, "lab": 1 / 8, "bloodgas": 1 / 12}
 
     def table(source: str) -> pd.DataFrame:
@@ -189,9 +194,14 @@ def _dense_query_run(work: Path, size: int, seed: int) -> tuple[Path, dict[str, 
         per = rng.poisson(rate[source] * 72, size=(size, codes.size)).ravel()
         adm, feature = np.repeat(np.repeat(np.arange(size), codes.size), per), np.repeat(np.tile(codes, size), per)
         seconds = rng.integers(-24 * 3600, 48 * 3600, adm.size) * np.timedelta64(1, "s")
-        return pd.DataFrame({"hadm_id": admissions["hadm_id"].to_numpy()[adm], "charttime": start[adm] + seconds,
-                             "feature": np.array(spec.names, dtype=object)[feature],
-                             "value": np.round(rng.normal(80, 20, adm.size), 1)})  # fmt: skip
+        return pd.DataFrame(
+            {
+                "hadm_id": admissions["hadm_id"].to_numpy()[adm],
+                "charttime": start[adm] + seconds,
+                "feature": np.array(spec.names, dtype=object)[feature],
+                "value": np.round(rng.normal(80, 20, adm.size), 1),
+            }
+        )
 
     with RunStore(work / "store").create("query") as writer:
         admissions.to_parquet(writer.file("admissions.parquet"))
@@ -243,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
                 inputs.append(("dense", *_dense_query_run(args.work, size, args.seed)))
             for kind, path, timings in inputs:
                 result = _measure(path)
-                result.update(input=kind, admissions=size, input_timings=timings,
-                              seconds_per_1k_admissions=result["seconds"] / size * 1000)  # fmt: skip
+                result.update(
+                    input=kind,
+                    admissions=size,
+                    input_timings=timings,
+                    seconds_per_1k_admissions=result["seconds"] / size * 1000,
+                )
                 rows.append(result)
                 print(f"{kind} {size:,}: {result['seconds']:.2f} s, peak {result['peak_rss_mb']:.0f} MB", flush=True)
     finally:

@@ -66,19 +66,23 @@ def _child(size: int, seed: int, dsn: str) -> None:
         counts = load_cohort(conn, SCHEMA, cohort)
         server1 = _backend_cpu_s(backend)
     loaded = time.perf_counter()
-    print(json.dumps({
-        "admissions": size,
-        "generate_s": round(generated - started, 2),
-        "load_s": round(loaded - generated, 2),
-        "total_s": round(loaded - started, 2),
-        "generate_cpu_s": round(cpu1 - cpu0, 2),
-        "load_client_cpu_s": round(time.process_time() - cpu1, 2),
-        "load_server_cpu_s": None if server0 is None or server1 is None else round(server1 - server0, 2),
-        "rows": counts,
-        "total_rows": sum(counts.values()),
-        "prevalence": round(cohort.prevalence, 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "admissions": size,
+                "generate_s": round(generated - started, 2),
+                "load_s": round(loaded - generated, 2),
+                "total_s": round(loaded - started, 2),
+                "generate_cpu_s": round(cpu1 - cpu0, 2),
+                "load_client_cpu_s": round(time.process_time() - cpu1, 2),
+                "load_server_cpu_s": None if server0 is None or server1 is None else round(server1 - server0, 2),
+                "rows": counts,
+                "total_rows": sum(counts.values()),
+                "prevalence": round(cohort.prevalence, 4),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 def _sizes(values: list[str]) -> list[int]:
@@ -97,16 +101,29 @@ def _print_table(results: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=f"lstm-adv synth: generate + load (target <= {TARGET_S:.0f} s at 42,000 admissions)")
-    for column in ("admissions", "rows", "generate s", "load s", "total s", "CPU s (py gen/py load/server)",
-                   "peak RSS MB", "s per 1k adm"):  # fmt: skip
+    for column in (
+        "admissions",
+        "rows",
+        "generate s",
+        "load s",
+        "total s",
+        "CPU s (py gen/py load/server)",
+        "peak RSS MB",
+        "s per 1k adm",
+    ):
         table.add_column(column, justify="right")
     for r in results:
         server = "?" if r["load_server_cpu_s"] is None else f"{r['load_server_cpu_s']:.1f}"
         table.add_row(
-            f"{r['admissions']:,}", f"{r['total_rows']:,}", f"{r['generate_s']:.1f}", f"{r['load_s']:.1f}",
-            f"{r['total_s']:.1f}", f"{r['generate_cpu_s']:.1f} / {r['load_client_cpu_s']:.1f} / {server}",
-            f"{r['peak_rss_mb']:,.0f}", f"{1000 * r['total_s'] / r['admissions']:.2f}",
-        )  # fmt: skip
+            f"{r['admissions']:,}",
+            f"{r['total_rows']:,}",
+            f"{r['generate_s']:.1f}",
+            f"{r['load_s']:.1f}",
+            f"{r['total_s']:.1f}",
+            f"{r['generate_cpu_s']:.1f} / {r['load_client_cpu_s']:.1f} / {server}",
+            f"{r['peak_rss_mb']:,.0f}",
+            f"{1000 * r['total_s'] / r['admissions']:.2f}",
+        )
     Console(width=150).print(table)
 
 
@@ -140,12 +157,16 @@ def main() -> int:
     report = {
         "benchmark": "synth",
         "target_s_at_42000": TARGET_S,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
         "seed": args.seed,
         "results": results,
-    }  # fmt: skip
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "synth.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS / 'synth.json'}")

@@ -35,9 +35,16 @@ RESULTS = Path(__file__).parent / "results" / "train.json"
 
 def _params(hidden: int, batch: int) -> Hyperparameters:
     return Hyperparameters(
-        hidden_size=hidden, num_layers=1, lstm_activation="tanh", dropout=0.2, fc_size=64,
-        fc_activation="relu", optimizer="adam", learning_rate=1e-3, batch_size=batch,
-    )  # fmt: skip
+        hidden_size=hidden,
+        num_layers=1,
+        lstm_activation="tanh",
+        dropout=0.2,
+        fc_size=64,
+        fc_activation="relu",
+        optimizer="adam",
+        learning_rate=1e-3,
+        batch_size=batch,
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -51,8 +58,9 @@ def _fresh(params: Hyperparameters, device: torch.device) -> tuple[nn.Module, to
     return model, torch.optim.Adam(model.parameters(), lr=params.learning_rate)
 
 
-def index_slice_epoch(x: torch.Tensor, y: torch.Tensor, params: Hyperparameters, device: torch.device,
-                      limit: int | None) -> None:  # fmt: skip
+def index_slice_epoch(
+    x: torch.Tensor, y: torch.Tensor, params: Hyperparameters, device: torch.device, limit: int | None
+) -> None:
     """One epoch (or ``limit`` batches) of lstm-adv's loop."""
     model, optimizer = _fresh(params, device)
     split = SplitTensors(x.to(device), y.to(device))
@@ -62,8 +70,9 @@ def index_slice_epoch(x: torch.Tensor, y: torch.Tensor, params: Hyperparameters,
     train_epoch(model, optimizer, nn.CrossEntropyLoss(), split, params.batch_size, order=order, clip=5.0)
 
 
-def dataloader_epoch(x: torch.Tensor, y: torch.Tensor, params: Hyperparameters, device: torch.device,
-                     limit: int | None) -> None:  # fmt: skip
+def dataloader_epoch(
+    x: torch.Tensor, y: torch.Tensor, params: Hyperparameters, device: torch.device, limit: int | None
+) -> None:
     """One epoch (or ``limit`` batches) of the textbook DataLoader loop."""
     model, optimizer = _fresh(params, device)
     criterion = nn.CrossEntropyLoss()
@@ -125,18 +134,27 @@ def main() -> None:
     rows = measure(loops, *common, rounds=args.epochs)
     baseline = rows["DataLoader (plain)"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"{args.samples} samples × 48 × 19, hidden {args.hidden}, batch {args.batch}, device {device} ({name}), "
-          f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")  # fmt: skip
+    print(
+        f"{args.samples} samples × 48 × 19, hidden {args.hidden}, batch {args.batch}, device {device} ({name}), "
+        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}"
+    )
     print(f"{'loop':<30}{'s/epoch':>10}{'vs DataLoader':>16}")
     for label, seconds in rows.items():
         print(f"{label:<30}{seconds:>10.2f}{baseline / seconds:>15.2f}×")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "samples": args.samples, "hidden": args.hidden, "batch": args.batch, "device": str(device),
-        "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "seconds_per_epoch": rows, "speedup_vs_dataloader": baseline / rows["index slices (lstm-adv)"],
+        "samples": args.samples,
+        "hidden": args.hidden,
+        "batch": args.batch,
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "seconds_per_epoch": rows,
+        "speedup_vs_dataloader": baseline / rows["index slices (lstm-adv)"],
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }  # fmt: skip
+    }
     args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 

@@ -32,19 +32,21 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from lstm_adv.config import AnalysisConfig, Config
-from lstm_adv.domain.errors import ConfigError, DataError
+from lstm_adv.config import Config
+from lstm_adv.domain.errors import DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix, ScalingStats
-from lstm_adv.domain.perturbation import N_FEATURES, N_HOURS, AttackBatchResult
+from lstm_adv.domain.perturbation import DIRECTION_LABELS, DIRECTIONS, AttackBatchResult
+from lstm_adv.domain.perturbation import EXAMPLES as WHICH
+from lstm_adv.domain.shapes import N_FEATURES, N_HOURS
 from lstm_adv.resources import load_feature_spec
+from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
+from lstm_adv.results.summaries import AnalysisSummary, AttackSummary, DirectionCounts
 
 log = logging.getLogger(__name__)
 
-WHICH = ("first", "best")
-DIRECTIONS = ("0to1", "1to0")
-DIRECTION_LABELS = {"0to1": "0→1", "1to0": "1→0"}
+__all__ = ["DIRECTIONS", "DIRECTION_LABELS", "WHICH", "AnalysisTables", "analyse_attack", "run_analysis"]
 TABLES = ("examples", "cells", "features", "hours", "clinical", "discovery")
 
 FloatArray = npt.NDArray[np.float64]
@@ -286,11 +288,18 @@ def discovery_table(result: AttackBatchResult) -> pd.DataFrame:
         first = np.bincount(result.first_iteration[rows], minlength=result.iterations + 1)[1:]
         best = np.bincount(result.best_iteration[rows], minlength=result.iterations + 1)[1:]
         cumulative = np.cumsum(first) / attacked if attacked else np.zeros(iterations.size)
-        frames.append(pd.DataFrame({
-            "direction": direction, "iteration": iterations, "n_attacked": attacked,
-            "first_found": first.astype(np.int64), "best_found": best.astype(np.int64),
-            "cumulative_first_fraction": cumulative,
-        }))  # fmt: skip
+        frames.append(
+            pd.DataFrame(
+                {
+                    "direction": direction,
+                    "iteration": iterations,
+                    "n_attacked": attacked,
+                    "first_found": first.astype(np.int64),
+                    "best_found": best.astype(np.int64),
+                    "cumulative_first_fraction": cumulative,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -326,60 +335,65 @@ def _mean_or_none(values: pd.Series) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
-def _top(table: pd.DataFrame, which: str, direction: str, column: str, k: int) -> list[Any]:
+def _top(table: pd.DataFrame, which: str, direction: str, column: str, k: int) -> tuple[Any, ...]:
     rows = table[(table["which"] == which) & (table["direction"] == direction)].sort_values("rank").head(k)
-    return [item.item() if isinstance(item, np.generic) else item for item in rows[column]]
+    return tuple(item.item() if isinstance(item, np.generic) else item for item in rows[column])
 
 
-def summarize(result: AttackBatchResult, tables: AnalysisTables, *, top_k: int) -> dict[str, Any]:
-    """The manifest summary: counts and success rate per direction, mean L0/L1, top features and hours."""
+def summarize(
+    result: AttackBatchResult,
+    tables: AnalysisTables,
+    *,
+    top_k: int,
+    attack: Run,
+    features_run: Run,
+    figures: tuple[str, ...] = (),
+) -> AnalysisSummary:
+    """The run summary: counts and success rate per direction, mean L0/L1, top features and hours."""
     directions = direction_codes(result)
     per_direction = {}
     for direction in DIRECTIONS:
         attacked = int((result.attacked & (directions == direction)).sum())
         found = int((result.found & (directions == direction)).sum())
-        per_direction[direction] = {
-            "attacked": attacked, "successful": found, "success_rate": found / attacked if attacked else 0.0,
-        }  # fmt: skip
+        per_direction[direction] = DirectionCounts(attacked, found, found / attacked if attacked else 0.0)
     examples = tables.examples
-    means: dict[str, dict[str, dict[str, float | None]]] = {"mean_l0": {}, "mean_l1": {}}
-    for norm, key in (("l0", "mean_l0"), ("l1", "mean_l1")):
+    means: dict[str, dict[str, dict[str, float | None]]] = {"l0": {}, "l1": {}}
+    for norm in means:
         for which in WHICH:
             rows = examples[examples["which"] == which]
-            means[key][which] = {"all": _mean_or_none(rows[norm])} | {
+            means[norm][which] = {"all": _mean_or_none(rows[norm])} | {
                 d: _mean_or_none(rows.loc[rows["direction"] == d, norm]) for d in DIRECTIONS
             }
-    tops = {
-        key: {w: {d: _top(table, w, d, column, top_k) for d in DIRECTIONS} for w in WHICH}
-        for key, table, column in (("top_features", tables.features, "feature"), ("top_hours", tables.hours, "hour"))
-    }
-    return {
-        "n_samples": result.n, "n_attacked": int(result.attacked.sum()), "n_successful": int(result.found.sum()),
-        "success_rate": result.success_rate, "directions": per_direction,
-    } | means | tops  # fmt: skip
+    return AnalysisSummary(
+        attack_run=attack.id,
+        features_run=features_run.id,
+        n_samples=result.n,
+        n_attacked=int(result.attacked.sum()),
+        n_successful=int(result.found.sum()),
+        success_rate=result.success_rate,
+        directions=per_direction,
+        mean_l0=means["l0"],
+        mean_l1=means["l1"],
+        top_features={w: {d: _top(tables.features, w, d, "feature", top_k) for d in DIRECTIONS} for w in WHICH},
+        top_hours={w: {d: _top(tables.hours, w, d, "hour", top_k) for d in DIRECTIONS} for w in WHICH},
+        figures=figures,
+    )
 
 
 # --- the run ------------------------------------------------------------------------------------------
 
 
-def _check_config(config: AnalysisConfig) -> None:
-    for key, value, low in (("top_k", config.top_k, 1), ("histogram_bins", config.histogram_bins, 1),
-                            ("figure_dpi", config.figure_dpi, 10)):  # fmt: skip
-        if value < low:
-            raise ConfigError(f"analysis.{key} must be at least {low}, got {value}; set it in [analysis] of --config")
-
-
 def load_attack_inputs(store: RunStore, attack: Run) -> tuple[AttackBatchResult, FeatureMatrix, Run]:
     """The attack's results, the FeatureMatrix it attacked (for scaling statistics) and its features run."""
-    features_ref = attack.manifest.summary.get("features_run")
-    if not isinstance(features_ref, str) or not features_ref:
+    summary = attack.manifest.summary
+    if not isinstance(summary, AttackSummary):
         raise DataError(
-            f"attack run {attack.id} does not name its features run (summary key 'features_run'); "
+            f"attack run {attack.id} does not name its features run (it has no attack summary); "
             "re-run `lstm-adv attack`"
         )
-    result = AttackBatchResult.from_npz(attack.file("results.npz"))
-    features_run = store.get(features_ref, kind="features")
-    matrix = FeatureMatrix.from_npz(features_run.file("features.npz"))
+    result = artifacts.load_attack_result(attack)
+    features_run = store.get(str(summary.features_run), kind="features")
+    matrix = artifacts.load_features(features_run)
     if result.n and int(result.sample_index.max()) >= matrix.n_samples:
         raise DataError(
             f"attack run {attack.id} refers to sample {int(result.sample_index.max())}, but features run "
@@ -396,7 +410,6 @@ def run_analysis(store: RunStore, attack_ref: str | None, config: Config) -> Run
     """
     from lstm_adv.figures import write_figures  # matplotlib is imported only when figures are drawn
 
-    _check_config(config.analysis)
     attack = store.resolve(attack_ref, "attack")
     result, matrix, features_run = load_attack_inputs(store, attack)
     if not result.found.any():
@@ -405,13 +418,17 @@ def run_analysis(store: RunStore, attack_ref: str | None, config: Config) -> Run
             "nothing to analyse. Attack more samples or with a larger budget"
         )
     tables = analyse_attack(result, matrix.scaling)
-    summary = summarize(result, tables, top_k=config.analysis.top_k)
     with store.create("analysis", parents=[attack.id], config=config_as_dict(config)) as writer:
         for name, table in tables.as_dict().items():
-            table.to_parquet(writer.file(f"{name}.parquet"), index=False)
-        figures = write_figures(tables, writer.path / "figures", config.analysis)
-        writer.summary.update(
-            {"attack_run": str(attack.id), "features_run": str(features_run.id)} | summary | {"figures": figures}
+            artifacts.write_table(writer.file(f"{name}.parquet"), table)
+        figures = write_figures(tables.as_dict(), writer.path / artifacts.FIGURES_DIR, config.analysis)
+        writer.summary = summarize(
+            result,
+            tables,
+            top_k=config.analysis.top_k,
+            attack=attack,
+            features_run=features_run,
+            figures=tuple(figures),
         )
         run = writer.commit()
     log.info("analysis run %s: %d successful examples of attack %s", run.id, int(result.found.sum()), attack.id)

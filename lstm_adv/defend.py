@@ -20,42 +20,36 @@ the test split is scored once, as ``lstm-adv train`` does.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
 import attrs
 import torch
 
-from lstm_adv import metrics
-from lstm_adv.attacks.pgd import ATTACK_NORMS, PgdAttack, PgdSettings
+from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
+from lstm_adv.config import DEFENSE_METHODS as METHODS
 from lstm_adv.config import Config
-from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.models import BiLSTM
+from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
-from lstm_adv.results.converter import unstructure
 from lstm_adv.results.store import Run, RunStore
+from lstm_adv.results.summaries import DefenseSummary
+from lstm_adv.targets import check_model_run, features_run_of
 from lstm_adv.train import (
-    CURVES_FILE,
-    MODEL_FILE,
-    PARAMS_FILE,
     SplitIndices,
     TrainedModel,
     assess_model,
     check_split,
     holdout_summary,
-    load_features,
-    load_trained_model,
     oracle_auroc,
-    write_json,
+    write_trained,
 )
 from lstm_adv.training_loop import (
     EpochCallback,
     EpochRecord,
     SplitTensors,
     build_optimizer,
-    check_training_config,
     epoch_order,
     loss_function,
     resolve_device,
@@ -65,9 +59,7 @@ from lstm_adv.training_loop import (
 
 log = logging.getLogger(__name__)
 
-METHODS = ("static", "adaptive")
-REGENERATE = ("epoch", "batch")
-DEFENSE_FILE = "defense.json"
+__all__ = ["METHODS", "DefenseResult", "defend_model", "run_defense"]
 
 
 @attrs.frozen
@@ -81,27 +73,9 @@ class DefenseResult:
     examples_per_epoch: float
 
 
-def check_defense(config: Config) -> PgdSettings:
-    """Validate the ``[defend]`` section and return the PGD settings of the training examples."""
-    d = config.defend
-    if d.method not in METHODS:
-        raise ConfigError(f"defend.method must be one of {', '.join(METHODS)}; got {d.method!r}")
-    if d.regenerate not in REGENERATE:
-        raise ConfigError(f"defend.regenerate must be one of {', '.join(REGENERATE)}; got {d.regenerate!r}")
-    if d.attack not in ATTACK_NORMS:
-        raise ConfigError(f"defend.attack must be one of {', '.join(ATTACK_NORMS)}; got {d.attack!r}")
-    if not (math.isfinite(d.eps) and d.eps >= 0):
-        raise ConfigError(f"defend.eps must be a finite number ≥ 0, got {d.eps}; use e.g. --eps 0.05")
-    if d.epochs < 1:
-        raise ConfigError(f"defend.epochs must be ≥ 1, got {d.epochs}")
-    if not 0.0 <= d.mix <= 1.0:
-        raise ConfigError(f"defend.mix (share of adversarial samples) must lie in [0, 1], got {d.mix}")
-    if not (math.isfinite(d.learning_rate) and d.learning_rate >= 0):
-        raise ConfigError(f"defend.learning_rate must be ≥ 0 (0: the model's own), got {d.learning_rate}")
-    if config.pgd.batch_size < 1:
-        raise ConfigError(f"pgd.batch_size must be ≥ 1, got {config.pgd.batch_size}")
-    check_training_config(config.model)
-    return PgdSettings.from_config(config.pgd, attack=d.attack, eps=d.eps)
+def defense_settings(config: Config) -> PgdSettings:
+    """The PGD settings of the training examples (``[defend]`` attack and ε, the rest from ``[pgd]``)."""
+    return PgdSettings.from_config(config.pgd, attack=config.defend.attack, eps=config.defend.eps)
 
 
 @attrs.define
@@ -140,13 +114,24 @@ class _Trainer:
         order = epoch_order(self.train.y, self.config.model.imbalance, self.generator)
         batch_size, clip = self.model.params.batch_size, self.config.model.grad_clip_norm
         if fixed is not None or self.config.defend.regenerate == "epoch":
-            x = (torch.where(chosen[:, None, None], fixed, self.train.x) if fixed is not None
-                 else self.adversarial(self.train.x, self.train.y, chosen))  # fmt: skip
+            x = (
+                torch.where(chosen[:, None, None], fixed, self.train.x)
+                if fixed is not None
+                else self.adversarial(self.train.x, self.train.y, chosen)
+            )
             split = SplitTensors(x, self.train.y)
             return train_epoch(self.model, self.optimizer, self.criterion, split, batch_size, order=order, clip=clip)
         # Adaptive per batch: each batch's examples are made against the weights of that very step.
-        return train_epoch(self.model, self.optimizer, self.criterion, self.train, batch_size, order=order,
-                           clip=clip, transform=lambda x, y, rows: self.adversarial(x, y, chosen[rows]))  # fmt: skip
+        return train_epoch(
+            self.model,
+            self.optimizer,
+            self.criterion,
+            self.train,
+            batch_size,
+            order=order,
+            clip=clip,
+            transform=lambda x, y, rows: self.adversarial(x, y, chosen[rows]),
+        )
 
 
 def defend_model(
@@ -156,13 +141,15 @@ def defend_model(
 
     Shape: features.values (N, 48, 19).
     """
-    settings = check_defense(config)
+    settings = defense_settings(config)
     split = SplitIndices.holdout(features)
     check_split(features, split, origin="FeatureMatrix")
     device = resolve_device(config.model.device)
     torch.manual_seed(config.model.seed)
-    tensors = [SplitTensors.from_arrays(features.values[i], features.labels[i], device) for i in
-               (split.train, split.validation, split.evaluation)]  # fmt: skip
+    tensors = [
+        SplitTensors.from_arrays(features.values[i], features.labels[i], device)
+        for i in (split.train, split.validation, split.evaluation)
+    ]
     trainer = _trainer(_copy_model(model, device), tensors[0], settings, config)
     fixed = None
     if config.defend.method == "static":  # once, against the given weights, for every attackable row
@@ -178,8 +165,16 @@ def defend_model(
         if on_epoch is not None:
             on_epoch(record)
     trainer.model.eval()
-    trained = assess_model(trainer.model, features, split, tensors, history=tuple(history), best_epoch=len(history),
-                           config=config.model, device=str(device))  # fmt: skip
+    trained = assess_model(
+        trainer.model,
+        features,
+        split,
+        tensors,
+        history=tuple(history),
+        best_epoch=len(history),
+        config=config.model,
+        device=str(device),
+    )
     per_epoch = trainer.used / config.defend.epochs
     return DefenseResult(trained, config.defend.method, settings, trainer.regenerations, per_epoch)
 
@@ -196,55 +191,42 @@ def _trainer(model: BiLSTM, train: SplitTensors, settings: PgdSettings, config: 
     eligible = train.y != settings.target if settings.target is not None else torch.ones_like(train.y, dtype=torch.bool)
     attack = PgdAttack(model, settings, device=train.x.device, batch_size=config.pgd.batch_size)
     generator = torch.Generator().manual_seed(config.model.seed)
-    return _Trainer(model, optimizer, loss_function(train.y, config.model.imbalance), attack, train, eligible,
-                    config, generator)  # fmt: skip
+    return _Trainer(
+        model, optimizer, loss_function(train.y, config.model.imbalance), attack, train, eligible, config, generator
+    )
 
 
-def features_run_of(store: RunStore, model_run: Run) -> Run:
-    """The features run a model run was trained on (a defended model: through its original model)."""
-    for parent in model_run.manifest.parents:
-        if parent.kind == "features":
-            return store.get(str(parent), kind="features")
-    for parent in model_run.manifest.parents:
-        if parent.kind == "model":
-            return features_run_of(store, store.get(str(parent), kind="model"))
-    raise DataError(f"model run {model_run.id} names no features run among its parents; retrain it with lstm-adv train")
-
-
-def check_model_run(run: Run) -> None:
-    """A single (non cross-validation) model run, else a clear error."""
-    if run.kind != "model":
-        raise RunKindError(f"run {run.id} is a {run.kind} run; give a model run (lstm-adv train)")
-    if run.manifest.summary.get("cv"):
-        raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
-
-
-def run_defense(
-    store: RunStore, model_run: Run, config: Config, *, on_epoch: EpochCallback | None = None
-) -> Run:
+def run_defense(store: RunStore, model_run: Run, config: Config, *, on_epoch: EpochCallback | None = None) -> Run:
     """Adversarially fine-tune the model of ``model_run`` and write a new model run; bad input writes no run."""
     check_model_run(model_run)
-    settings = check_defense(config)
+    settings = defense_settings(config)
     features_run = features_run_of(store, model_run)
-    features = load_features(features_run)
+    features = artifacts.load_features(features_run)
     check_split(features, SplitIndices.holdout(features), origin=f"features run {features_run.id}")
-    model = load_trained_model(model_run)
+    model = artifacts.load_trained_model(model_run)
     oracle = oracle_auroc(store, features_run, features)
     with store.create("model", parents=[model_run.id, features_run.id], config=config_as_dict(config)) as writer:
         result = defend_model(model, features, config, on_epoch=on_epoch)
-        trained = result.trained
-        torch.save(trained.model.state_dict(), writer.file(MODEL_FILE))
-        write_json(writer.file(PARAMS_FILE), trained.params.to_dict())
-        write_json(writer.file("history.json"), [attrs.asdict(r) for r in trained.history])
-        trained.curves.to_parquet(writer.file(CURVES_FILE), index=False)
-        write_json(writer.file("metrics.json"), {"validation": _plain(trained.validation),
-                                                 "test": _plain(trained.evaluation)})  # fmt: skip
+        write_trained(writer, result.trained)
         defense = defense_record(result, model_run, config)
-        write_json(writer.file(DEFENSE_FILE), defense)
-        writer.summary.update(holdout_summary(features, trained, oracle))
-        writer.summary["defense"] = {key: defense[key] for key in ("method", "attack", "eps", "epochs", "mix",
-                                                                   "regenerate", "regenerations", "original_model")}
-        writer.summary["features_run"] = str(features_run.id)
+        artifacts.write_json(writer.file(artifacts.DEFENSE_FILE), defense)
+        d = config.defend
+        regenerate = d.regenerate if result.method == "adaptive" else "once"
+        summary = holdout_summary(features, result.trained, oracle)
+        writer.summary = attrs.evolve(
+            summary,
+            defense=DefenseSummary(
+                method=result.method,
+                attack=d.attack,
+                eps=d.eps,
+                epochs=d.epochs,
+                mix=d.mix,
+                regenerate=regenerate,
+                regenerations=result.regenerations,
+                original_model=model_run.id,
+            ),
+            features_run=features_run.id,
+        )
     log.info("defense %s with %s examples: %d regenerations", settings.norm, config.defend.method, result.regenerations)
     assert writer.committed is not None
     return writer.committed
@@ -254,15 +236,15 @@ def defense_record(result: DefenseResult, model_run: Run, config: Config) -> dic
     """What ``defense.json`` holds: method, ε, epochs, mix, the attack settings and the regeneration count."""
     d = config.defend
     return {
-        "method": result.method, "attack": d.attack, "eps": d.eps, "epochs": d.epochs, "mix": d.mix,
+        "method": result.method,
+        "attack": d.attack,
+        "eps": d.eps,
+        "epochs": d.epochs,
+        "mix": d.mix,
         "regenerate": d.regenerate if result.method == "adaptive" else "once",
         "learning_rate": d.learning_rate or result.trained.params.learning_rate,
         "pgd": {**attrs.asdict(result.settings), "alpha": result.settings.alpha},
-        "regenerations": result.regenerations, "adversarial_samples_per_epoch": result.examples_per_epoch,
+        "regenerations": result.regenerations,
+        "adversarial_samples_per_epoch": result.examples_per_epoch,
         "original_model": str(model_run.id),
-    }  # fmt: skip
-
-
-def _plain(evaluation: metrics.Evaluation) -> Any:
-    return unstructure(evaluation)
-
+    }

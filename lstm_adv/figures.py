@@ -8,7 +8,7 @@ a fixed SVG hash salt and no creation dates in the metadata.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -19,9 +19,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lstm_adv.analysis import DIRECTION_LABELS, DIRECTIONS, WHICH, AnalysisTables
 from lstm_adv.config import AnalysisConfig
-from lstm_adv.domain.perturbation import N_FEATURES, N_HOURS
+from lstm_adv.domain.perturbation import DIRECTION_LABELS, DIRECTIONS
+from lstm_adv.domain.perturbation import EXAMPLES as WHICH
+from lstm_adv.domain.shapes import N_FEATURES, N_HOURS
 
 FORMATS = ("png", "svg")
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
@@ -29,8 +30,12 @@ _COLORS = {"first": "tab:orange", "best": "tab:blue", "0to1": "tab:red", "1to0":
 _EMPTY = "no successful examples"
 
 
-def write_figures(tables: AnalysisTables, folder: Path, config: AnalysisConfig) -> list[str]:
-    """Draw every figure into ``folder`` as PNG and SVG; returns the file paths relative to its parent."""
+def write_figures(tables: Mapping[str, pd.DataFrame], folder: Path, config: AnalysisConfig) -> list[str]:
+    """Draw every figure into ``folder`` as PNG and SVG; returns the file paths relative to its parent.
+
+    ``tables`` are an analysis run's tables by name (``examples``, ``cells``, ``features``, ``hours``,
+    ``discovery``).
+    """
     written = []
     with _style():
         for stem, figure in _figures(tables, config):
@@ -56,15 +61,16 @@ def _style() -> AbstractContextManager[None]:
     return matplotlib.rc_context({"svg.hashsalt": "lstm-adv", "svg.fonttype": "none", "font.size": 9})
 
 
-def _figures(tables: AnalysisTables, config: AnalysisConfig) -> Iterator[tuple[str, Figure]]:
-    yield "l0_histogram", norm_histograms(tables.examples, "l0", "L0 (perturbed cells of 912)", config)
-    yield "l1_histogram", norm_histograms(tables.examples, "l1", "L1 = Σ|δ| (scaled units)", config)
-    yield "discovery", discovery_curves(tables.discovery, tables.examples, config)
+def _figures(tables: Mapping[str, pd.DataFrame], config: AnalysisConfig) -> Iterator[tuple[str, Figure]]:
+    examples, cells = tables["examples"], tables["cells"]
+    yield "l0_histogram", norm_histograms(examples, "l0", "L0 (perturbed cells of 912)", config)
+    yield "l1_histogram", norm_histograms(examples, "l1", "L1 = Σ|δ| (scaled units)", config)
+    yield "discovery", discovery_curves(tables["discovery"], examples, config)
     for which in WHICH:
-        yield f"heatmap_gpp_{which}", heatmaps(tables.cells, "gpp", which, "GPP (fraction of examples with δ ≠ 0)")
-        yield f"heatmap_gmp_{which}", heatmaps(tables.cells, "gmp", which, "GMP (max |δ|, scaled units)")
-        yield f"feature_ranking_{which}", feature_ranking(tables.features, which)
-        yield f"hour_susceptibility_{which}", hour_susceptibility(tables.hours, which)
+        yield f"heatmap_gpp_{which}", heatmaps(cells, "gpp", which, "GPP (fraction of examples with δ ≠ 0)")
+        yield f"heatmap_gmp_{which}", heatmaps(cells, "gmp", which, "GMP (max |δ|, scaled units)")
+        yield f"feature_ranking_{which}", feature_ranking(tables["features"], which)
+        yield f"hour_susceptibility_{which}", hour_susceptibility(tables["hours"], which)
 
 
 def _new(ncols: int, *, width: float = 10.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
@@ -106,11 +112,21 @@ def discovery_curves(discovery: pd.DataFrame, examples: pd.DataFrame, config: An
     for direction in DIRECTIONS:
         rows = discovery[discovery["direction"] == direction]
         attacked = int(rows["n_attacked"].iloc[0]) if len(rows) else 0
-        left.step(rows["iteration"], rows["cumulative_first_fraction"], where="post", color=_COLORS[direction],
-                  label=f"{DIRECTION_LABELS[direction]} ({attacked} attacked)")  # fmt: skip
+        left.step(
+            rows["iteration"],
+            rows["cumulative_first_fraction"],
+            where="post",
+            color=_COLORS[direction],
+            label=f"{DIRECTION_LABELS[direction]} ({attacked} attacked)",
+        )
         best = _rows(examples, "best", direction)["iteration"]
-        right.hist(best, bins=edges, alpha=0.6, color=_COLORS[direction],
-                   label=f"{DIRECTION_LABELS[direction]} (n = {len(best)})")  # fmt: skip
+        right.hist(
+            best,
+            bins=edges,
+            alpha=0.6,
+            color=_COLORS[direction],
+            label=f"{DIRECTION_LABELS[direction]} (n = {len(best)})",
+        )
     left.set(title="first success", xlabel="iteration", ylabel="fraction of attacked samples", ylim=(0, 1.02))
     right.set(title="best (smallest L1) success", xlabel="iteration found", ylabel="examples")
     left.legend()
@@ -157,8 +173,11 @@ def hour_susceptibility(hours: pd.DataFrame, which: str) -> Figure:
     figure, axes = _new(len(DIRECTIONS))
     for ax, direction in zip(axes, DIRECTIONS, strict=True):
         rows = _rows(hours, which, direction)
-        ax.set(title=f"{DIRECTION_LABELS[direction]} flips", xlabel="hour of the window",
-               ylabel="Σ_j GMP·GPP (scaled units)")  # fmt: skip
+        ax.set(
+            title=f"{DIRECTION_LABELS[direction]} flips",
+            xlabel="hour of the window",
+            ylabel="Σ_j GMP·GPP (scaled units)",
+        )
         if rows.empty:
             _empty(ax)
             continue

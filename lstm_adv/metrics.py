@@ -84,6 +84,27 @@ def auroc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
     return float(_auroc(s, y, np.ones((1, y.size)))[0])
 
 
+def oracle_auroc(truth: Any, hadm_ids: NDArray[Any], labels: NDArray[Any]) -> float:
+    """AUROC of the true death probability of admissions ``hadm_ids`` against their ``labels``.
+
+    ``truth`` is a synth run's truth table (columns ``hadm_id``, ``death_probability``). No model can beat
+    this number on the same admissions in expectation: the data depend on the outcome only through the
+    probability. Shapes: (N,) and (N,). An admission missing from ``truth`` is a :class:`DataError`.
+    """
+    import pandas as pd
+
+    ids = np.asarray(hadm_ids, dtype=np.int64)
+    position = pd.Index(np.asarray(truth["hadm_id"], dtype=np.int64)).get_indexer(pd.Index(ids))
+    if (position < 0).any():
+        missing = ids[position < 0]
+        raise DataError(
+            f"oracle AUROC: {len(missing)} admission(s) are not in the synthetic truth, e.g. hadm_id {missing[0]}; "
+            "use the synth run that generated the schema the data were queried from"
+        )
+    probability = np.asarray(truth["death_probability"], dtype=np.float64)[position]
+    return auroc(np.asarray(labels), probability)
+
+
 def auprc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
     """Average precision, as ``sklearn.metrics.average_precision_score``."""
     y, s = check_binary(y_true, scores, what="auprc")
@@ -103,9 +124,9 @@ def threshold_counts(y_true: NDArray[Any], scores: NDArray[Any], threshold: floa
     return {name: float(values[0]) for name, values in stats.items()}
 
 
-def confusion_matrix(y_true: NDArray[Any], scores: NDArray[Any], threshold: float) -> tuple[
-    tuple[int, int], tuple[int, int]
-]:
+def confusion_matrix(
+    y_true: NDArray[Any], scores: NDArray[Any], threshold: float
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """``((tn, fp), (fn, tp))``: rows are true classes, columns predicted ones (scikit-learn's layout)."""
     y = np.asarray(y_true).astype(np.int64)
     predicted = (np.asarray(scores) >= threshold).astype(np.int64)
@@ -245,9 +266,9 @@ def _auprc(s: FloatArray, y: NDArray[np.int64], weights: FloatArray) -> FloatArr
     return result
 
 
-def _threshold_stats(s: FloatArray, y: NDArray[np.int64], weights: FloatArray, threshold: float) -> dict[
-    str, FloatArray
-]:
+def _threshold_stats(
+    s: FloatArray, y: NDArray[np.int64], weights: FloatArray, threshold: float
+) -> dict[str, FloatArray]:
     predicted = s >= threshold
     tp = weights @ (predicted & (y == 1)).astype(np.float64)
     fp = weights @ (predicted & (y == 0)).astype(np.float64)

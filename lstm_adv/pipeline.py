@@ -21,20 +21,36 @@ from lstm_adv.config import Config
 from lstm_adv.database.connection import connect
 from lstm_adv.database.demo import load_demo
 from lstm_adv.database.server import ServerInfo, ensure_server
+from lstm_adv.domain.feature_matrix import split_name
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.preprocess import run_preprocess
 from lstm_adv.query import SOURCE_TABLES, run_cohort_query
 from lstm_adv.reports import PIPELINE, render_report
+from lstm_adv.results.artifacts import trial_params
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
+from lstm_adv.results.summaries import (
+    AnalysisSummary,
+    AttackSummary,
+    FeaturesSummary,
+    ModelSummary,
+    QuerySummary,
+    ReportSummary,
+    RunSummary,
+    SynthSummary,
+    TuneAttackSummary,
+    TuneModelSummary,
+)
+from lstm_adv.results.workspace import Workspace
 from lstm_adv.synth import run_synth
 from lstm_adv.train import run_training
 from lstm_adv.tune_attack import run_attack_tuning
-from lstm_adv.tune_model import run_model_tuning, trial_params
-from lstm_adv.workspace import Workspace
+from lstm_adv.tune_model import run_model_tuning
 
 log = logging.getLogger(__name__)
 
+#: Whether an earlier run's summary matches what the stage would make now.
+Matcher = Callable[[RunSummary | None], bool]
 DEMO_SCHEMA = "mimiciii"
 # Which configuration sections each run kind depends on (for reuse decisions).
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -115,39 +131,66 @@ def run_demo(
         ctx = _Context(workspace.store, config, fresh, listen)
         schema = config.synth.schema
         synth = ctx.stage(
-            "synth", parents=(), match={"schema": schema},
-            make=lambda: run_synth(server.dsn, config=config, store=ctx.store, source=f"embedded:{schema}",
-                                   progress=lambda m: listen.step("synth", m)),
+            "synth",
+            parents=(),
+            match=lambda s: isinstance(s, SynthSummary) and s.schema == schema,
+            make=lambda: run_synth(
+                server.dsn,
+                config=config,
+                store=ctx.store,
+                source=f"embedded:{schema}",
+                progress=lambda m: listen.step("synth", m),
+            ),
             reusable=lambda run: _schema_loaded(server, config, schema),
-        )  # fmt: skip
+        )
         query_parents = (synth.id,)
     source = f"embedded:{schema}"
     query = ctx.stage(
-        "query", parents=query_parents, match={"schema": schema, "source": source},
+        "query",
+        parents=query_parents,
+        match=lambda s: isinstance(s, QuerySummary) and (s.schema, s.source) == (schema, source),
         make=lambda: run_cohort_query(
-            server.dsn, schema=schema, config=config, store=ctx.store, parents=query_parents, source=source,
+            server.dsn,
+            schema=schema,
+            config=config,
+            store=ctx.store,
+            parents=query_parents,
+            source=source,
             progress=lambda message: listen.step("query", message),
         ),
-    )  # fmt: skip
+    )
     features = ctx.stage(
-        "preprocess", kind="features", parents=(query.id,),
+        "preprocess",
+        kind="features",
+        parents=(query.id,),
         make=lambda: run_preprocess(ctx.store, str(query.id), config),
-    )  # fmt: skip
+    )
     trials = config.demo.model_trials
     tuning = ctx.stage(
-        "tune-model", parents=(features.id,), match={"n_trials": trials},
+        "tune-model",
+        parents=(features.id,),
+        match=lambda s: isinstance(s, TuneModelSummary) and s.n_trials == trials,
         make=lambda: run_model_tuning(
-            ctx.store, features, config, trials=trials,
+            ctx.store,
+            features,
+            config,
+            trials=trials,
             on_trial=lambda _study, trial: listen.step("tune-model", f"trial {trial.number} finished"),
         ),
-    )  # fmt: skip
+    )
     model = ctx.stage(
-        "train", kind="model", parents=(features.id, tuning.id),
+        "train",
+        kind="model",
+        parents=(features.id, tuning.id),
         make=lambda: run_training(
-            ctx.store, features, trial_params(tuning)[1], config, extra_parents=(tuning.id,),
+            ctx.store,
+            features,
+            trial_params(tuning)[1],
+            config,
+            extra_parents=(tuning.id,),
             on_epoch=lambda record: listen.step("train", f"epoch {record.epoch}"),
         ),
-    )  # fmt: skip
+    )
     final = _attack_stages(ctx, model)
     reports = [_report(ctx, workspace, final, PIPELINE), _report(ctx, workspace, model, "model")]
     return DemoResult(outcomes=tuple(ctx.outcomes), runs=dict(ctx.runs), reports=tuple(reports))
@@ -158,22 +201,35 @@ def _attack_stages(ctx: _Context, model: Run) -> Run:
     config, listen = ctx.config, ctx.listen
     demo = config.demo
     tuning = ctx.stage(
-        "tune-attack", parents=(model.id,), match={"n_trials": demo.attack_trials},
+        "tune-attack",
+        parents=(model.id,),
+        match=lambda s: isinstance(s, TuneAttackSummary) and s.n_trials == demo.attack_trials,
         make=lambda: run_attack_tuning(
-            ctx.store, model, config, trials=demo.attack_trials,
+            ctx.store,
+            model,
+            config,
+            trials=demo.attack_trials,
             on_trial=lambda _study, trial: listen.step("tune-attack", f"trial {trial.number} finished"),
         ),
-    )  # fmt: skip
+    )
     attack = ctx.stage(
-        "attack", parents=(tuning.id,), match={"split": demo.attack_split},
-        make=lambda: run_attack(ctx.store, tuning, config, split=demo.attack_split,
-                                progress=lambda n: listen.step("attack", f"batch of {n} samples done")),
-    )  # fmt: skip
-    if not attack.manifest.summary.get("n_successful"):
+        "attack",
+        parents=(tuning.id,),
+        match=lambda s: isinstance(s, AttackSummary) and s.split == split_name(demo.attack_split),
+        make=lambda: run_attack(
+            ctx.store,
+            tuning,
+            config,
+            split=demo.attack_split,
+            progress=lambda n: listen.step("attack", f"batch of {n} samples done"),
+        ),
+    )
+    if not attack.summary_as(AttackSummary).n_successful:
         listen.step("attack", "no successful example: nothing to analyse")
         return attack
-    return ctx.stage("analyze", kind="analysis", parents=(attack.id,),
-                     make=lambda: run_analysis(ctx.store, str(attack.id), config))  # fmt: skip
+    return ctx.stage(
+        "analyze", kind="analysis", parents=(attack.id,), make=lambda: run_analysis(ctx.store, str(attack.id), config)
+    )
 
 
 def _report(ctx: _Context, workspace: Workspace, target: Run, document: str) -> Run:
@@ -183,7 +239,11 @@ def _report(ctx: _Context, workspace: Workspace, target: Run, document: str) -> 
         return render_report(target, store=ctx.store, home=workspace.home, document=document)
 
     return ctx.stage(
-        f"report {document}", kind="report", parents=(target.id,), match={"document": document}, make=make
+        f"report {document}",
+        kind="report",
+        parents=(target.id,),
+        match=lambda s: isinstance(s, ReportSummary) and s.document == document,
+        make=make,
     )
 
 
@@ -193,8 +253,11 @@ def demo_config(config: Config) -> Config:
     return attrs.evolve(
         config,
         tune_model=attrs.evolve(
-            config.tune_model, lstm_activations=demo.model_activations, fc_activations=demo.model_activations,
-            optimizers=demo.model_optimizers, learning_rate=demo.model_learning_rate,
+            config.tune_model,
+            lstm_activations=demo.model_activations,
+            fc_activations=demo.model_activations,
+            optimizers=demo.model_optimizers,
+            learning_rate=demo.model_learning_rate,
         ),
         tune_attack=attrs.evolve(
             config.tune_attack, subset_size=demo.attack_subset, max_iterations=demo.tune_attack_iterations
@@ -228,7 +291,7 @@ class _Context:
         parents: Sequence[RunId],
         make: Callable[[], Run],
         kind: str | None = None,
-        match: dict[str, Any] | None = None,
+        match: Matcher | None = None,
         reusable: Callable[[Run], bool] | None = None,
     ) -> Run:
         """Reuse a matching earlier run of the stage, or make one; report either way."""
@@ -241,9 +304,12 @@ class _Context:
                 existing = None
         run = existing or make()
         outcome = StageOutcome(
-            stage=name, run_id=run.id, reused=existing is not None, seconds=time.perf_counter() - start,
+            stage=name,
+            run_id=run.id,
+            reused=existing is not None,
+            seconds=time.perf_counter() - start,
             detail=describe_run(run),
-        )  # fmt: skip
+        )
         self.outcomes.append(outcome)
         self.runs[run.kind] = run
         self.listen.finished(outcome)
@@ -254,8 +320,9 @@ class _Context:
         self.listen.started(name)
         start = time.perf_counter()
         server, detail = action()
-        outcome = StageOutcome(stage=name, run_id=None, reused=False, seconds=time.perf_counter() - start,
-                               detail=detail)  # fmt: skip
+        outcome = StageOutcome(
+            stage=name, run_id=None, reused=False, seconds=time.perf_counter() - start, detail=detail
+        )
         self.outcomes.append(outcome)
         self.listen.finished(outcome)
         return server
@@ -267,7 +334,7 @@ def find_reusable(
     config: Config,
     *,
     parents: Sequence[RunId],
-    match: dict[str, Any] | None = None,
+    match: Matcher | None = None,
 ) -> Run | None:
     """The newest complete run of ``kind`` made from ``parents`` with the same relevant settings."""
     wanted = config_as_dict(config)
@@ -278,7 +345,7 @@ def find_reusable(
             continue
         if any(manifest.config.get(section) != wanted.get(section) for section in sections):
             continue
-        if any(manifest.summary.get(key) != value for key, value in (match or {}).items()):
+        if match is not None and not match(manifest.summary):
             continue
         if run.verify():
             log.warning("run %s changed on disk since it was written; not reusing it", run.id)
@@ -317,69 +384,69 @@ def _schema_loaded(server: ServerInfo, config: Config, schema: str) -> bool:
 def describe_run(run: Run) -> str:
     """One line on what a run of the main job holds (counts and headline metrics)."""
     summary = run.manifest.summary
-    describe = _DESCRIBERS.get(run.kind)
+    describe = _DESCRIBERS.get(type(summary))
     return describe(summary) if describe is not None else ""
 
 
-def _describe_query(summary: dict[str, Any]) -> str:
-    return " → ".join(f"{step['step']} {step['count']:,}" for step in summary.get("flow", []))
+def _describe_query(summary: QuerySummary) -> str:
+    return " → ".join(f"{step.step} {step.count:,}" for step in summary.flow)
 
 
-def _describe_features(summary: dict[str, Any]) -> str:
-    shape = summary.get("shape")
-    return f"{shape[0]} samples × {shape[1]} h × {shape[2]} features" if shape else ""
+def _describe_features(summary: FeaturesSummary) -> str:
+    n, hours, features = summary.shape
+    return f"{n} samples × {hours} h × {features} features"
 
 
-def _describe_tuning(summary: dict[str, Any]) -> str:
-    best = summary.get("best") or {}
-    states = ", ".join(f"{n} {state}" for state, n in summary.get("states", {}).items())
-    value = best.get("value")
+def _states(states: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in states.items())
+
+
+def _describe_tuning(summary: TuneModelSummary) -> str:
+    value = summary.best.value if summary.best is not None else None
+    states = _states(summary.states)
     return f"{states}; best validation AUROC {value:.3f}" if value is not None else states
 
 
-def _describe_model(summary: dict[str, Any]) -> str:
-    test = summary.get("test", {})
-    auroc = test.get("auroc", {})
-    if not auroc:
+def _describe_model(summary: ModelSummary) -> str:
+    auroc = (summary.test or {}).get("auroc")
+    if auroc is None or auroc.value is None:
         return ""
-    low, high = auroc.get("low"), auroc.get("high")
-    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-    text = f"test AUROC {auroc['value']:.3f}{interval}"
-    oracle = summary.get("oracle_test_auroc")
+    interval = f" [{auroc.low:.3f}, {auroc.high:.3f}]" if auroc.low is not None and auroc.high is not None else ""
+    text = f"test AUROC {auroc.value:.3f}{interval}"
+    oracle = summary.oracle_test_auroc
     return text + (f" (oracle {oracle:.3f})" if oracle is not None else "")
 
 
-def _describe_synth(summary: dict[str, Any]) -> str:
-    return f"{summary.get('admissions', 0):,} admissions, prevalence {summary.get('prevalence', 0):.1%}"
+def _describe_synth(summary: SynthSummary) -> str:
+    return f"{summary.admissions:,} admissions, prevalence {summary.prevalence:.1%}"
 
 
-def _describe_attack_tuning(summary: dict[str, Any]) -> str:
-    best = summary.get("best") or {}
-    value = best.get("value")
-    states = ", ".join(f"{n} {state}" for state, n in summary.get("states", {}).items())
-    return f"{states}; best {summary.get('objective', 'objective')} {value:.3f}" if value is not None else states
+def _describe_attack_tuning(summary: TuneAttackSummary) -> str:
+    value = summary.best.value if summary.best is not None else None
+    states = _states(summary.states)
+    return f"{states}; best {summary.objective} {value:.3f}" if value is not None else states
 
 
-def _describe_attack(summary: dict[str, Any]) -> str:
+def _describe_attack(summary: AttackSummary) -> str:
     return (
-        f"{summary.get('n_successful', 0)} of {summary.get('n_attacked', 0)} attacked samples flipped "
-        f"({summary.get('n_samples', 0)} in split {summary.get('split')}; misclassified ones are skipped)"
+        f"{summary.n_successful} of {summary.n_attacked} attacked samples flipped "
+        f"({summary.n_samples} in split {summary.split}; misclassified ones are skipped)"
     )
 
 
-def _describe_analysis(summary: dict[str, Any]) -> str:
-    best = (summary.get("top_features") or {}).get("best", {})
+def _describe_analysis(summary: AnalysisSummary) -> str:
+    best = summary.top_features.get("best", {})
     parts = [f"{direction.replace('to', '→')}: {', '.join(names[:3])}" for direction, names in best.items() if names]
     return "most susceptible features (best examples) " + "; ".join(parts) if parts else ""
 
 
-_DESCRIBERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "tune-attack": _describe_attack_tuning,
-    "attack": _describe_attack,
-    "analysis": _describe_analysis,
-    "synth": _describe_synth,
-    "query": _describe_query,
-    "features": _describe_features,
-    "tune-model": _describe_tuning,
-    "model": _describe_model,
+_DESCRIBERS: dict[type, Callable[[Any], str]] = {
+    TuneAttackSummary: _describe_attack_tuning,
+    AttackSummary: _describe_attack,
+    AnalysisSummary: _describe_analysis,
+    SynthSummary: _describe_synth,
+    QuerySummary: _describe_query,
+    FeaturesSummary: _describe_features,
+    TuneModelSummary: _describe_tuning,
+    ModelSummary: _describe_model,
 }

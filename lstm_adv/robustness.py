@@ -29,26 +29,33 @@ from numpy.typing import NDArray
 
 from lstm_adv import metrics
 from lstm_adv.attacks.l1 import L1Attack, L1Settings
-from lstm_adv.attacks.pgd import ATTACK_NORMS, PgdAttack, PgdSettings
+from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
 from lstm_adv.config import Config
-from lstm_adv.defend import check_model_run, features_run_of
-from lstm_adv.domain.errors import ConfigError, DataError
-from lstm_adv.domain.feature_matrix import SPLITS, FeatureMatrix
+from lstm_adv.domain.errors import DataError
+from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.models import BiLSTM
+from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.train import load_features, load_trained_model
+from lstm_adv.results.summaries import EvaluatedModel as ModelEntry
+from lstm_adv.results.summaries import L1Record, ModelSummary, PgdRecord, RobustnessRow, RobustnessSummary
+from lstm_adv.targets import check_model_run, features_run_of
 from lstm_adv.training_loop import predict_logits, probabilities, resolve_device
 
 log = logging.getLogger(__name__)
 
-CURVES_FILE = "curves.parquet"
-CONFUSION_FILE = "confusion.parquet"
-L1_FILE = "l1.parquet"
 CURVE_METRICS = (
-    "clean_accuracy", "robust_accuracy", "clean_recall", "robust_recall", "robust_specificity", "robust_auroc",
-    "robust_auprc", "success_rate", "mean_linf", "mean_l2",
-)  # fmt: skip
+    "clean_accuracy",
+    "robust_accuracy",
+    "clean_recall",
+    "robust_recall",
+    "robust_specificity",
+    "robust_auroc",
+    "robust_auprc",
+    "success_rate",
+    "mean_linf",
+    "mean_l2",
+)
 
 Progress = Callable[[str], None]
 
@@ -65,35 +72,16 @@ class EvaluatedModel:
     @classmethod
     def from_run(cls, run: Run, *, device: str | torch.device) -> EvaluatedModel:
         """The final weights and threshold stored in a model run (``defense``: baseline, static or adaptive)."""
-        threshold = float(run.manifest.summary["threshold"])
-        return cls(str(run.id), defense_of(run), load_trained_model(run, device=device), threshold)
+        threshold = run.summary_as(ModelSummary).threshold
+        if threshold is None:
+            raise DataError(f"model run {run.id} stores no threshold; re-run `lstm-adv train`")
+        return cls(str(run.id), defense_of(run), artifacts.load_trained_model(run, device=device), threshold)
 
 
 def defense_of(run: Run) -> str:
     """``baseline`` for a model of ``lstm-adv train``, else the defense method (static, adaptive)."""
-    defense = run.manifest.summary.get("defense")
-    return str(defense.get("method", "baseline")) if isinstance(defense, dict) else "baseline"
-
-
-def check_robustness(config: Config) -> tuple[float, ...]:
-    """Validate the ``[robustness]`` section; the ε sweep sorted, without duplicates."""
-    r = config.robustness
-    if not r.eps:
-        raise ConfigError("robustness.eps is empty; give at least one budget, e.g. --eps 0,0.01,0.02")
-    for eps in r.eps:
-        if not (math.isfinite(eps) and eps >= 0):
-            raise ConfigError(f"robustness.eps values must be finite numbers ≥ 0, got {eps}")
-    if r.attack not in ATTACK_NORMS:
-        raise ConfigError(f"robustness.attack must be one of {', '.join(ATTACK_NORMS)}; got {r.attack!r}")
-    if r.split not in SPLITS:
-        raise ConfigError(f"robustness.split must be one of {', '.join(SPLITS)}; got {r.split!r}")
-    if r.l1_max_iterations < 0:
-        raise ConfigError(f"robustness.l1_max_iterations must be ≥ 0 (0 skips the L1 attack), "
-                          f"got {r.l1_max_iterations}")
-    if config.pgd.batch_size < 1:
-        raise ConfigError(f"pgd.batch_size must be ≥ 1, got {config.pgd.batch_size}")
-    PgdSettings.from_config(config.pgd, attack=r.attack, eps=max(r.eps))  # the other PGD settings
-    return tuple(sorted(set(float(e) for e in r.eps)))
+    defense = run.summary_as(ModelSummary).defense
+    return "baseline" if defense is None else defense.method
 
 
 def attacked_rows(y: torch.Tensor, settings: PgdSettings) -> torch.Tensor:
@@ -103,8 +91,9 @@ def attacked_rows(y: torch.Tensor, settings: PgdSettings) -> torch.Tensor:
     return y != settings.target
 
 
-def fresh_perturbation(model: BiLSTM, x: torch.Tensor, y: torch.Tensor, settings: PgdSettings, *,
-                       batch_size: int) -> torch.Tensor:  # fmt: skip
+def fresh_perturbation(
+    model: BiLSTM, x: torch.Tensor, y: torch.Tensor, settings: PgdSettings, *, batch_size: int
+) -> torch.Tensor:
     """δ of a new PGD attack against ``model`` as it is now (targeted: rows of the target class keep δ = 0).
 
     Shape: x (n, 48, 19) → (n, 48, 19), on x's device.
@@ -120,7 +109,10 @@ def fresh_perturbation(model: BiLSTM, x: torch.Tensor, y: torch.Tensor, settings
 
 
 def curve_point(
-    y: NDArray[np.int64], p_clean: NDArray[np.float64], p_adv: NDArray[np.float64], delta: torch.Tensor,
+    y: NDArray[np.int64],
+    p_clean: NDArray[np.float64],
+    p_adv: NDArray[np.float64],
+    delta: torch.Tensor,
     threshold: float,
 ) -> dict[str, float]:
     """The metrics of one (model, ε) from clean and attacked P(death). Shapes: (n,), δ (n, 48, 19)."""
@@ -143,9 +135,14 @@ def curve_point(
 
 
 def robustness_curve(
-    entry: EvaluatedModel, x: torch.Tensor, y: torch.Tensor, settings: Sequence[PgdSettings], *,
-    batch_size: int, eval_batch_size: int,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    entry: EvaluatedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: Sequence[PgdSettings],
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Curve rows (model, defense, eps, metric, value) and confusion rows of one model over the sweep."""
     labels = y.cpu().numpy()
     p_clean = probabilities(predict_logits(entry.model, x, eval_batch_size))
@@ -158,14 +155,16 @@ def robustness_curve(
         base = {"model": entry.run_id, "defense": entry.defense, "eps": s.eps}
         curves += [{**base, "metric": name, "value": value} for name, value in point.items()]
         matrix = metrics.confusion_matrix(labels, p_adv, entry.threshold)
-        confusion += [{**base, "true_label": t, "predicted_label": p, "count": matrix[t][p]}
-                      for t in (0, 1) for p in (0, 1)]  # fmt: skip
+        confusion += [
+            {**base, "true_label": t, "predicted_label": p, "count": matrix[t][p]} for t in (0, 1) for p in (0, 1)
+        ]
         log.info("model %s, eps %g: robust accuracy %.4f", entry.run_id, s.eps, point["robust_accuracy"])
     return curves, confusion
 
 
-def l1_statistics(entry: EvaluatedModel, x: torch.Tensor, y: torch.Tensor, settings: L1Settings, *,
-                  batch_size: int) -> list[dict[str, Any]]:  # fmt: skip
+def l1_statistics(
+    entry: EvaluatedModel, x: torch.Tensor, y: torch.Tensor, settings: L1Settings, *, batch_size: int
+) -> list[dict[str, Any]]:
     """Success rate and mean L0 / L1 of the best examples of the sparse L1 attack against one model."""
     attack = L1Attack(entry.model, settings, device=x.device, batch_size=batch_size)
     result = attack.run(x.cpu().numpy(), y.cpu().numpy())
@@ -184,9 +183,9 @@ def evaluation_runs(store: RunStore, model_runs: Sequence[Run], *, include_origi
     chosen: dict[str, Run] = {}
     for run in model_runs:
         check_model_run(run)
-        defense = run.manifest.summary.get("defense")
-        if include_original and isinstance(defense, dict) and defense.get("original_model"):
-            original = store.get(str(defense["original_model"]), kind="model")
+        defense = run.summary_as(ModelSummary).defense
+        if include_original and defense is not None:
+            original = store.get(str(defense.original_model), kind="model")
             chosen.setdefault(str(original.id), original)
         chosen.setdefault(str(run.id), run)
     return list(chosen.values())
@@ -197,25 +196,31 @@ def _common_features(store: RunStore, runs: Sequence[Run]) -> Run:
     ids = {str(f.id) for f in features.values()}
     if len(ids) > 1:
         listing = ", ".join(f"{model} ← {f.id}" for model, f in features.items())
-        raise DataError(f"robustness compares models on one test split, but they come from different features runs "
-                        f"({listing}); give models trained on the same features run")  # fmt: skip
+        raise DataError(
+            f"robustness compares models on one test split, but they come from different features runs "
+            f"({listing}); give models trained on the same features run"
+        )
     return next(iter(features.values()))
 
 
 def run_robustness(
-    store: RunStore, model_runs: Sequence[Run], config: Config, *, l1_settings: L1Settings | None = None,
+    store: RunStore,
+    model_runs: Sequence[Run],
+    config: Config,
+    *,
+    l1_settings: L1Settings | None = None,
     progress: Progress | None = None,
-) -> Run:  # fmt: skip
+) -> Run:
     """Fresh PGD (and L1) attacks against every model's final weights; writes a robustness run.
 
     Bad input (negative ε, unknown norm, a run that is not a single model) writes no run.
     """
-    sweep = check_robustness(config)
+    sweep = config.robustness.sweep
     runs = evaluation_runs(store, model_runs, include_original=config.robustness.include_original)
     if not runs:
         raise DataError("robustness needs at least one model run; give --model <id>")
     features_run = _common_features(store, runs)
-    features = load_features(features_run)
+    features = artifacts.load_features(features_run)
     device = resolve_device(config.model.device)
     x, y = _split_tensors(features, config.robustness.split, device)
     settings = [PgdSettings.from_config(config.pgd, attack=config.robustness.attack, eps=e) for e in sweep]
@@ -226,8 +231,9 @@ def run_robustness(
             entry = EvaluatedModel.from_run(run, device=device)
             if progress is not None:
                 progress(f"PGD sweep on {run.id}")
-            c, m = robustness_curve(entry, x, y, settings, batch_size=config.pgd.batch_size,
-                                    eval_batch_size=config.model.eval_batch_size)  # fmt: skip
+            c, m = robustness_curve(
+                entry, x, y, settings, batch_size=config.pgd.batch_size, eval_batch_size=config.model.eval_batch_size
+            )
             curves += c
             confusion += m
             if config.robustness.l1_max_iterations > 0 or l1_settings is not None:
@@ -235,9 +241,10 @@ def run_robustness(
                     progress(f"L1 attack on {run.id}")
                 l1_rows += l1_statistics(entry, x, y, l1, batch_size=config.pgd.batch_size)
         frames = (pd.DataFrame(curves), pd.DataFrame(confusion), _l1_frame(l1_rows))
-        for frame, name in zip(frames, (CURVES_FILE, CONFUSION_FILE, L1_FILE), strict=True):
-            frame.to_parquet(writer.file(name), index=False)
-        writer.summary.update(_summary(frames, runs, features_run, config, settings[0], l1, len(x)))
+        names = (artifacts.ROBUSTNESS_CURVES_FILE, artifacts.CONFUSION_FILE, artifacts.L1_FILE)
+        for frame, name in zip(frames, names, strict=True):
+            artifacts.write_table(writer.file(name), frame)
+        writer.summary = _summary(frames, runs, features_run, config, settings[0], l1, len(x))
     assert writer.committed is not None
     return writer.committed
 
@@ -246,8 +253,10 @@ def _split_tensors(features: FeatureMatrix, split: str, device: torch.device) ->
     idx = features.indices(split)
     counts = np.bincount(features.labels[idx], minlength=2)
     if counts.min() == 0:
-        raise DataError(f"robustness: the {split} split holds {counts[0]} survivals and {counts[1]} deaths; AUROC "
-                        "needs both classes; choose another split or rebuild the features")  # fmt: skip
+        raise DataError(
+            f"robustness: the {split} split holds {counts[0]} survivals and {counts[1]} deaths; AUROC "
+            "needs both classes; choose another split or rebuild the features"
+        )
     x = torch.from_numpy(np.ascontiguousarray(features.values[idx])).to(device)
     return x, torch.from_numpy(features.labels[idx]).to(device)
 
@@ -257,24 +266,48 @@ def _l1_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _summary(
-    frames: tuple[pd.DataFrame, ...], runs: Sequence[Run], features_run: Run, config: Config,
-    settings: PgdSettings, l1: L1Settings, n: int,
-) -> dict[str, Any]:  # fmt: skip
+    frames: tuple[pd.DataFrame, ...],
+    runs: Sequence[Run],
+    features_run: Run,
+    config: Config,
+    settings: PgdSettings,
+    l1: L1Settings,
+    n: int,
+) -> RobustnessSummary:
     curves, _confusion, l1_frame = frames
     table = curves.pivot_table(index=["model", "eps"], columns="metric", values="value").reset_index()
-    models = [{"model": str(r.id), "defense": defense_of(r)} for r in runs]
-    summary = {
-        "models": models,
-        "features_run": str(features_run.id),
-        "split": config.robustness.split,
-        "n": n,
-        "attack": config.robustness.attack,
-        "eps": sorted(set(curves["eps"].tolist())),
-        "pgd": {**attrs.asdict(settings), "eps": None, "step_size": settings.step_size},
-        "table": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-                  for row in table[["model", "eps", *[m for m in CURVE_METRICS if m in table]]].to_dict("records")],
-        "l1": {"settings": attrs.asdict(l1),
-               "by_model": {m: dict(zip(g["metric"], [None if not math.isfinite(v) else v for v in g["value"]],
-                                        strict=True)) for m, g in l1_frame.groupby("model")}},
-    }  # fmt: skip
-    return summary
+    rows = tuple(
+        RobustnessRow(
+            model=next(r.id for r in runs if str(r.id) == row["model"]),
+            eps=float(row["eps"]),
+            **{m: _finite(row[m]) for m in CURVE_METRICS if m in row},
+        )
+        for row in table.to_dict("records")
+    )
+    by_model = {
+        str(m): {str(k): _finite(v) for k, v in zip(g["metric"], g["value"], strict=True)}
+        for m, g in l1_frame.groupby("model")
+    }
+    return RobustnessSummary(
+        models=tuple(ModelEntry(model=r.id, defense=defense_of(r)) for r in runs),
+        features_run=features_run.id,
+        split=config.robustness.split,
+        n=n,
+        attack=config.robustness.attack,
+        eps=tuple(sorted(set(curves["eps"].tolist()))),
+        pgd=PgdRecord(
+            step_size=settings.step_size,
+            iterations=settings.iterations,
+            norm=settings.norm,
+            target=settings.target,
+            random_start=settings.random_start,
+            loss=settings.loss,
+            seed=settings.seed,
+        ),
+        table=rows,
+        l1=L1Record(settings=attrs.asdict(l1), by_model=by_model),
+    )
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None

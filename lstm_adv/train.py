@@ -2,7 +2,8 @@
 
 ``train_model`` is the service (FeatureMatrix in, :class:`TrainedModel` out); ``run_training``
 writes a model run (kind ``model``): ``model.pt`` (state_dict), ``params.json``, ``metrics.json``,
-``history.json``, ``tensorboard/``, and the test metrics with bootstrap intervals in the summary.
+``history.json``, ``tensorboard/``, and the test metrics with bootstrap intervals in its
+:class:`~lstm_adv.results.summaries.ModelSummary`.
 With ``cv=True`` every fold k of train+validation is scored on its own held-out part: fold k is the
 evaluation part, fold (k+1) mod K chooses the early-stopping epoch and the threshold, and the model
 trains on the remaining K−2 folds — so no sample that scores a fold ever influenced its model.
@@ -10,18 +11,15 @@ trains on the remaining K−2 folds — so no sample that scores a fold ever inf
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 import numpy as np
 import pandas as pd
-import torch
 from numpy.typing import NDArray
 
 from lstm_adv import metrics
@@ -30,14 +28,15 @@ from lstm_adv.domain.errors import ConfigError, DataError, LstmAdvError
 from lstm_adv.domain.feature_matrix import SPLITS, FeatureMatrix
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.models import BiLSTM, Hyperparameters
+from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.converter import unstructure
 from lstm_adv.results.store import Run, RunStore, RunWriter
+from lstm_adv.results.summaries import Estimate, ModelSummary
 from lstm_adv.training_loop import (
     EpochCallback,
     EpochRecord,
     SplitTensors,
-    check_training_config,
     fit_model,
     predict_logits,
     probabilities,
@@ -46,10 +45,7 @@ from lstm_adv.training_loop import (
 
 log = logging.getLogger(__name__)
 
-FEATURES_FILE = "features.npz"
-MODEL_FILE = "model.pt"
-PARAMS_FILE = "params.json"
-CURVES_FILE = "curves.parquet"
+#: The test metrics a model run reports (with bootstrap intervals), in reporting order.
 REPORTED = ("auroc", "auprc", "f1", "precision", "recall", "brier")
 
 
@@ -124,21 +120,37 @@ def train_model(
     Imbalance handling (``config.imbalance``) touches training batches only; validation and test are
     scored as they are, at their natural prevalence.
     """
-    check_training_config(config)
     split = split or SplitIndices.holdout(features)
     check_split(features, split, origin="FeatureMatrix")
     device = resolve_device(config.device)
-    tensors = [SplitTensors.from_arrays(features.values[i], features.labels[i], device) for i in
-               (split.train, split.validation, split.evaluation)]  # fmt: skip
+    tensors = [
+        SplitTensors.from_arrays(features.values[i], features.labels[i], device)
+        for i in (split.train, split.validation, split.evaluation)
+    ]
     fit = fit_model(tensors[0], tensors[1], params, config, on_epoch=on_epoch, tensorboard_dir=tensorboard_dir)
-    return assess_model(fit.model, features, split, tensors, history=fit.history, best_epoch=fit.best_epoch,
-                        config=config, device=str(device))  # fmt: skip
+    return assess_model(
+        fit.model,
+        features,
+        split,
+        tensors,
+        history=fit.history,
+        best_epoch=fit.best_epoch,
+        config=config,
+        device=str(device),
+    )
 
 
 def assess_model(
-    model: BiLSTM, features: FeatureMatrix, split: SplitIndices, tensors: Sequence[SplitTensors], *,
-    history: tuple[EpochRecord, ...], best_epoch: int, config: ModelConfig, device: str,
-) -> TrainedModel:  # fmt: skip
+    model: BiLSTM,
+    features: FeatureMatrix,
+    split: SplitIndices,
+    tensors: Sequence[SplitTensors],
+    *,
+    history: tuple[EpochRecord, ...],
+    best_epoch: int,
+    config: ModelConfig,
+    device: str,
+) -> TrainedModel:
     """Choose the threshold (max F1) on validation and evaluate the held-out part once, at natural prevalence.
 
     ``tensors`` are the (train, validation, evaluation) tensors of ``split``; the model is in eval mode.
@@ -154,12 +166,19 @@ def assess_model(
         threshold=threshold,
         validation=evaluate_split(features.labels[split.validation], val_p, threshold, config),
         evaluation=evaluate_split(features.labels[split.evaluation], eval_p, threshold, config),
-        split_sizes={name: int(idx.size) for name, idx in zip(SPLITS, (split.train, split.validation, split.evaluation),
-                                                              strict=True)},
+        split_sizes={
+            name: int(idx.size)
+            for name, idx in zip(SPLITS, (split.train, split.validation, split.evaluation), strict=True)
+        },
         device=device,
-        curves=pd.concat([curve_table("validation", features.labels[split.validation], val_p),
-                          curve_table("test", features.labels[split.evaluation], eval_p)], ignore_index=True),
-    )  # fmt: skip
+        curves=pd.concat(
+            [
+                curve_table("validation", features.labels[split.validation], val_p),
+                curve_table("test", features.labels[split.evaluation], eval_p),
+            ],
+            ignore_index=True,
+        ),
+    )
 
 
 def curve_table(split: str, y: NDArray[np.int64], p: NDArray[np.float64]) -> pd.DataFrame:
@@ -169,10 +188,16 @@ def curve_table(split: str, y: NDArray[np.int64], p: NDArray[np.float64]) -> pd.
         return pd.DataFrame({name: [] for name in columns})
     points = metrics.curve_points(y, p)
     parts = [
-        pd.DataFrame({"curve": curve, "x": points[f"{curve}_x"], "y": points[f"{curve}_y"],
-                      "threshold": points[f"{curve}_threshold"]})
+        pd.DataFrame(
+            {
+                "curve": curve,
+                "x": points[f"{curve}_x"],
+                "y": points[f"{curve}_y"],
+                "threshold": points[f"{curve}_threshold"],
+            }
+        )
         for curve in ("roc", "pr")
-    ]  # fmt: skip
+    ]
     return pd.concat(parts, ignore_index=True).assign(split=split)[columns]
 
 
@@ -211,11 +236,6 @@ def load_params_file(path: Path) -> Hyperparameters:
     return Hyperparameters.from_mapping(data, origin=f"params file {path}")
 
 
-def load_features(run: Run) -> FeatureMatrix:
-    """The FeatureMatrix stored in a features run."""
-    return FeatureMatrix.from_npz(run.file(FEATURES_FILE))
-
-
 def run_training(
     store: RunStore,
     features_run: Run,
@@ -227,17 +247,16 @@ def run_training(
     on_epoch: EpochCallback | None = None,
 ) -> Run:
     """Train (or cross-validate) on a features run and write a model run; bad input writes no run."""
-    features = load_features(features_run)
+    features = artifacts.load_features(features_run)
     origin = f"features run {features_run.id}"
-    check_training_config(config.model)
     splits = _cv_splits(features, origin) if cv else [SplitIndices.holdout(features)]
     for split in splits:
         check_split(features, split, origin=origin)
     oracle = oracle_auroc(store, features_run, features)
     parents = [features_run.id, *extra_parents]
     with store.create("model", parents=parents, config=config_as_dict(config)) as writer:
-        write_json(writer.file(PARAMS_FILE), params.to_dict())
         if cv:
+            artifacts.write_json(writer.file(artifacts.PARAMS_FILE), params.to_dict())
             _write_cv(writer, features, splits, params, config.model, on_epoch)
         else:
             _write_holdout(writer, features, params, config.model, on_epoch, oracle)
@@ -262,32 +281,48 @@ def _write_holdout(
     on_epoch: EpochCallback | None,
     oracle: float | None,
 ) -> None:
-    trained = train_model(features, params, config, on_epoch=on_epoch, tensorboard_dir=writer.path / "tensorboard")
-    torch.save(trained.model.state_dict(), writer.file(MODEL_FILE))
-    write_json(writer.file("history.json"), [unstructure(r) for r in trained.history])
-    trained.curves.to_parquet(writer.file(CURVES_FILE), index=False)
-    write_json(writer.file("metrics.json"), {"validation": unstructure(trained.validation),
-                                             "test": unstructure(trained.evaluation)})  # fmt: skip
-    writer.summary.update(holdout_summary(features, trained, oracle))
+    tensorboard = writer.path / artifacts.TENSORBOARD_DIR
+    trained = train_model(features, params, config, on_epoch=on_epoch, tensorboard_dir=tensorboard)
+    write_trained(writer, trained)
+    writer.summary = holdout_summary(features, trained, oracle)
 
 
-def holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: float | None) -> dict[str, Any]:
+def write_trained(writer: RunWriter, trained: TrainedModel) -> None:
+    """The files of a holdout model run: weights, hyperparameters, history, curves and metrics."""
+    artifacts.save_model(writer.path, trained.model)
+    artifacts.write_json(writer.file(artifacts.HISTORY_FILE), [unstructure(r) for r in trained.history])
+    artifacts.write_table(writer.file(artifacts.MODEL_CURVES_FILE), trained.curves)
+    artifacts.write_json(
+        writer.file(artifacts.METRICS_FILE),
+        {"validation": unstructure(trained.validation), "test": unstructure(trained.evaluation)},
+    )
+
+
+def holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: float | None) -> ModelSummary:
+    """The summary of a holdout model run: test metrics with intervals, threshold, sizes, prevalences."""
     test = trained.evaluation
-    summary: dict[str, Any] = jsonable({
-        "cv": False,
-        "test": {name: unstructure(getattr(test, name)) for name in REPORTED},
-        "confusion_matrix": test.confusion_matrix,
-        "threshold": trained.threshold,
-        "best_epoch": trained.best_epoch,
-        "epochs_run": len(trained.history),
-        "seconds_per_epoch": float(np.mean([r.seconds for r in trained.history])),
-        "n": trained.split_sizes,
-        "prevalence": {name: float(features.labels[features.indices(name)].mean()) for name in SPLITS},
-        "oracle_test_auroc": oracle,
-        "confidence": test.confidence,
-        "device": trained.device,
-    })  # fmt: skip
-    return summary
+    return ModelSummary(
+        cv=False,
+        test={name: _estimate(getattr(test, name)) for name in REPORTED},
+        confusion_matrix=test.confusion_matrix,
+        threshold=trained.threshold,
+        best_epoch=trained.best_epoch,
+        epochs_run=len(trained.history),
+        seconds_per_epoch=float(np.mean([r.seconds for r in trained.history])),
+        n=trained.split_sizes,
+        prevalence={name: float(features.labels[features.indices(name)].mean()) for name in SPLITS},
+        oracle_test_auroc=oracle,
+        confidence=test.confidence,
+        device=trained.device,
+    )
+
+
+def _estimate(interval: metrics.Interval) -> Estimate:
+    return Estimate(*(_finite(getattr(interval, part)) for part in ("value", "low", "high")))
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _write_cv(
@@ -300,82 +335,46 @@ def _write_cv(
 ) -> None:
     folds = []
     for k, split in enumerate(splits):
-        trained = train_model(features, params, config, split=split, on_epoch=on_epoch,
-                              tensorboard_dir=writer.path / "tensorboard" / f"fold_{k}")  # fmt: skip
-        torch.save(trained.model.state_dict(), writer.file(f"folds/{k}/{MODEL_FILE}"))
-        folds.append({"fold": k, "best_epoch": trained.best_epoch, "threshold": trained.threshold,
-                      "n": trained.split_sizes, "evaluation": unstructure(trained.evaluation),
-                      "history": [unstructure(r) for r in trained.history]})  # fmt: skip
-    write_json(writer.file("metrics.json"), {"folds": folds})
-    values = {name: np.array([f["evaluation"][name]["value"] for f in folds]) for name in REPORTED}
-    writer.summary.update(jsonable({
-        "cv": True,
-        "n_folds": len(folds),
-        "folds": {name: v.tolist() for name, v in values.items()},
-        "mean": {name: float(v.mean()) for name, v in values.items()},
-        "sd": {name: float(v.std(ddof=1)) for name, v in values.items()},
-    }))  # fmt: skip
+        trained = train_model(
+            features,
+            params,
+            config,
+            split=split,
+            on_epoch=on_epoch,
+            tensorboard_dir=writer.path / artifacts.TENSORBOARD_DIR / f"fold_{k}",
+        )
+        artifacts.save_model(writer.path / artifacts.FOLDS_DIR / str(k), trained.model)
+        folds.append(
+            {
+                "fold": k,
+                "best_epoch": trained.best_epoch,
+                "threshold": trained.threshold,
+                "n": trained.split_sizes,
+                "evaluation": unstructure(trained.evaluation),
+                "history": [unstructure(r) for r in trained.history],
+            }
+        )
+    artifacts.write_json(writer.file(artifacts.METRICS_FILE), {"folds": folds})
+    values = {name: np.array([f["evaluation"][name]["value"] for f in folds], dtype=np.float64) for name in REPORTED}
+    writer.summary = ModelSummary(
+        cv=True,
+        n_folds=len(folds),
+        folds={name: tuple(_finite(x) for x in v) for name, v in values.items()},
+        mean={name: _finite(float(v.mean())) for name, v in values.items()},
+        sd={name: _finite(float(v.std(ddof=1))) for name, v in values.items()},
+    )
 
 
 def oracle_auroc(store: RunStore, features_run: Run, features: FeatureMatrix) -> float | None:
     """On synthetic data, the generator's AUROC (true death probabilities) on the same test split, else ``None``."""
-    from lstm_adv import synth
-
-    queries = [run for run in _ancestors(store, features_run) if run.kind == "query"]
-    synth_run = synth.find_synth_run(store, queries[0]) if queries else None
+    queries = [run for run in store.lineage(features_run) if run.kind == "query"]
+    synth_run = artifacts.find_synth_run(store, queries[0]) if queries else None
     if synth_run is None:
         return None
     test = features.indices("test")
     try:
-        return synth.oracle_auroc(synth.load_truth(synth_run), features.hadm_ids[test], features.labels[test])
+        truth = artifacts.load_truth(synth_run)
+        return metrics.oracle_auroc(truth, features.hadm_ids[test], features.labels[test])
     except LstmAdvError as exc:  # a mismatched synth run must not cost the trained model
         log.warning("no oracle AUROC from synth run %s: %s", synth_run.id, exc)
         return None
-
-
-def _ancestors(store: RunStore, run: Run) -> list[Run]:
-    found: dict[RunId, Run] = {}
-    queue = [run]
-    while queue:
-        for parent_id in queue.pop().manifest.parents:
-            if parent_id not in found:
-                with contextlib.suppress(LstmAdvError):
-                    found[parent_id] = store.get(str(parent_id))
-                    queue.append(found[parent_id])
-    return [*found.values()]
-
-
-def load_model(folder: Path, *, device: str | torch.device = "cpu") -> BiLSTM:
-    """A trained BiLSTM from a folder holding ``params.json`` and ``model.pt`` (a model run or a tuning trial)."""
-    params_path, weights_path = folder / PARAMS_FILE, folder / MODEL_FILE
-    if not params_path.is_file() or not weights_path.is_file():
-        raise DataError(f"{folder} holds no trained model ({PARAMS_FILE} and {MODEL_FILE}); train one first")
-    params = Hyperparameters.from_mapping(json.loads(params_path.read_text(encoding="utf-8")), origin=str(params_path))
-    model = BiLSTM(params)
-    model.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
-    return model.to(device).eval()
-
-
-def load_trained_model(run: Run, *, device: str | torch.device = "cpu") -> BiLSTM:
-    """The BiLSTM of a model run (not a cross-validation run: those hold one model per fold)."""
-    if run.manifest.summary.get("cv"):
-        raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
-    return load_model(run.path, device=device)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """JSON with non-finite numbers as null."""
-    path.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False), encoding="utf-8")
-
-
-def jsonable(data: Any) -> Any:
-    """``data`` with NaN/inf floats replaced by ``None`` and tuples/arrays as lists."""
-    if isinstance(data, float):
-        return data if np.isfinite(data) else None
-    if isinstance(data, Mapping):
-        return {str(k): jsonable(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [jsonable(v) for v in data]
-    if isinstance(data, np.generic):
-        return jsonable(data.item())
-    return data

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from lstm_adv import metrics
-from lstm_adv.config import ModelConfig
+from lstm_adv.config import DEVICES, ModelConfig
 from lstm_adv.domain.errors import ConfigError
 from lstm_adv.models import BiLSTM, Hyperparameters
 
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 
 # (inputs, labels, row indices into the split) → the inputs to train on. Shape: (B, 48, 19).
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-IMBALANCE = ("weighted_sampling", "class_weighted_loss", "none")
-MONITORS = ("auroc", "loss")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @attrs.frozen
@@ -82,20 +78,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def check_training_config(config: ModelConfig) -> None:
-    """Reject unknown imbalance / monitor settings and impossible numbers before any run is written."""
-    if config.imbalance not in IMBALANCE:
-        raise ConfigError(f"model.imbalance must be one of {', '.join(IMBALANCE)}; got {config.imbalance!r}")
-    if config.monitor not in MONITORS:
-        raise ConfigError(f"model.monitor must be one of {', '.join(MONITORS)}; got {config.monitor!r}")
-    for name in ("max_epochs", "patience", "eval_batch_size", "calibration_bins"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"model.{name} must be >= 1; got {getattr(config, name)!r}")
-    if config.bootstrap_samples < 0 or not 0.0 < config.confidence < 1.0:
-        raise ConfigError("model.bootstrap_samples must be >= 0 and model.confidence in (0, 1)")
-    resolve_device(config.device)
 
 
 def build_optimizer(params: Hyperparameters, model: nn.Module) -> torch.optim.Optimizer:
@@ -217,8 +199,15 @@ def _run_epoch(
     epoch: int,
 ) -> EpochRecord:
     started = time.perf_counter()
-    train_loss = train_epoch(state.model, state.optimizer, state.criterion, train, params.batch_size,
-                             order=epoch_order(train.y, config.imbalance, generator), clip=config.grad_clip_norm)
+    train_loss = train_epoch(
+        state.model,
+        state.optimizer,
+        state.criterion,
+        train,
+        params.batch_size,
+        order=epoch_order(train.y, config.imbalance, generator),
+        clip=config.grad_clip_norm,
+    )
     val_loss, val_auroc = validation_scores(state.model, validation, config.eval_batch_size)
     return EpochRecord(epoch, train_loss, val_loss, val_auroc, seconds=time.perf_counter() - started)
 
@@ -278,8 +267,12 @@ def _summary_writer(folder: Path | None) -> Any:
 def _log_epoch(writer: Any, record: EpochRecord) -> None:
     log.info(
         "epoch %d: train loss %.4f, validation loss %.4f, validation AUROC %.4f (%.1f s)",
-        record.epoch, record.train_loss, record.val_loss, record.val_auroc, record.seconds,
-    )  # fmt: skip
+        record.epoch,
+        record.train_loss,
+        record.val_loss,
+        record.val_auroc,
+        record.seconds,
+    )
     if writer is None:
         return
     writer.add_scalar("loss/train", record.train_loss, record.epoch)

@@ -12,8 +12,9 @@ class TinyLSTM(nn.Module):
     def __init__(self, *, hidden: int = 8, layers: int = 1, dropout: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.lstm = nn.LSTM(19, hidden, num_layers=layers, batch_first=True, bidirectional=True,
-                            dropout=dropout if layers > 1 else 0.0)  # fmt: skip
+        self.lstm = nn.LSTM(
+            19, hidden, num_layers=layers, batch_first=True, bidirectional=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * hidden, 2)
         self.modes_seen: list[bool] = []

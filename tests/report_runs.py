@@ -20,14 +20,23 @@ from lstm_adv.models import Hyperparameters
 from lstm_adv.preprocess import run_preprocess
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
+from lstm_adv.results.summaries import FeaturesSummary
 from lstm_adv.train import run_training
 from tests.strategies import analysis_attack_result
+from tests.summaries import attack_summary, tune_attack_summary
 from tests.test_reports import make_query_run
 
 PARAMS = Hyperparameters(
-    hidden_size=8, num_layers=1, lstm_activation="tanh", dropout=0.0, fc_size=8,
-    fc_activation="relu", optimizer="adam", learning_rate=0.02, batch_size=16,
-)  # fmt: skip
+    hidden_size=8,
+    num_layers=1,
+    lstm_activation="tanh",
+    dropout=0.0,
+    fc_size=8,
+    fc_activation="relu",
+    optimizer="adam",
+    learning_rate=0.02,
+    batch_size=16,
+)
 FAST = ModelConfig(max_epochs=2, patience=2, device="cpu", bootstrap_samples=50)
 
 
@@ -64,18 +73,17 @@ def make_full_pipeline(home: Path) -> Pipeline:
     base = make_model_pipeline(home)
     store = base.store
     with store.create("tune-attack", parents=[base.model.id]) as writer:
-        writer.summary.update(model_run=str(base.model.id), best={"lam": 0.01})
+        writer.summary = tune_attack_summary(model_run=base.model.id, features_run=base.features.id)
     assert writer.committed is not None
-    n = int(base.features.manifest.summary["shape"][0])
+    n = base.features.summary_as(FeaturesSummary).shape[0]
     result = analysis_attack_result(11, n)
     with store.create("attack", parents=[writer.committed.id]) as attack_writer:
         result.to_npz(attack_writer.file("results.npz"))
         params = {"method": "fista", "kappa": 0.0, "lam": 0.01, "step_size": 0.05, "max_iterations": result.iterations}
         attack_writer.file("params.json").write_text(json.dumps(params), encoding="utf-8")
-        attack_writer.summary.update(
-            model_run=str(base.model.id), features_run=str(base.features.id), split="all", n_samples=result.n,
-            n_attacked=int(result.attacked.sum()), success_rate=result.success_rate,
-        )  # fmt: skip
+        attack_writer.summary = attack_summary(
+            result, features_run=base.features.id, model_run=base.model.id, tuned=writer.committed.id, split="all"
+        )
     attack = attack_writer.committed
     assert attack is not None
     analysis = run_analysis(store, str(attack.id), load_config(overrides={"analysis.figure_dpi": 60}))
@@ -90,6 +98,6 @@ def without_curves(pipeline: Pipeline) -> Run:
             if path.name not in ("manifest.json", "curves.parquet"):
                 target = writer.path / path.name
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
-        writer.summary.update(model.manifest.summary)
+        writer.summary = model.manifest.summary
     assert writer.committed is not None
     return writer.committed

@@ -21,8 +21,12 @@ run_times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200
 run_tokens = st.text(alphabet="0123456789abcdef", min_size=4, max_size=4)
 run_ids = st.builds(RunId, kind=run_kinds, created=run_times, token=run_tokens)
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20) | st.floats(
-    allow_nan=False, allow_infinity=False
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False)
 )
 json_values: st.SearchStrategy[Any] = st.recursive(
     json_scalars,
@@ -37,6 +41,8 @@ json_objects = st.dictionaries(st.text(min_size=1, max_size=12), json_values, ma
 
 def _strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     origin = typing.get_origin(tp)
+    if tp is RunId:
+        return run_ids
     if attrs.has(tp):
         return attrs_instances(tp)
     if origin is typing.Literal:
@@ -48,6 +54,11 @@ def _strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.lists(_strategy_for(item), max_size=3).map(origin)
     if origin in (typing.Union, types.UnionType):
         return st.one_of([_strategy_for(a) for a in typing.get_args(tp)])
+    if origin is dict:
+        key, value = typing.get_args(tp)
+        return st.dictionaries(_strategy_for(key), _strategy_for(value), max_size=3)
+    if tp is typing.Any:
+        return json_values
     simple: dict[Any, st.SearchStrategy[Any]] = {
         int: st.integers(0, 10**6),
         float: st.floats(0, 1e6, allow_nan=False),
@@ -59,17 +70,24 @@ def _strategy_for(tp: Any) -> st.SearchStrategy[Any]:
 
 
 def attrs_instances(cls: type[Any]) -> st.SearchStrategy[Any]:
-    """Instances of an attrs config class with every field drawn from its annotated type.
+    """Instances of an attrs class with every field drawn from its annotated type (or its default).
 
-    Classes whose validators reject a draw are filtered (configs with cross-field rules)."""
+    A draw the validators reject becomes the class's default instance where every field has a
+    default (config sections have cross-field rules), and is filtered out otherwise."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: _strategy_for(hints[f.name]) for f in attrs.fields(cls)}
+    fields = {
+        f.name: _strategy_for(hints[f.name])
+        if f.default is attrs.NOTHING
+        else st.just(f.default) | _strategy_for(hints[f.name])
+        for f in attrs.fields(cls)
+    }
+    has_defaults = all(f.default is not attrs.NOTHING for f in attrs.fields(cls))
 
     def build(values: dict[str, Any]) -> Any:
         try:
             return cls(**values)
         except (ValueError, TypeError):
-            return None
+            return cls() if has_defaults else None
 
     return st.fixed_dictionaries(fields).map(build).filter(lambda v: v is not None)
 
@@ -77,9 +95,26 @@ def attrs_instances(cls: type[Any]) -> st.SearchStrategy[Any]:
 # --- preprocess: synthetic query-run tables and feature matrices ----------------------------------
 
 PREPROCESS_NAMES = (
-    "potassium", "calcium", "ph", "pco2", "lactate", "albumin", "bun", "creatinine", "sodium", "bicarbonate",
-    "platelet", "glucose", "magnesium", "heartrate", "sysbp", "diasbp", "tempc", "resprate", "spo2",
-)  # fmt: skip
+    "potassium",
+    "calcium",
+    "ph",
+    "pco2",
+    "lactate",
+    "albumin",
+    "bun",
+    "creatinine",
+    "sodium",
+    "bicarbonate",
+    "platelet",
+    "glucose",
+    "magnesium",
+    "heartrate",
+    "sysbp",
+    "diasbp",
+    "tempc",
+    "resprate",
+    "spo2",
+)
 _TABLE_OF = {name: ("bloodgas" if i < 5 else "labs" if i < 13 else "vitals") for i, name in enumerate(PREPROCESS_NAMES)}
 
 
@@ -96,13 +131,15 @@ def make_query_tables(seed: int, n_admissions: int, n_subjects: int) -> tuple[An
     n_subjects = min(n_subjects, n_admissions)
     subject = np.r_[np.arange(n_subjects), rng.integers(0, n_subjects, n_admissions - n_subjects)] + 1000
     base = np.datetime64("2150-01-01T00:00") + rng.integers(0, 10**6, n_admissions).astype("timedelta64[m]")
-    admissions = pd.DataFrame({
-        "subject_id": subject.astype(np.int64),
-        "hadm_id": rng.permutation(n_admissions).astype(np.int64) + 100_000,
-        "window_start": base.astype("datetime64[ns]"),
-        "first_icustay_id": np.arange(n_admissions, dtype=np.int64) + 200_000,
-        "label": rng.integers(0, 2, n_admissions).astype(np.int64),
-    })
+    admissions = pd.DataFrame(
+        {
+            "subject_id": subject.astype(np.int64),
+            "hadm_id": rng.permutation(n_admissions).astype(np.int64) + 100_000,
+            "window_start": base.astype("datetime64[ns]"),
+            "first_icustay_id": np.arange(n_admissions, dtype=np.int64) + 200_000,
+            "label": rng.integers(0, 2, n_admissions).astype(np.int64),
+        }
+    )
     per_series = rng.poisson(2.0, size=(n_admissions, 19)) * (rng.random((n_admissions, 19)) < 0.85)
     adm = np.repeat(np.repeat(np.arange(n_admissions), 19), per_series.ravel())
     feature = np.repeat(np.tile(np.arange(19), n_admissions), per_series.ravel())
@@ -112,12 +149,14 @@ def make_query_tables(seed: int, n_admissions: int, n_subjects: int) -> tuple[An
     feature = np.r_[feature, rng.integers(0, 19, 2 * passing.size)]
     minutes = np.r_[minutes, rng.integers(0, 4 * 60, passing.size), rng.integers(46 * 60, 48 * 60, passing.size)]
     values = np.round(rng.normal(50.0, 20.0, adm.size), 1)
-    long = pd.DataFrame({
-        "hadm_id": admissions["hadm_id"].to_numpy()[adm],
-        "charttime": admissions["window_start"].to_numpy()[adm] + minutes.astype("timedelta64[m]"),
-        "feature": np.array(PREPROCESS_NAMES, dtype=object)[feature],
-        "value": values,
-    })
+    long = pd.DataFrame(
+        {
+            "hadm_id": admissions["hadm_id"].to_numpy()[adm],
+            "charttime": admissions["window_start"].to_numpy()[adm] + minutes.astype("timedelta64[m]"),
+            "feature": np.array(PREPROCESS_NAMES, dtype=object)[feature],
+            "value": values,
+        }
+    )
     table = long["feature"].map(_TABLE_OF)
     tables = {name: long[table == name].reset_index(drop=True) for name in ("vitals", "labs", "bloodgas")}
     return admissions, tables
@@ -211,9 +250,7 @@ def perturbation_deltas(draw: st.DrawFn) -> Any:
     import numpy as np
     from hypothesis.extra import numpy as hnp
 
-    return draw(
-        hnp.arrays(np.float32, (48, 19), elements=st.floats(-1, 1, width=32), fill=st.just(np.float32(0.0)))
-    )
+    return draw(hnp.arrays(np.float32, (48, 19), elements=st.floats(-1, 1, width=32), fill=st.just(np.float32(0.0))))
 
 
 @st.composite
@@ -252,8 +289,9 @@ def attack_batch_results(draw: st.DrawFn) -> Any:
     iterations = draw(st.integers(1, 50))
     attacked = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     found = attacked & np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
-    before = np.array(draw(st.lists(st.sampled_from([[1.5, -0.5], [-2.0, 0.25]]), min_size=n, max_size=n)),
-                      dtype=np.float32)  # fmt: skip
+    before = np.array(
+        draw(st.lists(st.sampled_from([[1.5, -0.5], [-2.0, 0.25]]), min_size=n, max_size=n)), dtype=np.float32
+    )
     after = np.where(found[:, None], before[:, ::-1], 0).astype(np.float32)
     first_it = np.where(found, draw(st.integers(1, iterations)), 0).astype(np.int64)
     best_it = np.where(found, iterations, 0).astype(np.int64)
@@ -262,10 +300,16 @@ def attack_batch_results(draw: st.DrawFn) -> Any:
         iterations,
         sample_index=np.array(draw(st.lists(st.integers(0, 10**6), min_size=n, max_size=n)), dtype=np.int64),
         label=np.array(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)), dtype=np.int64),
-        logits_before=before, attacked=attacked, found=found,
-        first_iteration=first_it, first_delta=delta.astype(np.float32), first_logits=after,
-        best_iteration=best_it, best_delta=(delta / 2).astype(np.float32), best_logits=after,
-    )  # fmt: skip
+        logits_before=before,
+        attacked=attacked,
+        found=found,
+        first_iteration=first_it,
+        first_delta=delta.astype(np.float32),
+        first_logits=after,
+        best_iteration=best_it,
+        best_delta=(delta / 2).astype(np.float32),
+        best_logits=after,
+    )
 
 
 # --- synthetic cohort (oracle AUROC) ----------------------------------------------------------------
@@ -322,12 +366,19 @@ def analysis_attack_result(seed: int, n: int, *, density: float = 0.05, budget: 
     first_it = np.where(found, rng.integers(1, budget // 2 + 1, n), 0).astype(np.int64)
     after = np.where(found[:, None], before[:, ::-1], 0.0).astype(np.float32)
     return AttackBatchResult(
-        budget, sample_index=np.arange(n, dtype=np.int64), label=predicted.astype(np.int64),
-        logits_before=before, attacked=attacked, found=found,
-        first_iteration=first_it, first_delta=first, first_logits=after,
+        budget,
+        sample_index=np.arange(n, dtype=np.int64),
+        label=predicted.astype(np.int64),
+        logits_before=before,
+        attacked=attacked,
+        found=found,
+        first_iteration=first_it,
+        first_delta=first,
+        first_logits=after,
         best_iteration=np.where(found, first_it + rng.integers(0, budget // 2, n), 0).astype(np.int64),
-        best_delta=(first * rng.uniform(0.2, 1.0, (n, 1, 1))).astype(np.float32), best_logits=after,
-    )  # fmt: skip
+        best_delta=(first * rng.uniform(0.2, 1.0, (n, 1, 1))).astype(np.float32),
+        best_logits=after,
+    )
 
 
 analysis_attack_results = st.builds(analysis_attack_result, seed=st.integers(0, 2**32 - 1), n=st.integers(2, 12))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import attrs
 import numpy as np
@@ -31,6 +30,7 @@ from lstm_adv.figures import feature_ranking, heatmaps, save_figure, write_figur
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from tests.strategies import analysis_attack_result, analysis_attack_results, analysis_deltas, tiny_feature_matrix
+from tests.summaries import attack_summary
 
 runner = CliRunner(env={"COLUMNS": "200"})
 N_SAMPLES = 60
@@ -135,8 +135,10 @@ def test_groups_split_successes_by_predicted_class_and_first_or_best(result: Att
     """0to1 holds successes predicted 0 at δ = 0, 1to0 those predicted 1; first and best take their own δ."""
     groups = {(g.which, g.direction): g for g in split_groups(result)}
     assert list(groups) == [("first", "0to1"), ("first", "1to0"), ("best", "0to1"), ("best", "1to0")]
-    for which, deltas, iterations in (("first", result.first_delta, result.first_iteration),
-                                      ("best", result.best_delta, result.best_iteration)):  # fmt: skip
+    for which, deltas, iterations in (
+        ("first", result.first_delta, result.first_iteration),
+        ("best", result.best_delta, result.best_iteration),
+    ):
         for direction, predicted in (("0to1", 0), ("1to0", 1)):
             rows = [k for k in range(result.n) if result.found[k] and np.argmax(result.logits_before[k]) == predicted]
             group = groups[which, direction]
@@ -204,15 +206,18 @@ def _features_matrix() -> FeatureMatrix:
     return attrs.evolve(matrix, scaling=_scaling(np.arange(1.0, 20.0)))
 
 
-def make_runs(store: RunStore, result: AttackBatchResult, *, summary: dict[str, Any] | None = None) -> tuple[Run, Run]:
-    """A features run and an attack run (whose parent is the features run here; the tuning run is not needed)."""
+def make_runs(store: RunStore, result: AttackBatchResult, *, summary: bool = True) -> tuple[Run, Run]:
+    """A features run and an attack run (whose parent is the features run here; the tuning run is not needed).
+
+    ``summary`` false: the attack run records no summary (as if written by another tool)."""
     with store.create("features") as writer:
         _features_matrix().to_npz(writer.file("features.npz"))
     features = writer.committed
     assert features is not None
     with store.create("attack", parents=[features.id]) as writer:
         result.to_npz(writer.file("results.npz"))
-        writer.summary.update({"features_run": str(features.id), "split": "test"} if summary is None else summary)
+        if summary:
+            writer.summary = attack_summary(result, features_run=features.id, model_run=features.id)
     assert writer.committed is not None
     return features, writer.committed
 
@@ -234,10 +239,18 @@ def test_analysis_run_writes_every_table_and_figure(analysed: tuple[RunStore, Ru
     assert run.manifest.parents == (attack.id,)
     for name in TABLES:
         assert not pd.read_parquet(run.file(f"{name}.parquet")).empty
-    figures = run.manifest.summary["figures"]
+    figures = run.manifest.summary.figures
     stems = {Path(name).stem for name in figures}
-    assert {"l0_histogram", "l1_histogram", "discovery", "heatmap_gpp_best", "heatmap_gmp_best",
-            "feature_ranking_best", "heatmap_gpp_first", "feature_ranking_first"} <= stems  # fmt: skip
+    assert {
+        "l0_histogram",
+        "l1_histogram",
+        "discovery",
+        "heatmap_gpp_best",
+        "heatmap_gmp_best",
+        "feature_ranking_best",
+        "heatmap_gpp_first",
+        "feature_ranking_first",
+    } <= stems
     for stem in stems:
         png, svg = run.file(f"figures/{stem}.png").read_bytes(), run.file(f"figures/{stem}.svg").read_bytes()
         assert png.startswith(b"\x89PNG")
@@ -274,16 +287,16 @@ def test_analysis_summary_names_counts_and_top_features(analysed: tuple[RunStore
     """The summary has counts per direction, the success rate, mean L0/L1 and the top-5 features per group."""
     _, attack, run, result = analysed
     summary = run.manifest.summary
-    assert summary["attack_run"] == str(attack.id)
-    assert summary["n_successful"] == int(result.found.sum())
-    assert summary["success_rate"] == pytest.approx(result.success_rate)
+    assert summary.attack_run == attack.id
+    assert summary.n_successful == int(result.found.sum())
+    assert summary.success_rate == pytest.approx(result.success_rate)
     found_0 = int((result.found & (result.predicted == 0)).sum())
-    assert summary["directions"]["0to1"]["successful"] == found_0
-    assert summary["mean_l0"]["best"]["all"] == pytest.approx(result.l0("best")[result.found].mean())
+    assert summary.directions["0to1"].successful == found_0
+    assert summary.mean_l0["best"]["all"] == pytest.approx(result.l0("best")[result.found].mean())
     features = pd.read_parquet(run.file("features.parquet"))
     best = features[(features["which"] == "best") & (features["direction"] == "1to0")].sort_values("rank")
-    assert summary["top_features"]["best"]["1to0"] == best["feature"].head(5).tolist()
-    assert len(summary["top_hours"]["first"]["0to1"]) == 5
+    assert summary.top_features["best"]["1to0"] == tuple(best["feature"].head(5).tolist())
+    assert len(summary.top_hours["first"]["0to1"]) == 5
 
 
 def test_figures_are_deterministic(tmp_path: Path) -> None:
@@ -303,7 +316,7 @@ def test_figures_cope_with_a_direction_without_successes(tmp_path: Path) -> None
     result = attrs.evolve(result, found=found, **_zero_unfound(result, found))
     tables = analyse_attack(result, _scaling(np.ones(19)))
     assert set(tables.cells["direction"]) == {"0to1"}
-    names = write_figures(tables, tmp_path / "figures", AnalysisConfig(figure_dpi=30))
+    names = write_figures(tables.as_dict(), tmp_path / "figures", AnalysisConfig(figure_dpi=30))
     assert len(names) == 2 * 11
     assert all((tmp_path / name).stat().st_size > 0 for name in names)
 
@@ -348,12 +361,11 @@ def test_attack_without_successes_is_refused_and_writes_no_run(tmp_path: Path) -
 def test_attack_without_features_run_is_refused(tmp_path: Path) -> None:
     """An attack whose summary does not name its features run cannot be put in clinical units."""
     store = RunStore(tmp_path / "runs")
-    _, attack = make_runs(store, analysis_attack_result(2, N_SAMPLES), summary={"split": "test"})
+    _, attack = make_runs(store, analysis_attack_result(2, N_SAMPLES), summary=False)
     with pytest.raises(DataError) as info:
         run_analysis(store, str(attack.id), load_config())
     assert str(info.value) == (
-        f"attack run {attack.id} does not name its features run (summary key 'features_run'); "
-        "re-run `lstm-adv attack`"
+        f"attack run {attack.id} does not name its features run (it has no attack summary); re-run `lstm-adv attack`"
     )
 
 
@@ -372,10 +384,10 @@ def test_attack_of_another_feature_matrix_is_refused(tmp_path: Path) -> None:
 
 
 def test_bad_top_k_is_a_config_error(tmp_path: Path) -> None:
-    """analysis.top_k below 1 is refused before anything is read."""
+    """analysis.top_k below 1 is refused when the configuration is loaded, before anything is read."""
     with pytest.raises(ConfigError) as info:
-        run_analysis(RunStore(tmp_path / "runs"), None, load_config(overrides={"analysis.top_k": 0}))
-    assert str(info.value) == "analysis.top_k must be at least 1, got 0; set it in [analysis] of --config"
+        load_config(overrides={"analysis.top_k": 0})
+    assert str(info.value) == "analysis.top_k must be an integer ≥ 1, got 0"
 
 
 # --- command line ---------------------------------------------------------------------------------------
@@ -392,7 +404,7 @@ def test_cli_analyze_prints_the_run_id_and_runs_show_renders_it(
     assert result.exit_code == 0, result.output
     (run,) = store.list("analysis")
     assert str(run.id) in result.output
-    assert len(run.manifest.summary["top_features"]["best"]["0to1"]) == 3
+    assert len(run.manifest.summary.top_features["best"]["0to1"]) == 3
     shown = runner.invoke(app, ["--home", str(tmp_path), "runs", "show", str(run.id)])
     assert shown.exit_code == 0, shown.output
     assert "0→1" in shown.output

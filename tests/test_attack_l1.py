@@ -28,7 +28,6 @@ MODEL = TinyLSTM(seed=1).eval()
 MLP64 = TinyMLP(seed=1).eval()
 
 
-
 def _inputs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.random((n, 48, 19), dtype=np.float32), rng.integers(0, 2, n).astype(np.int64)
@@ -60,8 +59,12 @@ def test_prox_is_the_minimizer_of_the_penalized_box_problem(
     """prox_l1_box(u) minimizes ½(d − u)² + t·|d| over d ∈ [−low, high] (checked by brute force on a grid)."""
     grid = np.linspace(-low, high, 200_001)
     brute = grid[np.argmin(0.5 * (grid - u) ** 2 + threshold * np.abs(grid))]
-    got = prox_l1_box(torch.tensor([u], dtype=torch.float64), threshold,
-                      torch.tensor([-low], dtype=torch.float64), torch.tensor([high], dtype=torch.float64))  # fmt: skip
+    got = prox_l1_box(
+        torch.tensor([u], dtype=torch.float64),
+        threshold,
+        torch.tensor([-low], dtype=torch.float64),
+        torch.tensor([high], dtype=torch.float64),
+    )
     assert float(got[0]) == pytest.approx(brute, abs=2 * (low + high) / 200_000 + 1e-12)
 
 
@@ -73,8 +76,12 @@ def test_prox_equals_soft_threshold_then_projection(seed: int, threshold: float)
     expected = np.clip(np.sign(u) * np.maximum(np.abs(u) - threshold, 0), -x, 1 - x)
     got = prox_l1_box(torch.from_numpy(u), threshold, torch.from_numpy(-x), torch.from_numpy(1 - x))
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-15)
-    np.testing.assert_allclose(soft_threshold(torch.from_numpy(u), threshold).numpy(),
-                               np.sign(u) * np.maximum(np.abs(u) - threshold, 0), rtol=0, atol=1e-15)  # fmt: skip
+    np.testing.assert_allclose(
+        soft_threshold(torch.from_numpy(u), threshold).numpy(),
+        np.sign(u) * np.maximum(np.abs(u) - threshold, 0),
+        rtol=0,
+        atol=1e-15,
+    )
 
 
 # --- oracle: a batch equals each sample alone ---------------------------------------------------------
@@ -85,9 +92,11 @@ def _batched_and_alone(
 ) -> tuple[AttackBatchResult, AttackBatchResult]:
     batched = L1Attack(model, settings, batch_size=batch_size, include_misclassified=True).run(x, y)
     alone = AttackBatchResult.concatenate(
-        [L1Attack(model, settings, batch_size=1, include_misclassified=True).run(x[i : i + 1], y[i : i + 1])
-         for i in range(len(x))]
-    )  # fmt: skip
+        [
+            L1Attack(model, settings, batch_size=1, include_misclassified=True).run(x[i : i + 1], y[i : i + 1])
+            for i in range(len(x))
+        ]
+    )
     return batched, alone
 
 
@@ -161,6 +170,7 @@ def test_every_point_evaluated_stays_in_the_box_and_masked_cells_never_change(
     model = _Recording(MODEL)
     result = L1Attack(model, SETTINGS[method], mask=mask, include_misclassified=True).run(x, y)
     xt = torch.from_numpy(x)
+    assert model.inputs  # the model saw every iterate
     for seen in model.inputs:
         assert bool(((seen >= 0) & (seen <= 1)).all())
         assert torch.equal(seen[:, ~torch.from_numpy(mask)], xt[:, ~torch.from_numpy(mask)])
@@ -242,7 +252,7 @@ def test_step_size_must_be_positive_and_lambda_non_negative() -> None:
     """A zero step or a negative λ is refused with the rule and the value."""
     with pytest.raises(ConfigError) as info:
         L1Settings(step_size=0.0)
-    assert str(info.value) == "L1Settings.step_size must be finite and > 0.0, got 0.0"
+    assert str(info.value) == "L1Settings.step_size must be finite and > 0, got 0.0"
     with pytest.raises(ConfigError) as info:
         L1Settings(lam=-1.0)
-    assert str(info.value) == "L1Settings.lam must be finite and ≥ 0.0, got -1.0"
+    assert str(info.value) == "L1Settings.lam must be finite and ≥ 0, got -1.0"

@@ -19,7 +19,6 @@ MODEL = TinyLSTM(seed=1).eval()
 norms = st.sampled_from(("linf", "l2"))
 
 
-
 def _inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     return torch.from_numpy(rng.random((n, 48, 19), dtype=np.float32)), torch.from_numpy(rng.integers(0, 2, n))
@@ -36,8 +35,13 @@ def test_zero_budget_gives_exactly_zero(norm: str) -> None:
         assert torch.equal(x + delta, x)
 
 
-@given(data=attack_inputs(max_samples=4), norm=norms, eps=st.floats(0.001, 0.8), start=st.booleans(),
-       mask=st.none() | cell_masks())  # fmt: skip
+@given(
+    data=attack_inputs(max_samples=4),
+    norm=norms,
+    eps=st.floats(0.001, 0.8),
+    start=st.booleans(),
+    mask=st.none() | cell_masks(),
+)
 def test_output_lies_in_the_ball_the_box_and_the_mask(
     data: tuple[np.ndarray, np.ndarray], norm: str, eps: float, start: bool, mask: np.ndarray | None
 ) -> None:
@@ -116,8 +120,9 @@ def test_batched_equals_one_at_a_time() -> None:
 def test_random_start_is_seeded() -> None:
     """Two attacks with the same seed give the same δ; another seed gives another one."""
     x, y = _inputs(4, seed=9)
-    first, second, other = (PgdAttack(MODEL, PgdSettings(eps=0.05, iterations=2, seed=s)).perturb(x, y)
-                            for s in (1, 1, 2))  # fmt: skip
+    first, second, other = (
+        PgdAttack(MODEL, PgdSettings(eps=0.05, iterations=2, seed=s)).perturb(x, y) for s in (1, 1, 2)
+    )
     assert torch.equal(first, second)
     assert not torch.equal(first, other)
 
@@ -145,24 +150,24 @@ def test_base_run_records_flips() -> None:
 
 
 def test_negative_budget_is_refused() -> None:
-    """A negative ε is a ConfigError naming the rule and a fix."""
+    """A negative ε is a ConfigError naming the rule and the value."""
     with pytest.raises(ConfigError) as info:
         PgdSettings(eps=-0.1)
-    assert str(info.value) == "PGD eps must be a finite number ≥ 0, got -0.1; use e.g. --eps 0.05"
+    assert str(info.value) == "PgdSettings.eps must be finite and ≥ 0, got -0.1"
 
 
 def test_unknown_norm_is_refused() -> None:
     """An unknown norm or attack name is a ConfigError listing the known ones."""
     with pytest.raises(ConfigError) as info:
         PgdSettings(norm="l1")
-    assert str(info.value) == "PGD norm must be one of linf, l2; got 'l1'"
+    assert str(info.value) == "PgdSettings.norm must be one of linf, l2; got 'l1'"
     with pytest.raises(ConfigError) as info:
         PgdSettings.from_config(PgdConfig(), attack="pgd-l3", eps=0.1)
     assert str(info.value) == "attack must be one of pgd-linf, pgd-l2; got 'pgd-l3'"
 
 
 def test_config_maps_auto_step_and_untargeted() -> None:
-    """In the config, step_size 0 means 2.5·ε/iterations and target −1 means untargeted."""
+    """In the config, step_size "auto" means 2.5·ε/iterations and target "none" means untargeted."""
     settings = PgdSettings.from_config(PgdConfig(iterations=10), attack="pgd-l2", eps=0.2)
     assert settings.norm == "l2"
     assert settings.target is None

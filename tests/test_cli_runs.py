@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from lstm_adv.cli import app
 from lstm_adv.results.store import RunStore
+from lstm_adv.results.summaries import QuerySummary, Step
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -16,7 +17,7 @@ def _populate(home: Path) -> tuple[str, str]:
     store = RunStore(home / "runs")
     with store.create("query", config={"cohort": {"window_hours": 48}}) as q:
         q.file("stays.parquet").write_bytes(b"x")
-        q.summary["tables"] = {"stays": 1}
+        q.summary = QuerySummary(flow=(Step("icu stays", 1),), tables={"stays": 1}, schema="mimiciii", source="x")
     with store.create("features", parents=[q.id]) as f:
         f.file("features.npz").write_bytes(b"y")
     return str(q.id), str(f.id)

@@ -98,3 +98,42 @@ def test_manifest_form_equals_its_json_round_trip() -> None:
     data = config_as_dict(load_config())
     assert json.loads(json.dumps(data)) == data
     assert data["tune_model"]["dropout"] == [0.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[model]\ngrad_clip_norm = nan\n", "model.grad_clip_norm must be finite and ≥ 0, got nan"),
+        ("[model]\nlearning_rate = inf\n", "model.learning_rate must be finite and in (0, 10], got inf"),
+        ("[preprocess]\ntrain_fraction = nan\n", "preprocess.train_fraction must be finite and in (0, 1], got nan"),
+        (
+            "[model]\nimbalance = 'smote'\n",
+            "{user}: key 'model.imbalance' must be one of weighted_sampling, class_weighted_loss, none; got 'smote'",
+        ),
+        (
+            "[tune_model]\ndropout = [0.3, 0.1]\n",
+            "tune_model.dropout must be [low, high] of finite numbers with 0 ≤ low ≤ high ≤ 0.99; got [0.3, 0.1]",
+        ),
+        ("[tune_model]\ndropout = [0.1]\n", "{user}: key 'tune_model.dropout' must be a list of 2 values"),
+        ("[pgd]\nstep_size = 'fast'\n", "{user}: key 'pgd.step_size' must be a number or 'auto'"),
+        ("[pgd]\ntarget = 2\n", "{user}: key 'pgd.target' must be one of none, 0, 1; got 2"),
+        ("[embedded]\nport = 70000\n", "embedded.port must be a TCP port in 0..65535 (0 picks a free one), got 70000"),
+        ("[attack]\nhours = [5, 2]\n", "attack.hours must be [first, last) with 0 <= first < last <= 48; got [5, 2]"),
+        ("[robustness]\neps = [0.1, nan]\n", "robustness.eps values must be finite numbers ≥ 0, got nan"),
+    ],
+)
+def test_bad_values_are_refused_when_the_config_is_loaded(tmp_path: Path, text: str, message: str) -> None:
+    """Every setting is checked at load: non-finite and out-of-range numbers and unknown choices name the key."""
+    user = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(user)
+    assert str(info.value) == message.format(user=user)
+
+
+def test_pgd_placeholders_are_explicit_values() -> None:
+    """The automatic PGD step and untargeted PGD are the words "auto" and "none", not magic numbers."""
+    config = load_config(None, {"pgd.step_size": 0.01, "pgd.target": 0})
+    assert config.pgd.step_size == 0.01
+    assert config.pgd.target_class == 0
+    assert load_config().pgd.step_size == "auto"
+    assert load_config().pgd.target_class is None

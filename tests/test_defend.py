@@ -15,18 +15,27 @@ from typer.testing import CliRunner
 from lstm_adv.attacks.pgd import PgdAttack
 from lstm_adv.cli import app
 from lstm_adv.config import Config, DefendConfig, ModelConfig, PgdConfig
-from lstm_adv.defend import DEFENSE_FILE, defend_model, run_defense
+from lstm_adv.defend import defend_model, run_defense
 from lstm_adv.domain.errors import ConfigError, RunKindError
 from lstm_adv.models import Hyperparameters
+from lstm_adv.results.artifacts import DEFENSE_FILE, load_features, load_trained_model
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.train import load_features, load_trained_model, run_training
+from lstm_adv.results.summaries import ModelSummary
+from lstm_adv.train import run_training
 from tests.strategies import tiny_feature_matrix
 
 PARAMS = Hyperparameters(
-    hidden_size=8, num_layers=1, lstm_activation="tanh", dropout=0.0, fc_size=8,
-    fc_activation="relu", optimizer="adam", learning_rate=0.02, batch_size=16,
-)  # fmt: skip
+    hidden_size=8,
+    num_layers=1,
+    lstm_activation="tanh",
+    dropout=0.0,
+    fc_size=8,
+    fc_activation="relu",
+    optimizer="adam",
+    learning_rate=0.02,
+    batch_size=16,
+)
 FAST = ModelConfig(max_epochs=3, patience=3, device="cpu", bootstrap_samples=20)
 
 
@@ -35,7 +44,6 @@ def config(**defend: Any) -> Config:
     base = load_config()
     settings = {"epochs": 3, "eps": 0.05, "mix": 0.5, **defend}
     return attrs.evolve(base, model=FAST, pgd=PgdConfig(iterations=3), defend=DefendConfig(**settings))
-
 
 
 def trained_store(root: Path) -> tuple[RunStore, Run, Run]:
@@ -97,8 +105,9 @@ def test_adaptive_training_regenerates_each_epoch_against_current_weights(
     """Adaptive training attacks once per epoch, each time other weights, and the examples change."""
     _store, features_run, model_run = trained
     original = load_trained_model(model_run)
-    result = defend_model(original, load_features(features_run),
-                          config(method="adaptive", epochs=3, mix=1.0, regenerate="epoch"))  # fmt: skip
+    result = defend_model(
+        original, load_features(features_run), config(method="adaptive", epochs=3, mix=1.0, regenerate="epoch")
+    )
     assert result.regenerations == 3 == len(perturb_calls)
     hashes = [call[0] for call in perturb_calls]
     assert hashes[0] == weights_hash(original)
@@ -114,8 +123,9 @@ def test_adaptive_by_batch_regenerates_every_batch(
     """With regenerate = batch, examples are made once per training batch, against the weights of that step."""
     _store, features_run, model_run = trained
     features = load_features(features_run)
-    result = defend_model(load_trained_model(model_run), features,
-                          config(method="adaptive", epochs=2, mix=1.0, regenerate="batch"))  # fmt: skip
+    result = defend_model(
+        load_trained_model(model_run), features, config(method="adaptive", epochs=2, mix=1.0, regenerate="batch")
+    )
     batches = -(-features.indices("train").size // PARAMS.batch_size)
     assert result.regenerations == 2 * batches == len(perturb_calls)
     assert len({call[0] for call in perturb_calls}) == len(perturb_calls)
@@ -144,8 +154,9 @@ def test_defense_run_is_a_model_run_with_lineage(tmp_path: Path) -> None:
     assert defense["pgd"]["eps"] == 0.05
     assert defense["pgd"]["iterations"] == 3
     summary = run.manifest.summary
-    assert summary["defense"]["method"] == "adaptive"
-    assert set(model_run.manifest.summary) <= set(summary)
+    assert summary.defense.method == "adaptive"
+    assert summary.test is not None
+    assert set(summary.test) == set(model_run.summary_as(ModelSummary).test or {})
     assert load_trained_model(run).params == PARAMS
 
 
@@ -166,18 +177,18 @@ def test_wrong_run_kind_writes_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"eps": -0.1}, "defend.eps must be a finite number ≥ 0, got -0.1; use e.g. --eps 0.05"),
+        ({"eps": -0.1}, "defend.eps must be finite and ≥ 0, got -0.1"),
         ({"attack": "pgd-l3"}, "defend.attack must be one of pgd-linf, pgd-l2; got 'pgd-l3'"),
         ({"method": "magic"}, "defend.method must be one of static, adaptive; got 'magic'"),
-        ({"mix": 1.5}, "defend.mix (share of adversarial samples) must lie in [0, 1], got 1.5"),
+        ({"mix": 1.5}, "defend.mix must be finite and in [0, 1], got 1.5"),
     ],
 )
 def test_bad_settings_write_nothing(tmp_path: Path, settings: dict[str, Any], message: str) -> None:
-    """A negative ε, an unknown attack, method or mix is a ConfigError and no run is written."""
-    store, _features_run, model_run = trained_store(tmp_path)
+    """A negative ε, an unknown attack, method or mix is a ConfigError when the config is made; no run is written."""
+    _store, _features_run, _model_run = trained_store(tmp_path)
     before = _runs(tmp_path)
     with pytest.raises(ConfigError) as info:
-        run_defense(store, model_run, config(**settings))
+        config(**settings)
     assert str(info.value) == message
     assert _runs(tmp_path) == before
 
@@ -190,7 +201,7 @@ def test_cli_defend_prints_the_new_model_run(tmp_path: Path) -> None:
     result = runner.invoke(app, [*common, "--method", "static", "--eps", "0.02", "--mix", "0.5"])
     assert result.exit_code == 0, result.output
     defended = store.get(result.output.strip().splitlines()[-1].removeprefix("model run "), kind="model")
-    assert defended.manifest.summary["defense"]["method"] == "static"
+    assert defended.manifest.summary.defense.method == "static"
     bad = runner.invoke(app, [*common, "--eps", "-1"])
     assert bad.exit_code == 1
-    assert "defend.eps must be a finite number ≥ 0, got -1.0" in bad.output
+    assert "defend.eps must be finite and ≥ 0, got -1.0" in bad.output

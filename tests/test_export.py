@@ -28,10 +28,16 @@ MIXED = sql.SQL(
 )
 MIXED_SCHEMA = pa.schema(
     [
-        ("id", pa.int64()), ("small", pa.int64()), ("ratio", pa.float64()), ("amount", pa.float64()),
-        ("flag", pa.bool_()), ("label", pa.string()), ("at", pa.timestamp("us")), ("maybe", pa.float64()),
+        ("id", pa.int64()),
+        ("small", pa.int64()),
+        ("ratio", pa.float64()),
+        ("amount", pa.float64()),
+        ("flag", pa.bool_()),
+        ("label", pa.string()),
+        ("at", pa.timestamp("us")),
+        ("maybe", pa.float64()),
     ]
-)  # fmt: skip
+)
 
 
 @pytest.fixture
@@ -91,9 +97,7 @@ def test_export_reads_fractional_seconds_and_timezones(conn: psycopg.Connection[
     """Timestamps keep microseconds; timestamptz values are stored in UTC whatever the session time zone."""
     conn.execute("SET TimeZone TO 'America/New_York'")
     path = tmp_path / "times.parquet"
-    query = sql.SQL(
-        "SELECT timestamp '2150-03-04 05:06:07.123456' AS t, timestamptz '2150-03-04 05:06:07+02' AS tz"
-    )
+    query = sql.SQL("SELECT timestamp '2150-03-04 05:06:07.123456' AS t, timestamptz '2150-03-04 05:06:07+02' AS tz")
     export_parquet(conn, query, path)
     row = pq.read_table(path).to_pylist()[0]
     assert row["t"] == dt.datetime(2150, 3, 4, 5, 6, 7, 123456)

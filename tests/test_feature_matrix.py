@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from lstm_adv.domain.errors import DataError, ValidationError
+from lstm_adv.domain.errors import ConfigError, DataError, ValidationError
 from lstm_adv.domain.feature_matrix import FeatureMatrix, ScalingStats
 from tests.strategies import PREPROCESS_NAMES, feature_matrices
 
@@ -48,18 +48,23 @@ def test_wrong_shape_is_rejected_with_the_shape() -> None:
     ("change", "message"),
     [
         ({"values": np.zeros((4, 48, 19))}, "FeatureMatrix.values must be float32, got float64"),
-        ({"values": np.full((4, 48, 19), np.nan, dtype=np.float32)},
-         "FeatureMatrix.values must be finite, got NaN or infinite entries"),
-        ({"values": np.full((4, 48, 19), 1.5, dtype=np.float32)},
-         "FeatureMatrix.values must lie in [0, 1], got range [1.5, 1.5]"),
+        (
+            {"values": np.full((4, 48, 19), np.nan, dtype=np.float32)},
+            "FeatureMatrix.values must be finite, got NaN or infinite entries",
+        ),
+        (
+            {"values": np.full((4, 48, 19), 1.5, dtype=np.float32)},
+            "FeatureMatrix.values must lie in [0, 1], got range [1.5, 1.5]",
+        ),
         ({"labels": np.array([0, 2, 0, 1])}, "FeatureMatrix.labels must be 0 or 1, got [0, 1, 2]"),
         ({"labels": np.array([0, 1, 0])}, "FeatureMatrix.labels must have length N=4 (rows of values), got 3"),
         ({"split": np.array([0, 0, 1, 3])}, "FeatureMatrix.split codes must be 0, 1 or 2, got [0, 1, 3]"),
-        ({"fold": np.array([0, 1, 0, 0])},
-         "FeatureMatrix.fold must be -1 exactly for test samples and >= 0 otherwise"),
+        ({"fold": np.array([0, 1, 0, 0])}, "FeatureMatrix.fold must be -1 exactly for test samples and >= 0 otherwise"),
         ({"fold": np.array([0, 2, 0, -1])}, "FeatureMatrix.fold must use every fold 0..K-1, got [0, 2]"),
-        ({"subject_ids": np.array([1, 2, 3, 1])},
-         "FeatureMatrix: subject 1 is in both train and test; splits must be disjoint by subject"),
+        (
+            {"subject_ids": np.array([1, 2, 3, 1])},
+            "FeatureMatrix: subject 1 is in both train and test; splits must be disjoint by subject",
+        ),
         ({"hadm_ids": np.array([1, 1, 2, 3])}, "FeatureMatrix.hadm_ids must be unique: one sample per admission"),
         ({"feature_names": PREPROCESS_NAMES[:18]}, "FeatureMatrix.feature_names must name 19 features, got 18"),
         ({"labels": np.array([0.0, 1.0, 0.0, 1.0])}, "FeatureMatrix.labels must be int64, got float64"),
@@ -82,7 +87,7 @@ def test_split_helpers_and_subset() -> None:
     assert part.hadm_ids.tolist() == [11, 13]
     assert part.fold.tolist() == [0, -1]
     assert part.n_folds == 1
-    with pytest.raises(ValidationError, match="unknown split 'dev'"):
+    with pytest.raises(ConfigError, match="unknown split 'dev'"):
         matrix.indices("dev")
 
 

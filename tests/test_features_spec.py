@@ -9,9 +9,26 @@ from lstm_adv.domain.features import FeatureSpec
 from lstm_adv.resources import load_feature_spec, resource
 
 EXPECTED = (
-    "potassium", "calcium", "ph", "pco2", "lactate", "albumin", "bun", "creatinine", "sodium", "bicarbonate",
-    "platelet", "glucose", "magnesium", "heartrate", "sysbp", "diasbp", "tempc", "resprate", "spo2",
-)  # fmt: skip
+    "potassium",
+    "calcium",
+    "ph",
+    "pco2",
+    "lactate",
+    "albumin",
+    "bun",
+    "creatinine",
+    "sodium",
+    "bicarbonate",
+    "platelet",
+    "glucose",
+    "magnesium",
+    "heartrate",
+    "sysbp",
+    "diasbp",
+    "tempc",
+    "resprate",
+    "spo2",
+)
 
 
 def _text() -> str:

@@ -10,10 +10,16 @@ from lstm_adv.domain.errors import ConfigError
 from lstm_adv.models import BiLSTM, Hyperparameters
 
 PARAMS = {
-    "hidden_size": 8, "num_layers": 1, "lstm_activation": "tanh", "dropout": 0.0, "fc_size": 6,
-    "fc_activation": "relu", "optimizer": "adam", "learning_rate": 0.01, "batch_size": 16,
-}  # fmt: skip
-
+    "hidden_size": 8,
+    "num_layers": 1,
+    "lstm_activation": "tanh",
+    "dropout": 0.0,
+    "fc_size": 6,
+    "fc_activation": "relu",
+    "optimizer": "adam",
+    "learning_rate": 0.01,
+    "batch_size": 16,
+}
 
 
 def _model(**changes: object) -> BiLSTM:
@@ -79,6 +85,13 @@ def test_relu_summary_activation_is_non_negative() -> None:
     model = _model(lstm_activation="relu")
     assert isinstance(model.head[0], nn.ReLU)
     assert isinstance(_model(lstm_activation="tanh").head[0], nn.Tanh)
+    torch.manual_seed(0)
+    x = torch.rand(16, 48, 19)
+    summary = model.summary(x)
+    activated = model.head[0](summary)
+    assert (summary < 0).any()  # the LSTM's own output is tanh-bounded and takes negative values
+    assert (activated >= 0).all()
+    assert torch.equal(activated, summary.clamp(min=0))
 
 
 def test_unknown_optimizer_is_a_config_error() -> None:

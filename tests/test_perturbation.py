@@ -177,11 +177,19 @@ def test_batch_result_rejects_success_of_a_skipped_sample() -> None:
     zeros_delta = np.zeros((1, 48, 19), np.float32)
     with pytest.raises(ValidationError) as info:
         AttackBatchResult(
-            5, sample_index=np.array([0]), label=np.array([0]), logits_before=BEFORE[None],
-            attacked=np.array([False]), found=np.array([True]), first_iteration=np.array([1]),
-            first_delta=zeros_delta, first_logits=AFTER[None], best_iteration=np.array([1]),
-            best_delta=zeros_delta, best_logits=AFTER[None],
-        )  # fmt: skip
+            5,
+            sample_index=np.array([0]),
+            label=np.array([0]),
+            logits_before=BEFORE[None],
+            attacked=np.array([False]),
+            found=np.array([True]),
+            first_iteration=np.array([1]),
+            first_delta=zeros_delta,
+            first_logits=AFTER[None],
+            best_iteration=np.array([1]),
+            best_delta=zeros_delta,
+            best_logits=AFTER[None],
+        )
     assert str(info.value) == "AttackBatchResult.found must imply attacked; a skipped sample cannot succeed"
 
 
@@ -190,11 +198,19 @@ def test_batch_result_rejects_inconsistent_lengths() -> None:
     zeros_delta = np.zeros((2, 48, 19), np.float32)
     with pytest.raises(ValidationError) as info:
         AttackBatchResult(
-            5, sample_index=np.array([0]), label=np.array([0]), logits_before=BEFORE[None],
-            attacked=np.array([True]), found=np.array([False]), first_iteration=np.array([0]),
-            first_delta=zeros_delta, first_logits=np.zeros((1, 2), np.float32), best_iteration=np.array([0]),
-            best_delta=zeros_delta, best_logits=np.zeros((1, 2), np.float32),
-        )  # fmt: skip
+            5,
+            sample_index=np.array([0]),
+            label=np.array([0]),
+            logits_before=BEFORE[None],
+            attacked=np.array([True]),
+            found=np.array([False]),
+            first_iteration=np.array([0]),
+            first_delta=zeros_delta,
+            first_logits=np.zeros((1, 2), np.float32),
+            best_iteration=np.array([0]),
+            best_delta=zeros_delta,
+            best_logits=np.zeros((1, 2), np.float32),
+        )
     assert str(info.value) == "AttackBatchResult.first_delta must have shape (1, 48, 19), got (2, 48, 19)"
 
 

@@ -14,18 +14,37 @@ from lstm_adv.database.server import stop_server
 from lstm_adv.pipeline import DemoResult, run_demo
 from lstm_adv.reports import report_files
 from lstm_adv.results.config_file import load_config
-from lstm_adv.workspace import Workspace
+from lstm_adv.results.summaries import Estimate, ModelSummary, Step
+from lstm_adv.results.workspace import Workspace
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 # Small budgets: the point is that every stage runs and connects, not the quality of the numbers.
 SMALL = {
-    "demo.model_trials": 2, "tune_model.epochs_per_trial": 3, "model.max_epochs": 4, "model.bootstrap_samples": 50,
-    "demo.attack_trials": 2, "demo.attack_subset": 16, "demo.tune_attack_iterations": 50,
-    "demo.attack_iterations": 300, "analysis.figure_dpi": 50, "model.device": "cpu", "attack.device": "cpu",
-}  # fmt: skip
-STAGES = ["database", "query", "preprocess", "tune-model", "train", "tune-attack", "attack", "analyze",
-          "report pipeline", "report model"]  # fmt: skip
+    "demo.model_trials": 2,
+    "tune_model.epochs_per_trial": 3,
+    "model.max_epochs": 4,
+    "model.bootstrap_samples": 50,
+    "demo.attack_trials": 2,
+    "demo.attack_subset": 16,
+    "demo.tune_attack_iterations": 50,
+    "demo.attack_iterations": 300,
+    "analysis.figure_dpi": 50,
+    "model.device": "cpu",
+    "attack.device": "cpu",
+}
+STAGES = [
+    "database",
+    "query",
+    "preprocess",
+    "tune-model",
+    "train",
+    "tune-attack",
+    "attack",
+    "analyze",
+    "report pipeline",
+    "report model",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +71,8 @@ def test_every_stage_runs_in_order_and_ends_in_reports(first: DemoResult) -> Non
     """The demo runs database → … → report and leaves an HTML and a PDF for the pipeline and the model."""
     assert [o.stage for o in first.outcomes] == STAGES
     assert not any(o.reused for o in first.outcomes)
-    assert first.runs["query"].manifest.summary["flow"][-1] == {"step": "admissions", "count": 105}
-    documents = [report.manifest.summary["document"] for report in first.reports]
+    assert first.runs["query"].manifest.summary.flow[-1] == Step("admissions", 105)
+    documents = [report.manifest.summary.document for report in first.reports]
     assert documents == ["pipeline", "model"]
     for report in first.reports:
         html, pdf = report_files(report)
@@ -112,5 +131,5 @@ def test_model_line_without_intervals() -> None:
     """A model run scored without bootstrap (no interval bounds) is still described, without brackets."""
     from lstm_adv.pipeline import _describe_model
 
-    summary = {"test": {"auroc": {"value": 0.8, "low": None, "high": None}}, "oracle_test_auroc": None}
+    summary = ModelSummary(cv=False, test={"auroc": Estimate(0.8, None, None)}, oracle_test_auroc=None)
     assert _describe_model(summary) == "test AUROC 0.800"

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from lstm_adv.cli import app
 from lstm_adv.config import PreprocessConfig
-from lstm_adv.domain.errors import DataError, RunKindError
+from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
-from lstm_adv.preprocess import QueryTables, build_feature_matrix, fill_series, run_preprocess
+from lstm_adv.preprocess import build_feature_matrix, fill_series, run_preprocess
+from lstm_adv.query import QueryTables
 from lstm_adv.resources import load_feature_spec
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
@@ -87,13 +88,15 @@ def test_nothing_after_hour_48_matters(frames: Frames, seed: int, n_extra: int) 
         late = table["charttime"].to_numpy() >= starts.loc[table["hadm_id"]].to_numpy() + np.timedelta64(48, "h")
         table = table.assign(value=np.where(late, rng.normal(500, 300, len(table)), table["value"]))
         extra_adm = admissions.sample(n=n_extra, replace=True, random_state=seed)
-        extra = pd.DataFrame({
-            "hadm_id": extra_adm["hadm_id"].to_numpy(),
-            "charttime": extra_adm["window_start"].to_numpy() + rng.integers(48 * 60, 100 * 60, n_extra).astype(
-                "timedelta64[m]"),
-            "feature": rng.choice(np.array(PREPROCESS_NAMES, dtype=object), n_extra),
-            "value": rng.normal(-50, 100, n_extra),
-        })
+        extra = pd.DataFrame(
+            {
+                "hadm_id": extra_adm["hadm_id"].to_numpy(),
+                "charttime": extra_adm["window_start"].to_numpy()
+                + rng.integers(48 * 60, 100 * 60, n_extra).astype("timedelta64[m]"),
+                "feature": rng.choice(np.array(PREPROCESS_NAMES, dtype=object), n_extra),
+                "value": rng.normal(-50, 100, n_extra),
+            }
+        )
         changed[name] = pd.concat([table, extra], ignore_index=True)
     assert _build((admissions, changed)) == matrix
 
@@ -106,7 +109,7 @@ def test_validation_and_test_values_never_change_the_statistics(frames: Frames, 
     held_out = matrix.hadm_ids[matrix.split > 0]
     rng = np.random.default_rng(seed)
     changed = {
-        name: t.assign(value=np.where(t["hadm_id"].isin(held_out), rng.normal(0, 1000, len(t)), t["value"]))
+        name: t.assign(value=np.where(t["hadm_id"].isin(held_out), rng.normal(0, 1000, len(t)), t.value))
         for name, t in tables.items()
     }
     assert _build((admissions, changed)).scaling == matrix.scaling
@@ -188,17 +191,24 @@ def _frames_at(offsets_min: dict[int, list[int]], n_subjects: int | None = None)
     rows += [(i + 1, 90, name, 1.0 + j) for i in range(len(offsets_min)) for j, name in enumerate(PREPROCESS_NAMES)]
     long = pd.DataFrame(rows, columns=["hadm_id", "minutes", "feature", "value"])
     starts = admissions.set_index("hadm_id")["window_start"]
-    long["charttime"] = starts.loc[long["hadm_id"]].to_numpy() + long.pop("minutes").to_numpy().astype(
-        "timedelta64[m]")
+    long["charttime"] = starts.loc[long["hadm_id"]].to_numpy() + long.pop("minutes").to_numpy().astype("timedelta64[m]")
     empty = long.iloc[:0]
     return admissions, {"vitals": long, "labs": empty, "bloodgas": empty}
 
 
 def test_window_rule_boundaries_and_counts() -> None:
     """Kept iff measured in hour bin <= 3 and in bin >= 46; hour 48:00 is outside; each drop is counted."""
-    frames = _frames_at({
-        0: [46 * 60], 1: [47 * 60 + 59], 2: [45 * 60 + 59], 3: [48 * 60], 4: [46 * 60], 5: [46 * 60], 6: [46 * 60],
-    })
+    frames = _frames_at(
+        {
+            0: [46 * 60],
+            1: [47 * 60 + 59],
+            2: [45 * 60 + 59],
+            3: [48 * 60],
+            4: [46 * 60],
+            5: [46 * 60],
+            6: [46 * 60],
+        }
+    )
     admissions, tables = frames
     vitals = tables["vitals"]
     # hadm 5: the hour-1 measurements move to hour 4.5, so its first measurement is after hour 3
@@ -257,10 +267,10 @@ def test_run_stores_the_matrix_and_counts(store: RunStore) -> None:
     matrix = FeatureMatrix.from_npz(run.file("features.npz"))
     summary = run.manifest.summary
     assert run.manifest.parents == (parent.id,)
-    assert summary["shape"] == [matrix.n_samples, 48, 19]
-    assert summary["flow"][-4]["count"] == matrix.n_samples
-    assert sum(s["positives"] for s in summary["splits"].values()) == int(matrix.labels.sum())
-    assert set(summary["missingness"]) == set(PREPROCESS_NAMES)
+    assert summary.shape == (matrix.n_samples, 48, 19)
+    assert summary.flow[-4].count == matrix.n_samples
+    assert sum(s.positives for s in summary.splits.values()) == int(matrix.labels.sum())
+    assert set(summary.missingness) == set(PREPROCESS_NAMES)
 
 
 def test_cli_preprocess_and_runs_show(tmp_path: Path) -> None:
@@ -286,21 +296,49 @@ def _break(frames: Frames, table: str, **columns: Any) -> Frames:
 
 
 BAD_INPUTS = [
-    ("empty cohort", lambda f: (f[0].iloc[:0], f[1]), None,
-     "{origin}: the cohort is empty (admissions.parquet has no rows); nothing to preprocess — "
-     "check the query's inclusion rules and source data"),
-    ("missing column", lambda f: (f[0], {**f[1], "labs": f[1]["labs"].drop(columns="value")}), None,
-     "{origin}: labs.parquet has no column 'value'; expected columns: hadm_id, charttime, feature, value"),
-    ("non-numeric", lambda f: _break(f, "vitals", value="high"), None,
-     "{origin}: vitals.parquet column 'value' must hold numbers, got dtype {dtype}"),
-    ("nan", lambda f: _break(f, "vitals", value=np.r_[np.nan, f[1]["vitals"]["value"].to_numpy()[1:]]), None,
-     "{origin}: vitals.parquet column 'value' has 1 missing value(s)"),
-    ("inf", lambda f: _break(f, "labs", value=np.r_[np.inf, f[1]["labs"]["value"].to_numpy()[1:]]), None,
-     "{origin}: labs.parquet column 'value' has 1 infinite value(s)"),
-    ("unknown feature", lambda f: _break(f, "labs", feature="pulse"), None,
-     "{origin}: labs.parquet has unknown feature name(s) pulse; known: " + ", ".join(PREPROCESS_NAMES)),
-    ("missing table", lambda f: f, "bloodgas", "run {id} has no file 'bloodgas.parquet'; the run folder {path} "
-     "is incomplete"),
+    (
+        "empty cohort",
+        lambda f: (f[0].iloc[:0], f[1]),
+        None,
+        "{origin}: the cohort is empty (admissions.parquet has no rows); nothing to preprocess — "
+        "check the query's inclusion rules and source data",
+    ),
+    (
+        "missing column",
+        lambda f: (f[0], {**f[1], "labs": f[1]["labs"].drop(columns="value")}),
+        None,
+        "{origin}: labs.parquet has no column 'value'; expected columns: hadm_id, charttime, feature, value",
+    ),
+    (
+        "non-numeric",
+        lambda f: _break(f, "vitals", value="high"),
+        None,
+        "{origin}: vitals.parquet column 'value' must hold numbers, got dtype {dtype}",
+    ),
+    (
+        "nan",
+        lambda f: _break(f, "vitals", value=np.r_[np.nan, f[1]["vitals"]["value"].to_numpy()[1:]]),
+        None,
+        "{origin}: vitals.parquet column 'value' has 1 missing value(s)",
+    ),
+    (
+        "inf",
+        lambda f: _break(f, "labs", value=np.r_[np.inf, f[1]["labs"]["value"].to_numpy()[1:]]),
+        None,
+        "{origin}: labs.parquet column 'value' has 1 infinite value(s)",
+    ),
+    (
+        "unknown feature",
+        lambda f: _break(f, "labs", feature="pulse"),
+        None,
+        "{origin}: labs.parquet has unknown feature name(s) pulse; known: " + ", ".join(PREPROCESS_NAMES),
+    ),
+    (
+        "missing table",
+        lambda f: f,
+        "bloodgas",
+        "run {id} has no file 'bloodgas.parquet'; the run folder {path} is incomplete",
+    ),
 ]
 
 
@@ -313,8 +351,9 @@ def test_bad_input_gives_one_clear_error_and_no_run(
     with pytest.raises(DataError) as info:
         run_preprocess(store, str(parent.id), load_config())
     dtype = pd.read_parquet(parent.path / "vitals.parquet")["value"].dtype if case == "non-numeric" else ""
-    assert str(info.value) == message.format(origin=f"query run {parent.id}", id=parent.id, path=parent.path,
-                                             dtype=dtype)
+    assert str(info.value) == message.format(
+        origin=f"query run {parent.id}", id=parent.id, path=parent.path, dtype=dtype
+    )
     assert store.list("features") == []
     assert not any((store.root / ".tmp").iterdir())
 
@@ -332,9 +371,8 @@ def test_window_hours_other_than_48_is_a_config_error() -> None:
     """The FeatureMatrix time axis is 48 hours; another cohort.window_hours is refused."""
     admissions, tables = make_query_tables(5, 20, 15)
     qt = QueryTables.from_frames(admissions, tables, SPEC, origin="t")
-    with pytest.raises(Exception, match=r"cohort.window_hours must be 48 for a FeatureMatrix, got 24"):
+    with pytest.raises(ConfigError, match=r"cohort.window_hours must be 48 for a FeatureMatrix, got 24"):
         build_feature_matrix(qt, SPEC, config=CONFIG, window_hours=24)
-
 
 
 # --- the demo ----------------------------------------------------------------------------------------
@@ -347,10 +385,16 @@ def _demo_expected_flow() -> tuple[dict[str, int], dict[int, int]]:
     data = Path(__file__).resolve().parents[1] / "lstm_adv" / "resources" / "mimic3-demo"
     folder = data if (data / "ICUSTAYS.csv.gz").exists() else DEMO
     read = lambda name, **kw: pd.read_csv(folder / f"{name}.csv.gz", **kw)  # noqa: E731
-    stays = read("ICUSTAYS", parse_dates=["intime", "outtime"]).merge(
-        read("ADMISSIONS", parse_dates=["admittime", "dischtime"])[["hadm_id", "admittime", "dischtime",
-                                                                     "hospital_expire_flag"]], on="hadm_id"
-    ).merge(read("PATIENTS", parse_dates=["dob"])[["subject_id", "dob"]], on="subject_id")
+    stays = (
+        read("ICUSTAYS", parse_dates=["intime", "outtime"])
+        .merge(
+            read("ADMISSIONS", parse_dates=["admittime", "dischtime"])[
+                ["hadm_id", "admittime", "dischtime", "hospital_expire_flag"]
+            ],
+            on="hadm_id",
+        )
+        .merge(read("PATIENTS", parse_dates=["dob"])[["subject_id", "dob"]], on="subject_id")
+    )
     birthday_later = stays.intime.dt.month * 100 + stays.intime.dt.day < stays.dob.dt.month * 100 + stays.dob.dt.day
     age = stays.intime.dt.year - stays.dob.dt.year - birthday_later
     days = lambda a, b: (stays[b] - stays[a]).dt.total_seconds() / 86400  # noqa: E731
@@ -401,7 +445,7 @@ def test_demo_counts_match_an_independent_computation(request: pytest.FixtureReq
     parent = query.run_cohort_query(dsn, schema="mimiciii", config=config, store=store)
     run = run_preprocess(store, str(parent.id), config)
     flow, labels = _demo_expected_flow()
-    got = {row["step"]: row["count"] for row in run.manifest.summary["flow"]}
+    got = {row.step: row.count for row in run.manifest.summary.flow}
     assert {step: got[step] for step in flow} == flow
     matrix = FeatureMatrix.from_npz(run.file("features.npz"))
     assert dict(zip(matrix.hadm_ids.tolist(), matrix.labels.tolist(), strict=True)) == labels

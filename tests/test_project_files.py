@@ -27,10 +27,12 @@ def test_pixi_lint_task_runs_the_same_command_as_nox() -> None:
     """The lint task checks the same paths as the nox lint session."""
     pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
     nox_text = (ROOT / "noxfile.py").read_text()
-    match = re.search(r'session\.run\("ruff", "check", ([^)]*)\)', nox_text)
+    match = re.search(r"^LINTED = \(([^)]*)\)", nox_text, re.M)
     assert match is not None
-    nox_paths = [p.strip().strip('"') for p in match.group(1).split(",")]
-    assert pixi["tasks"]["lint"] == "ruff check " + " ".join(nox_paths)
+    assert 'session.run("ruff", "check", *LINTED)' in nox_text
+    assert 'session.run("ruff", "format", "--check", *LINTED)' in nox_text
+    paths = " ".join(p.strip().strip('"') for p in match.group(1).split(",") if p.strip())
+    assert pixi["tasks"]["lint"] == f"ruff check {paths} && ruff format --check {paths}"
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -25,6 +25,7 @@ from lstm_adv.cli import app
 from lstm_adv.domain.errors import DatabaseError
 from lstm_adv.query import run_cohort_query
 from lstm_adv.resources import resource
+from lstm_adv.results.artifacts import read_stays
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 
@@ -68,18 +69,31 @@ EVENT_SCHEMA = pa.schema(
 CONTRACT_SCHEMAS = {
     "stays": pa.schema(
         [
-            ("subject_id", pa.int64()), ("hadm_id", pa.int64()), ("icustay_id", pa.int64()),
-            ("intime", pa.timestamp("us")), ("outtime", pa.timestamp("us")),
-            ("admittime", pa.timestamp("us")), ("dischtime", pa.timestamp("us")),
-            ("age_years", pa.float64()), ("icu_los_days", pa.float64()), ("hospital_los_days", pa.float64()),
-            ("hospital_expire_flag", pa.int64()), ("adult", pa.bool_()), ("hospital_los_ok", pa.bool_()),
-            ("icu_los_ok", pa.bool_()), ("included", pa.bool_()),
+            ("subject_id", pa.int64()),
+            ("hadm_id", pa.int64()),
+            ("icustay_id", pa.int64()),
+            ("intime", pa.timestamp("us")),
+            ("outtime", pa.timestamp("us")),
+            ("admittime", pa.timestamp("us")),
+            ("dischtime", pa.timestamp("us")),
+            ("age_years", pa.float64()),
+            ("icu_los_days", pa.float64()),
+            ("hospital_los_days", pa.float64()),
+            ("hospital_expire_flag", pa.int64()),
+            ("adult", pa.bool_()),
+            ("hospital_los_ok", pa.bool_()),
+            ("icu_los_ok", pa.bool_()),
+            ("included", pa.bool_()),
         ]
     ),
     "admissions": pa.schema(
         [
-            ("subject_id", pa.int64()), ("hadm_id", pa.int64()), ("window_start", pa.timestamp("us")),
-            ("n_icustays", pa.int64()), ("first_icustay_id", pa.int64()), ("age_years", pa.float64()),
+            ("subject_id", pa.int64()),
+            ("hadm_id", pa.int64()),
+            ("window_start", pa.timestamp("us")),
+            ("n_icustays", pa.int64()),
+            ("first_icustay_id", pa.int64()),
+            ("age_years", pa.float64()),
             ("label", pa.int64()),
         ]
     ),
@@ -219,7 +233,7 @@ def test_flow_counts_match_an_independent_computation(query_run: Run, csv_stays:
         {"step": "icu stay >= 1 day", "count": int(s["included"].sum())},
         {"step": "admissions", "count": s.loc[s["included"], "hadm_id"].nunique()},
     ]
-    assert query_run.manifest.summary["flow"] == expected
+    assert [{"step": s.step, "count": s.count} for s in query_run.manifest.summary.flow] == expected
     assert expected[0]["count"] == 136  # the demo has 136 ICU stays
 
 
@@ -227,14 +241,31 @@ def test_stays_match_the_csvs(query_run: Run, csv_stays: pd.DataFrame) -> None:
     """Every ICU stay is exported with the CSVs' ids, times, age (shifted ages as 90), lengths of stay and flags."""
     got = _parquet(query_run, "stays").sort_values("icustay_id").reset_index(drop=True)
     assert len(got) == len(csv_stays)
-    for column in ("subject_id", "hadm_id", "icustay_id", "hospital_expire_flag", "adult", "hospital_los_ok",
-                   "icu_los_ok", "included"):  # fmt: skip
+    for column in (
+        "subject_id",
+        "hadm_id",
+        "icustay_id",
+        "hospital_expire_flag",
+        "adult",
+        "hospital_los_ok",
+        "icu_los_ok",
+        "included",
+    ):
         assert got[column].tolist() == csv_stays[column].tolist(), column
     for column in ("intime", "outtime", "admittime", "dischtime"):
         assert (got[column] == csv_stays[column]).all(), column
     for column in ("age_years", "icu_los_days", "hospital_los_days"):
         np.testing.assert_allclose(got[column], csv_stays[column], rtol=1e-12, err_msg=column)
     assert (got["age_years"] == 90.0).sum() == (csv_stays["age_years"] == 90.0).sum() > 0
+
+
+def test_typed_stays_apply_the_same_inclusion_rules_as_the_sql(query_run: Run) -> None:
+    """The query run's stays read back as Stay values meet the inclusion rules exactly where the SQL's flag is set."""
+    stays = read_stays(query_run)
+    flags = _parquet(query_run, "stays").dropna(subset=["intime", "outtime"]).set_index("icustay_id")["included"]
+    rules = {"min_age_years": 18.0, "min_hospital_los_days": 1.0, "min_icu_los_days": 1.0}
+    assert len(stays) == len(flags) > 100
+    assert {s.icustay_id: s.meets(**rules) for s in stays} == flags.to_dict()
 
 
 def test_admissions_match_the_csvs(query_run: Run, csv_admissions: pd.DataFrame) -> None:
@@ -351,8 +382,9 @@ def _demo_copy(dsn: str, *, labevents_extra: sql.Composable) -> Iterator[str]:
                 if table == "labevents":
                     columns = "SELECT subject_id, hadm_id, itemid, charttime, valuenum FROM mimiciii.labevents"
                     body = sql.SQL("{} UNION ALL {}").format(sql.SQL(columns), labevents_extra)
-                conn.execute(sql.SQL("CREATE VIEW {}.{} AS {}").format(
-                    sql.Identifier(schema), sql.Identifier(table), body))  # fmt: skip
+                conn.execute(
+                    sql.SQL("CREATE VIEW {}.{} AS {}").format(sql.Identifier(schema), sql.Identifier(table), body)
+                )
             yield schema
         finally:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
@@ -367,9 +399,9 @@ def test_each_file_has_the_contract_columns_and_types(query_run: Run, name: str)
 def test_summary_counts_rows_and_names_the_source(query_run: Run) -> None:
     """The summary's table counts equal the files' rows; the schema and a password-free source are recorded."""
     summary = query_run.manifest.summary
-    assert summary["tables"] == {n: pq.read_metadata(query_run.file(f"{n}.parquet")).num_rows for n in CONTRACT_SCHEMAS}
-    assert summary["schema"] == "mimiciii"
-    assert summary["source"].startswith("postgresql://")
+    assert summary.tables == {n: pq.read_metadata(query_run.file(f"{n}.parquet")).num_rows for n in CONTRACT_SCHEMAS}
+    assert summary.schema == "mimiciii"
+    assert summary.source.startswith("postgresql://")
 
 
 def test_event_rows_lie_in_the_configured_window(demo_dsn: str, tmp_path: Path) -> None:
@@ -405,8 +437,11 @@ def test_missing_tables_are_named_and_no_run_is_written(demo_dsn: str, tmp_path:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         try:
             for table in ("patients", "admissions", "icustays"):
-                conn.execute(sql.SQL("CREATE TABLE {}.{} (LIKE mimiciii.{})").format(
-                    sql.Identifier(schema), sql.Identifier(table), sql.Identifier(table)))  # fmt: skip
+                conn.execute(
+                    sql.SQL("CREATE TABLE {}.{} (LIKE mimiciii.{})").format(
+                        sql.Identifier(schema), sql.Identifier(table), sql.Identifier(table)
+                    )
+                )
             where = f"database {conn.info.dbname} at {conn.info.host}:{conn.info.port}"
             with pytest.raises(DatabaseError) as caught:
                 run_cohort_query(conn, schema=schema, config=load_config(), store=store)
@@ -429,7 +464,7 @@ def test_cli_query_writes_a_run_and_never_shows_the_password(demo_dsn: str, tmp_
     assert "icu stay >= 1 day" in result.output
     manifest_text = (run.path / "manifest.json").read_text()
     assert "s3cret-pw" not in result.output + manifest_text
-    assert run.manifest.summary["source"].startswith("postgresql://")
+    assert run.manifest.summary.source.startswith("postgresql://")
 
 
 def test_cli_query_reports_a_missing_schema_in_one_line(demo_dsn: str, tmp_path: Path) -> None:
@@ -439,5 +474,3 @@ def test_cli_query_reports_a_missing_schema_in_one_line(demo_dsn: str, tmp_path:
     assert "schema 'nope' does not exist" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists() or RunStore(tmp_path / "runs").list("query") == []
-
-

@@ -25,6 +25,8 @@ from lstm_adv.resources import load_feature_spec
 from lstm_adv.results import api
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
+from lstm_adv.results.summaries import QuerySummary, ReportSummary, Step
+from tests.summaries import synth_summary
 
 N_STAYS = 80
 SUBJECT0, HADM0, ICUSTAY0 = 7_000_001, 8_000_001, 9_000_001
@@ -41,19 +43,21 @@ def _stays() -> pd.DataFrame:
     intime = START + pd.to_timedelta(i * 3, unit="D") + pd.to_timedelta(np.where(i % 4 == 1, 30, 0), unit="h")
     icu_days = np.where(i % 13 == 5, 0.5, 3.0)
     age = np.where(i % 10 == 3, 16.0, 40.0 + i % 50)
-    stays = pd.DataFrame({
-        "subject_id": SUBJECT0 + np.where(hadm_index % 8 == 4, hadm_index - 4, hadm_index),
-        "hadm_id": HADM0 + hadm_index,
-        "icustay_id": ICUSTAY0 + i,
-        "intime": intime,
-        "outtime": intime + pd.to_timedelta(icu_days, unit="D"),
-        "admittime": intime - pd.Timedelta(hours=6),
-        "dischtime": intime + pd.Timedelta(days=8),
-        "age_years": age,
-        "icu_los_days": icu_days,
-        "hospital_los_days": np.full(N_STAYS, 8.25),
-        "hospital_expire_flag": (hadm_index % 5 == 0).astype(np.int64),
-    })  # fmt: skip
+    stays = pd.DataFrame(
+        {
+            "subject_id": SUBJECT0 + np.where(hadm_index % 8 == 4, hadm_index - 4, hadm_index),
+            "hadm_id": HADM0 + hadm_index,
+            "icustay_id": ICUSTAY0 + i,
+            "intime": intime,
+            "outtime": intime + pd.to_timedelta(icu_days, unit="D"),
+            "admittime": intime - pd.Timedelta(hours=6),
+            "dischtime": intime + pd.Timedelta(days=8),
+            "age_years": age,
+            "icu_los_days": icu_days,
+            "hospital_los_days": np.full(N_STAYS, 8.25),
+            "hospital_expire_flag": (hadm_index % 5 == 0).astype(np.int64),
+        }
+    )
     stays["adult"] = stays["age_years"] >= 18
     stays["hospital_los_ok"] = True
     stays["icu_los_ok"] = stays["icu_los_days"] >= 1
@@ -65,10 +69,13 @@ def _admissions(stays: pd.DataFrame) -> pd.DataFrame:
     included = stays[stays["included"]].sort_values(["hadm_id", "intime"])
     grouped = included.groupby("hadm_id", as_index=False)
     admissions = grouped.agg(
-        subject_id=("subject_id", "first"), window_start=("intime", "min"), n_icustays=("icustay_id", "size"),
-        first_icustay_id=("icustay_id", "first"), age_years=("age_years", "first"),
+        subject_id=("subject_id", "first"),
+        window_start=("intime", "min"),
+        n_icustays=("icustay_id", "size"),
+        first_icustay_id=("icustay_id", "first"),
+        age_years=("age_years", "first"),
         label=("hospital_expire_flag", "max"),
-    )  # fmt: skip
+    )
     return admissions[["subject_id", "hadm_id", "window_start", "n_icustays", "first_icustay_id", "age_years", "label"]]
 
 
@@ -85,13 +92,19 @@ def _measurements(admissions: pd.DataFrame, names: tuple[str, ...], every: int, 
     sample, hour = sample[keep], hour[keep]
     k = len(names)
     rng = np.random.default_rng(every)
-    frame = pd.DataFrame({
-        "hadm_id": np.repeat(admissions["hadm_id"].to_numpy()[sample], k),
-        "charttime": np.repeat(admissions["window_start"].to_numpy()[sample] + pd.to_timedelta(hour, unit="h")
-                               + pd.Timedelta(minutes=10), k),
-        "feature": np.tile(np.array(names), sample.size),
-        "value": rng.normal(50, 10, sample.size * k) + np.repeat(admissions["label"].to_numpy()[sample] * 5.0, k),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "hadm_id": np.repeat(admissions["hadm_id"].to_numpy()[sample], k),
+            "charttime": np.repeat(
+                admissions["window_start"].to_numpy()[sample]
+                + pd.to_timedelta(hour, unit="h")
+                + pd.Timedelta(minutes=10),
+                k,
+            ),
+            "feature": np.tile(np.array(names), sample.size),
+            "value": rng.normal(50, 10, sample.size * k) + np.repeat(admissions["label"].to_numpy()[sample] * 5.0, k),
+        }
+    )
     return frame[frame["hadm_id"] != admissions["hadm_id"].iloc[-1]]  # one admission without any measurement
 
 
@@ -106,17 +119,25 @@ def make_query_run(store: RunStore) -> Run:
         "labs": _measurements(admissions, tuple(f.name for f in spec.by_source("lab")), 6, hours),
         "bloodgas": _measurements(admissions, tuple(f.name for f in spec.by_source("bloodgas")), 8, hours),
     }
-    flow = [("icu stays", len(stays)), ("age >= 18", int(stays["adult"].sum())),
-            ("hospital stay >= 1 day", int((stays["adult"] & stays["hospital_los_ok"]).sum())),
-            ("icu stay >= 1 day", int(stays["included"].sum())), ("admissions", len(admissions))]  # fmt: skip
+    flow = [
+        ("icu stays", len(stays)),
+        ("age >= 18", int(stays["adult"].sum())),
+        ("hospital stay >= 1 day", int((stays["adult"] & stays["hospital_los_ok"]).sum())),
+        ("icu stay >= 1 day", int(stays["included"].sum())),
+        ("admissions", len(admissions)),
+    ]
     with store.create("query", config={}) as writer:
         stays.to_parquet(writer.file("stays.parquet"))
         admissions.to_parquet(writer.file("admissions.parquet"))
         for name, frame in tables.items():
             frame.to_parquet(writer.file(f"{name}.parquet"))
-        writer.summary.update(flow=[{"step": s, "count": c} for s, c in flow], schema="mimiciii", source="embedded",
-                              tables={"stays": len(stays), "admissions": len(admissions)}
-                              | {name: len(frame) for name, frame in tables.items()})  # fmt: skip
+        writer.summary = QuerySummary(
+            flow=tuple(Step(s, c) for s, c in flow),
+            schema="mimiciii",
+            source="embedded",
+            tables={"stays": len(stays), "admissions": len(admissions)}
+            | {name: len(frame) for name, frame in tables.items()},
+        )
     assert writer.committed is not None
     return writer.committed
 
@@ -165,7 +186,7 @@ def test_cohort_flow_of_features_run_continues_the_query_flow(workspace: tuple[P
     assert flow["step"].iloc[0] == "icu stays"
     assert flow["count"].iloc[0] == N_STAYS
     assert flow["step"].iloc[-1] == "samples out"
-    assert flow["count"].iloc[-1] == features.manifest.summary["shape"][0]
+    assert flow["count"].iloc[-1] == features.manifest.summary.shape[0]
     preprocess = flow[flow["stage"] == "preprocess"]
     assert (preprocess["count"].diff().dropna() <= 0).all()
     assert int(preprocess["removed"].sum()) == preprocess["count"].iloc[0] - preprocess["count"].iloc[-1]
@@ -176,7 +197,7 @@ def test_class_balance_per_split_adds_up(workspace: tuple[Path, RunStore, Run, R
     _home, _store, _query, features = workspace
     balance = api.class_balance(features)
     assert balance["split"].tolist() == ["train", "validation", "test"]
-    assert int(balance["samples"].sum()) == features.manifest.summary["shape"][0]
+    assert int(balance["samples"].sum()) == features.manifest.summary.shape[0]
     assert (balance["positives"] + balance["negatives"] == balance["samples"]).all()
 
 
@@ -194,8 +215,13 @@ def test_api_frames_carry_no_identifier_columns(workspace: tuple[Path, RunStore,
     _home, _store, query, features = workspace
     ids = cohort_ids(query)
     for run in (query, features):
-        for frame in (api.cohort_flow(run), api.class_balance(run), api.missingness(run),
-                      api.measurement_counts(run), api.run_overview(run)):  # fmt: skip
+        for frame in (
+            api.cohort_flow(run),
+            api.class_balance(run),
+            api.missingness(run),
+            api.measurement_counts(run),
+            api.run_overview(run),
+        ):
             assert not leaked(frame.to_csv(), ids)
 
 
@@ -238,8 +264,10 @@ def test_unknown_kind_has_no_document() -> None:
 def rendered(workspace: tuple[Path, RunStore, Run, Run]) -> dict[str, Run]:
     """One report run per data run (offline engine)."""
     home, store, query, features = workspace
-    return {kind: render_report(run, store=store, home=home, engine="offline") for kind, run in
-           (("query", query), ("features", features))}  # fmt: skip
+    return {
+        kind: render_report(run, store=store, home=home, engine="offline")
+        for kind, run in (("query", query), ("features", features))
+    }
 
 
 @pytest.mark.slow
@@ -295,8 +323,8 @@ def test_report_run_records_its_parent(workspace: tuple[Path, RunStore, Run, Run
     report = rendered["features"]
     assert report.kind == "report"
     assert report.manifest.parents == (features.id,)
-    assert report.manifest.summary["files"] == ["data.html", "data.pdf", "data.ipynb"]
-    assert report.manifest.summary["engine"] == "offline"
+    assert report.manifest.summary.files == ("data.html", "data.pdf", "data.ipynb")
+    assert report.manifest.summary.engine == "offline"
 
 
 @pytest.mark.slow
@@ -371,14 +399,14 @@ def test_cli_pipeline_flag_renders_the_pipeline_document(workspace: tuple[Path, 
     assert result.exit_code == 0, result.output
     html = next(Path(line.strip()) for line in result.output.splitlines() if line.strip().endswith(".html"))
     assert html.name == "pipeline.html"
-    assert store.get(html.parent.name, kind="report").manifest.summary["document"] == "pipeline"
+    assert store.get(html.parent.name, kind="report").summary_as(ReportSummary).document == "pipeline"
 
 
 def test_cli_report_of_a_kind_without_document_is_one_red_line(workspace: tuple[Path, RunStore, Run, Run]) -> None:
     """Reporting a run kind without a document exits 1 with the toolkit's message and writes no report run."""
     home, store, _query, _features = workspace
     with store.create("synth", config={}) as writer:
-        writer.summary["admissions"] = 1
+        writer.summary = synth_summary()
     assert writer.committed is not None
     before = len(store.list("report"))
     result = CliRunner().invoke(app, ["--home", str(home), "report", str(writer.committed.id)])

@@ -14,6 +14,8 @@ from lstm_adv.results import api
 from lstm_adv.results.store import Run
 from tests.report_checks import embedded_images, external_references, leaks, pdf_pages
 from tests.report_runs import Pipeline, make_full_pipeline
+from tests.strategies import analysis_attack_result
+from tests.summaries import attack_summary
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +42,15 @@ def test_attack_and_analysis_are_found_from_either_run(pipeline: Pipeline) -> No
 def test_an_attack_without_analysis_names_the_command(pipeline: Pipeline) -> None:
     """An attack run that was never analysed is refused with the command that analyses it."""
     with pipeline.store.create("attack", parents=[pipeline.model.id]) as writer:
-        writer.summary["features_run"] = str(pipeline.features.id)
+        writer.summary = attack_summary(
+            analysis_attack_result(3, 5), features_run=pipeline.features.id, model_run=pipeline.model.id
+        )
     attack = writer.committed
     assert attack is not None
     with pytest.raises(DataError) as info:
         api.attack_and_analysis(attack)
     assert str(info.value) == (
-        f"attack run {attack.id} has no analysis run yet; run `lstm-adv analyze {attack.id}` first"
+        f"attack run {attack.id} has no analysis run yet; run `lstm-adv analyze --attack {attack.id}` first"
     )
     with pytest.raises(RunKindError):
         api.attack_and_analysis(pipeline.model)
@@ -59,7 +63,7 @@ def test_success_table_adds_up(pipeline: Pipeline) -> None:
     directions, overall = success.iloc[:-1], success.iloc[-1]
     assert overall["direction"] == "all"
     assert directions["attacked"].sum() == overall["attacked"]
-    assert directions["successful"].sum() == overall["successful"] == pipeline.analysis.manifest.summary["n_successful"]
+    assert directions["successful"].sum() == overall["successful"] == pipeline.analysis.manifest.summary.n_successful
 
 
 def test_norms_compare_first_and_best_per_direction(pipeline: Pipeline) -> None:
@@ -76,9 +80,9 @@ def test_feature_ranking_starts_with_the_summary_top_features(pipeline: Pipeline
     """The ranked features per direction start with the analysis summary's top features, with clinical units."""
     assert pipeline.analysis is not None
     ranking = api.feature_ranking(pipeline.analysis, "best", top=5)
-    top = pipeline.analysis.manifest.summary["top_features"]["best"]
-    assert ranking.loc[ranking["direction"] == "0→1", "feature"].tolist() == top["0to1"]
-    assert ranking.loc[ranking["direction"] == "1→0", "feature"].tolist() == top["1to0"]
+    top = pipeline.analysis.manifest.summary.top_features["best"]
+    assert ranking.loc[ranking["direction"] == "0→1", "feature"].tolist() == list(top["0to1"])
+    assert ranking.loc[ranking["direction"] == "1→0", "feature"].tolist() == list(top["1to0"])
     assert (ranking["max_abs_delta"] >= ranking["median_abs_delta"]).all()
 
 
@@ -120,7 +124,7 @@ def test_attack_report_is_self_contained_with_the_stored_figures(rendered: dict[
 def test_pipeline_report_has_a_section_per_stage(rendered: dict[str, Run]) -> None:
     """The pipeline report has the cohort, model, attack and feature sections, one figure, and no missing stage."""
     report = rendered[PIPELINE]
-    assert report.manifest.summary["document"] == PIPELINE
+    assert report.manifest.summary.document == PIPELINE
     html = report_files(report)[0].read_text(encoding="utf-8")
     assert external_references(html) == []
     for heading in ("Cohort", "Model", "Attack", "Most susceptible features"):

@@ -36,17 +36,24 @@ def test_model_kind_is_reported_by_the_model_document() -> None:
 def test_metrics_table_has_every_metric_with_its_interval(pipeline: Pipeline) -> None:
     """The metrics table lists the six test metrics with low ≤ value ≤ high, then the threshold without interval."""
     table = api.model_metrics(pipeline.model)
-    assert table["metric"].tolist() == ["AUROC", "AUPRC", "F1", "precision", "recall", "Brier score",
-                                        "threshold (max F1 on validation)"]  # fmt: skip
+    assert table["metric"].tolist() == [
+        "AUROC",
+        "AUPRC",
+        "F1",
+        "precision",
+        "recall",
+        "Brier score",
+        "threshold (max F1 on validation)",
+    ]
     ranked = table.iloc[:6]
     assert ((ranked["low"] <= ranked["value"] + 1e-12) & (ranked["value"] <= ranked["high"] + 1e-12)).all()
     assert np.isnan(table["low"].iloc[-1])
-    assert table["value"].iloc[0] == pipeline.model.manifest.summary["test"]["auroc"]["value"]
+    assert table["value"].iloc[0] == pipeline.model.manifest.summary.test["auroc"].value
 
 
 def test_confusion_and_calibration_count_the_test_split(pipeline: Pipeline) -> None:
     """The confusion matrix and the calibration bins each add up to the test split's size."""
-    n_test = pipeline.model.manifest.summary["n"]["test"]
+    n_test = pipeline.model.manifest.summary.n["test"]
     confusion = api.confusion_table(pipeline.model)
     assert int(confusion.iloc[:, 1:].to_numpy().sum()) == n_test
     assert int(api.calibration_table(pipeline.model)["count"].sum()) == n_test
@@ -56,8 +63,8 @@ def test_training_history_marks_the_kept_epoch(pipeline: Pipeline) -> None:
     """The history has one row per epoch run and marks exactly the best epoch."""
     history = api.training_history(pipeline.model)
     summary = pipeline.model.manifest.summary
-    assert history["epoch"].tolist() == list(range(1, summary["epochs_run"] + 1))
-    assert history.loc[history["best"], "epoch"].tolist() == [summary["best_epoch"]]
+    assert history["epoch"].tolist() == list(range(1, summary.epochs_run + 1))
+    assert history.loc[history["best"], "epoch"].tolist() == [summary.best_epoch]
 
 
 def test_curves_are_none_without_curve_points(pipeline: Pipeline, uncurved: Run) -> None:

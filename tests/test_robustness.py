@@ -18,10 +18,12 @@ from lstm_adv.config import Config, PgdConfig, RobustnessConfig
 from lstm_adv.defend import run_defense
 from lstm_adv.domain.errors import ConfigError, RunKindError
 from lstm_adv.results import api
+from lstm_adv.results.artifacts import CONFUSION_FILE, L1_FILE, load_trained_model
+from lstm_adv.results.artifacts import ROBUSTNESS_CURVES_FILE as CURVES_FILE
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.robustness import CONFUSION_FILE, CURVES_FILE, L1_FILE, run_robustness
-from lstm_adv.train import load_trained_model, run_training
+from lstm_adv.robustness import run_robustness
+from lstm_adv.train import run_training
 from tests.test_defend import config as defend_config
 from tests.test_defend import trained_store, weights_hash
 from tests.test_train import FAST, PARAMS
@@ -31,7 +33,6 @@ def config(**robustness: Any) -> Config:
     """Fast settings: few PGD and L1 iterations, a short ε sweep."""
     settings = {"eps": (0.0, 0.05, 0.2), "l1_max_iterations": 20, **robustness}
     return attrs.evolve(defend_config(epochs=2), pgd=PgdConfig(iterations=3), robustness=RobustnessConfig(**settings))
-
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,9 @@ def _curve(run: Run) -> pd.DataFrame:
     return pd.read_parquet(run.file(CURVES_FILE))
 
 
-def test_zero_budget_gives_exactly_the_clean_metrics(defended: tuple[RunStore, Run, Run, Run],
-                                                      robustness_run: Run) -> None:  # fmt: skip
+def test_zero_budget_gives_exactly_the_clean_metrics(
+    defended: tuple[RunStore, Run, Run, Run], robustness_run: Run
+) -> None:
     """At ε = 0 robust accuracy equals clean accuracy, AUROC and confusion matrix equal the model run's test ones."""
     curves = _curve(robustness_run).set_index(["model", "eps", "metric"])["value"]
     confusion = pd.read_parquet(robustness_run.file(CONFUSION_FILE))
@@ -63,11 +65,13 @@ def test_zero_budget_gives_exactly_the_clean_metrics(defended: tuple[RunStore, R
         assert at_zero["robust_recall"] == at_zero["clean_recall"]
         assert at_zero["success_rate"] == 0.0
         assert at_zero["mean_linf"] == 0.0
-        assert at_zero["robust_auroc"] == run.manifest.summary["test"]["auroc"]["value"]
+        assert at_zero["robust_auroc"] == run.manifest.summary.test["auroc"].value
         cells = confusion[(confusion["model"] == str(run.id)) & (confusion["eps"] == 0.0)]
-        matrix = [[int(cells[(cells.true_label == t) & (cells.predicted_label == p)]["count"].iloc[0]) for p in (0, 1)]
-                  for t in (0, 1)]  # fmt: skip
-        assert matrix == run.manifest.summary["confusion_matrix"]
+        matrix = [
+            [int(cells[(cells.true_label == t) & (cells.predicted_label == p)]["count"].iloc[0]) for p in (0, 1)]
+            for t in (0, 1)
+        ]
+        assert tuple(map(tuple, matrix)) == run.manifest.summary.confusion_matrix
 
 
 def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, Run], robustness_run: Run) -> None:
@@ -85,7 +89,7 @@ def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, R
         assert by[(str(run.id), 0.2, "mean_linf")] <= 0.2 + 1e-6
     l1 = pd.read_parquet(robustness_run.file(L1_FILE))
     assert set(l1["metric"]) == {"attacked", "success_rate", "mean_l0", "mean_l1"}
-    assert set(robustness_run.manifest.summary["l1"]["by_model"]) == {str(model_run.id), str(defense.id)}
+    assert set(robustness_run.manifest.summary.l1.by_model) == {str(model_run.id), str(defense.id)}
 
 
 def test_defense_is_judged_by_fresh_attacks_on_its_final_weights(
@@ -118,8 +122,9 @@ def _runs(root: Path) -> list[str]:
         ({"eps": ()}, "robustness.eps is empty; give at least one budget, e.g. --eps 0,0.01,0.02"),
     ],
 )
-def test_bad_settings_write_nothing(defended: tuple[RunStore, Run, Run, Run], settings: dict[str, Any],
-                                    message: str) -> None:  # fmt: skip
+def test_bad_settings_write_nothing(
+    defended: tuple[RunStore, Run, Run, Run], settings: dict[str, Any], message: str
+) -> None:
     """A negative ε, an unknown attack norm or an empty sweep is a ConfigError and no run is written."""
     store, _features, model_run, _defense = defended
     before = _runs(store.root)
@@ -139,8 +144,7 @@ def test_wrong_run_kind_writes_nothing(defended: tuple[RunStore, Run, Run, Run])
     assert _runs(store.root) == before
 
 
-def test_results_api_gives_curves_and_confusion(defended: tuple[RunStore, Run, Run, Run],
-                                                robustness_run: Run) -> None:  # fmt: skip
+def test_results_api_gives_curves_and_confusion(defended: tuple[RunStore, Run, Run, Run], robustness_run: Run) -> None:
     """The results API returns the curves, confusion matrices and L1 table as aggregates, labelled per model."""
     store, *_ = defended
     run = api.load_run(str(robustness_run.id), store.root.parent, kinds=("robustness",))
@@ -155,8 +159,22 @@ def test_cli_robustness_prints_the_run_and_shows_it(defended: tuple[RunStore, Ru
     store, _features, model_run, _defense = defended
     home = store.root.parent
     runner = CliRunner()
-    result = runner.invoke(app, ["--home", str(home), "robustness", "--model", str(model_run.id), "--eps", "0,0.1",
-                                 "--device", "cpu", "--l1-iterations", "5"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "--home",
+            str(home),
+            "robustness",
+            "--model",
+            str(model_run.id),
+            "--eps",
+            "0,0.1",
+            "--device",
+            "cpu",
+            "--l1-iterations",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     run_id = result.output.strip().splitlines()[-1].removeprefix("robustness run ")
     assert store.get(run_id).kind == "robustness"

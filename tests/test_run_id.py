@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from lstm_adv.domain.errors import RunIdError
 from lstm_adv.domain.run_id import RunId
@@ -18,19 +20,21 @@ def test_parse_inverts_format(run_id: RunId) -> None:
     assert RunId.parse(str(run_id)) == run_id
 
 
-@given(run_ids, run_ids)
-def test_order_follows_creation_time(a: RunId, b: RunId) -> None:
-    """An earlier-created id sorts first, whatever its kind."""
-    if a.created < b.created:
-        assert a < b
-        assert sorted([b, a]) == [a, b]
+@given(run_ids, run_ids, st.integers(1, 10**8))
+def test_order_follows_creation_time(a: RunId, other: RunId, seconds: int) -> None:
+    """An earlier-created id sorts first, whatever its kind or token."""
+    later = attrs.evolve(other, created=a.created + timedelta(seconds=seconds))
+    assert a < later
+    assert not later < a
+    assert sorted([later, a]) == [a, later]
 
 
 @given(run_ids, run_ids)
-def test_string_order_matches_id_order_within_a_kind(a: RunId, b: RunId) -> None:
+def test_string_order_matches_id_order_within_a_kind(a: RunId, other: RunId) -> None:
     """Within one kind, the string form sorts like the id (so `ls` shows runs in time order)."""
-    if a.kind == b.kind:
-        assert (str(a) < str(b)) == (a < b)
+    b = attrs.evolve(other, kind=a.kind)
+    assert (str(a) < str(b)) == (a < b)
+    assert (str(b) < str(a)) == (b < a)
 
 
 def test_format_shows_kind_and_time() -> None:

@@ -12,37 +12,66 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lstm_adv.config import Config
-from lstm_adv.domain.errors import AmbiguousRunError, RunKindError, RunNotFoundError
+from lstm_adv.domain.errors import AmbiguousRunError, DataError, RunKindError, RunNotFoundError, RunStoreError
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.results.converter import structure, unstructure
 from lstm_adv.results.manifest import Manifest
 from lstm_adv.results.store import MANIFEST, RunStore
-from tests.strategies import attrs_instances, json_objects, run_ids, run_kinds
+from lstm_adv.results.summaries import SUMMARY_TYPES, ModelSummary, QuerySummary, Step
+from tests.strategies import attrs_instances, json_objects, run_ids
 
 
 class BoomError(Exception):
     """Raised by tests to interrupt a write."""
 
 
-manifests = st.builds(
-    Manifest,
-    id=run_ids,
-    kind=run_kinds,
-    created=st.datetimes(timezones=st.just(UTC)),
-    parents=st.lists(run_ids, max_size=3).map(tuple),
-    config=json_objects,
-    package_version=st.text(min_size=1, max_size=10),
-    git_commit=st.none() | st.text(alphabet="0123456789abcdef", min_size=40, max_size=40),
-    status=st.sampled_from(["complete", "interrupted"]),
-    checksums=st.dictionaries(st.text(min_size=1, max_size=10), st.text(min_size=64, max_size=64)),
-    summary=json_objects,
-)
+@st.composite
+def manifests(draw: st.DrawFn) -> Manifest:
+    """A manifest of any kind whose summary is that kind's summary class (or none)."""
+    kind = draw(st.sampled_from(sorted(SUMMARY_TYPES)))
+    return Manifest(
+        id=draw(run_ids.map(lambda r: RunId(kind=kind, created=r.created, token=r.token))),
+        kind=kind,
+        created=draw(st.datetimes(timezones=st.just(UTC))),
+        parents=tuple(draw(st.lists(run_ids, max_size=3))),
+        config=draw(json_objects),
+        package_version=draw(st.text(min_size=1, max_size=10)),
+        git_commit=draw(st.none() | st.text(alphabet="0123456789abcdef", min_size=40, max_size=40)),
+        status=draw(st.sampled_from(["complete", "interrupted"])),
+        checksums=draw(st.dictionaries(st.text(min_size=1, max_size=10), st.text(min_size=64, max_size=64))),
+        summary=draw(st.none() | attrs_instances(SUMMARY_TYPES[kind])),
+    )
 
 
-@given(manifests)
+@given(manifests())
 def test_manifest_round_trips_through_json(manifest: Manifest) -> None:
-    """structure(unstructure(m)) == m, also after a trip through JSON text."""
-    assert structure(json.loads(json.dumps(unstructure(manifest))), Manifest) == manifest
+    """Manifest.from_data(to_data(m)) == m, also after a trip through JSON text, with the summary typed."""
+    assert Manifest.from_data(json.loads(json.dumps(manifest.to_data()))) == manifest
+
+
+def test_a_summary_of_an_older_version_fails_with_one_line_naming_the_run(tmp_path: Path) -> None:
+    """A manifest whose summary does not fit its kind's class names the run and says to re-run its stage."""
+    store = _store(tmp_path)
+    run_id = _make(store, "query", "abcd", 1)
+    path = store.root / str(run_id) / MANIFEST
+    data = json.loads(path.read_text())
+    data["summary"] = {"flow": [], "tables": {}, "schema": "mimiciii", "source": "x", "rows": 3}
+    path.write_text(json.dumps(data))
+    with pytest.raises(RunStoreError) as info:
+        store.get(str(run_id))
+    assert str(info.value) == (
+        f"run {run_id} was written by another version of lstm-adv (its summary does not fit: unknown key 'rows'; "
+        "known keys here: flow, schema, source, tables); re-run its stage to use it"
+    )
+
+
+def test_summary_as_names_the_run_when_it_is_of_another_kind(tmp_path: Path) -> None:
+    """Asking a run for another kind's summary is one clear line."""
+    store = _store(tmp_path)
+    run = store.get(str(_make(store, "query", "abcd", 1)))
+    with pytest.raises(DataError) as info:
+        run.summary_as(ModelSummary)
+    assert str(info.value) == f"run {run.id} (query) holds no summary, not a ModelSummary; re-run its stage"
 
 
 @given(attrs_instances(Config))
@@ -58,14 +87,15 @@ def _store(tmp_path: Path) -> RunStore:
 def test_committed_run_is_listed_with_checksums(tmp_path: Path) -> None:
     """A finished write is listed, its files are checksummed and verify clean."""
     store = _store(tmp_path)
+    summary = QuerySummary(flow=(Step("icu stays", 3),), tables={"stays": 3}, schema="mimiciii", source="x")
     with store.create("query", config={"a": 1}) as writer:
         writer.file("t.parquet").write_bytes(b"data")
         writer.file("sub/x.json").write_text("{}")
-        writer.summary["rows"] = 3
+        writer.summary = summary
     run = store.get(str(writer.id))
     assert [r.id for r in store.list()] == [writer.id]
     assert set(run.manifest.checksums) == {"t.parquet", "sub/x.json"}
-    assert run.manifest.summary == {"rows": 3}
+    assert run.summary_as(QuerySummary) == summary
     assert run.manifest.config == {"a": 1}
     assert run.verify() == []
 
@@ -127,10 +157,16 @@ def _make(store: RunStore, kind: str, token: str, second: int, parents: tuple[Ru
     folder = store.root / str(run_id)
     folder.mkdir(parents=True)
     manifest = Manifest(
-        id=run_id, kind=kind, created=run_id.created, parents=parents, config={}, package_version="0",
-        git_commit=None, status="complete",
-    )  # fmt: skip
-    (folder / MANIFEST).write_text(json.dumps(unstructure(manifest)))
+        id=run_id,
+        kind=kind,
+        created=run_id.created,
+        parents=parents,
+        config={},
+        package_version="0",
+        git_commit=None,
+        status="complete",
+    )
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_data()))
     return run_id
 
 

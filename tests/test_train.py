@@ -19,17 +19,25 @@ from lstm_adv.config import ModelConfig
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.feature_matrix import SPLITS
 from lstm_adv.models import Hyperparameters
+from lstm_adv.results.artifacts import load_trained_model
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.train import SplitIndices, load_trained_model, run_training, train_model
+from lstm_adv.results.summaries import ModelSummary
+from lstm_adv.train import SplitIndices, run_training, train_model
 from tests.strategies import tiny_feature_matrix
 
 PARAMS = Hyperparameters(
-    hidden_size=8, num_layers=1, lstm_activation="tanh", dropout=0.0, fc_size=8,
-    fc_activation="relu", optimizer="adam", learning_rate=0.02, batch_size=16,
-)  # fmt: skip
+    hidden_size=8,
+    num_layers=1,
+    lstm_activation="tanh",
+    dropout=0.0,
+    fc_size=8,
+    fc_activation="relu",
+    optimizer="adam",
+    learning_rate=0.02,
+    batch_size=16,
+)
 FAST = ModelConfig(max_epochs=3, patience=3, device="cpu", bootstrap_samples=50)
-
 
 
 def features_run(store: RunStore, features: Any) -> Run:
@@ -101,6 +109,7 @@ def test_training_is_deterministic_on_cpu() -> None:
     """Two runs with the same seed give identical weights, history and metrics."""
     features = tiny_feature_matrix(60)
     first, second = (train_model(features, PARAMS, FAST) for _ in range(2))
+
     def values(trained: Any) -> list[tuple[float, float, float]]:
         return [(r.train_loss, r.val_loss, r.val_auroc) for r in trained.history]
 
@@ -118,8 +127,9 @@ def test_best_checkpoint_is_kept() -> None:
     assert best.val_auroc == max(record.val_auroc for record in trained.history)
     val = features.indices("validation")
     x = torch.from_numpy(features.values[val])
-    _, val_auroc = training_loop.validation_scores(trained.model, training_loop.SplitTensors(x, torch.from_numpy(
-        features.labels[val])), 64)  # fmt: skip
+    _, val_auroc = training_loop.validation_scores(
+        trained.model, training_loop.SplitTensors(x, torch.from_numpy(features.labels[val])), 64
+    )
     assert val_auroc == pytest.approx(best.val_auroc)
 
 
@@ -142,9 +152,9 @@ def test_model_run_holds_weights_params_metrics_and_lineage(tmp_path: Path) -> N
     assert json.loads(run.file("params.json").read_text()) == PARAMS.to_dict()
     summary = run.manifest.summary
     features = tiny_feature_matrix(60)
-    assert summary["n"] == {name: int((features.split == code).sum()) for code, name in enumerate(SPLITS)}
-    auroc = summary["test"]["auroc"]
-    assert auroc["low"] <= auroc["value"] <= auroc["high"]
+    assert summary.n == {name: int((features.split == code).sum()) for code, name in enumerate(SPLITS)}
+    auroc = summary.test["auroc"]
+    assert auroc.low <= auroc.value <= auroc.high
     reloaded = load_trained_model(run)
     assert reloaded.params == PARAMS
     test = torch.from_numpy(tiny_feature_matrix(60).values[:4])
@@ -161,7 +171,7 @@ def test_stored_roc_curve_integrates_to_the_test_auroc(tmp_path: Path) -> None:
     assert set(curves["split"]) == {"validation", "test"}
     roc = curves[(curves["split"] == "test") & (curves["curve"] == "roc")]
     area = float(np.sum(np.diff(roc["x"]) * (roc["y"].to_numpy()[1:] + roc["y"].to_numpy()[:-1]) / 2))
-    assert area == pytest.approx(run.manifest.summary["test"]["auroc"]["value"], abs=1e-9)
+    assert area == pytest.approx(run.manifest.summary.test["auroc"].value, abs=1e-9)
 
 
 def test_cross_validation_scores_each_fold_on_its_own_part(tmp_path: Path) -> None:
@@ -175,9 +185,9 @@ def test_cross_validation_scores_each_fold_on_its_own_part(tmp_path: Path) -> No
     store = RunStore(tmp_path)
     run = run_training(store, features_run(store, features), PARAMS, attrs.evolve(load_config(), model=FAST), cv=True)
     summary = run.manifest.summary
-    assert summary["cv"]
-    assert len(summary["folds"]["auroc"]) == 3
-    assert summary["mean"]["auroc"] == pytest.approx(np.mean(summary["folds"]["auroc"]))
+    assert summary.cv
+    assert len(summary.folds["auroc"]) == 3
+    assert summary.mean["auroc"] == pytest.approx(np.mean(summary.folds["auroc"]))
     assert {f"folds/{k}/model.pt" for k in range(3)} <= set(run.manifest.checksums)
 
 
@@ -251,24 +261,41 @@ def test_synthetic_data_reports_the_oracle_auroc_of_the_same_test_split(tmp_path
     """On synthetic data the model run's summary holds the generator's oracle AUROC on the same test split."""
     import pandas as pd
 
-    from lstm_adv import synth
+    from lstm_adv.metrics import oracle_auroc
+    from lstm_adv.results.artifacts import TRUTH_FILE
+    from lstm_adv.results.summaries import QuerySummary, SynthSeconds, SynthSummary
 
     features = tiny_feature_matrix(60)
     store = RunStore(tmp_path)
-    where = {"schema": "synth_a", "source": "embedded"}
-    truth = pd.DataFrame({
-        "hadm_id": features.hadm_ids, "death_probability": np.linspace(0.0, 1.0, features.n_samples),
-        "label": features.labels, "severity": np.zeros(features.n_samples),
-    })  # fmt: skip
-    with store.create("synth", summary=where) as writer:
-        truth.to_parquet(writer.file(synth.TRUTH_FILE))
-    with store.create("query", summary=where) as writer:
-        pass
+    truth = pd.DataFrame(
+        {
+            "hadm_id": features.hadm_ids,
+            "death_probability": np.linspace(0.0, 1.0, features.n_samples),
+            "label": features.labels,
+            "severity": np.zeros(features.n_samples),
+        }
+    )
+    with store.create("synth") as writer:
+        truth.to_parquet(writer.file(TRUTH_FILE))
+        writer.summary = SynthSummary(
+            admissions=features.n_samples,
+            seed=0,
+            schema="synth_a",
+            source="embedded",
+            tables={},
+            deaths=0,
+            prevalence=0.1,
+            mean_death_probability=0.1,
+            oracle_auroc_all=None,
+            seconds=SynthSeconds(0, 0, 0),
+        )
+    with store.create("query") as writer:
+        writer.summary = QuerySummary(flow=(), tables={}, schema="synth_a", source="embedded")
     assert writer.committed is not None
     with store.create("features", parents=[writer.committed.id]) as writer:
         features.to_npz(writer.file("features.npz"))
     assert writer.committed is not None
     run = run_training(store, writer.committed, PARAMS, attrs.evolve(load_config(), model=FAST))
     test = features.indices("test")
-    expected = synth.oracle_auroc(truth, features.hadm_ids[test], features.labels[test])
-    assert run.manifest.summary["oracle_test_auroc"] == pytest.approx(expected)
+    expected = oracle_auroc(truth, features.hadm_ids[test], features.labels[test])
+    assert run.summary_as(ModelSummary).oracle_test_auroc == pytest.approx(expected)

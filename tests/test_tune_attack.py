@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from lstm_adv.cli import app
 from lstm_adv.domain.errors import ConfigError, RunKindError
 from lstm_adv.domain.perturbation import AttackBatchResult
+from lstm_adv.results.artifacts import STUDY_FILE
+from lstm_adv.results.converter import unstructure
 from lstm_adv.results.store import RunStore
 from lstm_adv.tune_attack import objective_value, run_attack_tuning, tuning_subset
-from lstm_adv.tune_model import STUDY_FILE
 from tests.strategies import tiny_feature_matrix
 from tests.test_attack_stage import World, config, model_run, runs_in
 from tests.test_train import features_run
@@ -31,10 +32,15 @@ def world(tmp_path: Path) -> World:
 
 # The real search space (wide step sizes: some trials find nothing) on a subset attacked in 4 chunks.
 WIDE = {
-    "tune_attack.kappa": [0.0, 2.0], "tune_attack.lam": [1e-7, 1.0], "tune_attack.step_size": [1e-5, 1.0],
-    "tune_attack.methods": ["ista", "fista", "adam"], "tune_attack.batch_size_log2": [1, 3],
-    "tune_attack.subset_size": 16, "tune_attack.chunks": 4, "tune_attack.pruner_startup_trials": 2,
-}  # fmt: skip
+    "tune_attack.kappa": [0.0, 2.0],
+    "tune_attack.lam": [1e-7, 1.0],
+    "tune_attack.step_size": [1e-5, 1.0],
+    "tune_attack.methods": ["ista", "fista", "adam"],
+    "tune_attack.batch_size_log2": [1, 3],
+    "tune_attack.subset_size": 16,
+    "tune_attack.chunks": 4,
+    "tune_attack.pruner_startup_trials": 2,
+}
 
 
 def test_three_trials_write_a_run_with_the_best_settings(world: World) -> None:
@@ -43,36 +49,37 @@ def test_three_trials_write_a_run_with_the_best_settings(world: World) -> None:
     summary = run.manifest.summary
     assert run.manifest.status == "complete"
     assert run.manifest.parents == (world.model.id,)
-    assert summary["n_trials"] == 3
-    assert summary["objective"] == "sparsity"
-    assert (summary["subset_size"], summary["subset_seed"]) == (16, 0)
-    assert summary["model_run"] == str(world.model.id)
-    assert summary["features_run"] == str(world.features.id)
+    assert summary.n_trials == 3
+    assert summary.objective == "sparsity"
+    assert (summary.subset_size, summary.subset_seed) == (16, 0)
+    assert summary.model_run == world.model.id
+    assert summary.features_run == world.features.id
     best = json.loads(run.file("best_params.json").read_text())
-    assert best == summary["best"]["settings"]
+    assert best == unstructure(summary.best.settings)
     assert set(best) == {"kappa", "lam", "step_size", "method", "batch_size"}
-    assert summary["best"]["value"] == max(t["value"] for t in summary["trials"] if t["state"] == "complete")
+    assert summary.best.value == max(t.value for t in summary.trials if t.state == "complete")
     assert STUDY_FILE in run.manifest.checksums
 
 
 def test_a_fresh_study_starts_from_the_attack_defaults(world: World) -> None:
     """Trial 0 of a new study uses the attack's default settings; switching that off leaves it to the sampler."""
     run = run_attack_tuning(world.store, world.model, config(**WIDE), trials=1)
-    first = run.manifest.summary["trials"][0]["settings"]
-    assert (first["kappa"], first["lam"], first["step_size"], first["method"]) == (0.0, 1e-3, 1e-2, "ista")
-    assert first["batch_size"] == 2**3  # the default 2^6 clipped into the configured batch range [2^1, 2^3]
-    off = run_attack_tuning(world.store, world.model, config(**WIDE, **{"tune_attack.start_from_defaults": False}),
-                            trials=1)  # fmt: skip
-    assert off.manifest.summary["trials"][0]["settings"] != first
+    first = run.manifest.summary.trials[0].settings
+    assert (first.kappa, first.lam, first.step_size, first.method) == (0.0, 1e-3, 1e-2, "ista")
+    assert first.batch_size == 2**3  # the default 2^6 clipped into the configured batch range [2^1, 2^3]
+    off = run_attack_tuning(
+        world.store, world.model, config(**WIDE, **{"tune_attack.start_from_defaults": False}), trials=1
+    )
+    assert off.manifest.summary.trials[0].settings != first
 
 
 def test_pruning_fires_on_trials_that_fall_behind(world: World) -> None:
     """With the median pruner fed the running objective after each chunk, trials that find less are pruned."""
     run = run_attack_tuning(world.store, world.model, config(**WIDE), trials=12)
     summary = run.manifest.summary
-    assert summary["n_pruned"] >= 1, summary["states"]
-    pruned = [t for t in summary["trials"] if t["state"] == "pruned"]
-    assert all(t["last_step"] < 3 for t in pruned)  # stopped before the last of the 4 chunks
+    assert summary.n_pruned >= 1, summary.states
+    pruned = [t for t in summary.trials if t.state == "pruned"]
+    assert all(t.last_step < 3 for t in pruned)  # stopped before the last of the 4 chunks
 
 
 def test_interrupt_keeps_finished_trials_and_resume_continues_the_study(world: World) -> None:
@@ -84,12 +91,12 @@ def test_interrupt_keeps_finished_trials_and_resume_continues_the_study(world: W
 
     first = run_attack_tuning(world.store, world.model, config(), trials=4, on_trial=interrupt)
     assert first.manifest.status == "interrupted"
-    assert [t["number"] for t in first.manifest.summary["trials"]] == [0, 1]
+    assert [t.number for t in first.manifest.summary.trials] == [0, 1]
     resumed = run_attack_tuning(world.store, None, config(), trials=2, resume=first)
     summary = resumed.manifest.summary
     assert resumed.manifest.status == "complete"
-    assert summary["study_name"] == first.manifest.summary["study_name"] == str(first.id)
-    assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
+    assert summary.study_name == first.manifest.summary.study_name == str(first.id)
+    assert [t.number for t in summary.trials] == [0, 1, 2, 3]
     assert resumed.manifest.parents == (world.model.id, first.id)
     with pytest.raises(ConfigError) as info:
         run_attack_tuning(world.store, None, config(), objective="sparse_small", resume=resumed)
@@ -105,18 +112,27 @@ def _result(deltas: list[np.ndarray]) -> AttackBatchResult:
     found = np.abs(stacked).sum(axis=(1, 2)) > 0
     logits = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (n, 1))
     return AttackBatchResult(
-        10, sample_index=np.arange(n), label=np.zeros(n, dtype=np.int64), logits_before=logits,
-        attacked=np.ones(n, dtype=bool), found=found, first_iteration=np.where(found, 1, 0),
-        first_delta=stacked, first_logits=np.where(found[:, None], logits[:, ::-1], 0).astype(np.float32),
-        best_iteration=np.where(found, 1, 0), best_delta=stacked,
+        10,
+        sample_index=np.arange(n),
+        label=np.zeros(n, dtype=np.int64),
+        logits_before=logits,
+        attacked=np.ones(n, dtype=bool),
+        found=found,
+        first_iteration=np.where(found, 1, 0),
+        first_delta=stacked,
+        first_logits=np.where(found[:, None], logits[:, ::-1], 0).astype(np.float32),
+        best_iteration=np.where(found, 1, 0),
+        best_delta=stacked,
         best_logits=np.where(found[:, None], logits[:, ::-1], 0).astype(np.float32),
-    )  # fmt: skip
+    )
 
 
 def test_objectives_follow_their_definitions() -> None:
     """Each objective sums its formula over successful samples' best δ; failures add nothing."""
-    a = np.zeros((48, 19)); a[0, 0], a[1, 1] = 0.5, -0.25  # noqa: E702  n = 2, L1 = 0.75, max = 0.5
-    b = np.zeros((48, 19)); b[3, :4] = 0.1  # noqa: E702  n = 4, L1 = 0.4, max = 0.1
+    a = np.zeros((48, 19))
+    a[0, 0], a[1, 1] = 0.5, -0.25
+    b = np.zeros((48, 19))
+    b[3, :4] = 0.1
     result = _result([a, b, np.zeros((48, 19))])
     sa, sb = 1 - 2 / 912, 1 - 4 / 912
     assert objective_value(result, "sparsity", max_nonzero=3) == pytest.approx(sa + sb)
@@ -155,8 +171,11 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(world: World) -> None:
         "got 'smallest'"
     )
     with pytest.raises(ConfigError) as mask:
-        run_attack_tuning(world.store, world.model, config(**{"attack.hours": [7, 7]}), trials=1)
-    assert str(mask.value) == "attack.hours [7, 7) excludes every cell (48 × 19); allow at least one hour"
+        run_attack_tuning(world.store, world.model, config(**{"attack.features": ["pulse"]}), trials=1)
+    assert str(mask.value) == (
+        "attack.features: unknown feature or source ['pulse']; use names from the feature definitions or one of "
+        "bloodgas, lab, vital"
+    )
     assert runs_in(world.store) == before
 
 
@@ -165,11 +184,25 @@ def test_cli_tune_attack_then_attack(world: World) -> None:
     runner = CliRunner(env={"COLUMNS": "200"})
     home = world.store.root.parent
     settings = home / "small.toml"
-    settings.write_text("[tune_attack]\nsubset_size = 8\nchunks = 2\nmax_iterations = 10\n"
-                        "[attack]\nmax_iterations = 10\n")  # fmt: skip
+    settings.write_text(
+        "[tune_attack]\nsubset_size = 8\nchunks = 2\nmax_iterations = 10\n[attack]\nmax_iterations = 10\n"
+    )
     base = ["--home", str(home), "--config", str(settings)]
-    tuned = runner.invoke(app, [*base, "tune-attack", "--model", str(world.model.id), "--trials", "2",
-                                "--objective", "max_num_nonzero_perts", "--device", "cpu"])  # fmt: skip
+    tuned = runner.invoke(
+        app,
+        [
+            *base,
+            "tune-attack",
+            "--model",
+            str(world.model.id),
+            "--trials",
+            "2",
+            "--objective",
+            "max_num_nonzero_perts",
+            "--device",
+            "cpu",
+        ],
+    )
     assert tuned.exit_code == 0, tuned.output
     tuned_id = tuned.output.split("tune-attack run ")[-1].split()[0]
     assert "objective max_num_nonzero_perts on 8 training samples" in tuned.output

@@ -10,20 +10,27 @@ import pytest
 
 from lstm_adv.config import Config
 from lstm_adv.domain.errors import ConfigError, DatabaseError
+from lstm_adv.results.artifacts import STUDY_FILE, load_model, trial_params
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import RunStore
-from lstm_adv.train import load_model, run_training
-from lstm_adv.tune_model import STUDY_FILE, database_url, run_model_tuning, trial_params
+from lstm_adv.studies import database_url
+from lstm_adv.train import run_training
+from lstm_adv.tune_model import run_model_tuning
 from tests.strategies import tiny_feature_matrix
 from tests.test_train import features_run
 
 TINY = {
-    "model.device": "cpu", "model.patience": 4, "model.bootstrap_samples": 20, "model.max_epochs": 2,
-    "tune_model.epochs_per_trial": 4, "tune_model.pruner_startup_trials": 1, "tune_model.pruner_warmup_epochs": 0,
-    "tune_model.hidden_size_log2": [2, 3], "tune_model.fc_size_log2": [2, 3], "tune_model.batch_size_log2": [3, 4],
-}  # fmt: skip
-
-
+    "model.device": "cpu",
+    "model.patience": 4,
+    "model.bootstrap_samples": 20,
+    "model.max_epochs": 2,
+    "tune_model.epochs_per_trial": 4,
+    "tune_model.pruner_startup_trials": 1,
+    "tune_model.pruner_warmup_epochs": 0,
+    "tune_model.hidden_size_log2": [2, 3],
+    "tune_model.fc_size_log2": [2, 3],
+    "tune_model.batch_size_log2": [3, 4],
+}
 
 
 def _config(**overrides: Any) -> Config:
@@ -41,13 +48,13 @@ def test_pruning_fires_and_completed_trials_keep_their_weights(tmp_path: Path) -
     run = run_model_tuning(store, parent, _config(), trials=8)
     summary = run.manifest.summary
     assert run.manifest.status == "complete"
-    assert summary["n_trials"] == 8
-    assert summary["states"].get("pruned", 0) >= 1
-    assert summary["states"].get("complete", 0) >= 1
+    assert summary.n_trials == 8
+    assert summary.states.get("pruned", 0) >= 1
+    assert summary.states.get("complete", 0) >= 1
     assert STUDY_FILE in run.manifest.checksums
-    for trial in summary["trials"]:
-        folder = run.path / "trials" / str(trial["number"])
-        assert folder.is_dir() == (trial["state"] == "complete")
+    for trial in summary.trials:
+        folder = run.path / "trials" / str(trial.number)
+        assert folder.is_dir() == (trial.state == "complete")
     best_number, best_params = trial_params(run)
     assert load_model(run.path / "trials" / str(best_number)).params == best_params
     assert run.manifest.parents == (parent.id,)
@@ -77,15 +84,15 @@ def test_interrupt_keeps_finished_trials_and_resume_continues_the_study(tmp_path
 
     first = run_model_tuning(store, parent, _config(), trials=5, on_trial=interrupt)
     assert first.manifest.status == "interrupted"
-    assert [t["number"] for t in first.manifest.summary["trials"]] == [0, 1]
+    assert [t.number for t in first.manifest.summary.trials] == [0, 1]
     resumed = run_model_tuning(store, None, _config(), trials=2, resume=first)
     summary = resumed.manifest.summary
     assert resumed.manifest.status == "complete"
-    assert summary["study_name"] == first.manifest.summary["study_name"] == str(first.id)
-    assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
-    assert summary["trials"][:2] == first.manifest.summary["trials"]
+    assert summary.study_name == first.manifest.summary.study_name == str(first.id)
+    assert [t.number for t in summary.trials] == [0, 1, 2, 3]
+    assert summary.trials[:2] == first.manifest.summary.trials
     assert resumed.manifest.parents == (parent.id, first.id)
-    done = [t["number"] for t in summary["trials"] if t["state"] == "complete"]
+    done = [t.number for t in summary.trials if t.state == "complete"]
     assert all((resumed.path / "trials" / str(n) / "model.pt").exists() for n in done)
 
 
@@ -111,9 +118,9 @@ def test_unknown_optimizer_in_search_space_is_a_config_error(tmp_path: Path) -> 
     store = RunStore(tmp_path)
     parent = features_run(store, tiny_feature_matrix(60))
     with pytest.raises(ConfigError) as info:
-        run_model_tuning(store, parent, _config(**{"tune_model.optimizers": ["adam", "lbfgs"]}), trials=1)
+        _config(**{"tune_model.optimizers": ["adam", "lbfgs"]})
     assert str(info.value) == (
-        "tune_model.optimizers must list some of adam, rmsprop, sgd; got ['adam', 'lbfgs']"
+        "configuration: key 'tune_model.optimizers[1]' must be one of adam, rmsprop, sgd; got 'lbfgs'"
     )
     assert _runs(tmp_path) == [str(parent.id)]
 
@@ -145,17 +152,17 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path, pg_server: Any) 
     parent = features_run(store, tiny_feature_matrix(60))
     config = _config(**{"tune_model.pruner_startup_trials": 100})
     run = run_model_tuning(store, parent, config, trials=6, storage=pg_server.dsn, workers=2)
-    trials = run.manifest.summary["trials"]
-    numbers = [t["number"] for t in trials]
+    trials = run.manifest.summary.trials
+    numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
     assert sorted(numbers) == list(range(len(numbers)))
     assert 6 <= len(numbers) <= 7  # a worker may start one trial while the other reaches the target
-    assert len({t["worker"] for t in trials}) == 2
-    assert run.manifest.summary["storage"] == pg_server.dsn
+    assert len({t.worker for t in trials}) == 2
+    assert run.manifest.summary.storage == pg_server.dsn
     storage = optuna.storages.RDBStorage(database_url(pg_server.dsn))
     assert len(optuna.load_study(study_name=str(run.id), storage=storage).trials) == len(numbers)
     again = run_model_tuning(store, None, config, trials=1, resume=run)
-    assert again.manifest.summary["n_trials"] == len(numbers) + 1
+    assert again.manifest.summary.n_trials == len(numbers) + 1
 
 
 def test_cli_tune_model_then_train_from_its_best_trial(tmp_path: Path) -> None:

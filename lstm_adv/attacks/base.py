@@ -1,9 +1,11 @@
-"""The attack base class: device, model mode, cuDNN handling, the box [0, 1], masks and batching.
+"""The attack base class: settings, device, model mode, cuDNN handling, the box [0, 1], masks, batching
+and the bookkeeping of successes.
 
-A subclass implements :meth:`Attack._attack_batch` for one batch of samples already on the device;
-:meth:`Attack.run` does everything around it: validates the input, computes the clean logits, skips
-misclassified samples unless asked not to, cuts the rest into batches, and copies each batch's
-results to the host once.
+A subclass names its settings class (:attr:`Attack.settings_type`) and implements
+:meth:`Attack._attack_batch` for one batch of samples already on the device; :meth:`Attack.run` does
+everything around it: validates the input, computes the clean logits, skips misclassified samples
+unless asked not to, cuts the rest into batches, and copies each batch's results to the host once.
+:func:`margin` and :class:`SuccessTracker` are shared by every attack.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
 import numpy as np
@@ -19,11 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from lstm_adv.domain.errors import ConfigError, DataError
-from lstm_adv.domain.perturbation import CELL_SHAPE, N_CLASSES, N_FEATURES, N_HOURS, AttackBatchResult
+from lstm_adv.domain.perturbation import AttackBatchResult
+from lstm_adv.domain.shapes import CELL_SHAPE, N_CLASSES, N_FEATURES, N_HOURS
 
 log = logging.getLogger(__name__)
 
 ArrayLike = Tensor | np.ndarray
+S = TypeVar("S")
 
 
 @attrs.frozen
@@ -45,6 +51,56 @@ class BatchOutcome:
     def to_host(self) -> dict[str, np.ndarray]:
         """Every field as a numpy array: the one device→host copy of a batch."""
         return {name: getattr(self, name).detach().cpu().numpy() for name in attrs.fields_dict(BatchOutcome)}
+
+
+def margin(logits: Tensor, target: Tensor) -> Tensor:
+    """z_c − max_{j≠c} z_j per sample (negative once the prediction left c). Shape: (B, K) → (B,)."""
+    own = logits.gather(1, target[:, None])[:, 0]
+    others = logits.scatter(1, target[:, None], float("-inf"))
+    return own - others.amax(dim=1)
+
+
+class SuccessTracker:
+    """First and best (smallest L1) successful iterate per sample, updated on the device."""
+
+    def __init__(self, x: Tensor) -> None:
+        b = len(x)
+        self.found = torch.zeros(b, dtype=torch.bool, device=x.device)
+        self.first_iteration = torch.zeros(b, dtype=torch.int64, device=x.device)
+        self.best_iteration = torch.zeros(b, dtype=torch.int64, device=x.device)
+        self.first_delta = torch.zeros_like(x)
+        self.best_delta = torch.zeros_like(x)
+        self.first_logits = torch.zeros(b, N_CLASSES, dtype=torch.float32, device=x.device)
+        self.best_logits = torch.zeros(b, N_CLASSES, dtype=torch.float32, device=x.device)
+        self.best_l1 = torch.full((b,), math.inf, dtype=x.dtype, device=x.device)
+
+    def update(self, iteration: int, delta: Tensor, logits: Tensor, target: Tensor) -> None:
+        """Record iterate ``iteration`` (δ and the logits at x + δ) where it flips the prediction."""
+        logits = logits.float()
+        success = logits.argmax(dim=1) != target
+        new = success & ~self.found
+        self.found |= success
+        self.first_iteration = torch.where(new, iteration, self.first_iteration)
+        self.first_delta = torch.where(new[:, None, None], delta, self.first_delta)
+        self.first_logits = torch.where(new[:, None], logits, self.first_logits)
+        l1 = delta.abs().sum(dim=(1, 2))
+        better = success & (l1 < self.best_l1)
+        self.best_l1 = torch.where(better, l1, self.best_l1)
+        self.best_iteration = torch.where(better, iteration, self.best_iteration)
+        self.best_delta = torch.where(better[:, None, None], delta, self.best_delta)
+        self.best_logits = torch.where(better[:, None], logits, self.best_logits)
+
+    def outcome(self) -> BatchOutcome:
+        """The bookkeeping as a :class:`BatchOutcome` (still on the device)."""
+        return BatchOutcome(
+            found=self.found,
+            first_iteration=self.first_iteration,
+            first_delta=self.first_delta,
+            first_logits=self.first_logits,
+            best_iteration=self.best_iteration,
+            best_delta=self.best_delta,
+            best_logits=self.best_logits,
+        )
 
 
 def cell_mask(*, features: Sequence[int] | None = None, hours: Sequence[int] | None = None) -> np.ndarray:
@@ -83,8 +139,9 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
     return resolved
 
 
-class Attack(abc.ABC):
-    """Base of every attack. Subclasses implement :meth:`_attack_batch` and :attr:`iterations`.
+class Attack(abc.ABC, Generic[S]):
+    """Base of every attack. Subclasses set :attr:`settings_type` and implement :meth:`_attack_batch`
+    and :attr:`iterations`; ``settings`` defaults to ``settings_type()``.
 
     The model is moved to ``device`` (default: where its parameters are) and put in eval mode for the
     whole run (its previous mode is restored afterwards). On
@@ -92,9 +149,12 @@ class Attack(abc.ABC):
     backward in eval mode, and the native kernels compute the same eval-mode logits (dropout off).
     """
 
+    settings_type: ClassVar[type[Any]]
+
     def __init__(
         self,
         model: nn.Module,
+        settings: S | None = None,
         *,
         device: str | torch.device | None = None,
         mask: ArrayLike | None = None,
@@ -103,6 +163,7 @@ class Attack(abc.ABC):
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"attack batch size must be ≥ 1, got {batch_size}")
+        self.settings: S = settings if settings is not None else self.settings_type()
         self.device = _resolve_device(model, device)
         self.model = model.to(self.device)
         mask_tensor = _check_mask(mask)
@@ -137,8 +198,12 @@ class Attack(abc.ABC):
             predicted = logits_before.argmax(dim=1)
             attacked = (predicted == ys) | self.include_misclassified
             outcome = self._attack_selected(xs[attacked], predicted[attacked], progress)
-        log.info("attacked %d of %d samples (%d skipped as misclassified)", int(attacked.sum()), len(xs),
-                 int((~attacked).sum()))
+        log.info(
+            "attacked %d of %d samples (%d skipped as misclassified)",
+            int(attacked.sum()),
+            len(xs),
+            int((~attacked).sum()),
+        )
         return _assemble(self.iterations, index, ys, logits_before, attacked, outcome)
 
     def _attack_selected(
@@ -158,8 +223,10 @@ class Attack(abc.ABC):
 
     def _clean_logits(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            chunks = [self._forward(x[i : i + self.batch_size].to(self.device)).cpu()
-                      for i in range(0, len(x), self.batch_size)]  # fmt: skip
+            chunks = [
+                self._forward(x[i : i + self.batch_size].to(self.device)).cpu()
+                for i in range(0, len(x), self.batch_size)
+            ]
         return torch.cat(chunks).float()
 
     def _forward(self, x: Tensor) -> Tensor:
@@ -223,18 +290,24 @@ def _check_input(x: ArrayLike, y: ArrayLike, sample_index: ArrayLike | None) -> 
 
 def _empty_outcome() -> dict[str, np.ndarray]:
     return {
-        "found": np.zeros(0, dtype=bool), "first_iteration": np.zeros(0, dtype=np.int64),
+        "found": np.zeros(0, dtype=bool),
+        "first_iteration": np.zeros(0, dtype=np.int64),
         "first_delta": np.zeros((0, *CELL_SHAPE), dtype=np.float32),
-        "first_logits": np.zeros((0, N_CLASSES), dtype=np.float32), "best_iteration": np.zeros(0, dtype=np.int64),
+        "first_logits": np.zeros((0, N_CLASSES), dtype=np.float32),
+        "best_iteration": np.zeros(0, dtype=np.int64),
         "best_delta": np.zeros((0, *CELL_SHAPE), dtype=np.float32),
         "best_logits": np.zeros((0, N_CLASSES), dtype=np.float32),
-    }  # fmt: skip
+    }
 
 
 def _assemble(
-    iterations: int, index: np.ndarray, y: Tensor, logits_before: Tensor, attacked: Tensor,
+    iterations: int,
+    index: np.ndarray,
+    y: Tensor,
+    logits_before: Tensor,
+    attacked: Tensor,
     outcome: dict[str, np.ndarray],
-) -> AttackBatchResult:  # fmt: skip
+) -> AttackBatchResult:
     """Scatter the attacked rows' outcome into full-length columns (skipped rows: not found)."""
     rows = attacked.numpy()
     full = {name: np.zeros((len(rows), *value.shape[1:]), dtype=value.dtype) for name, value in outcome.items()}

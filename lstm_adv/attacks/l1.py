@@ -24,56 +24,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import ClassVar
 
 import attrs
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lstm_adv.attacks.base import ArrayLike, Attack, BatchOutcome
-from lstm_adv.domain.errors import ConfigError
-from lstm_adv.domain.perturbation import N_CLASSES
+from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, margin
+from lstm_adv.config import L1_METHODS
+from lstm_adv.domain import validators as v
 
-METHODS = ("ista", "fista", "adam")
-
-
-def _finite_at_least(low: float, *, strict: bool = False) -> Callable[[Any, attrs.Attribute[float], float], None]:
-    def check(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
-        ok = math.isfinite(value) and (value > low if strict else value >= low)
-        if not ok:
-            rule = ">" if strict else "≥"
-            raise ConfigError(f"L1Settings.{attribute.name} must be finite and {rule} {low}, got {value}")
-
-    return check
-
-
-def _check_method(instance: L1Settings, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in METHODS:
-        raise ConfigError(f"L1Settings.method must be one of {', '.join(METHODS)}; got {value!r}")
-
-
-def _check_iterations(instance: L1Settings, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"L1Settings.max_iterations must be ≥ 1, got {value}")
-
-
-def _check_beta(instance: L1Settings, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"L1Settings.{attribute.name} must lie in [0, 1), got {value}")
+METHODS = L1_METHODS
 
 
 @attrs.frozen
 class L1Settings:
     """Settings of the sparse L1 attack (κ, λ, step size, method, iteration budget, Adam constants)."""
 
-    kappa: float = attrs.field(default=0.0, validator=_finite_at_least(0.0))
-    lam: float = attrs.field(default=1e-3, validator=_finite_at_least(0.0))
-    step_size: float = attrs.field(default=1e-2, validator=_finite_at_least(0.0, strict=True))
-    method: str = attrs.field(default="ista", validator=_check_method)
-    max_iterations: int = attrs.field(default=1000, validator=_check_iterations)
-    adam_beta1: float = attrs.field(default=0.9, validator=_check_beta)
-    adam_beta2: float = attrs.field(default=0.999, validator=_check_beta)
-    adam_eps: float = attrs.field(default=1e-8, validator=_finite_at_least(0.0, strict=True))
+    kappa: float = attrs.field(default=0.0, validator=v.number(low=0))
+    lam: float = attrs.field(default=1e-3, validator=v.number(low=0))
+    step_size: float = attrs.field(default=1e-2, validator=v.number(low=0, low_strict=True))
+    method: str = attrs.field(default="ista", validator=v.one_of(METHODS))
+    max_iterations: int = attrs.field(default=1000, validator=v.at_least(1))
+    adam_beta1: float = attrs.field(default=0.9, validator=v.number(low=0, high=1, high_strict=True))
+    adam_beta2: float = attrs.field(default=0.999, validator=v.number(low=0, high=1, high_strict=True))
+    adam_eps: float = attrs.field(default=1e-8, validator=v.number(low=0, low_strict=True))
 
 
 def soft_threshold(u: Tensor, threshold: float) -> Tensor:
@@ -89,69 +64,10 @@ def prox_l1_box(u: Tensor, threshold: float, lower: Tensor, upper: Tensor) -> Te
     return torch.minimum(torch.maximum(soft_threshold(u, threshold), lower), upper)
 
 
-def margin(logits: Tensor, target: Tensor) -> Tensor:
-    """z_c − max_{j≠c} z_j per sample (negative once the prediction left c). Shape: (B, K) → (B,)."""
-    own = logits.gather(1, target[:, None])[:, 0]
-    others = logits.scatter(1, target[:, None], float("-inf"))
-    return own - others.amax(dim=1)
-
-
-class SuccessTracker:
-    """First and best (smallest L1) successful iterate per sample, updated on the device."""
-
-    def __init__(self, x: Tensor, n_classes: int) -> None:
-        b = len(x)
-        self.found = torch.zeros(b, dtype=torch.bool, device=x.device)
-        self.first_iteration = torch.zeros(b, dtype=torch.int64, device=x.device)
-        self.best_iteration = torch.zeros(b, dtype=torch.int64, device=x.device)
-        self.first_delta = torch.zeros_like(x)
-        self.best_delta = torch.zeros_like(x)
-        self.first_logits = torch.zeros(b, n_classes, dtype=torch.float32, device=x.device)
-        self.best_logits = torch.zeros(b, n_classes, dtype=torch.float32, device=x.device)
-        self.best_l1 = torch.full((b,), math.inf, dtype=x.dtype, device=x.device)
-
-    def update(self, iteration: int, delta: Tensor, logits: Tensor, target: Tensor) -> None:
-        """Record iterate ``iteration`` (δ and the logits at x + δ) where it flips the prediction."""
-        logits = logits.float()
-        success = logits.argmax(dim=1) != target
-        new = success & ~self.found
-        self.found |= success
-        self.first_iteration = torch.where(new, iteration, self.first_iteration)
-        self.first_delta = torch.where(new[:, None, None], delta, self.first_delta)
-        self.first_logits = torch.where(new[:, None], logits, self.first_logits)
-        l1 = delta.abs().sum(dim=(1, 2))
-        better = success & (l1 < self.best_l1)
-        self.best_l1 = torch.where(better, l1, self.best_l1)
-        self.best_iteration = torch.where(better, iteration, self.best_iteration)
-        self.best_delta = torch.where(better[:, None, None], delta, self.best_delta)
-        self.best_logits = torch.where(better[:, None], logits, self.best_logits)
-
-    def outcome(self) -> BatchOutcome:
-        """The bookkeeping as a :class:`BatchOutcome` (still on the device)."""
-        return BatchOutcome(
-            found=self.found, first_iteration=self.first_iteration, first_delta=self.first_delta,
-            first_logits=self.first_logits, best_iteration=self.best_iteration, best_delta=self.best_delta,
-            best_logits=self.best_logits,
-        )  # fmt: skip
-
-
-class L1Attack(Attack):
+class L1Attack(Attack[L1Settings]):
     """Sparse L1 attack by proximal gradient (ISTA, FISTA or Adam + prox); see the module docstring."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        settings: L1Settings | None = None,
-        *,
-        device: str | torch.device | None = None,
-        mask: ArrayLike | None = None,
-        batch_size: int = 1024,
-        include_misclassified: bool = False,
-    ) -> None:
-        super().__init__(
-            model, device=device, mask=mask, batch_size=batch_size, include_misclassified=include_misclassified
-        )
-        self.settings = settings if settings is not None else L1Settings()
+    settings_type: ClassVar[type[L1Settings]] = L1Settings
 
     @property
     def iterations(self) -> int:
@@ -184,14 +100,12 @@ class L1Attack(Attack):
 
         return self._smooth_step_loop(x, target, direction)
 
-    def _smooth_step_loop(
-        self, x: Tensor, target: Tensor, direction: Callable[[Tensor, int], Tensor]
-    ) -> BatchOutcome:
+    def _smooth_step_loop(self, x: Tensor, target: Tensor, direction: Callable[[Tensor, int], Tensor]) -> BatchOutcome:
         """δ_k = prox(δ_{k−1} − step·direction(∇margin(δ_{k−1}))); iterate k checked with the next forward."""
         s = self.settings
         lower, upper = self._bounds(x)
         loss = self._loss(target)
-        tracker = SuccessTracker(x, n_classes=N_CLASSES)
+        tracker = SuccessTracker(x)
         delta = torch.zeros_like(x)
         for iteration in range(1, s.max_iterations + 1):
             logits, grad = self._gradient(x + delta, loss)
@@ -208,7 +122,7 @@ class L1Attack(Attack):
         s = self.settings
         lower, upper = self._bounds(x)
         loss = self._loss(target)
-        tracker = SuccessTracker(x, n_classes=N_CLASSES)
+        tracker = SuccessTracker(x)
         delta = previous = torch.zeros_like(x)
         t, beta = 1.0, 0.0  # Beck & Teboulle: t_1 = 1, y_1 = δ_0, β_k = (t_k − 1) / t_{k+1}
         for iteration in range(1, s.max_iterations + 1):

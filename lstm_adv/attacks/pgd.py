@@ -19,67 +19,43 @@ base class's stored-result form (first and best successful iterate, misclassifie
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import ClassVar, Literal
 
 import attrs
 import torch
 from torch import Tensor, nn
 
-from lstm_adv.attacks.base import ArrayLike, Attack, BatchOutcome
-from lstm_adv.attacks.l1 import SuccessTracker, margin
+from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, margin
+from lstm_adv.config import PgdAttackName, PgdConfig, PgdLoss
+from lstm_adv.domain import validators as v
 from lstm_adv.domain.errors import ConfigError, DataError
-from lstm_adv.domain.perturbation import CELL_SHAPE, N_CLASSES
+from lstm_adv.domain.shapes import CELL_SHAPE
 
+Norm = Literal["linf", "l2"]
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
 #: Attack names used by the defend and robustness stages → norm.
-ATTACK_NORMS = {"pgd-linf": "linf", "pgd-l2": "l2"}
+ATTACK_NORMS: dict[str, Norm] = {"pgd-linf": "linf", "pgd-l2": "l2"}
 _TINY = 1e-12
 
 
-def _check_eps(instance: PgdSettings, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ConfigError(f"PGD eps must be a finite number ≥ 0, got {value}; use e.g. --eps 0.05")
-
-
 def _check_step(instance: PgdSettings, attribute: attrs.Attribute[float | None], value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0.0):
-        raise ConfigError(f"PGD step_size must be a finite number > 0 (or unset for 2.5·ε/iterations), got {value}")
-
-
-def _check_iterations(instance: PgdSettings, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"PGD iterations must be ≥ 1, got {value}")
-
-
-def _check_norm(instance: PgdSettings, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in NORMS:
-        raise ConfigError(f"PGD norm must be one of {', '.join(NORMS)}; got {value!r}")
-
-
-def _check_loss(instance: PgdSettings, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in LOSSES:
-        raise ConfigError(f"PGD loss must be one of {', '.join(LOSSES)}; got {value!r}")
-
-
-def _check_target(instance: PgdSettings, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and value not in range(N_CLASSES):
-        raise ConfigError(f"PGD target must be a class (0 survived, 1 died) or unset for untargeted, got {value}")
+    if value is not None:
+        v.number(low=0, low_strict=True)(instance, attribute, value)
 
 
 @attrs.frozen
 class PgdSettings:
     """PGD settings: budget ε, step α (``None``: 2.5·ε/iterations), iterations, norm, target class, random start."""
 
-    eps: float = attrs.field(default=0.05, validator=_check_eps)
+    eps: float = attrs.field(default=0.05, validator=v.number(low=0))
     step_size: float | None = attrs.field(default=None, validator=_check_step)
-    iterations: int = attrs.field(default=10, validator=_check_iterations)
-    norm: str = attrs.field(default="linf", validator=_check_norm)
-    target: int | None = attrs.field(default=None, validator=_check_target)
+    iterations: int = attrs.field(default=10, validator=v.at_least(1))
+    norm: Norm = attrs.field(default="linf", validator=v.one_of(NORMS))
+    target: int | None = attrs.field(default=None, validator=v.one_of((None, 0, 1)))
     random_start: bool = True
-    loss: str = attrs.field(default="ce", validator=_check_loss)
+    loss: PgdLoss = attrs.field(default="ce", validator=v.one_of(LOSSES))
     seed: int = 0
 
     @property
@@ -93,39 +69,27 @@ class PgdSettings:
         return self.target is not None
 
     @classmethod
-    def from_config(cls, config: Any, *, attack: str, eps: float, target: int | None = None) -> PgdSettings:
-        """Settings from a ``[pgd]`` config section (a ``PgdConfig``) for attack ``pgd-linf``/``pgd-l2`` at ``eps``.
-
-        In the config, ``step_size = 0`` means 2.5·ε/iterations and ``target = -1`` means untargeted.
-        """
+    def from_config(cls, config: PgdConfig, *, attack: PgdAttackName, eps: float) -> PgdSettings:
+        """Settings from the ``[pgd]`` section for attack ``pgd-linf``/``pgd-l2`` at budget ``eps``."""
         if attack not in ATTACK_NORMS:
             raise ConfigError(f"attack must be one of {', '.join(ATTACK_NORMS)}; got {attack!r}")
-        chosen = target if target is not None else (None if config.target < 0 else config.target)
         return cls(
-            eps=eps, step_size=config.step_size if config.step_size > 0 else None, iterations=config.iterations,
-            norm=ATTACK_NORMS[attack], target=chosen, random_start=config.random_start, loss=config.loss,
+            eps=eps,
+            step_size=None if config.step_size == "auto" else float(config.step_size),
+            iterations=config.iterations,
+            norm=ATTACK_NORMS[attack],
+            target=config.target_class,
+            random_start=config.random_start,
+            loss=config.loss,
             seed=config.seed,
-        )  # fmt: skip
+        )
 
 
-class PgdAttack(Attack):
+class PgdAttack(Attack[PgdSettings]):
     """Batched PGD on the shared attack base (device, eval mode, cuDNN, box, masks); see the module docstring."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        settings: PgdSettings | None = None,
-        *,
-        device: str | torch.device | None = None,
-        mask: ArrayLike | None = None,
-        batch_size: int = 1024,
-        include_misclassified: bool = False,
-    ) -> None:
-        super().__init__(
-            model, device=device, mask=mask, batch_size=batch_size, include_misclassified=include_misclassified
-        )
-        self.settings = settings if settings is not None else PgdSettings()
-        self._generator: torch.Generator | None = None
+    settings_type: ClassVar[type[PgdSettings]] = PgdSettings
+    _generator: torch.Generator | None = None
 
     @property
     def iterations(self) -> int:
@@ -144,38 +108,37 @@ class PgdAttack(Attack):
             return torch.zeros(x.shape, dtype=x.dtype, device=self.device)
         with self._eval_mode():
             step = self.batch_size
-            parts = [self._descend(x[i : i + step].to(self.device), y[i : i + step].to(self.device))
-                     for i in range(0, x.shape[0], step)]  # fmt: skip
+            parts = [
+                self._descend(x[i : i + step].to(self.device), y[i : i + step].to(self.device))
+                for i in range(0, x.shape[0], step)
+            ]
         return torch.cat(parts)
 
-    def _descend(self, x: Tensor, y: Tensor) -> Tensor:
-        """The PGD iterations for one batch; returns the last iterate δ_K. Shape: (B, 48, 19)."""
+    def _descend(self, x: Tensor, y: Tensor, tracker: SuccessTracker | None = None) -> Tensor:
+        """The PGD iterations for one batch; returns the last iterate δ_K. Shape: (B, 48, 19).
+
+        With a ``tracker``, iterate k is checked with the logits of the next gradient step (one extra
+        forward for the last), away from the class ``y`` is pushed from (the target's other class).
+        """
+        s = self.settings
+        away = torch.full_like(y, 1 - s.target) if s.target is not None else y
         lower, upper = self._ball_and_box(x)
         loss = self._loss(y)
         delta = self._start(x, lower, upper)
-        for _ in range(self.settings.iterations):
-            _, grad = self._gradient(x + delta, loss)
-            delta = self._project(delta + self.settings.alpha * self._direction(grad), lower, upper)
+        for iteration in range(1, s.iterations + 1):
+            logits, grad = self._gradient(x + delta, loss)
+            if tracker is not None and iteration > 1:
+                tracker.update(iteration - 1, delta, logits, away)
+            delta = self._project(delta + s.alpha * self._direction(grad), lower, upper)
+        if tracker is not None:
+            with torch.no_grad():
+                tracker.update(s.iterations, delta, self._forward(x + delta), away)
         return delta.detach()
 
     def _attack_batch(self, x: Tensor, target: Tensor) -> BatchOutcome:
-        """Base-class form: ``target`` is the predicted class to move away from (or, targeted, ``1 − t``).
-
-        Iterate k is checked with the logits of the next gradient step (one extra forward for the last).
-        """
-        s = self.settings
-        away = torch.full_like(target, 1 - s.target) if s.target is not None else target
-        lower, upper = self._ball_and_box(x)
-        loss = self._loss(target)
-        tracker = SuccessTracker(x, n_classes=N_CLASSES)
-        delta = self._start(x, lower, upper)
-        for iteration in range(1, s.iterations + 1):
-            logits, grad = self._gradient(x + delta, loss)
-            if iteration > 1:
-                tracker.update(iteration - 1, delta, logits, away)
-            delta = self._project(delta + s.alpha * self._direction(grad), lower, upper)
-        with torch.no_grad():
-            tracker.update(s.iterations, delta, self._forward(x + delta), away)
+        """Base-class form: ``target`` is the predicted class to move away from (or, targeted, ``1 − t``)."""
+        tracker = SuccessTracker(x)
+        self._descend(x, target, tracker)
         return tracker.outcome()
 
     def _loss(self, y: Tensor) -> Callable[[Tensor], Tensor]:

@@ -69,6 +69,7 @@ app.command("defend")(defend.defend)
 app.command("robustness")(defend.robustness)
 app.add_typer(runs.app, name="runs")
 
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 from lstm_adv.config import Config
 from lstm_adv.domain.errors import LstmAdvError
 from lstm_adv.results.config_file import load_config
-from lstm_adv.workspace import Workspace
+from lstm_adv.results.workspace import Workspace
 
 console = Console()
 err_console = Console(stderr=True)
@@ -95,8 +95,15 @@ def setup_logging(verbose: bool) -> None:
 @contextmanager
 def trial_progress(total: int) -> Iterator[Callable[[Any, Any], None]]:
     """A progress bar over ``total`` Optuna trials; yields the callback to pass as ``on_trial``."""
-    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("trials"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("", total=total)
 
         def on_trial(study: Any, trial: Any) -> None:  # optuna Study, FrozenTrial

@@ -11,6 +11,7 @@ from rich.table import Table
 from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import AnalysisSummary
 
 # pandas and matplotlib are imported inside the command so that `lstm-adv --help` stays fast
 _DIRECTIONS = {"0to1": "0→1", "1to0": "1→0"}
@@ -48,28 +49,39 @@ def _number(value: Any, fmt: str) -> str:
 @register("analysis")
 def render_analysis(run: Run, out: Console) -> None:
     """Counts and success rate per direction, mean L0/L1 of first and best examples, top features and hours."""
-    summary: dict[str, Any] = run.manifest.summary
-    out.print(f"attack run {summary.get('attack_run', '—')}   features run {summary.get('features_run', '—')}")
+    s = run.summary_as(AnalysisSummary)
+    out.print(f"attack run {s.attack_run}   features run {s.features_run}")
     out.print(
-        f"{summary.get('n_successful', 0)} successful of {summary.get('n_attacked', 0)} attacked "
-        f"({_number(summary.get('success_rate'), '.1%')}); {summary.get('n_samples', 0)} samples"
+        f"{s.n_successful} successful of {s.n_attacked} attacked ({_number(s.success_rate, '.1%')}); "
+        f"{s.n_samples} samples"
     )
-    table = Table("direction", "attacked", "successful", "success rate", "mean L0 first / best",
-                  "mean L1 first / best", title="successful examples")  # fmt: skip
+    table = Table(
+        "direction",
+        "attacked",
+        "successful",
+        "success rate",
+        "mean L0 first / best",
+        "mean L1 first / best",
+        title="successful examples",
+    )
     for code, name in _DIRECTIONS.items():
-        row = summary.get("directions", {}).get(code, {})
-        l0 = [summary.get("mean_l0", {}).get(w, {}).get(code) for w in ("first", "best")]
-        l1 = [summary.get("mean_l1", {}).get(w, {}).get(code) for w in ("first", "best")]
+        row = s.directions.get(code)
+        l0 = [s.mean_l0.get(w, {}).get(code) for w in ("first", "best")]
+        l1 = [s.mean_l1.get(w, {}).get(code) for w in ("first", "best")]
         table.add_row(
-            name, str(row.get("attacked", 0)), str(row.get("successful", 0)), _number(row.get("success_rate"), ".1%"),
-            " / ".join(_number(v, ".1f") for v in l0), " / ".join(_number(v, ".3f") for v in l1),
-        )  # fmt: skip
+            name,
+            str(row.attacked if row else 0),
+            str(row.successful if row else 0),
+            _number(row.success_rate if row else None, ".1%"),
+            " / ".join(_number(v, ".1f") for v in l0),
+            " / ".join(_number(v, ".3f") for v in l1),
+        )
     out.print(table)
     tops = Table("examples", "direction", "most susceptible features", "hours", title="rankings (S_j, Sun et al.)")
     for which in ("first", "best"):
         for code, name in _DIRECTIONS.items():
-            features = summary.get("top_features", {}).get(which, {}).get(code, [])
-            hours = summary.get("top_hours", {}).get(which, {}).get(code, [])
+            features = s.top_features.get(which, {}).get(code, ())
+            hours = s.top_hours.get(which, {}).get(code, ())
             tops.add_row(which, name, ", ".join(map(str, features)) or "—", ", ".join(map(str, hours)) or "—")
     out.print(tops)
-    out.print(f"{len(summary.get('figures', []))} figure files under {run.path / 'figures'}")
+    out.print(f"{len(s.figures)} figure files under {run.path / 'figures'}")

@@ -15,6 +15,7 @@ from rich.table import Table
 from lstm_adv.cli._common import console, state, trial_progress
 from lstm_adv.cli.summaries import register
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import AttackSummary, TuneAttackSummary
 
 # torch and optuna are imported inside the commands so that `lstm-adv --help` stays fast
 
@@ -23,8 +24,9 @@ def tune_attack(
     ctx: typer.Context,
     model: Annotated[
         str | None,
-        typer.Option("--model", help="Model run id or prefix, or a tune-model run with --trial [default: the latest "
-                     "model run]."),
+        typer.Option(
+            "--model", help="Model run id or prefix, or a tune-model run with --trial [default: the latest model run]."
+        ),
     ] = None,
     trial: Annotated[
         int | None, typer.Option("--trial", help="Trial of a tune-model run given as --model [default: its best].")
@@ -34,13 +36,18 @@ def tune_attack(
     ] = None,
     objective: Annotated[
         str | None,
-        typer.Option("--objective", help="sparsity, sparse_small, sparse_small_max or max_num_nonzero_perts "
-                     "[default: tune_attack.objective]."),
+        typer.Option(
+            "--objective",
+            help="sparsity, sparse_small, sparse_small_max or max_num_nonzero_perts [default: tune_attack.objective].",
+        ),
     ] = None,
     storage: Annotated[
         str | None,
-        typer.Option("--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host:5432/db, shared by "
-                     "workers on many machines [default: a file inside the run]."),
+        typer.Option(
+            "--storage",
+            help="Optuna storage URL, e.g. postgresql://user:pw@host:5432/db, shared by "
+            "workers on many machines [default: a file inside the run].",
+        ),
     ] = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue the study of this tune-attack run (a new run is written).")
@@ -65,8 +72,17 @@ def tune_attack(
     total = trials if trials is not None else config.tune_attack.trials
     optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
     with trial_progress(total) as on_trial:
-        run = run_attack_tuning(store, model_run, config, trial=trial, trials=trials, objective=objective,
-                                storage=storage, resume=resumed, on_trial=on_trial)  # fmt: skip
+        run = run_attack_tuning(
+            store,
+            model_run,
+            config,
+            trial=trial,
+            trials=trials,
+            objective=objective,
+            storage=storage,
+            resume=resumed,
+            on_trial=on_trial,
+        )
     render_tuning(run, console)
     if run.manifest.status == "interrupted":
         console.print(f"interrupted: finished trials kept; continue with `lstm-adv tune-attack --resume {run.id}`")
@@ -78,22 +94,24 @@ def attack(
     tuned: Annotated[
         str | None, typer.Option("--tuned", help="Tune-attack run id or prefix [default: the latest].")
     ] = None,
-    split: Annotated[
-        str | None, typer.Option("--split", help="test, val, train or all [default: test].")
-    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="test, val, train or all [default: test].")] = None,
     shard: Annotated[
         str | None,
-        typer.Option("--shard", help="Attack only shard i of n (e.g. 2/4); once all n shards finished, they are "
-                     "merged into one run automatically."),
+        typer.Option(
+            "--shard",
+            help="Attack only shard i of n (e.g. 2/4); once all n shards finished, they are "
+            "merged into one run automatically.",
+        ),
     ] = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Complete this interrupted attack run (a new run is written).")
     ] = None,
     include_misclassified: Annotated[
         bool | None,
-        typer.Option("--include-misclassified/--skip-misclassified",
-                     help="Also attack samples the model already misclassifies "
-                     "[default: attack.include_misclassified]."),
+        typer.Option(
+            "--include-misclassified/--skip-misclassified",
+            help="Also attack samples the model already misclassifies [default: attack.include_misclassified].",
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: attack.device].")] = None,
 ) -> None:
@@ -116,22 +134,28 @@ def attack(
     if run.manifest.status == "interrupted":
         console.print(f"interrupted: finished batches kept; continue with `lstm-adv attack --resume {run.id}`")
     console.print(f"attack run {run.id}")
-    summary = run.manifest.summary
-    if summary.get("shard") and run.manifest.status == "complete":
-        count = int(str(summary["shard"]).split("/")[1])
-        tuned_of_run = store.get(str(summary["tune_attack_run"]), kind="tune-attack")
-        merged = merge_attack_shards(store, tuned_of_run, split=str(summary["split"]), count=count)
+    summary = run.summary_as(AttackSummary)
+    if summary.shard and run.manifest.status == "complete":
+        count = Shard.parse(summary.shard).count
+        tuned_of_run = store.get(str(summary.tune_attack_run), kind="tune-attack")
+        merged = merge_attack_shards(store, tuned_of_run, split=summary.split, count=count)
         if merged is None:
-            console.print(f"shard {summary['shard']} done; the shards are merged once all {count} have finished")
+            console.print(f"shard {summary.shard} done; the shards are merged once all {count} have finished")
         else:
             console.print(f"all {count} shards finished: merged attack run {merged.id}")
 
 
-
 @contextmanager
 def _batch_progress() -> Iterator[Any]:
-    with Progress(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("attack"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("", total=None)
 
         def on_batch(n: int) -> None:
@@ -147,17 +171,25 @@ def _number(value: Any, fmt: str = ".3g") -> str:
 @register("tune-attack")
 def render_tuning(run: Run, out: Console) -> None:
     """Objective, subset, trial counts and the best trial's settings."""
-    s = run.manifest.summary
-    states = ", ".join(f"{count} {name}" for name, count in s.get("states", {}).items()) or "none"
-    out.print(f"study {s.get('study_name')} in {s.get('storage')}: {s.get('n_trials', 0)} trials ({states}); "
-              f"objective {s.get('objective')} on {s.get('subset_size')} training samples (seed "
-              f"{s.get('subset_seed')}), model {s.get('model_run')}")  # fmt: skip
-    best = s.get("best")
-    if not best:
+    s = run.summary_as(TuneAttackSummary)
+    states = ", ".join(f"{count} {name}" for name, count in s.states.items()) or "none"
+    out.print(
+        f"study {s.study_name} in {s.storage}: {s.n_trials} trials ({states}); objective {s.objective} on "
+        f"{s.subset_size} training samples (seed {s.subset_seed}), model {s.model_run}"
+    )
+    best = s.best
+    if best is None or best.settings is None:
         out.print("no completed trial yet")
         return
-    table = Table("setting", "value", title=f"best trial {best['number']}: {s.get('objective')} {best['value']:.4g}")
-    for name, value in best["settings"].items():
+    table = Table("setting", "value", title=f"best trial {best.number}: {s.objective} {_number(best.value, '.4g')}")
+    settings = best.settings
+    for name, value in (
+        ("kappa", settings.kappa),
+        ("lam", settings.lam),
+        ("step_size", settings.step_size),
+        ("method", settings.method),
+        ("batch_size", settings.batch_size),
+    ):
         table.add_row(name, _number(value) if isinstance(value, float) else str(value))
     out.print(table)
 
@@ -165,14 +197,23 @@ def render_tuning(run: Run, out: Console) -> None:
 @register("attack")
 def render_attack(run: Run, out: Console) -> None:
     """Success rate and mean L0 / L1 of the first and best examples per direction."""
-    s = run.manifest.summary
-    shard = f", shard {s['shard']}" if s.get("shard") else ""
-    out.print(f"{s.get('split')} split{shard}: {s.get('n_attacked')} of {s.get('n_samples')} samples attacked, "
-              f"{s.get('n_successful')} flipped (success rate {_number(s.get('success_rate'), '.3f')}); "
-              f"batches {s['batches']['done']}/{s['batches']['total']}; model {s.get('model_run')}")  # fmt: skip
+    s = run.summary_as(AttackSummary)
+    shard = f", shard {s.shard}" if s.shard else ""
+    out.print(
+        f"{s.split} split{shard}: {s.n_attacked} of {s.n_samples} samples attacked, {s.n_successful} flipped "
+        f"(success rate {_number(s.success_rate, '.3f')}); batches {s.batches.done}/{s.batches.total}; "
+        f"model {s.model_run}"
+    )
     table = Table("direction", "attacked", "successful", "rate", "first L0", "first L1", "best L0", "best L1")
-    for name, entry in s.get("directions", {}).items():
-        table.add_row(name, str(entry["attacked"]), str(entry["successful"]), _number(entry["success_rate"], ".3f"),
-                      _number(entry["first"]["mean_l0"], ".1f"), _number(entry["first"]["mean_l1"], ".3f"),
-                      _number(entry["best"]["mean_l0"], ".1f"), _number(entry["best"]["mean_l1"], ".3f"))  # fmt: skip
+    for name, entry in s.directions.items():
+        table.add_row(
+            name,
+            str(entry.attacked),
+            str(entry.successful),
+            _number(entry.success_rate, ".3f"),
+            _number(entry.first.mean_l0, ".1f"),
+            _number(entry.first.mean_l1, ".3f"),
+            _number(entry.best.mean_l0, ".1f"),
+            _number(entry.best.mean_l1, ".3f"),
+        )
     out.print(table)

@@ -14,6 +14,7 @@ from rich.table import Table
 from lstm_adv.cli._common import console, fail, state
 from lstm_adv.cli.summaries import register
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import ModelSummary, RobustnessSummary
 
 # torch is imported inside the commands so that `lstm-adv --help` stays fast
 _SHOWN = ("clean_accuracy", "robust_accuracy", "robust_recall", "robust_auroc", "success_rate")
@@ -24,25 +25,29 @@ def defend(
     model: Annotated[str | None, typer.Option("--model", help="Model run to harden [default: the latest].")] = None,
     method: Annotated[
         str | None,
-        typer.Option("--method", help="static (examples made once) or adaptive (Madry: fresh examples against "
-                     "the current weights) [default: defend.method]."),
+        typer.Option(
+            "--method",
+            help="static (examples made once) or adaptive (Madry: fresh examples against "
+            "the current weights) [default: defend.method].",
+        ),
     ] = None,
-    attack: Annotated[
-        str | None, typer.Option("--attack", help="pgd-linf or pgd-l2 [default: defend.attack].")
-    ] = None,
+    attack: Annotated[str | None, typer.Option("--attack", help="pgd-linf or pgd-l2 [default: defend.attack].")] = None,
     eps: Annotated[
         float | None, typer.Option("--eps", help="Budget ε of the training examples [default: defend.eps].")
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Fine-tuning epochs [default: defend.epochs].")] = None,
     mix: Annotated[
         float | None,
-        typer.Option("--mix", help="Share of training samples replaced by their adversarial example "
-                     "[default: defend.mix]."),
+        typer.Option(
+            "--mix", help="Share of training samples replaced by their adversarial example [default: defend.mix]."
+        ),
     ] = None,
     target: Annotated[
         int | None,
-        typer.Option("--target", help="Targeted examples towards this class (0: deaths look like survivals) "
-                     "[default: untargeted]."),
+        typer.Option(
+            "--target",
+            help="Targeted examples towards this class (0: deaths look like survivals) [default: untargeted].",
+        ),
     ] = None,
     regenerate: Annotated[
         str | None,
@@ -58,20 +63,30 @@ def defend(
     from lstm_adv.defend import run_defense
 
     cli = state(ctx)
-    overrides = {"defend.method": method, "defend.attack": attack, "defend.eps": eps, "defend.epochs": epochs,
-                 "defend.mix": mix, "defend.regenerate": regenerate, "pgd.target": target, "model.device": device}
+    overrides = {
+        "defend.method": method,
+        "defend.attack": attack,
+        "defend.eps": eps,
+        "defend.epochs": epochs,
+        "defend.mix": mix,
+        "defend.regenerate": regenerate,
+        "pgd.target": target,
+        "model.device": device,
+    }
     config = cli.config(overrides)
     store = cli.workspace().store
     model_run = store.resolve(model, "model")
     with _progress("fine-tuning", config.defend.epochs) as advance:
-        run = run_defense(store, model_run, config,
-                          on_epoch=lambda r: advance(f"clean val AUROC {r.val_auroc:.4f}"))  # fmt: skip
+        run = run_defense(store, model_run, config, on_epoch=lambda r: advance(f"clean val AUROC {r.val_auroc:.4f}"))
     from lstm_adv.cli.train import render_model
 
     render_model(run, console)
-    defense = run.manifest.summary["defense"]
-    console.print(f"{defense['method']} defense with {defense['attack']} ε={defense['eps']}: "
-                  f"{defense['regenerations']} example generation(s)")  # fmt: skip
+    defense = run.summary_as(ModelSummary).defense
+    if defense is not None:
+        console.print(
+            f"{defense.method} defense with {defense.attack} ε={defense.eps}: "
+            f"{defense.regenerations} example generation(s)"
+        )
     console.print(f"model run {run.id}")
 
 
@@ -113,9 +128,14 @@ def robustness(
     from lstm_adv.robustness import run_robustness
 
     cli = state(ctx)
-    overrides = {"robustness.eps": _floats(eps) if eps is not None else None, "robustness.attack": attack,
-                 "robustness.split": split, "robustness.l1_max_iterations": l1_iterations, "pgd.target": target,
-                 "model.device": device}  # fmt: skip
+    overrides = {
+        "robustness.eps": _floats(eps) if eps is not None else None,
+        "robustness.attack": attack,
+        "robustness.split": split,
+        "robustness.l1_max_iterations": l1_iterations,
+        "pgd.target": target,
+        "model.device": device,
+    }
     config = cli.config(overrides)
     store = cli.workspace().store
     refs = [model] + [m.strip() for m in (models or "").split(",") if m.strip()]
@@ -128,8 +148,15 @@ def robustness(
 
 @contextmanager
 def _progress(what: str, total: int) -> Iterator[Any]:
-    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("", total=total)
         yield lambda description: progress.update(task, advance=1, description=description)
 
@@ -141,19 +168,24 @@ def _value(value: Any) -> str:
 @register("robustness")
 def render_robustness(run: Run, out: Console) -> None:
     """Per model and ε: clean / robust accuracy, robust recall of deaths, AUROC under attack; L1 before vs after."""
-    summary: dict[str, Any] = run.manifest.summary
-    defenses = {m["model"]: m["defense"] for m in summary.get("models", [])}
-    table = Table("model", "defense", "ε", *_SHOWN,
-                  title=f"fresh {summary.get('attack')} on the {summary.get('split')} split (n={summary.get('n')})")
-    for row in summary.get("table", []):
-        table.add_row(row["model"], defenses.get(row["model"], "?"), f"{row['eps']:g}",
-                      *[_value(row.get(name)) for name in _SHOWN])  # fmt: skip
+    summary = run.summary_as(RobustnessSummary)
+    defenses = {str(m.model): m.defense for m in summary.models}
+    table = Table(
+        "model", "defense", "ε", *_SHOWN, title=f"fresh {summary.attack} on the {summary.split} split (n={summary.n})"
+    )
+    for row in summary.table:
+        values = (row.clean_accuracy, row.robust_accuracy, row.robust_recall, row.robust_auroc, row.success_rate)
+        table.add_row(str(row.model), defenses.get(str(row.model), "?"), f"{row.eps:g}", *map(_value, values))
     out.print(table)
-    l1 = summary.get("l1", {}).get("by_model", {})
-    if l1:
+    if summary.l1.by_model:
         l1_table = Table("model", "defense", "attacked", "success rate", "mean L0", "mean L1", title="sparse L1 attack")
-        for model, values in l1.items():
-            l1_table.add_row(model, defenses.get(model, "?"), f"{values.get('attacked', 0):.0f}",
-                             _value(values.get("success_rate")), _value(values.get("mean_l0")),
-                             _value(values.get("mean_l1")))  # fmt: skip
+        for model, stats in summary.l1.by_model.items():
+            l1_table.add_row(
+                model,
+                defenses.get(model, "?"),
+                f"{stats.get('attacked') or 0:.0f}",
+                _value(stats.get("success_rate")),
+                _value(stats.get("mean_l0")),
+                _value(stats.get("mean_l1")),
+            )
         out.print(l1_table)

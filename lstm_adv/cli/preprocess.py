@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,7 @@ from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
 from lstm_adv.preprocess import run_preprocess
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import FeaturesSummary
 
 
 def preprocess(
@@ -40,19 +41,19 @@ def preprocess(
 @register("features")
 def render_features(run: Run, out: Console) -> None:
     """Shape, class balance per split, the filter counts and missingness per feature."""
-    summary: dict[str, Any] = run.manifest.summary
-    out.print(f"shape   {tuple(summary.get('shape', ()))}   folds {summary.get('n_folds')}")
-    out.print(f"window rule: {summary.get('window_rule', '—')}")
+    s = run.summary_as(FeaturesSummary)
+    out.print(f"shape   {s.shape}   folds {s.n_folds}")
+    out.print(f"window rule: {s.window_rule}")
     flow = Table("step", "count", title="counts")
-    for row in summary.get("flow", []):
-        flow.add_row(str(row["step"]), str(row["count"]))
+    for row in s.flow:
+        flow.add_row(row.step, str(row.count))
     out.print(flow)
     splits = Table("split", "samples", "positives", "prevalence", "patients", title="class balance")
-    for name, row in summary.get("splits", {}).items():
-        share = row["positives"] / row["samples"] if row["samples"] else 0.0
-        splits.add_row(name, str(row["samples"]), str(row["positives"]), f"{share:.1%}", str(row["subjects"]))
+    for name, counts in s.splits.items():
+        share = counts.positives / counts.samples if counts.samples else 0.0
+        splits.add_row(name, str(counts.samples), str(counts.positives), f"{share:.1%}", str(counts.subjects))
     out.print(splits)
     missing = Table("feature", "hours without a measurement", title="missingness in the window")
-    for name, share in summary.get("missingness", {}).items():
+    for name, share in s.missingness.items():
         missing.add_row(name, f"{share:.1%}")
     out.print(missing)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,7 @@ from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
 from lstm_adv.query import run_cohort_query
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import QuerySummary
 
 
 def query(
@@ -53,13 +54,13 @@ def query(
 @register("query")
 def render_query_summary(run: Run, out: Console) -> None:
     """Print the cohort flow (rows left after each rule) and the row count of each stored table."""
-    summary: dict[str, Any] = run.manifest.summary
-    out.print(f"source  {summary.get('source')}, schema {summary.get('schema')}", highlight=False)
+    s = run.summary_as(QuerySummary)
+    out.print(f"source  {s.source}, schema {s.schema}", highlight=False)
     flow = Table("cohort step", "count")
-    for step in summary.get("flow", []):
-        flow.add_row(step["step"], f"{step['count']:,}")
+    for step in s.flow:
+        flow.add_row(step.step, f"{step.count:,}")
     out.print(flow)
     tables = Table("table", "rows")
-    for name, rows in summary.get("tables", {}).items():
+    for name, rows in s.tables.items():
         tables.add_row(f"{name}.parquet", f"{rows:,}")
     out.print(tables)

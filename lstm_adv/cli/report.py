@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,14 +13,17 @@ from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
 from lstm_adv.reports import DOCUMENTS, ENGINES, PIPELINE, render_report, report_files
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import ReportSummary
 
 
 def report(
     ctx: typer.Context,
     run_id: Annotated[
         str,
-        typer.Argument(help=f"The run to report (id or unique prefix); its kind ({', '.join(sorted(DOCUMENTS))}) "
-                       "picks the document."),
+        typer.Argument(
+            help=f"The run to report (id or unique prefix); its kind ({', '.join(sorted(DOCUMENTS))}) "
+            "picks the document."
+        ),
     ],
     engine: Annotated[
         str,
@@ -48,8 +51,14 @@ def report(
     workspace = cli.workspace()
     run = workspace.store.get(run_id)
     with console.status(f"rendering the report of {run.id}…"):
-        result = render_report(run, store=workspace.store, home=workspace.home, reports_dir=reports, engine=engine,
-                               document=PIPELINE if pipeline else None)  # fmt: skip
+        result = render_report(
+            run,
+            store=workspace.store,
+            home=workspace.home,
+            reports_dir=reports,
+            engine=engine,
+            document=PIPELINE if pipeline else None,
+        )
     html, pdf = report_files(result)
     console.print(f"report run [bold]{result.id}[/]")
     console.print(str(html), highlight=False, soft_wrap=True)
@@ -59,7 +68,7 @@ def report(
 @register("report")
 def render_report_summary(run: Run, out: Console) -> None:
     """The reported run, the document, the engine and the rendered files."""
-    summary: dict[str, Any] = run.manifest.summary
-    out.print(f"document {summary.get('document')}.qmd   engine {summary.get('engine')}   of {summary.get('reported')}")
-    for name in summary.get("files", []):
+    s = run.summary_as(ReportSummary)
+    out.print(f"document {s.document}.qmd   engine {s.engine}   of {s.reported}")
+    for name in s.files:
         out.print(str(run.path / name), highlight=False, soft_wrap=True)

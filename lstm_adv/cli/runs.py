@@ -52,8 +52,10 @@ def show_run(
     run = store.get(run_id)
     manifest = run.manifest
     console.print(f"[bold]{run.id}[/]  kind={run.kind}  status={manifest.status}")
-    console.print(f"created {manifest.created:%Y-%m-%d %H:%M:%S} UTC, lstm-adv {manifest.package_version}, "
-                  f"git {manifest.git_commit[:10] if manifest.git_commit else '—'}")
+    console.print(
+        f"created {manifest.created:%Y-%m-%d %H:%M:%S} UTC, lstm-adv {manifest.package_version}, "
+        f"git {manifest.git_commit[:10] if manifest.git_commit else '—'}"
+    )
     console.print(f"folder  {run.path}")
     tree = Tree(f"lineage: {run.id}")
     _add_parents(tree, run, store)

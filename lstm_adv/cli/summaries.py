@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 from rich.console import Console
 from rich.table import Table
 
@@ -25,12 +26,15 @@ def register(kind: str) -> Callable[[Renderer], Renderer]:
 
 def render_summary(run: Run, console: Console) -> None:
     """Print the run's summary with its kind's renderer, or as a generic key/value table."""
+    if run.manifest.summary is None:
+        console.print("no summary recorded")
+        return
     renderer = _RENDERERS.get(run.kind)
     if renderer is not None:
         renderer(run, console)
         return
-    if run.manifest.summary:
+    if run.manifest.summary is not None:  # a kind without a renderer of its own
         table = Table("summary", "value")
-        for key, value in run.manifest.summary.items():
-            table.add_row(key, str(value))
+        for field in attrs.fields(type(run.manifest.summary)):
+            table.add_row(field.name, str(getattr(run.manifest.summary, field.name)))
         console.print(table)

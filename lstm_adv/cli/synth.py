@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -11,6 +11,7 @@ from rich.table import Table
 from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import SynthSummary
 from lstm_adv.synth import check_request, run_synth
 from lstm_adv.synth.service import check_schema_name
 
@@ -52,7 +53,7 @@ def synth(
     """
     cli = state(ctx)
     config = cli.config({"synth.admissions": admissions, "synth.seed": seed, "synth.schema": schema})
-    check_request(config.synth.admissions, config.synth.seed, config.synth)  # before starting a server
+    check_request(config.synth.admissions, config.synth.seed)  # before starting a server
     check_schema_name(config.synth.schema)
     dsn, source = cli.database(dsn, config)
     with console.status("synth") as status:
@@ -71,24 +72,16 @@ def synth(
 @register("synth")
 def render_synth_summary(run: Run, out: Console) -> None:
     """Print size, outcome prevalence, oracle AUROC, rows per table and timings of a synth run."""
-    summary: dict[str, Any] = run.manifest.summary
+    s = run.summary_as(SynthSummary)
+    out.print(f"source {s.source}, schema {s.schema}, seed {s.seed}", highlight=False)
+    oracle = "n/a" if s.oracle_auroc_all is None else f"{s.oracle_auroc_all:.3f}"
     out.print(
-        f"source {summary.get('source')}, schema {summary.get('schema')}, seed {summary.get('seed')}",
-        highlight=False,
-    )
-    oracle = summary.get("oracle_auroc_all")
-    out.print(
-        f"{summary.get('admissions', 0):,} admissions, {summary.get('deaths', 0):,} deaths "
-        f"({100 * float(summary.get('prevalence', 0.0)):.1f} %), oracle AUROC (all admissions) "
-        f"{'n/a' if oracle is None else f'{oracle:.3f}'}",
+        f"{s.admissions:,} admissions, {s.deaths:,} deaths ({100 * s.prevalence:.1f} %), oracle AUROC "
+        f"(all admissions) {oracle}",
         highlight=False,
     )
     tables = Table("table", "rows")
-    for name, rows in summary.get("tables", {}).items():
+    for name, rows in s.tables.items():
         tables.add_row(name, f"{rows:,}")
     out.print(tables)
-    seconds = summary.get("seconds", {})
-    out.print(
-        f"generated in {seconds.get('generate', 0):.1f} s, loaded in {seconds.get('load', 0):.1f} s",
-        highlight=False,
-    )
+    out.print(f"generated in {s.seconds.generate:.1f} s, loaded in {s.seconds.load:.1f} s", highlight=False)

@@ -17,6 +17,7 @@ from lstm_adv.cli._common import console, fail, state, trial_progress
 from lstm_adv.cli.summaries import register
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import Estimate, ModelSummary, TuneModelSummary
 
 # torch and optuna are imported inside the commands so that `lstm-adv --help` stays fast
 REPORTED = ("auroc", "auprc", "f1", "precision", "recall", "brier")
@@ -48,8 +49,8 @@ def train(
         fail("give either --params or --tuned-model, not both")
     if trial is not None and tuned_model is None:
         fail("--trial needs --tuned-model")
+    from lstm_adv.results.artifacts import trial_params
     from lstm_adv.train import load_params_file, params_from_config, run_training
-    from lstm_adv.tune_model import trial_params
 
     cli = state(ctx)
     config = cli.config({"model.device": device})
@@ -72,7 +73,7 @@ def train(
 
 def features_run_folds(run: Run) -> int:
     """Number of folds of a features run (for the progress bar only)."""
-    from lstm_adv.train import load_features
+    from lstm_adv.results.artifacts import load_features
 
     return max(1, load_features(run).n_folds)
 
@@ -114,8 +115,16 @@ def tune_model(
     total = trials if trials is not None else config.tune_model.trials
     optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
     with trial_progress(total) as on_trial:
-        run = run_model_tuning(store, features_run, config, trials=trials, storage=storage, resume=resumed,
-                               workers=workers, on_trial=on_trial)  # fmt: skip
+        run = run_model_tuning(
+            store,
+            features_run,
+            config,
+            trials=trials,
+            storage=storage,
+            resume=resumed,
+            workers=workers,
+            on_trial=on_trial,
+        )
     render_tuning(run, console)
     if run.manifest.status == "interrupted":
         console.print(f"interrupted: finished trials kept; continue with `lstm-adv tune-model --resume {run.id}`")
@@ -124,8 +133,15 @@ def tune_model(
 
 @contextmanager
 def _epoch_progress(total: int) -> Iterator[Any]:
-    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("", total=total)
 
         def on_epoch(record: Any) -> None:  # an EpochRecord
@@ -134,53 +150,59 @@ def _epoch_progress(total: int) -> Iterator[Any]:
         yield on_epoch
 
 
-
-def _interval(entry: dict[str, Any] | None) -> str:
-    if not entry or entry.get("value") is None:
+def _interval(entry: Estimate | None) -> str:
+    if entry is None or entry.value is None:
         return "—"
-    low, high = entry.get("low"), entry.get("high")
-    bounds = f" ({low:.4f}–{high:.4f})" if low is not None and high is not None else ""
-    return f"{entry['value']:.4f}{bounds}"
+    bounds = f" ({entry.low:.4f}–{entry.high:.4f})" if entry.low is not None and entry.high is not None else ""
+    return f"{entry.value:.4f}{bounds}"
+
+
+def _fixed(value: float | None, fmt: str = ".4f") -> str:
+    return "—" if value is None else format(value, fmt)
 
 
 @register("model")
 def render_model(run: Run, out: Console) -> None:
     """The test metrics table (or the cross-validation mean ± sd) of a model run."""
-    summary = run.manifest.summary
-    if summary.get("cv"):
-        table = Table("metric", "mean", "sd", "folds", title=f"{summary['n_folds']}-fold cross-validation")
+    summary = run.summary_as(ModelSummary)
+    if summary.cv:
+        table = Table("metric", "mean", "sd", "folds", title=f"{summary.n_folds}-fold cross-validation")
         for name in REPORTED:
-            folds = ", ".join(f"{v:.3f}" for v in summary["folds"][name])
-            table.add_row(name, f"{summary['mean'][name]:.4f}", f"{summary['sd'][name]:.4f}", folds)
+            folds = ", ".join(_fixed(v, ".3f") for v in (summary.folds or {}).get(name, ()))
+            table.add_row(name, _fixed((summary.mean or {}).get(name)), _fixed((summary.sd or {}).get(name)), folds)
         out.print(table)
         return
-    conf = summary.get("confidence", 0.95)
+    conf = summary.confidence or 0.95
     table = Table("metric", f"test ({conf:.0%} bootstrap interval)", title="held-out test split")
     for name in REPORTED:
-        table.add_row(name, _interval(summary["test"].get(name)))
-    if summary.get("oracle_test_auroc") is not None:
-        table.add_row("oracle AUROC (generator)", f"{summary['oracle_test_auroc']:.4f}")
+        table.add_row(name, _interval((summary.test or {}).get(name)))
+    if summary.oracle_test_auroc is not None:
+        table.add_row("oracle AUROC (generator)", f"{summary.oracle_test_auroc:.4f}")
     out.print(table)
-    (tn, fp), (fn, tp) = summary["confusion_matrix"]
-    n, prevalence = summary["n"], summary["prevalence"]
-    out.print(f"threshold {summary['threshold']:.4f} (max F1 on validation); confusion tn={tn} fp={fp} fn={fn} tp={tp}")
-    out.print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}; n train/val/test "
-              f"{n['train']}/{n['validation']}/{n['test']}; test prevalence {prevalence['test']:.3f}; "
-              f"{summary['seconds_per_epoch']:.2f} s/epoch on {summary['device']}")  # fmt: skip
+    (tn, fp), (fn, tp) = summary.confusion_matrix or ((0, 0), (0, 0))
+    n, prevalence = summary.n or {}, summary.prevalence or {}
+    out.print(
+        f"threshold {_fixed(summary.threshold)} (max F1 on validation); confusion tn={tn} fp={fp} fn={fn} tp={tp}"
+    )
+    out.print(
+        f"best epoch {summary.best_epoch} of {summary.epochs_run}; n train/val/test "
+        f"{n.get('train')}/{n.get('validation')}/{n.get('test')}; test prevalence "
+        f"{_fixed(prevalence.get('test'), '.3f')}; {_fixed(summary.seconds_per_epoch, '.2f')} s/epoch on "
+        f"{summary.device}"
+    )
 
 
 @register("tune-model")
 def render_tuning(run: Run, out: Console) -> None:
     """Trial counts, the best trial and its hyperparameters."""
-    summary = run.manifest.summary
-    states = ", ".join(f"{count} {state}" for state, count in summary.get("states", {}).items()) or "none"
-    out.print(f"study {summary.get('study_name')} in {summary.get('storage')}: {summary.get('n_trials', 0)} trials "
-              f"({states})")  # fmt: skip
-    best = summary.get("best")
-    if not best:
+    summary = run.summary_as(TuneModelSummary)
+    states = ", ".join(f"{count} {state}" for state, count in summary.states.items()) or "none"
+    out.print(f"study {summary.study_name} in {summary.storage}: {summary.n_trials} trials ({states})")
+    best = summary.best
+    if best is None or best.params is None:
         out.print("no completed trial yet")
         return
-    table = Table("hyperparameter", "value", title=f"best trial {best['number']}: validation AUROC {best['value']:.4f}")
-    for name, value in best["params"].items():
+    table = Table("hyperparameter", "value", title=f"best trial {best.number}: validation AUROC {_fixed(best.value)}")
+    for name, value in best.params.to_dict().items():
         table.add_row(name, f"{value:.3g}" if isinstance(value, float) else str(value))
     out.print(table)

@@ -260,9 +260,19 @@ def _init_cluster(pg_dir: Path, account: _Account | None) -> None:
     staging = pg_dir / "data.initdb"
     _remove_tree(staging)
     command = [
-        str(pg_bin_dir() / "initdb"), "-D", str(staging), "-U", PG_USER, "-A", "trust", "-E", "UTF8",
-        "--locale=C", "--no-sync", "--no-instructions",
-    ]  # fmt: skip
+        str(pg_bin_dir() / "initdb"),
+        "-D",
+        str(staging),
+        "-U",
+        PG_USER,
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+        "--no-instructions",
+    ]
     result = _run(command, account, cwd=pg_dir, timeout_s=120)
     if result.returncode != 0:
         _remove_tree(staging)
@@ -314,9 +324,16 @@ def _start_on_free_port(pg_dir: Path, config: EmbeddedConfig, account: _Account 
 
 def _pg_ctl_start(pg_dir: Path, config: EmbeddedConfig, account: _Account | None) -> ServerInfo | None:
     command = [
-        str(pg_bin_dir() / "pg_ctl"), "start", "-D", str(pg_dir / "data"), "-l", str(pg_dir / "server.log"),
-        "-w", "-t", str(config.start_timeout_s),
-    ]  # fmt: skip
+        str(pg_bin_dir() / "pg_ctl"),
+        "start",
+        "-D",
+        str(pg_dir / "data"),
+        "-l",
+        str(pg_dir / "server.log"),
+        "-w",
+        "-t",
+        str(config.start_timeout_s),
+    ]
     try:
         _run(command, account, cwd=pg_dir, timeout_s=config.start_timeout_s + 15)
     except subprocess.TimeoutExpired:
@@ -423,10 +440,19 @@ def _run(
     log.debug("running %s", " ".join(command))
     try:
         return subprocess.run(
-            list(command), cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout_s, check=False, start_new_session=True, user=uid, group=gid,
+            list(command),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            start_new_session=True,
+            user=uid,
+            group=gid,
             extra_groups=[] if uid is not None else None,
-        )  # fmt: skip
+        )
     except OSError as exc:
         raise ServerError(f"cannot run {Path(command[0]).name}: {exc.strerror}") from None
 

@@ -14,11 +14,24 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from lstm_adv.domain.errors import DataError, ValidationError
-from lstm_adv.domain.features import N_FEATURES
+from lstm_adv.domain.errors import ConfigError, DataError, ValidationError
+from lstm_adv.domain.shapes import N_FEATURES
+from lstm_adv.domain.shapes import N_HOURS as WINDOW_HOURS
 
 SPLITS = ("train", "validation", "test")
-WINDOW_HOURS = 48
+#: Other names accepted for a split (``val`` = ``validation``); ``all`` selects every sample.
+SPLIT_ALIASES = {"val": "validation"}
+SELECTIONS = (*SPLITS, "all")
+
+
+def split_name(name: str) -> str:
+    """The canonical name of a split or selection (``val`` → ``validation``); unknown names are errors."""
+    canonical = SPLIT_ALIASES.get(name, name)
+    if canonical not in SELECTIONS:
+        raise ConfigError(f"unknown split {name!r}; choose one of train, validation (or val), test, all")
+    return canonical
+
+
 TEST_FOLD = -1
 
 _array_eq = attrs.cmp_using(eq=np.array_equal)
@@ -93,9 +106,7 @@ def _check_values(instance: FeatureMatrix, attribute: attrs.Attribute[Any], valu
     if not np.isfinite(value).all():
         raise ValidationError("FeatureMatrix.values must be finite, got NaN or infinite entries")
     if value.size and (value.min() < 0.0 or value.max() > 1.0):
-        raise ValidationError(
-            f"FeatureMatrix.values must lie in [0, 1], got range [{value.min()}, {value.max()}]"
-        )
+        raise ValidationError(f"FeatureMatrix.values must lie in [0, 1], got range [{value.min()}, {value.max()}]")
 
 
 def _check_vector(dtype: type[np.generic]) -> Any:
@@ -132,25 +143,13 @@ class FeatureMatrix:
     """
 
     values: npt.NDArray[np.float32] = attrs.field(validator=_check_values, eq=_array_eq)
-    labels: npt.NDArray[np.int64] = attrs.field(
-        converter=_int64, validator=_check_vector(np.int64), eq=_array_eq
-    )
-    subject_ids: npt.NDArray[np.int64] = attrs.field(
-        converter=_int64, validator=_check_vector(np.int64), eq=_array_eq
-    )
-    hadm_ids: npt.NDArray[np.int64] = attrs.field(
-        converter=_int64, validator=_check_vector(np.int64), eq=_array_eq
-    )
-    icustay_ids: npt.NDArray[np.int64] = attrs.field(
-        converter=_int64, validator=_check_vector(np.int64), eq=_array_eq
-    )
+    labels: npt.NDArray[np.int64] = attrs.field(converter=_int64, validator=_check_vector(np.int64), eq=_array_eq)
+    subject_ids: npt.NDArray[np.int64] = attrs.field(converter=_int64, validator=_check_vector(np.int64), eq=_array_eq)
+    hadm_ids: npt.NDArray[np.int64] = attrs.field(converter=_int64, validator=_check_vector(np.int64), eq=_array_eq)
+    icustay_ids: npt.NDArray[np.int64] = attrs.field(converter=_int64, validator=_check_vector(np.int64), eq=_array_eq)
     feature_names: tuple[str, ...] = attrs.field(converter=_names, validator=_check_names)
-    split: npt.NDArray[np.int8] = attrs.field(
-        converter=_int8, validator=_check_vector(np.int8), eq=_array_eq
-    )
-    fold: npt.NDArray[np.int8] = attrs.field(
-        converter=_int8, validator=_check_vector(np.int8), eq=_array_eq
-    )
+    split: npt.NDArray[np.int8] = attrs.field(converter=_int8, validator=_check_vector(np.int8), eq=_array_eq)
+    fold: npt.NDArray[np.int8] = attrs.field(converter=_int8, validator=_check_vector(np.int8), eq=_array_eq)
     scaling: ScalingStats = attrs.field(validator=attrs.validators.instance_of(ScalingStats))
 
     def __attrs_post_init__(self) -> None:
@@ -198,14 +197,15 @@ class FeatureMatrix:
         return int(folds.max()) + 1 if folds.size else 0
 
     def split_mask(self, name: str) -> npt.NDArray[np.bool_]:
-        """Which samples belong to split ``name`` (train, validation or test). Shape: (N,)."""
-        if name not in SPLITS:
-            raise ValidationError(f"unknown split {name!r}; splits: {', '.join(SPLITS)}")
-        mask: npt.NDArray[np.bool_] = self.split == SPLITS.index(name)
+        """Which samples belong to split ``name`` (train, validation or val, test, or all). Shape: (N,)."""
+        canonical = split_name(name)
+        if canonical == "all":
+            return np.ones(self.n_samples, dtype=bool)
+        mask: npt.NDArray[np.bool_] = self.split == SPLITS.index(canonical)
         return mask
 
     def indices(self, name: str) -> npt.NDArray[np.int64]:
-        """Row indices of split ``name``, ascending. Shape: (n,)."""
+        """Row indices of split ``name`` (or ``all``), ascending. Shape: (n,)."""
         return np.flatnonzero(self.split_mask(name)).astype(np.int64)
 
     def subset(self, indices: npt.ArrayLike) -> FeatureMatrix:
@@ -273,6 +273,15 @@ class FeatureMatrix:
 
 
 _NPZ_KEYS = (
-    "values", "labels", "subject_ids", "hadm_ids", "icustay_ids", "feature_names", "split", "fold",
-    "scaling_p5", "scaling_p95", "scaling_median",
-)  # fmt: skip
+    "values",
+    "labels",
+    "subject_ids",
+    "hadm_ids",
+    "icustay_ids",
+    "feature_names",
+    "split",
+    "fold",
+    "scaling_p5",
+    "scaling_p95",
+    "scaling_median",
+)

@@ -10,16 +10,25 @@ from typing import Any, TypeVar
 import attrs
 
 from lstm_adv.domain.errors import FeatureSpecError
+from lstm_adv.domain.shapes import N_FEATURES
 
 T = TypeVar("T")
 
 SOURCES = ("bloodgas", "lab", "vital")
-N_FEATURES = 19
 
 _FEATURE_KEYS = {
-    "name", "source", "unit", "itemids", "lower", "upper", "lower_inclusive", "upper_inclusive",
-    "fahrenheit_itemids", "fahrenheit_lower", "fahrenheit_upper",
-}  # fmt: skip
+    "name",
+    "source",
+    "unit",
+    "itemids",
+    "lower",
+    "upper",
+    "lower_inclusive",
+    "upper_inclusive",
+    "fahrenheit_itemids",
+    "fahrenheit_lower",
+    "fahrenheit_upper",
+}
 
 
 def _itemid_tuple(value: Sequence[int]) -> tuple[int, ...]:

@@ -16,12 +16,14 @@ import attrs
 import numpy as np
 
 from lstm_adv.domain.errors import DataError, ValidationError
+from lstm_adv.domain.shapes import CELL_SHAPE, N_CLASSES, N_FEATURES
 
-N_HOURS = 48
-N_FEATURES = 19
-CELL_SHAPE = (N_HOURS, N_FEATURES)
-N_CLASSES = 2
 MISCLASSIFIED = "misclassified"
+#: Which successful iterate an example is: the first success, or the best (smallest L1) one.
+EXAMPLES = ("first", "best")
+#: Direction of a flip, by the prediction at δ = 0: 0→1 (survival → death) and 1→0.
+DIRECTIONS = ("0to1", "1to0")
+DIRECTION_LABELS = {"0to1": "0→1", "1to0": "1→0"}
 
 _ARRAY_EQ = attrs.cmp_using(eq=np.array_equal)
 
@@ -183,13 +185,18 @@ def _check_batch(result: AttackBatchResult) -> None:
     n = result.sample_index.shape[0] if result.sample_index.ndim == 1 else -1
     owner = "AttackBatchResult"
     specs: dict[str, tuple[tuple[int | None, ...], type]] = {
-        "sample_index": ((n,), np.int64), "label": ((n,), np.int64), "logits_before": ((n, N_CLASSES), np.float32),
-        "attacked": ((n,), np.bool_), "found": ((n,), np.bool_),
-        "first_iteration": ((n,), np.int64), "first_delta": ((n, *CELL_SHAPE), np.float32),
+        "sample_index": ((n,), np.int64),
+        "label": ((n,), np.int64),
+        "logits_before": ((n, N_CLASSES), np.float32),
+        "attacked": ((n,), np.bool_),
+        "found": ((n,), np.bool_),
+        "first_iteration": ((n,), np.int64),
+        "first_delta": ((n, *CELL_SHAPE), np.float32),
         "first_logits": ((n, N_CLASSES), np.float32),
-        "best_iteration": ((n,), np.int64), "best_delta": ((n, *CELL_SHAPE), np.float32),
+        "best_iteration": ((n,), np.int64),
+        "best_delta": ((n, *CELL_SHAPE), np.float32),
         "best_logits": ((n, N_CLASSES), np.float32),
-    }  # fmt: skip
+    }
     for name, (shape, dtype) in specs.items():
         _check_array(owner, name, getattr(result, name), shape, dtype)
     if result.iterations < 1:

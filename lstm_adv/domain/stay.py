@@ -11,7 +11,11 @@ from lstm_adv.domain.errors import ValidationError
 
 @attrs.frozen
 class Stay:
-    """An ICU stay with the admission it belongs to and the in-hospital mortality label."""
+    """An ICU stay with the admission it belongs to, its lengths of stay and the in-hospital mortality label.
+
+    Ages are in years (MIMIC-III's shifted ages above 89 are already reported as 90), lengths of stay
+    in days. :meth:`meets` applies the cohort's inclusion rules.
+    """
 
     subject_id: int
     hadm_id: int
@@ -25,8 +29,14 @@ class Stay:
 
     def __attrs_post_init__(self) -> None:
         if self.outtime < self.intime:
-            raise ValidationError(
-                f"Stay {self.icustay_id}: outtime {self.outtime} is before intime {self.intime}"
-            )
+            raise ValidationError(f"Stay {self.icustay_id}: outtime {self.outtime} is before intime {self.intime}")
         if self.age_years < 0:
             raise ValidationError(f"Stay {self.icustay_id}: age_years must be >= 0, got {self.age_years}")
+
+    def meets(self, *, min_age_years: float, min_hospital_los_days: float, min_icu_los_days: float) -> bool:
+        """Whether the stay passes the inclusion rules: adult, hospital stay and ICU stay long enough."""
+        return (
+            self.age_years >= min_age_years
+            and self.hospital_los_days >= min_hospital_los_days
+            and self.icu_los_days >= min_icu_los_days
+        )

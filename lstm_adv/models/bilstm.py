@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lstm_adv.domain.shapes import N_CLASSES, N_FEATURES
 from lstm_adv.models.hyperparameters import Hyperparameters
-
-N_FEATURES = 19
-N_CLASSES = 2
 
 
 def _activation(name: str) -> nn.Module:

@@ -7,50 +7,26 @@ from typing import Any
 
 import attrs
 
+from lstm_adv.config import ACTIVATIONS, OPTIMIZERS
+from lstm_adv.domain import validators as v
 from lstm_adv.domain.errors import ConfigError
 
-ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
-OPTIMIZERS: tuple[str, ...] = ("adam", "rmsprop", "sgd")
-
-
-def _one_of(options: tuple[str, ...]) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-        if value not in options:
-            raise ConfigError(
-                f"Hyperparameters.{attribute.name} must be one of {', '.join(options)}; got {value!r}"
-            )
-
-    return check
-
-
-def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"Hyperparameters.{attribute.name} must be a positive integer; got {value!r}")
-
-
-def _dropout(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"Hyperparameters.dropout must be in [0, 1); got {value!r}")
-
-
-def _learning_rate(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0.0:
-        raise ConfigError(f"Hyperparameters.learning_rate must be > 0; got {value!r}")
+__all__ = ["ACTIVATIONS", "OPTIMIZERS", "Hyperparameters"]
 
 
 @attrs.frozen
 class Hyperparameters:
     """What a tuning trial chooses and a model run stores in ``params.json``."""
 
-    hidden_size: int = attrs.field(validator=_positive)
-    num_layers: int = attrs.field(validator=_positive)
-    lstm_activation: str = attrs.field(validator=_one_of(ACTIVATIONS))
-    dropout: float = attrs.field(converter=float, validator=_dropout)
-    fc_size: int = attrs.field(validator=_positive)
-    fc_activation: str = attrs.field(validator=_one_of(ACTIVATIONS))
-    optimizer: str = attrs.field(validator=_one_of(OPTIMIZERS))
-    learning_rate: float = attrs.field(converter=float, validator=_learning_rate)
-    batch_size: int = attrs.field(validator=_positive)
+    hidden_size: int = attrs.field(validator=v.at_least(1))
+    num_layers: int = attrs.field(validator=v.at_least(1))
+    lstm_activation: str = attrs.field(validator=v.one_of(ACTIVATIONS))
+    dropout: float = attrs.field(validator=v.number(low=0, high=1, high_strict=True))
+    fc_size: int = attrs.field(validator=v.at_least(1))
+    fc_activation: str = attrs.field(validator=v.one_of(ACTIVATIONS))
+    optimizer: str = attrs.field(validator=v.one_of(OPTIMIZERS))
+    learning_rate: float = attrs.field(validator=v.number(low=0, high=10, low_strict=True))
+    batch_size: int = attrs.field(validator=v.at_least(1))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, origin: str) -> Hyperparameters:

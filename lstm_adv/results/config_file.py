@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,10 @@ import attrs
 from lstm_adv.config import Config
 from lstm_adv.domain.errors import ConfigError
 from lstm_adv.resources import resource
-from lstm_adv.results.converter import structure, unstructure
+from lstm_adv.results.converter import describe_error, structure, unstructure
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+# A validator's message starts with its section ("model.imbalance must be …"): it is passed on as it is.
+SECTION_NAMES = tuple(f"{field.name}." for field in attrs.fields(Config))
 
 
 def load_config(user_file: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -32,8 +31,14 @@ def load_config(user_file: Path | None = None, overrides: Mapping[str, Any] | No
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)
-    _check_against(Config, data, origin=str(user_file) if user_file else "configuration", prefix="")
-    return structure(data, Config)
+    origin = str(user_file) if user_file else "configuration"
+    try:
+        return structure(data, Config)
+    except ConfigError:
+        raise
+    except Exception as exc:  # cattrs raises (nested) exception groups; one line names the first problem
+        message = describe_error(exc, Config)
+        raise ConfigError(message if message.startswith(SECTION_NAMES) else f"{origin}: {message}") from None
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:
@@ -69,57 +74,3 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for section in sections:
         node = node.setdefault(section, {})
     node[leaf] = value
-
-
-def _check_against(cls: type, data: Any, *, origin: str, prefix: str) -> None:
-    """Reject unknown keys and wrong types, naming the dotted key."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{origin}: {prefix.rstrip('.') or 'the file'} must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {field.name for field in attrs.fields(cls)}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in known:
-            raise ConfigError(f"{origin}: unknown key {dotted!r}; known keys here: {', '.join(sorted(known))}")
-        expected = hints[key]
-        if attrs.has(expected):
-            _check_against(expected, value, origin=origin, prefix=f"{dotted}.")
-        else:
-            _check_value(expected, value, origin=origin, dotted=dotted)
-
-
-def _check_value(expected: Any, value: Any, *, origin: str, dotted: str) -> None:
-    origin_type = typing.get_origin(expected)
-    if origin_type in (tuple, list):
-        args = typing.get_args(expected)
-        if not isinstance(value, list):
-            raise ConfigError(f"{origin}: key {dotted!r} must be a list, got {value!r}")
-        if origin_type is tuple and Ellipsis not in args:
-            if len(value) != len(args):
-                raise ConfigError(f"{origin}: key {dotted!r} must be a list of {len(args)} values, got {value!r}")
-            items = list(args)
-        else:
-            items = [args[0]] * len(value)
-        for item, element in zip(items, value, strict=True):
-            _check_value(item, element, origin=origin, dotted=dotted)
-        return
-    if origin_type in (typing.Union, types.UnionType):
-        options = typing.get_args(expected)
-        if any(_matches(option, value) for option in options):
-            return
-        raise ConfigError(f"{origin}: key {dotted!r} has the wrong type: got {value!r}")
-    if not _matches(expected, value):
-        name = _TYPE_NAMES.get(expected, getattr(expected, "__name__", str(expected)))
-        raise ConfigError(f"{origin}: key {dotted!r} must be {name}, got {value!r}")
-
-
-def _matches(expected: Any, value: Any) -> bool:
-    if expected is type(None):
-        return value is None
-    if expected is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if typing.get_origin(expected) is typing.Literal:
-        return value in typing.get_args(expected)
-    return isinstance(value, expected)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -33,10 +33,11 @@ from lstm_adv.domain.errors import (
     RunStoreError,
 )
 from lstm_adv.domain.run_id import KINDS, RunId
-from lstm_adv.results.converter import structure, unstructure
 from lstm_adv.results.manifest import Manifest
+from lstm_adv.results.summaries import SUMMARY_TYPES, RunSummary
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST = "manifest.json"
 _TMP = ".tmp"
@@ -58,6 +59,14 @@ class Run:
     def kind(self) -> str:
         """The run's kind (``query``, ``features``, …)."""
         return self.manifest.kind
+
+    def summary_as(self, kind: type[T]) -> T:
+        """The run's summary as ``kind``; a run of another kind, or without a summary, is a :class:`DataError`."""
+        summary = self.manifest.summary
+        if not isinstance(summary, kind):
+            what = "no summary" if summary is None else f"a {type(summary).__name__}"
+            raise DataError(f"run {self.id} ({self.kind}) holds {what}, not a {kind.__name__}; re-run its stage")
+        return summary
 
     def file(self, name: str) -> Path:
         """Path of a stored file; a missing file is a :class:`DataError` naming the run."""
@@ -83,7 +92,7 @@ class RunWriter:
         self._store = store
         self._manifest = manifest
         self.path = store.root / _TMP / str(manifest.id)
-        self.summary: dict[str, Any] = dict(manifest.summary)
+        self.summary: RunSummary | None = manifest.summary
         self.committed: Run | None = None
 
     @property
@@ -105,7 +114,7 @@ class RunWriter:
             if p.is_file() and p.name != MANIFEST
         }
         manifest = attrs.evolve(self._manifest, status=status, checksums=checksums, summary=self.summary)
-        _write_json(self.path / MANIFEST, unstructure(manifest))
+        _write_json(self.path / MANIFEST, manifest.to_data())
         final = self._store.root / str(manifest.id)
         os.replace(self.path, final)
         _fsync_dir(self._store.root)
@@ -140,9 +149,14 @@ class RunStore:
         *,
         parents: Sequence[RunId] = (),
         config: Mapping[str, Any] | None = None,
-        summary: Mapping[str, Any] | None = None,
+        summary: RunSummary | None = None,
     ) -> RunWriter:
-        """Start writing a new run of ``kind``; use as a context manager."""
+        """Start writing a new run of ``kind``; use as a context manager.
+
+        Set :attr:`RunWriter.summary` (the summary class of ``kind``) before the run is committed.
+        """
+        if kind in SUMMARY_TYPES and summary is not None and not isinstance(summary, SUMMARY_TYPES[kind]):
+            raise RunStoreError(f"a {kind} run needs a {SUMMARY_TYPES[kind].__name__} summary")
         run_id = RunId.new(kind)
         while (self.root / str(run_id)).exists() or (self.root / _TMP / str(run_id)).exists():
             run_id = RunId.new(kind)
@@ -155,7 +169,7 @@ class RunStore:
             package_version=lstm_adv.__version__,
             git_commit=_git_commit(),
             status="complete",
-            summary=dict(summary or {}),
+            summary=summary,
         )
         try:
             (self.root / _TMP / str(run_id)).mkdir(parents=True)
@@ -232,8 +246,13 @@ class RunStore:
         path = folder / MANIFEST
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            manifest = structure(data, Manifest)
-        except (OSError, ValueError, TypeError, KeyError, Exception) as exc:  # cattrs raises exception groups
+        except (OSError, ValueError) as exc:
+            raise RunStoreError(f"manifest {path} is unreadable: {exc}") from None
+        try:
+            manifest = Manifest.from_data(data)
+        except RunStoreError:
+            raise
+        except Exception as exc:  # cattrs raises exception groups
             raise RunStoreError(f"manifest {path} is unreadable: {exc}") from None
         return Run(manifest=manifest, path=folder)
 

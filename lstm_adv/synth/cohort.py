@@ -50,24 +50,14 @@ class SyntheticCohort:
         return float(self.truth["label"].mean())
 
 
-def check_request(n_admissions: int, seed: int, config: SynthConfig | None = None) -> None:
-    """Reject an impossible size, seed or setting before anything is generated or written."""
+def check_request(n_admissions: int, seed: int) -> None:
+    """Reject an impossible size or seed before anything is generated or written."""
     if not 1 <= n_admissions <= MAX_ADMISSIONS:
         raise ConfigError(
-            f"synth admissions must be between 1 and {MAX_ADMISSIONS}, got {n_admissions}; "
-            "pass e.g. --admissions 1000"
+            f"synth admissions must be between 1 and {MAX_ADMISSIONS}, got {n_admissions}; pass e.g. --admissions 1000"
         )
     if seed < 0:
         raise ConfigError(f"synth seed must be a non-negative integer, got {seed}; pass e.g. --seed 0")
-    if config is None:
-        return
-    if not 0.0 < config.mortality < 1.0:
-        raise ConfigError(f"synth.mortality must lie strictly between 0 and 1, got {config.mortality}; e.g. 0.10")
-    for key in ("vital_hours", "lab_hours", "lab_lookback_hours"):
-        if not 0.0 < getattr(config, key) <= 24 * 365:
-            raise ConfigError(f"synth.{key} must be positive hours (at most a year), got {getattr(config, key)}")
-    if not 0.0 <= config.severity_effect <= 20.0:
-        raise ConfigError(f"synth.severity_effect must lie in [0, 20], got {config.severity_effect}; e.g. 2.5")
 
 
 def generate_cohort(
@@ -75,7 +65,7 @@ def generate_cohort(
 ) -> SyntheticCohort:
     """Generate ``n_admissions`` synthetic ICU admissions; the same arguments give identical tables."""
     config = config or SynthConfig()
-    check_request(n_admissions, seed, config)
+    check_request(n_admissions, seed)
     spec = spec or load_feature_spec()
     check_spec(spec)
     table = PhysiologyTable.for_spec(spec)
@@ -93,12 +83,14 @@ def generate_cohort(
         "d_items": _dictionary("D_ITEMS.csv.gz", chart["itemid"].unique()),
         "d_labitems": _dictionary("D_LABITEMS.csv.gz", labs["itemid"].unique()),
     }
-    truth = pd.DataFrame({
-        "hadm_id": timeline.hadm_id,
-        "death_probability": timeline.death_probability,
-        "label": timeline.label,
-        "severity": timeline.severity,
-    })  # fmt: skip
+    truth = pd.DataFrame(
+        {
+            "hadm_id": timeline.hadm_id,
+            "death_probability": timeline.death_probability,
+            "label": timeline.label,
+            "severity": timeline.severity,
+        }
+    )
     log.info("generated %d admissions: %s", n_admissions, {k: len(v) for k, v in tables.items()})
     return SyntheticCohort(n_admissions=n_admissions, seed=seed, tables=tables, truth=truth)
 
@@ -121,15 +113,17 @@ def _patients(tl: Timeline) -> pd.DataFrame:
     death_day[tl.adm_subject[tl.label == 1]] = tl.dischtime[tl.label == 1]
     death_day -= death_day % MINUTES_PER_DAY
     dod = _masked_times(death_day, died)
-    return pd.DataFrame({
-        "row_id": np.arange(1, n + 1, dtype=np.int64),
-        "subject_id": tl.subject_id,
-        "gender": categorical(np.where(tl.male, 0, 1), ["M", "F"]),
-        "dob": to_datetime(tl.dob),
-        "dod": dod,
-        "dod_hosp": dod,
-        "expire_flag": died.astype(np.int64),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "row_id": np.arange(1, n + 1, dtype=np.int64),
+            "subject_id": tl.subject_id,
+            "gender": categorical(np.where(tl.male, 0, 1), ["M", "F"]),
+            "dob": to_datetime(tl.dob),
+            "dod": dod,
+            "dod_hosp": dod,
+            "expire_flag": died.astype(np.int64),
+        }
+    )
 
 
 def _masked_times(minutes: IntArray, keep: np.ndarray) -> np.ndarray:
@@ -143,37 +137,66 @@ def _admissions(tl: Timeline, rng: np.random.Generator) -> pd.DataFrame:
     died = tl.label == 1
     kind = rng.choice(3, size=n, p=[0.8, 0.15, 0.05])  # emergency, elective, urgent
     ed_minutes = tl.admittime - rng.integers(60, 480, n)
-    survivor_goes = _pick(rng, ["HOME", "HOME HEALTH CARE", "SNF", "REHAB/DISTINCT PART HOSP",
-                                "LONG TERM CARE HOSPITAL"], [35, 25, 22, 12, 6], n)  # fmt: skip
+    survivor_goes = _pick(
+        rng,
+        ["HOME", "HOME HEALTH CARE", "SNF", "REHAB/DISTINCT PART HOSP", "LONG TERM CARE HOSPITAL"],
+        [35, 25, 22, 12, 6],
+        n,
+    )
     discharge = survivor_goes.add_categories(["DEAD/EXPIRED"])
     discharge[died] = "DEAD/EXPIRED"
-    return pd.DataFrame({
-        "row_id": np.arange(1, n + 1, dtype=np.int64),
-        "subject_id": tl.subject_id[tl.adm_subject],
-        "hadm_id": tl.hadm_id,
-        "admittime": to_datetime(tl.admittime),
-        "dischtime": to_datetime(tl.dischtime),
-        "deathtime": _masked_times(tl.dischtime, died),
-        "admission_type": categorical(kind, ["EMERGENCY", "ELECTIVE", "URGENT"]),
-        "admission_location": categorical(np.choose(kind, [0, 1, 2]), ["EMERGENCY ROOM ADMIT",
-                                          "PHYS REFERRAL/NORMAL DELI", "TRANSFER FROM HOSP/EXTRAM"]),
-        "discharge_location": discharge,
-        "insurance": _pick(rng, ["Medicare", "Private", "Medicaid", "Government", "Self Pay"],
-                           [52, 33, 10, 3, 2], n),
-        "language": _pick(rng, ["ENGL", "SPAN", "RUSS", "PTUN"], [90, 5, 3, 2], n),
-        "religion": _pick(rng, ["CATHOLIC", "NOT SPECIFIED", "PROTESTANT QUAKER", "JEWISH", "UNOBTAINABLE"],
-                          [35, 25, 15, 10, 15], n),
-        "marital_status": _pick(rng, ["MARRIED", "SINGLE", "WIDOWED", "DIVORCED"], [48, 27, 15, 10], n),
-        "ethnicity": _pick(rng, ["WHITE", "BLACK/AFRICAN AMERICAN", "HISPANIC OR LATINO", "ASIAN",
-                                 "UNKNOWN/NOT SPECIFIED"], [70, 10, 4, 3, 13], n),
-        "edregtime": _masked_times(ed_minutes, kind == 0),
-        "edouttime": _masked_times(tl.admittime, kind == 0),
-        "diagnosis": _pick(rng, ["SEPSIS", "PNEUMONIA", "CONGESTIVE HEART FAILURE", "CORONARY ARTERY DISEASE",
-                                 "GASTROINTESTINAL BLEED", "INTRACRANIAL HEMORRHAGE", "ALTERED MENTAL STATUS",
-                                 "RESPIRATORY FAILURE"], [14, 14, 12, 16, 12, 10, 10, 12], n),
-        "hospital_expire_flag": tl.label,
-        "has_chartevents_data": np.ones(n, dtype=np.int64),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "row_id": np.arange(1, n + 1, dtype=np.int64),
+            "subject_id": tl.subject_id[tl.adm_subject],
+            "hadm_id": tl.hadm_id,
+            "admittime": to_datetime(tl.admittime),
+            "dischtime": to_datetime(tl.dischtime),
+            "deathtime": _masked_times(tl.dischtime, died),
+            "admission_type": categorical(kind, ["EMERGENCY", "ELECTIVE", "URGENT"]),
+            "admission_location": categorical(
+                np.choose(kind, [0, 1, 2]),
+                ["EMERGENCY ROOM ADMIT", "PHYS REFERRAL/NORMAL DELI", "TRANSFER FROM HOSP/EXTRAM"],
+            ),
+            "discharge_location": discharge,
+            "insurance": _pick(
+                rng, ["Medicare", "Private", "Medicaid", "Government", "Self Pay"], [52, 33, 10, 3, 2], n
+            ),
+            "language": _pick(rng, ["ENGL", "SPAN", "RUSS", "PTUN"], [90, 5, 3, 2], n),
+            "religion": _pick(
+                rng,
+                ["CATHOLIC", "NOT SPECIFIED", "PROTESTANT QUAKER", "JEWISH", "UNOBTAINABLE"],
+                [35, 25, 15, 10, 15],
+                n,
+            ),
+            "marital_status": _pick(rng, ["MARRIED", "SINGLE", "WIDOWED", "DIVORCED"], [48, 27, 15, 10], n),
+            "ethnicity": _pick(
+                rng,
+                ["WHITE", "BLACK/AFRICAN AMERICAN", "HISPANIC OR LATINO", "ASIAN", "UNKNOWN/NOT SPECIFIED"],
+                [70, 10, 4, 3, 13],
+                n,
+            ),
+            "edregtime": _masked_times(ed_minutes, kind == 0),
+            "edouttime": _masked_times(tl.admittime, kind == 0),
+            "diagnosis": _pick(
+                rng,
+                [
+                    "SEPSIS",
+                    "PNEUMONIA",
+                    "CONGESTIVE HEART FAILURE",
+                    "CORONARY ARTERY DISEASE",
+                    "GASTROINTESTINAL BLEED",
+                    "INTRACRANIAL HEMORRHAGE",
+                    "ALTERED MENTAL STATUS",
+                    "RESPIRATORY FAILURE",
+                ],
+                [14, 14, 12, 16, 12, 10, 10, 12],
+                n,
+            ),
+            "hospital_expire_flag": tl.label,
+            "has_chartevents_data": np.ones(n, dtype=np.int64),
+        }
+    )
 
 
 def _icustays(tl: Timeline, rng: np.random.Generator) -> pd.DataFrame:
@@ -185,20 +208,22 @@ def _icustays(tl: Timeline, rng: np.random.Generator) -> pd.DataFrame:
     last_unit = np.where(moved, rng.integers(0, len(units), n), first_unit)
     first_ward = rng.integers(1, 60, n)
     los = (tl.outtime - tl.intime) / MINUTES_PER_DAY
-    return pd.DataFrame({
-        "row_id": np.arange(1, n + 1, dtype=np.int64),
-        "subject_id": tl.subject_id[tl.adm_subject[tl.stay_adm]],
-        "hadm_id": tl.hadm_id[tl.stay_adm],
-        "icustay_id": tl.icustay_id,
-        "dbsource": categorical(np.where(carevue, 0, 1), ["carevue", "metavision"]),
-        "first_careunit": categorical(first_unit, units),
-        "last_careunit": categorical(last_unit, units),
-        "first_wardid": first_ward,
-        "last_wardid": np.where(moved, rng.integers(1, 60, n), first_ward),
-        "intime": to_datetime(tl.intime),
-        "outtime": to_datetime(tl.outtime),
-        "los": np.round(los, 4),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "row_id": np.arange(1, n + 1, dtype=np.int64),
+            "subject_id": tl.subject_id[tl.adm_subject[tl.stay_adm]],
+            "hadm_id": tl.hadm_id[tl.stay_adm],
+            "icustay_id": tl.icustay_id,
+            "dbsource": categorical(np.where(carevue, 0, 1), ["carevue", "metavision"]),
+            "first_careunit": categorical(first_unit, units),
+            "last_careunit": categorical(last_unit, units),
+            "first_wardid": first_ward,
+            "last_wardid": np.where(moved, rng.integers(1, 60, n), first_ward),
+            "intime": to_datetime(tl.intime),
+            "outtime": to_datetime(tl.outtime),
+            "los": np.round(los, 4),
+        }
+    )
 
 
 def _dictionary(name: str, itemids: np.ndarray) -> pd.DataFrame:

@@ -38,15 +38,43 @@ _P_CHART_ZERO = 0.0003  # CareVue rows charted as 0 (outside every valid range)
 
 # Itemids per charting system. Columns follow VITALS; the arterial line replaces the cuff for BP.
 _Items = dict[str, int | tuple[int, int]]
-_CAREVUE_ITEMS: _Items = {"heartrate": 211, "cuff": (455, 8441), "manual": (442, 8440), "arterial": (51, 8368),
-                  "arterial2": (6701, 8555), "temp_f": 678, "temp_c": 676, "resp": 618, "resp_total": 615,
-                  "spo2": 646}  # fmt: skip
-_METAVISION_ITEMS: _Items = {"heartrate": 220045, "cuff": (220179, 220180), "arterial": (220050, 220051),
-                     "temp_f": 223761, "temp_c": 223762, "resp": 220210, "resp_total": 224690,
-                     "spo2": 220277}  # fmt: skip
+_CAREVUE_ITEMS: _Items = {
+    "heartrate": 211,
+    "cuff": (455, 8441),
+    "manual": (442, 8440),
+    "arterial": (51, 8368),
+    "arterial2": (6701, 8555),
+    "temp_f": 678,
+    "temp_c": 676,
+    "resp": 618,
+    "resp_total": 615,
+    "spo2": 646,
+}
+_METAVISION_ITEMS: _Items = {
+    "heartrate": 220045,
+    "cuff": (220179, 220180),
+    "arterial": (220050, 220051),
+    "temp_f": 223761,
+    "temp_c": 223762,
+    "resp": 220210,
+    "resp_total": 224690,
+    "spo2": 220277,
+}
 # As charted in MIMIC-III (MetaVision's degree sign arrives as '?').
-VITAL_UNITS = {211: "BPM", 220045: "bpm", 678: "Deg. F", 676: "Deg. C", 223761: "?F", 223762: "?C",
-               618: "BPM", 615: "BPM", 220210: "insp/min", 224690: "insp/min", 646: "%", 220277: "%"}  # fmt: skip
+VITAL_UNITS = {
+    211: "BPM",
+    220045: "bpm",
+    678: "Deg. F",
+    676: "Deg. C",
+    223761: "?F",
+    223762: "?C",
+    618: "BPM",
+    615: "BPM",
+    220210: "insp/min",
+    224690: "insp/min",
+    646: "%",
+    220277: "%",
+}
 BP_UNIT = "mmHg"
 
 
@@ -68,18 +96,27 @@ class Draws:
 
 
 def _sample(
-    table: PhysiologyTable, draws: Draws, timeline: Timeline, adm: IntArray, feature: IntArray, time: IntArray,
+    table: PhysiologyTable,
+    draws: Draws,
+    timeline: Timeline,
+    adm: IntArray,
+    feature: IntArray,
+    time: IntArray,
     rng: np.random.Generator,
-) -> FloatArray:  # fmt: skip
+) -> FloatArray:
     hours = (time - timeline.first_intime[adm]) / 60.0
     baseline = draws.baseline[timeline.adm_subject[adm], feature]
     return table.sample(feature, hours, timeline.severity[adm], baseline, draws.phase[adm], rng)
 
 
 def chart_events(
-    timeline: Timeline, spec: FeatureSpec, table: PhysiologyTable, draws: Draws, config: SynthConfig,
+    timeline: Timeline,
+    spec: FeatureSpec,
+    table: PhysiologyTable,
+    draws: Draws,
+    config: SynthConfig,
     rng: np.random.Generator,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """CHARTEVENTS rows of the six vital signs. Row order: by stay, then time."""
     tick_stay, tick_k, tick_time = _vital_ticks(timeline, config, rng)
     charted = rng.random((len(tick_stay), len(VITALS))) < _P_VITAL
@@ -98,18 +135,20 @@ def chart_events(
     metavision = ~timeline.carevue[timeline.adm_subject[adm]]
     values, error = _charting_mistakes(values, metavision, rng)
     valuenum = _round(values, decimals)
-    return pd.DataFrame({
-        "subject_id": timeline.subject_id[timeline.adm_subject[adm]],
-        "hadm_id": timeline.hadm_id[adm],
-        "icustay_id": timeline.icustay_id[stay],
-        "itemid": itemid,
-        "charttime": to_datetime(time),
-        "value": _text(valuenum, decimals),
-        "valuenum": valuenum,
-        "valueuom": _units(itemid, VITAL_UNITS, BP_UNIT),
-        "warning": np.where(metavision, 0.0, np.nan),
-        "error": np.where(metavision, error, np.nan),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "subject_id": timeline.subject_id[timeline.adm_subject[adm]],
+            "hadm_id": timeline.hadm_id[adm],
+            "icustay_id": timeline.icustay_id[stay],
+            "itemid": itemid,
+            "charttime": to_datetime(time),
+            "value": _text(valuenum, decimals),
+            "valuenum": valuenum,
+            "valueuom": _units(itemid, VITAL_UNITS, BP_UNIT),
+            "warning": np.where(metavision, 0.0, np.nan),
+            "error": np.where(metavision, error, np.nan),
+        }
+    )
 
 
 def _vital_ticks(timeline: Timeline, config: SynthConfig, rng: np.random.Generator) -> tuple[IntArray, ...]:
@@ -132,8 +171,10 @@ def _vital_itemids(timeline: Timeline, rng: np.random.Generator) -> IntArray:
     carevue = timeline.carevue[timeline.adm_subject[timeline.stay_adm]]
     arterial = rng.random(n) < 1.0 / (1.0 + np.exp(0.5 - 0.8 * timeline.severity[timeline.stay_adm]))
     draw = rng.random((n, 3))
-    cv, mv = _system_itemids(_CAREVUE_ITEMS, arterial, draw, 0.6), _system_itemids(_METAVISION_ITEMS, arterial,
-                                                                                 draw, 0.95)
+    cv, mv = (
+        _system_itemids(_CAREVUE_ITEMS, arterial, draw, 0.6),
+        _system_itemids(_METAVISION_ITEMS, arterial, draw, 0.95),
+    )
     return np.where(carevue[:, None], cv, mv)
 
 
@@ -165,32 +206,38 @@ def _charting_mistakes(
 
 
 def lab_events(
-    timeline: Timeline, spec: FeatureSpec, table: PhysiologyTable, draws: Draws, config: SynthConfig,
+    timeline: Timeline,
+    spec: FeatureSpec,
+    table: PhysiologyTable,
+    draws: Draws,
+    config: SynthConfig,
     rng: np.random.Generator,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """LABEVENTS rows of the 13 labs and blood gases. Row order: labs, then blood gases; by admission and time."""
     start, end = _lab_window(timeline, config, config.lab_lookback_hours)
-    labs = _panel_rows(timeline, spec, LABS, _lab_panels(timeline, start, end, rng), _P_LAB,
-                       _P_LAB_SERIES_MISSING, rng)  # fmt: skip
+    labs = _panel_rows(timeline, spec, LABS, _lab_panels(timeline, start, end, rng), _P_LAB, _P_LAB_SERIES_MISSING, rng)
     gas_start, _ = _lab_window(timeline, config, 6.0)
-    gases = _panel_rows(timeline, spec, BLOOD_GASES, _gas_panels(timeline, gas_start, end, rng), _P_GAS,
-                        np.zeros(len(BLOOD_GASES)), rng)  # fmt: skip
+    gases = _panel_rows(
+        timeline, spec, BLOOD_GASES, _gas_panels(timeline, gas_start, end, rng), _P_GAS, np.zeros(len(BLOOD_GASES)), rng
+    )
     adm, feature, time = (np.concatenate([a, b]) for a, b in zip(labs, gases, strict=True))
     valuenum = _round(_sample(table, draws, timeline, adm, feature, time, rng), table.decimals[feature])
     abnormal = (valuenum < table.normal_low[feature]) | (valuenum > table.normal_high[feature])
     unit_names = sorted({f.unit for f in spec.features})
     unit_codes = np.array([unit_names.index(f.unit) for f in spec.features], dtype=np.int64)
     itemids = np.array([f.itemids[0] for f in spec.features], dtype=np.int64)
-    return pd.DataFrame({
-        "subject_id": timeline.subject_id[timeline.adm_subject[adm]],
-        "hadm_id": timeline.hadm_id[adm],
-        "itemid": itemids[feature],
-        "charttime": to_datetime(time),
-        "value": _text(valuenum, table.decimals[feature]),
-        "valuenum": valuenum,
-        "valueuom": categorical(unit_codes[feature], unit_names),
-        "flag": categorical(np.where(abnormal, 0, -1), ["abnormal"]),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "subject_id": timeline.subject_id[timeline.adm_subject[adm]],
+            "hadm_id": timeline.hadm_id[adm],
+            "itemid": itemids[feature],
+            "charttime": to_datetime(time),
+            "value": _text(valuenum, table.decimals[feature]),
+            "valuenum": valuenum,
+            "valueuom": categorical(unit_codes[feature], unit_names),
+            "flag": categorical(np.where(abnormal, 0, -1), ["abnormal"]),
+        }
+    )
 
 
 def _lab_window(timeline: Timeline, config: SynthConfig, lookback_hours: float) -> tuple[IntArray, IntArray]:
@@ -225,9 +272,14 @@ def _gas_panels(timeline: Timeline, start: IntArray, end: IntArray, rng: np.rand
 
 
 def _panel_rows(
-    timeline: Timeline, spec: FeatureSpec, names: tuple[str, ...], panels: tuple[IntArray, ...],
-    p_item: FloatArray, p_missing: FloatArray, rng: np.random.Generator,
-) -> tuple[IntArray, IntArray, IntArray]:  # fmt: skip
+    timeline: Timeline,
+    spec: FeatureSpec,
+    names: tuple[str, ...],
+    panels: tuple[IntArray, ...],
+    p_item: FloatArray,
+    p_missing: FloatArray,
+    rng: np.random.Generator,
+) -> tuple[IntArray, IntArray, IntArray]:
     """Expand panels into (admission index, feature model index, time) of the items they report."""
     panel_adm, panel_time = panels
     reported = rng.random((len(panel_adm), len(names))) < p_item

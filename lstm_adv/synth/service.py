@@ -15,10 +15,12 @@ from lstm_adv.config import Config
 from lstm_adv.database.connection import connect, describe_source
 from lstm_adv.database.loader import load_tables
 from lstm_adv.domain.errors import ConfigError, DatabaseError
+from lstm_adv.metrics import auroc
+from lstm_adv.results.artifacts import TRUTH_FILE
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
+from lstm_adv.results.summaries import SynthSeconds, SynthSummary
 from lstm_adv.synth.cohort import SyntheticCohort, check_request, generate_cohort
-from lstm_adv.synth.oracle import TRUTH_FILE, auroc
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def run_synth(
     label, severity); the same rows go to table ``<schema>.synth_truth``. Bad input writes nothing.
     """
     settings = config.synth
-    check_request(settings.admissions, settings.seed, settings)
+    check_request(settings.admissions, settings.seed)
     check_schema_name(settings.schema)
     if isinstance(database, str):
         source = source or describe_source(database)
@@ -71,7 +73,7 @@ def run_synth(
         loaded = time.perf_counter()
         cohort.truth.to_parquet(writer.file(TRUTH_FILE), index=False)
         source = source or describe_source(conn.info.dsn)
-        writer.summary.update(_summary(cohort, counts, settings.schema, source, started, generated, loaded))
+        writer.summary = _summary(cohort, counts, settings.schema, source, started, generated, loaded)
     run = writer.committed
     assert run is not None  # committed on leaving the block without error
     log.info("synth run %s: %s", run.id, counts)
@@ -121,25 +123,31 @@ def _check_schema_is_ours(conn: psycopg.Connection[Any], schema: str) -> None:
 
 
 def _summary(
-    cohort: SyntheticCohort, counts: dict[str, int], schema: str, source: str,
-    started: float, generated: float, loaded: float,
-) -> dict[str, Any]:  # fmt: skip
+    cohort: SyntheticCohort,
+    counts: dict[str, int],
+    schema: str,
+    source: str,
+    started: float,
+    generated: float,
+    loaded: float,
+) -> SynthSummary:
     truth = cohort.truth
-    return {
-        "admissions": cohort.n_admissions,
-        "seed": cohort.seed,
-        "schema": schema,
-        "source": source,
-        "tables": counts,
-        "deaths": int(truth["label"].sum()),
-        "prevalence": round(cohort.prevalence, 6),
-        "mean_death_probability": round(float(truth["death_probability"].mean()), 6),
-        "oracle_auroc_all": round(auroc(truth["death_probability"], truth["label"]), 6)
-        if 0 < truth["label"].sum() < len(truth)
+    deaths = int(truth["label"].sum())
+    return SynthSummary(
+        admissions=cohort.n_admissions,
+        seed=cohort.seed,
+        schema=schema,
+        source=source,
+        tables=counts,
+        deaths=deaths,
+        prevalence=round(cohort.prevalence, 6),
+        mean_death_probability=round(float(truth["death_probability"].mean()), 6),
+        oracle_auroc_all=round(auroc(truth["label"].to_numpy(), truth["death_probability"].to_numpy()), 6)
+        if 0 < deaths < len(truth)
         else None,
-        "seconds": {
-            "generate": round(generated - started, 2),
-            "load": round(loaded - generated, 2),
-            "total": round(time.perf_counter() - started, 2),
-        },
-    }
+        seconds=SynthSeconds(
+            generate=round(generated - started, 2),
+            load=round(loaded - generated, 2),
+            total=round(time.perf_counter() - started, 2),
+        ),
+    )

@@ -150,9 +150,7 @@ def _subject_epochs(n_subjects: int, rng: np.random.Generator) -> tuple[IntArray
     return (_YEAR_2100 + np.round(years * MINUTES_PER_YEAR)).astype(np.int64), carevue
 
 
-def _readmission_offsets(
-    length: IntArray, rank: IntArray, adm_subject: IntArray, rng: np.random.Generator
-) -> IntArray:
+def _readmission_offsets(length: IntArray, rank: IntArray, adm_subject: IntArray, rng: np.random.Generator) -> IntArray:
     """Minutes from a subject's first admission to each of its admissions (0 for the first).
 
     A readmission starts 10 days to years after the previous discharge (``length`` is each

@@ -23,6 +23,7 @@ from lstm_adv.domain.errors import DatabaseError
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore, RunWriter
+from lstm_adv.results.summaries import QuerySummary, Step
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,9 @@ def run_cohort_query(
     with store.create("query", parents=parents, config=config_as_dict(config)) as writer, conn.transaction():
         _prepare(conn, schema, params, report)
         tables = _export_all(conn, writer, params, report)
-        writer.summary["flow"] = _flow(conn, config.cohort)
-        writer.summary["tables"] = tables
-        writer.summary["schema"] = schema
-        writer.summary["source"] = source or _describe_connection(conn)
+        writer.summary = QuerySummary(
+            flow=_flow(conn, config.cohort), tables=tables, schema=schema, source=source or _describe_connection(conn)
+        )
     assert writer.committed is not None  # the writer commits on leaving the block without error
     log.info("query run %s written", writer.committed.id)
     return writer.committed
@@ -155,7 +155,7 @@ def _execute(conn: psycopg.Connection[Any], name: str, statement: sql.Composed) 
         raise DatabaseError(f"query {name}.sql failed: {_first_line(exc)}") from exc
 
 
-def _flow(conn: psycopg.Connection[Any], cohort: CohortConfig) -> list[dict[str, Any]]:
+def _flow(conn: psycopg.Connection[Any], cohort: CohortConfig) -> tuple[Step, ...]:
     """ICU stays left after each inclusion rule (applied in turn), then the admissions they form."""
     row = conn.execute(
         "SELECT count(*), count(*) FILTER (WHERE adult), count(*) FILTER (WHERE adult AND hospital_los_ok), "
@@ -169,7 +169,7 @@ def _flow(conn: psycopg.Connection[Any], cohort: CohortConfig) -> list[dict[str,
         f"icu stay >= {_days(cohort.min_icu_los_days)}",
         "admissions",
     )
-    return [{"step": step, "count": int(count)} for step, count in zip(steps, row, strict=True)]
+    return tuple(Step(step, int(count)) for step, count in zip(steps, row, strict=True))
 
 
 def _days(value: float) -> str:

@@ -34,3 +34,18 @@ class Workspace:
     def pg_dir(self) -> Path:
         """The embedded PostgreSQL server's folder."""
         return self.home / "pg"
+
+
+def locate_home(home: str | Path | None = None) -> Path:
+    """The workspace home: ``home``, else ``$LSTM_ADV_HOME``, else the nearest ``.lstm-adv`` above the cwd.
+
+    Quarto runs a document from its own folder (``reports/``), so a plain ``./.lstm-adv`` would miss the
+    workspace of the project root; looking upwards finds it.
+    """
+    if home is not None or os.environ.get(HOME_ENV):
+        return Workspace.locate(Path(home) if home is not None else None).home
+    cwd = Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        if (folder / DEFAULT_HOME).is_dir():
+            return folder / DEFAULT_HOME
+    return Workspace.locate(None).home

@@ -1,0 +1,158 @@
+"""Aggregates of attack and analysis runs for the attack report: success, norms, rankings, discovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lstm_adv.domain.errors import DataError, RunKindError
+from lstm_adv.results import artifacts
+from lstm_adv.results.api.common import aggregates_only, parent_of, text
+from lstm_adv.results.store import Run, RunStore
+from lstm_adv.results.summaries import AnalysisSummary, AttackSummary
+
+ATTACK_KINDS = ("attack", "analysis")
+DIRECTION_NAMES = {"0to1": "0→1 (survival → death)", "1to0": "1→0 (death → survival)"}
+
+__all__ = [
+    "ATTACK_KINDS",
+    "DIRECTION_NAMES",
+    "analysis_figure",
+    "attack_and_analysis",
+    "attack_settings",
+    "attack_success",
+    "discovery_curve",
+    "feature_ranking",
+    "latest_analysis",
+    "perturbation_norms",
+    "top_hours",
+]
+
+
+def attack_and_analysis(run: Run) -> tuple[Run, Run]:
+    """The attack run and its analysis run, from either of them (an attack's newest analysis child).
+
+    The report needs the analysis: it holds every aggregate (the attack run stores raw perturbations).
+    """
+    if run.kind == "analysis":
+        attack = parent_of(run, "attack")
+        if attack is None:
+            raise DataError(f"analysis run {run.id} has lost its attack run; the report needs both")
+        return attack, run
+    if run.kind != "attack":
+        raise RunKindError(f"run {run.id} is a {run.kind} run; this report needs an attack or analysis run")
+    analysis = latest_analysis(run)
+    if analysis is None:
+        raise DataError(f"attack run {run.id} has no analysis run yet; run `lstm-adv analyze --attack {run.id}` first")
+    return run, analysis
+
+
+def latest_analysis(attack: Run) -> Run | None:
+    """The newest analysis run whose parent is ``attack`` (None when it has not been analysed)."""
+    children = [r for r in RunStore(attack.path.parent).list("analysis") if attack.id in r.manifest.parents]
+    return children[-1] if children else None
+
+
+def attack_settings(attack: Run) -> pd.DataFrame:
+    """The attack's settings (``params.json``) and what it attacked. Columns: ``setting``, ``value``."""
+    has_params = (attack.path / artifacts.ATTACK_PARAMS_FILE).is_file()
+    params = artifacts.read_json(attack, artifacts.ATTACK_PARAMS_FILE) if has_params else {}
+    rows = [(str(k), text(v)) for k, v in params.items()]
+    summary = attack.manifest.summary
+    if isinstance(summary, AttackSummary):
+        rows += [
+            ("attacked split", summary.split),
+            ("samples", text(summary.n_samples)),
+            ("attacked", text(summary.n_attacked)),
+            ("success rate", f"{summary.success_rate:.1%}"),
+            ("model run", str(summary.model_run)),
+            ("features run", str(summary.features_run)),
+        ]
+    return aggregates_only(pd.DataFrame(rows, columns=["setting", "value"]))
+
+
+def attack_success(analysis: Run) -> pd.DataFrame:
+    """Attacked and successful samples per direction of the flip, and overall.
+
+    Columns: ``direction``, ``attacked``, ``successful``, ``success_rate``.
+    """
+    summary = analysis.summary_as(AnalysisSummary)
+    rows = [
+        (DIRECTION_NAMES.get(d, d), v.attacked, v.successful, v.success_rate) for d, v in summary.directions.items()
+    ]
+    rows.append(("all", summary.n_attacked, summary.n_successful, summary.success_rate))
+    return aggregates_only(pd.DataFrame(rows, columns=["direction", "attacked", "successful", "success_rate"]))
+
+
+def perturbation_norms(analysis: Run) -> pd.DataFrame:
+    """L0, L1 and L∞ of the first and best successful perturbations, per direction (means and medians).
+
+    Columns: ``example``, ``direction``, ``n``, ``l0_mean``, ``l0_median``, ``l1_mean``, ``l1_median``,
+    ``linf_mean``, ``linf_median``, ``iteration_median``. L1 and L∞ are in scaled units.
+    """
+    examples = artifacts.read_table(analysis, "examples.parquet")
+    grouped = examples.groupby(["which", "direction"], sort=False)
+    frame = grouped.agg(
+        n=("l0", "size"),
+        l0_mean=("l0", "mean"),
+        l0_median=("l0", "median"),
+        l1_mean=("l1", "mean"),
+        l1_median=("l1", "median"),
+        linf_mean=("linf", "mean"),
+        linf_median=("linf", "median"),
+        iteration_median=("iteration", "median"),
+    ).reset_index()
+    frame = frame[frame["n"] > 0].rename(columns={"which": "example"})
+    frame["direction"] = frame["direction"].map(_arrow)
+    return aggregates_only(frame.reset_index(drop=True))
+
+
+def _arrow(direction: str) -> str:
+    """``0to1`` → ``0→1``."""
+    return DIRECTION_NAMES.get(direction, direction).split(" ")[0]
+
+
+def analysis_figure(analysis: Run, stem: str) -> Path | None:
+    """The stored PNG ``figures/<stem>.png`` of an analysis run (None when the run did not draw it)."""
+    path = analysis.path / artifacts.FIGURES_DIR / f"{stem}.png"
+    return path if path.is_file() else None
+
+
+def feature_ranking(analysis: Run, which: str = "best", *, top: int | None = None) -> pd.DataFrame:
+    """Features ranked by susceptibility S_j, per direction, with |δ| in clinical units over changed cells.
+
+    Columns: ``direction``, ``rank``, ``feature``, ``unit``, ``susceptibility``, ``mean_gpp``,
+    ``median_abs_delta``, ``max_abs_delta`` (clinical units). ``top`` keeps the first ranks.
+    """
+    features = artifacts.read_table(analysis, "features.parquet")
+    clinical = artifacts.read_table(analysis, "clinical.parquet")
+    keys = ["which", "direction", "feature"]
+    merged = features.merge(clinical[[*keys, "median_abs_delta", "max_abs_delta"]], on=keys, how="left")
+    merged = merged[merged["which"] == which].sort_values(["direction", "rank"], kind="stable")
+    if top is not None:
+        merged = merged[merged["rank"] <= top]
+    merged["direction"] = merged["direction"].map(_arrow)
+    columns = ["direction", "rank", "feature", "unit", "susceptibility", "mean_gpp"]
+    columns += ["median_abs_delta", "max_abs_delta"]
+    return aggregates_only(merged[columns].reset_index(drop=True))
+
+
+def top_hours(analysis: Run, which: str = "best", *, top: int = 5) -> pd.DataFrame:
+    """The ``top`` hours of the window by susceptibility Σ_j GMP·GPP, per direction.
+
+    Columns: ``direction``, ``rank``, ``hour`` (0 = the first hour of the 48-hour window), ``susceptibility``.
+    """
+    hours = artifacts.read_table(analysis, "hours.parquet")
+    hours = hours[(hours["which"] == which) & (hours["rank"] <= top)].sort_values(["direction", "rank"], kind="stable")
+    hours["direction"] = hours["direction"].map(_arrow)
+    return aggregates_only(hours[["direction", "rank", "hour", "susceptibility"]].reset_index(drop=True))
+
+
+def discovery_curve(analysis: Run) -> pd.DataFrame:
+    """Per direction and iteration, the cumulative share of attacked samples with a first success by then.
+
+    Columns: ``direction``, ``iteration``, ``n_attacked``, ``first_found``, ``best_found``,
+    ``cumulative_first_fraction``.
+    """
+    return aggregates_only(artifacts.read_table(analysis, "discovery.parquet"))

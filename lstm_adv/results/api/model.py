@@ -1,0 +1,190 @@
+"""Aggregates of model runs for the model report: hyperparameters, test metrics, curves, calibration, history."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lstm_adv.domain.errors import DataError
+from lstm_adv.domain.feature_matrix import SPLITS
+from lstm_adv.results import artifacts
+from lstm_adv.results.api.common import aggregates_only, text
+from lstm_adv.results.artifacts import is_cv_run
+from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import ModelSummary
+
+MODEL_KINDS = ("model",)
+METRIC_NAMES = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "f1": "F1",
+    "precision": "precision",
+    "recall": "recall",
+    "brier": "Brier score",
+}
+CURVE_COLUMNS = ("curve", "x", "y")
+
+__all__ = [
+    "METRIC_NAMES",
+    "MODEL_KINDS",
+    "calibration_table",
+    "confusion_table",
+    "cv_metrics",
+    "is_cv_run",
+    "model_curves",
+    "model_facts",
+    "model_hyperparameters",
+    "model_metrics",
+    "oracle_auroc",
+    "training_history",
+]
+
+
+def model_hyperparameters(run: Run) -> pd.DataFrame:
+    """The network's hyperparameters (``params.json``) and the training settings. Columns: ``parameter``, ``value``."""
+    params = artifacts.read_json(run, artifacts.PARAMS_FILE)
+    rows = [(str(k), text(v)) for k, v in params.items()]
+    model_config = run.manifest.config.get("model", {})
+    settings = ("max_epochs", "patience", "monitor", "imbalance", "grad_clip_norm", "seed", "bootstrap_samples")
+    rows += [(f"training: {k}", text(model_config[k])) for k in settings if k in model_config]
+    return aggregates_only(pd.DataFrame(rows, columns=["parameter", "value"]))
+
+
+def _holdout(run: Run, what: str) -> ModelSummary:
+    summary = run.summary_as(ModelSummary)
+    if summary.cv:
+        raise DataError(f"model run {run.id} is a cross-validation run; it has no single test split for {what}")
+    return summary
+
+
+def model_metrics(run: Run) -> pd.DataFrame:
+    """Test metrics of a holdout model run with their bootstrap intervals, and the threshold (no interval).
+
+    Columns: ``metric``, ``value``, ``low``, ``high``.
+    """
+    summary = _holdout(run, "test metrics with intervals")
+    test = summary.test or {}
+    rows: list[tuple[str, float | None, float | None, float | None]] = []
+    for key, label in METRIC_NAMES.items():
+        estimate = test.get(key)
+        rows.append((label, *((estimate.value, estimate.low, estimate.high) if estimate else (None, None, None))))
+    rows.append(("threshold (max F1 on validation)", summary.threshold, None, None))
+    frame = pd.DataFrame(rows, columns=["metric", "value", "low", "high"])
+    return aggregates_only(frame.astype({"value": "float64", "low": "float64", "high": "float64"}))
+
+
+def model_facts(run: Run) -> pd.DataFrame:
+    """Split sizes, prevalence, epochs, device and (synthetic data) the oracle AUROC.
+
+    Columns: ``property``, ``value``.
+    """
+    summary = run.summary_as(ModelSummary)
+    rows: list[tuple[str, str]] = []
+    sizes = summary.n or {}
+    for name, n in sorted(sizes.items(), key=lambda item: SPLITS.index(item[0]) if item[0] in SPLITS else 9):
+        prevalence = (summary.prevalence or {}).get(name)
+        share = f" ({prevalence:.1%} deaths)" if prevalence is not None else ""
+        rows.append((f"{name} samples", f"{int(n):,}{share}"))
+    facts = (
+        ("best epoch", summary.best_epoch),
+        ("epochs run", summary.epochs_run),
+        ("folds", summary.n_folds),
+        ("device", summary.device),
+    )
+    rows += [(label, text(value)) for label, value in facts if value is not None]
+    if summary.seconds_per_epoch is not None:
+        rows.append(("seconds per epoch", f"{summary.seconds_per_epoch:.2f}"))
+    if summary.oracle_test_auroc is not None:
+        rows.append(("oracle test AUROC (true risks of the synthetic generator)", f"{summary.oracle_test_auroc:.3f}"))
+    return aggregates_only(pd.DataFrame(rows, columns=["property", "value"]))
+
+
+def oracle_auroc(run: Run) -> float | None:
+    """The synthetic generator's AUROC on the same test split, when the data are synthetic (else None)."""
+    return run.summary_as(ModelSummary).oracle_test_auroc
+
+
+def confusion_table(run: Run) -> pd.DataFrame:
+    """The test confusion matrix at the chosen threshold: rows true class, columns predicted class.
+
+    Columns: ``true class``, ``predicted survived (0)``, ``predicted died (1)``.
+    """
+    summary = _holdout(run, "a confusion matrix")
+    if summary.confusion_matrix is None:
+        raise DataError(f"model run {run.id} has no 2 × 2 confusion matrix in its manifest; re-run `lstm-adv train`")
+    matrix = np.asarray(summary.confusion_matrix, dtype=np.int64)
+    frame = pd.DataFrame(matrix, columns=["predicted survived (0)", "predicted died (1)"])
+    frame.insert(0, "true class", ["survived (0)", "died (1)"])
+    return aggregates_only(frame)
+
+
+def calibration_table(run: Run) -> pd.DataFrame:
+    """The test reliability diagram: per probability bin, the mean prediction, observed death rate and count.
+
+    Columns: ``bin_low``, ``bin_high``, ``mean_predicted``, ``fraction_positive``, ``count`` (empty bins left out).
+    """
+    _holdout(run, "a calibration curve")
+    calibration = artifacts.read_json(run, artifacts.METRICS_FILE).get("test", {}).get("calibration")
+    columns = ["bin_low", "bin_high", "mean_predicted", "fraction_positive", "count"]
+    if not isinstance(calibration, dict) or not all(c in calibration for c in columns):
+        raise DataError(f"model run {run.id}: metrics.json has no test calibration; re-run `lstm-adv train`")
+    return aggregates_only(pd.DataFrame({c: calibration[c] for c in columns}).astype({"count": "int64"}))
+
+
+def training_history(run: Run) -> pd.DataFrame:
+    """Per epoch: training loss, validation loss and AUROC (one block per fold for a CV run).
+
+    Columns: ``fold`` (0 for a holdout run), ``epoch``, ``train_loss``, ``val_loss``, ``val_auroc``, ``best``
+    (the epoch whose weights were kept).
+    """
+    columns = ["epoch", "train_loss", "val_loss", "val_auroc"]
+    if is_cv_run(run):
+        folds = artifacts.read_json(run, artifacts.METRICS_FILE).get("folds", [])
+        blocks = [
+            pd.DataFrame(f["history"], columns=columns).assign(fold=int(f["fold"]), best_epoch=f["best_epoch"])
+            for f in folds
+        ]
+    else:
+        best = run.summary_as(ModelSummary).best_epoch
+        history = artifacts.read_json(run, artifacts.HISTORY_FILE)
+        blocks = [pd.DataFrame(history, columns=columns).assign(fold=0, best_epoch=best)]
+    if not blocks or all(block.empty for block in blocks):
+        raise DataError(f"model run {run.id} has no training history; re-run `lstm-adv train`")
+    frame = pd.concat(blocks, ignore_index=True)
+    frame["best"] = frame["epoch"].eq(frame.pop("best_epoch"))
+    return aggregates_only(frame[["fold", *columns, "best"]].astype({"val_loss": "float64", "val_auroc": "float64"}))
+
+
+def cv_metrics(run: Run) -> pd.DataFrame:
+    """Cross-validation: each metric's mean ± sd over folds and the per-fold values.
+
+    Columns: ``metric``, ``mean``, ``sd``, then ``fold 0``, ``fold 1``, ….
+    """
+    summary = run.summary_as(ModelSummary)
+    if not summary.cv:
+        raise DataError(f"model run {run.id} is not a cross-validation run; train with --cv for fold metrics")
+    rows = []
+    for key, label in METRIC_NAMES.items():
+        folds = (summary.folds or {}).get(key, ())
+        spread = {"mean": (summary.mean or {}).get(key), "sd": (summary.sd or {}).get(key)}
+        rows.append({"metric": label} | spread | {f"fold {k}": v for k, v in enumerate(folds)})
+    return aggregates_only(pd.DataFrame(rows))
+
+
+def model_curves(run: Run, split: str = "test") -> pd.DataFrame | None:
+    """Stored ROC and PR curve points of ``split`` (``curves.parquet``), or None when the run holds none.
+
+    Columns: ``curve`` (``roc``: x = false positive rate, y = true positive rate; ``pr``: x = recall,
+    y = precision), ``x``, ``y``. Points are aggregates: rates over the split, never a sample.
+    """
+    if not (run.path / artifacts.MODEL_CURVES_FILE).is_file():
+        return None
+    frame = artifacts.read_table(run, artifacts.MODEL_CURVES_FILE)
+    missing = [c for c in CURVE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"model run {run.id}: {artifacts.MODEL_CURVES_FILE} lacks columns {', '.join(missing)}; re-run the training"
+        )
+    if "split" in frame.columns:
+        frame = frame[frame["split"] == split]
+    return aggregates_only(frame[list(CURVE_COLUMNS)].reset_index(drop=True).astype({"x": "float64", "y": "float64"}))

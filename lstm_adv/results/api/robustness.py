@@ -1,0 +1,44 @@
+"""Aggregates of robustness runs for the robustness report: metric vs ε, confusion under attack, the L1 attack."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from lstm_adv.results import artifacts
+from lstm_adv.results.api.common import aggregates_only
+from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import RobustnessSummary
+
+ROBUSTNESS_KINDS = ("robustness",)
+
+__all__ = ["ROBUSTNESS_KINDS", "robustness_confusion", "robustness_curves", "robustness_l1"]
+
+
+def _model_labels(run: Run) -> dict[str, str]:
+    """Model run id → "defense · id" (e.g. "adaptive · model-20261121-120455-a3f9"), in the run's order."""
+    return {str(m.model): f"{m.defense} · {m.model}" for m in run.summary_as(RobustnessSummary).models}
+
+
+def _robustness_table(run: Run, name: str) -> pd.DataFrame:
+    frame = artifacts.read_table(run, name)
+    labels = _model_labels(run)
+    frame.insert(0, "label", frame["model"].map(labels).fillna(frame["model"]))
+    return frame
+
+
+def robustness_curves(run: Run) -> pd.DataFrame:
+    """Metric vs ε per model of a robustness run. Columns: label, model, defense, eps, metric, value."""
+    return aggregates_only(_robustness_table(run, artifacts.ROBUSTNESS_CURVES_FILE))
+
+
+def robustness_confusion(run: Run) -> pd.DataFrame:
+    """Confusion counts under attack. Columns: label, model, defense, eps, true_label, predicted_label, count."""
+    return aggregates_only(_robustness_table(run, artifacts.CONFUSION_FILE))
+
+
+def robustness_l1(run: Run) -> pd.DataFrame:
+    """The sparse L1 attack per model (attacked, success_rate, mean_l0, mean_l1).
+
+    Columns: label, model, defense, metric, value.
+    """
+    return aggregates_only(_robustness_table(run, artifacts.L1_FILE))

@@ -1,0 +1,419 @@
+"""What each run kind records about itself: one frozen summary class per kind, stored in the manifest.
+
+A stage builds its summary as a value and hands it to the run writer; readers (reports, the
+pipeline, the CLI) get it back typed, through :meth:`lstm_adv.results.store.Run.summary_as`.
+Lineage fields are :class:`RunId` values. The manifest stores the unstructured form; reading a
+manifest written by an older version whose summary does not fit these classes fails with one
+line that names the run and says to re-run its stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from lstm_adv.domain.run_id import RunId
+from lstm_adv.models.hyperparameters import Hyperparameters
+
+# --- shared pieces ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Step:
+    """A named count: a cohort filter step and what is left after it, or rows of one kind."""
+
+    step: str
+    count: int
+
+
+@attrs.frozen
+class Estimate:
+    """A metric with its bootstrap interval (``None`` where undefined)."""
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+
+
+@attrs.frozen
+class StudyTrialCounts:
+    """Where a study lives and how its trials ended."""
+
+    study_name: str
+    storage: str
+    n_trials: int
+    states: dict[str, int]
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class QuerySummary:
+    """A query run: the source, the cohort flow (stays left after each rule) and rows per stored table."""
+
+    flow: tuple[Step, ...]
+    tables: dict[str, int]
+    schema: str
+    source: str
+
+
+@attrs.frozen
+class SynthSeconds:
+    """Wall time of generating and loading a synthetic cohort."""
+
+    generate: float
+    load: float
+    total: float
+
+
+@attrs.frozen
+class SynthSummary:
+    """A synth run: size, seed, where it was loaded, outcome prevalence and the oracle AUROC."""
+
+    admissions: int
+    seed: int
+    schema: str
+    source: str
+    tables: dict[str, int]
+    deaths: int
+    prevalence: float
+    mean_death_probability: float
+    oracle_auroc_all: float | None
+    seconds: SynthSeconds
+
+
+@attrs.frozen
+class SplitCounts:
+    """Samples, deaths and patients of one split."""
+
+    samples: int
+    positives: int
+    subjects: int
+
+
+@attrs.frozen
+class FeatureScaling:
+    """Training-split statistics of one feature in its clinical unit."""
+
+    p5: float
+    median: float
+    p95: float
+
+
+@attrs.frozen
+class FeaturesSummary:
+    """A features run: the preprocessing flow, counts, window rule, shape, splits, missingness, scaling."""
+
+    flow: tuple[Step, ...]
+    measurements: tuple[Step, ...]
+    window_rule: str
+    shape: tuple[int, int, int]
+    n_folds: int
+    splits: dict[str, SplitCounts]
+    missingness: dict[str, float]
+    scaling: dict[str, FeatureScaling]
+
+
+# --- model ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ModelTrial:
+    """One trial of a model study."""
+
+    number: int
+    state: str
+    value: float | None
+    params: Hyperparameters | None
+    best_epoch: int | None
+    last_epoch: int | None
+    worker: str | None
+
+
+@attrs.frozen
+class TuneModelSummary:
+    """A tune-model run: the study, its trials and the best one."""
+
+    study_name: str
+    storage: str
+    features_run: RunId
+    objective: str
+    n_trials: int
+    states: dict[str, int]
+    best: ModelTrial | None
+    trials: tuple[ModelTrial, ...]
+
+
+@attrs.frozen
+class DefenseSummary:
+    """How a defended model was made (``lstm-adv defend``)."""
+
+    method: str
+    attack: str
+    eps: float
+    epochs: int
+    mix: float
+    regenerate: str
+    regenerations: int
+    original_model: RunId
+
+
+@attrs.frozen
+class ModelSummary:
+    """A model run: a holdout evaluation (``cv`` false) or cross-validation over folds (``cv`` true).
+
+    Holdout fields are ``None`` for a cross-validation run and the reverse; ``defense`` is set for a
+    model made by ``lstm-adv defend``.
+    """
+
+    cv: bool
+    test: dict[str, Estimate] | None = None
+    confusion_matrix: tuple[tuple[int, int], tuple[int, int]] | None = None
+    threshold: float | None = None
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    seconds_per_epoch: float | None = None
+    n: dict[str, int] | None = None
+    prevalence: dict[str, float] | None = None
+    oracle_test_auroc: float | None = None
+    confidence: float | None = None
+    device: str | None = None
+    n_folds: int | None = None
+    folds: dict[str, tuple[float | None, ...]] | None = None
+    mean: dict[str, float | None] | None = None
+    sd: dict[str, float | None] | None = None
+    defense: DefenseSummary | None = None
+    features_run: RunId | None = None
+
+
+# --- attack -----------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TunedAttackSettings:
+    """The attack settings one tuning trial tried (``best_params.json`` holds the best trial's)."""
+
+    kappa: float
+    lam: float
+    step_size: float
+    method: str
+    batch_size: int
+
+
+@attrs.frozen
+class AttackTrial:
+    """One trial of an attack study."""
+
+    number: int
+    state: str
+    value: float | None
+    settings: TunedAttackSettings | None
+    successes: int | None
+    last_step: int | None
+
+
+@attrs.frozen
+class TuneAttackSummary:
+    """A tune-attack run: the study, what it optimized on which subset, and every trial."""
+
+    study_name: str
+    storage: str
+    model_run: RunId
+    model_trial: int | None
+    features_run: RunId
+    objective: str
+    max_nonzero: int
+    subset_size: int
+    subset_seed: int
+    chunks: int
+    max_iterations: int
+    n_trials: int
+    states: dict[str, int]
+    n_pruned: int
+    best: AttackTrial | None
+    trials: tuple[AttackTrial, ...]
+
+
+@attrs.frozen
+class NormMeans:
+    """Mean L0 and L1 of a group of successful examples (``None`` without examples)."""
+
+    mean_l0: float | None
+    mean_l1: float | None
+
+
+@attrs.frozen
+class DirectionStats:
+    """Attacked and successful samples of one direction, with the sizes of their first and best examples."""
+
+    attacked: int
+    successful: int
+    success_rate: float
+    first: NormMeans
+    best: NormMeans
+
+
+@attrs.frozen
+class Batches:
+    """Finished and all batches of an attack."""
+
+    done: int
+    total: int
+
+
+@attrs.frozen
+class AttackSummary:
+    """An attack run: what was attacked with which tuned settings, and how often it succeeded."""
+
+    tune_attack_run: RunId
+    model_run: RunId
+    model_trial: int | None
+    features_run: RunId
+    split: str
+    shard: str | None
+    batch_size: int
+    batches: Batches
+    device: str
+    n_samples: int
+    n_attacked: int
+    n_successful: int
+    success_rate: float
+    iterations: int
+    directions: dict[str, DirectionStats]
+    merged_shards: tuple[RunId, ...] = ()
+
+
+@attrs.frozen
+class DirectionCounts:
+    """Attacked and successful samples of one direction."""
+
+    attacked: int
+    successful: int
+    success_rate: float
+
+
+@attrs.frozen
+class AnalysisSummary:
+    """An analysis run: counts per direction, mean norms, and the top features and hours (by example kind)."""
+
+    attack_run: RunId
+    features_run: RunId
+    n_samples: int
+    n_attacked: int
+    n_successful: int
+    success_rate: float
+    directions: dict[str, DirectionCounts]
+    mean_l0: dict[str, dict[str, float | None]]
+    mean_l1: dict[str, dict[str, float | None]]
+    top_features: dict[str, dict[str, tuple[str, ...]]]
+    top_hours: dict[str, dict[str, tuple[int, ...]]]
+    figures: tuple[str, ...]
+
+
+# --- defenses ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class EvaluatedModel:
+    """A model of a robustness run and the defense that made it (``baseline`` for a trained model)."""
+
+    model: RunId
+    defense: str
+
+
+@attrs.frozen
+class PgdRecord:
+    """The PGD settings of a robustness sweep (ε varies along the sweep)."""
+
+    step_size: float | None
+    iterations: int
+    norm: str
+    target: int | None
+    random_start: bool
+    loss: str
+    seed: int
+
+
+@attrs.frozen
+class RobustnessRow:
+    """The metrics of one model at one ε."""
+
+    model: RunId
+    eps: float
+    clean_accuracy: float | None = None
+    robust_accuracy: float | None = None
+    clean_recall: float | None = None
+    robust_recall: float | None = None
+    robust_specificity: float | None = None
+    robust_auroc: float | None = None
+    robust_auprc: float | None = None
+    success_rate: float | None = None
+    mean_linf: float | None = None
+    mean_l2: float | None = None
+
+
+@attrs.frozen
+class L1Record:
+    """The sparse L1 attack run against every model: its settings and per-model statistics."""
+
+    settings: dict[str, Any]
+    by_model: dict[str, dict[str, float | None]]
+
+
+@attrs.frozen
+class RobustnessSummary:
+    """A robustness run: the models, the split, the PGD sweep and its table, and the L1 attack."""
+
+    models: tuple[EvaluatedModel, ...]
+    features_run: RunId
+    split: str
+    n: int
+    attack: str
+    eps: tuple[float, ...]
+    pgd: PgdRecord
+    table: tuple[RobustnessRow, ...]
+    l1: L1Record
+
+
+# --- reports ----------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ReportSummary:
+    """A report run: which document rendered which run, with which engine, into which files."""
+
+    document: str
+    reported: RunId
+    kind: str
+    engine: str
+    files: tuple[str, ...]
+
+
+RunSummary = (
+    QuerySummary
+    | SynthSummary
+    | FeaturesSummary
+    | TuneModelSummary
+    | ModelSummary
+    | TuneAttackSummary
+    | AttackSummary
+    | AnalysisSummary
+    | RobustnessSummary
+    | ReportSummary
+)
+
+#: Run kind → its summary class.
+SUMMARY_TYPES: dict[str, type[Any]] = {
+    "query": QuerySummary,
+    "synth": SynthSummary,
+    "features": FeaturesSummary,
+    "tune-model": TuneModelSummary,
+    "model": ModelSummary,
+    "tune-attack": TuneAttackSummary,
+    "attack": AttackSummary,
+    "analysis": AnalysisSummary,
+    "robustness": RobustnessSummary,
+    "report": ReportSummary,
+}
