@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import conninfo, sql
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
@@ -30,11 +30,11 @@ def _closed_port() -> int:
 @pytest.fixture(scope="module")
 def password_role(pg_server: ServerInfo) -> Iterator[str]:
     """A login role that must authenticate with a password over TCP (pg_hba: scram-sha-256)."""
-    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+    with psycopg.connect(pg_server.superuser_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(PASSWORD)))
     yield ROLE
-    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+    with psycopg.connect(pg_server.superuser_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
 
 
@@ -86,7 +86,7 @@ def test_missing_password_is_reported(pg_server: ServerInfo, password_role: str)
 def test_unknown_database_is_named(pg_server: ServerInfo) -> None:
     """Connecting to a database that does not exist names it."""
     with pytest.raises(DatabaseError) as caught:
-        connect(f"postgresql://postgres@127.0.0.1:{pg_server.port}/no_such_db")
+        connect(conninfo.make_conninfo(pg_server.dsn, dbname="no_such_db"))
     assert str(caught.value) == (
         f"database 'no_such_db' does not exist at 127.0.0.1:{pg_server.port}; check the database name in the DSN"
     )

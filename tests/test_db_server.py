@@ -1,24 +1,36 @@
-"""The embedded PostgreSQL server: start, status, stop, ports, accounts, and the `db` commands."""
+"""The embedded PostgreSQL server: start, status, stop, ports, accounts, passwords and roles, and the `db` commands."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import stat
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
 from lstm_adv.config import EmbeddedConfig
-from lstm_adv.database.server import ServerInfo, server_status, start_server, stop_server
+from lstm_adv.database.server import ServerInfo, password_protected, server_status, start_server, stop_server
 from lstm_adv.domain.errors import ServerError
 
 pytestmark = pytest.mark.db
+
+# pg_hba.conf as lstm-adv wrote it before it set passwords: local and superuser logins without one.
+OLD_HBA = """\
+local   all  all                       trust
+host    all  postgres  127.0.0.1/32    trust
+host    all  postgres  ::1/128         trust
+host    all  all       127.0.0.1/32    scram-sha-256
+host    all  all       ::1/128         scram-sha-256
+"""
 
 
 @pytest.fixture
@@ -44,12 +56,25 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def no_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Connection options that give no password: an empty password file, no PGPASSWORD."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    (tmp_path / "empty.pgpass").touch(mode=0o600)
+    return {"dbname": "postgres", "passfile": str(tmp_path / "empty.pgpass"), "connect_timeout": "5"}
+
+
 def test_start_status_stop_are_idempotent(pg_dir: Path) -> None:
     """Start answers with a connectable server, status finds it, stop stops it once and then reports nothing to stop."""
     info = start_server(pg_dir, EmbeddedConfig())
     assert server_status(pg_dir) == info
     with psycopg.connect(info.dsn) as conn:
-        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        assert conn.execute("SELECT current_user").fetchone() == ("lstm_adv",)
     assert stop_server(pg_dir) is True
     assert server_status(pg_dir) is None
     assert stop_server(pg_dir) is False
@@ -77,7 +102,8 @@ def test_state_file_records_the_server(pg_server: ServerInfo) -> None:
 def test_port_zero_picks_a_free_port(pg_server: ServerInfo) -> None:
     """With embedded.port = 0 the server listens on a port it picked itself, reachable over TCP."""
     assert 1024 <= pg_server.port <= 65535
-    assert pg_server.dsn == f"postgresql://postgres@127.0.0.1:{pg_server.port}/postgres"
+    passfile = urllib.parse.quote(str(pg_server.data_dir.parent / "pgpass"), safe="")
+    assert pg_server.dsn == f"postgresql://lstm_adv@127.0.0.1:{pg_server.port}/postgres?passfile={passfile}"
     with socket.create_connection(("127.0.0.1", pg_server.port), timeout=2):
         pass
 
@@ -131,11 +157,17 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
         info = server_status(tmp_path / "home" / "pg")
         assert info is not None
         assert f"DSN: {info.dsn}" in first.output
+        protected = (
+            "password-protected: the toolkit logs in as lstm_adv (not a superuser) with the password in "
+            f"{info.passfile}, readable by you only"
+        )
+        assert protected in first.output
         second = runner.invoke(app, [*home, "db", "start"])
         assert "embedded PostgreSQL already running" in second.output
         status = runner.invoke(app, [*home, "db", "status"])
         assert f"port: {info.port}" in status.output
         assert f"DSN: {info.dsn}" in status.output
+        assert protected in status.output
     finally:
         stopped = runner.invoke(app, [*home, "db", "stop"])
     assert stopped.output == "embedded PostgreSQL stopped\n"
@@ -158,3 +190,132 @@ def test_concurrent_starts_share_one_server(pg_dir: Path) -> None:
         first, second = pool.map(lambda _: start_server(pg_dir, EmbeddedConfig()), range(2))
     assert first == second
     assert server_status(pg_dir) == first
+
+
+# --- passwords and roles ---------------------------------------------------------------------------
+
+
+def test_logins_without_the_password_are_refused(pg_server: ServerInfo, no_password: dict[str, str]) -> None:
+    """Neither the superuser nor the toolkit's role gets in without its password, over TCP or the socket."""
+    hosts = ["127.0.0.1", *([str(pg_server.socket_dir)] if pg_server.socket_dir else [])]
+    for host in hosts:
+        for user in ("postgres", "lstm_adv"):
+            with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+                psycopg.connect(host=host, port=pg_server.port, user=user, **no_password)
+    with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "postgres"'):
+        psycopg.connect(host="127.0.0.1", port=pg_server.port, user="postgres", password="postgres", **no_password)
+
+
+def test_superuser_logs_in_with_its_own_password_file(pg_server: ServerInfo) -> None:
+    """The superuser's DSN (for setup and administration) logs in with the password in superuser.pgpass."""
+    with psycopg.connect(pg_server.superuser_dsn) as conn:
+        assert conn.execute("SELECT current_user, usesuper FROM pg_user WHERE usename = current_user").fetchone() == (
+            "postgres",
+            True,
+        )
+
+
+def test_nothing_trusts_and_private_files_are_private(pg_server: ServerInfo) -> None:
+    """pg_hba.conf has no trust line; the folder and socket folder are 0700, the password and state files 0600."""
+    pg_dir = pg_server.data_dir.parent
+    rules = [line.split() for line in (pg_server.data_dir / "pg_hba.conf").read_text().splitlines()]
+    assert [fields for fields in rules if fields and not fields[0].startswith("#") and "trust" in fields] == []
+    assert password_protected(pg_dir)
+    assert (_mode(pg_dir), _mode(pg_dir / "sock")) == (0o700, 0o700)
+    assert (pg_dir / "sock").stat().st_uid == pg_server.data_dir.stat().st_uid
+    for name in ("pgpass", "superuser.pgpass", "server.json"):
+        assert (_mode(pg_dir / name), (pg_dir / name).stat().st_uid) == (0o600, os.geteuid()), name
+
+
+def test_dsn_names_the_password_file_not_the_password(pg_server: ServerInfo) -> None:
+    """The DSN holds no password, and psycopg and SQLAlchemy (Optuna's storages) both log in with it."""
+    password = (pg_server.data_dir.parent / "pgpass").read_text().strip().rsplit(":", 1)[1]
+    assert password not in pg_server.dsn
+    assert password not in (pg_server.data_dir.parent / "server.json").read_text()
+    with psycopg.connect(pg_server.dsn) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("lstm_adv",)
+    engine = sqlalchemy.create_engine(pg_server.dsn.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sqlalchemy.text("SELECT current_user")).scalar() == "lstm_adv"
+    finally:
+        engine.dispose()
+
+
+def test_toolkit_role_is_not_a_superuser(pg_server: ServerInfo) -> None:
+    """The toolkit's role is no superuser and cannot run a program on the server with COPY ... TO PROGRAM."""
+    with psycopg.connect(pg_server.dsn) as conn:
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+            conn.execute("COPY (SELECT 1) TO PROGRAM 'id'")
+    assert caught.value.diag.message_primary == "permission denied to COPY to or from an external program"
+
+
+def test_toolkit_role_owns_the_demo_schema(demo_dsn: str) -> None:
+    """After load_demo the schema mimiciii and its tables belong to the toolkit's role."""
+    with psycopg.connect(demo_dsn) as conn:
+        schema = conn.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'mimiciii'").fetchone()
+        tables = conn.execute("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'mimiciii'").fetchall()
+    assert (schema, tables) == (("lstm_adv",), [("lstm_adv",)])
+
+
+def _make_old_layout(info: ServerInfo) -> None:
+    """Turn a cluster back into what an older lstm-adv made: trust, no passwords, no role, data of the superuser."""
+    pg_dir = info.data_dir.parent
+    with psycopg.connect(info.superuser_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA legacy")
+        conn.execute("CREATE TABLE legacy.patients (subject_id serial PRIMARY KEY, gender text)")
+        conn.execute("INSERT INTO legacy.patients (gender) VALUES ('F'), ('M')")
+        conn.execute("CREATE TYPE public.trialstate AS ENUM ('RUNNING', 'COMPLETE')")
+        conn.execute("DROP OWNED BY lstm_adv")
+        conn.execute("DROP ROLE lstm_adv")
+        (info.data_dir / "pg_hba.conf").write_text(OLD_HBA)
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute("ALTER ROLE postgres PASSWORD NULL")
+    (pg_dir / "pgpass").unlink()
+    (pg_dir / "superuser.pgpass").unlink()
+    pg_dir.chmod(0o755)
+    (pg_dir / "sock").chmod(0o755)
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_cluster_of_an_older_version_is_secured_on_start(
+    pg_dir: Path, no_password: dict[str, str], running: bool
+) -> None:
+    """Starting a trusting cluster without roles, stopped or running, turns on passwords and hands its data over."""
+    old = start_server(pg_dir, EmbeddedConfig())
+    _make_old_layout(old)
+    with psycopg.connect(host="127.0.0.1", port=old.port, user="postgres", **no_password) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)  # the old hole is open
+    assert not password_protected(pg_dir)
+    if not running:
+        stop_server(pg_dir)
+    info = start_server(pg_dir, EmbeddedConfig())
+    assert password_protected(pg_dir)
+    assert info.pid != old.pid
+    assert (_mode(pg_dir), _mode(pg_dir / "sock")) == (0o700, 0o700)
+    with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+        psycopg.connect(host="127.0.0.1", port=info.port, user="postgres", **no_password)
+    with psycopg.connect(info.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM legacy.patients").fetchone() == (2,)
+        owners = conn.execute(
+            "SELECT nspowner::regrole::text, (SELECT tableowner FROM pg_tables WHERE tablename = 'patients'), "
+            "(SELECT typowner::regrole::text FROM pg_type WHERE typname = 'trialstate') "
+            "FROM pg_namespace WHERE nspname = 'legacy'"
+        ).fetchone()
+    assert owners == ("lstm_adv", "lstm_adv", "lstm_adv")
+    with psycopg.connect(info.superuser_dsn) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+
+
+def test_damaged_password_file_is_reported(tmp_path: Path) -> None:
+    """A password file that lstm-adv did not write is named, with the way to get a new one."""
+    folder = tmp_path / "pg"
+    folder.mkdir()
+    (folder / "pgpass").write_text("*:*:*:lstm_adv:it's\n")
+    with pytest.raises(ServerError) as caught:
+        start_server(folder, EmbeddedConfig())
+    assert str(caught.value) == (
+        f"the password file {folder / 'pgpass'} must hold one line '*:*:*:lstm_adv:<password>' as lstm-adv writes it; "
+        "delete it and run `lstm-adv db start` to make a new password"
+    )

@@ -9,12 +9,12 @@ import typer
 from lstm_adv.cli._common import console, state
 from lstm_adv.database.connection import connect, describe_source
 from lstm_adv.database.demo import load_demo as load_demo_tables
-from lstm_adv.database.server import server_status, start_server, stop_server
+from lstm_adv.database.server import ROLE, ServerInfo, password_protected, server_status, start_server, stop_server
 
 app = typer.Typer(
     help=(
         "The toolkit's own PostgreSQL server, kept in the pg/ folder of the workspace (see --home); "
-        "no install, no credentials.\n\n"
+        "no install, and no password to choose: it makes its own and keeps them in pg/, readable by you only.\n\n"
         "Typical first steps: `lstm-adv db start`, then `lstm-adv db load-demo`, then `lstm-adv query`."
     ),
     no_args_is_help=True,
@@ -36,15 +36,17 @@ PortOption = Annotated[
 def start(ctx: typer.Context, port: PortOption = None) -> None:
     """Start the embedded PostgreSQL server (creating it on first use) and print its DSN.
 
-    Running it again is harmless: a running server is reused.
+    Running it again is harmless: a running server is reused. Every login needs a password; the DSN
+    names the file that holds it (`passfile=`), so it is safe to print and to paste into a command line.
     """
     cli = state(ctx)
     pg_dir = cli.workspace().pg_dir
     already = server_status(pg_dir)
     info = start_server(pg_dir, cli.config({"embedded.port": port}).embedded)
-    verb = "already running" if already is not None else "started"
+    verb = "already running" if already is not None and already.pid == info.pid else "started"
     console.print(f"embedded PostgreSQL {verb} (pid {info.pid}, data in {info.data_dir})", highlight=False)
     console.print(f"DSN: {info.dsn}", highlight=False, soft_wrap=True)
+    console.print(_protection(info), highlight=False, soft_wrap=True)
 
 
 @app.command("status")
@@ -57,6 +59,17 @@ def status(ctx: typer.Context) -> None:
         return
     console.print(f"embedded PostgreSQL: running (pid {info.pid})", highlight=False)
     console.print(f"port: {info.port}\nDSN: {info.dsn}\ndata: {info.data_dir}", highlight=False, soft_wrap=True)
+    console.print(_protection(info), highlight=False, soft_wrap=True)
+
+
+def _protection(info: ServerInfo) -> str:
+    """One line on how clients log in to the server ``info``."""
+    if not password_protected(info.data_dir.parent):
+        return "password protection: off (made by an older lstm-adv); `lstm-adv db start` turns it on"
+    return (
+        f"password-protected: the toolkit logs in as {ROLE} (not a superuser) with the password in "
+        f"{info.passfile}, readable by you only"
+    )
 
 
 @app.command("stop")

@@ -1,16 +1,28 @@
-"""The embedded PostgreSQL server: a private cluster in a project-local folder.
+"""The embedded PostgreSQL server: a private, password-protected cluster in a project-local folder.
 
 The binaries come from the ``pgserver`` wheel (PostgreSQL 16); this module drives them itself
-(``initdb``, ``pg_ctl``) so that it controls the port, the socket folder and the account. Layout of
-``pg_dir``::
+(``initdb``, ``pg_ctl``, ``postgres --single``) so that it controls the port, the socket folder, the
+account and the roles. Layout of ``pg_dir``, which only its owner may enter (mode 0700)::
 
-    pg_dir/data/         the cluster (PGDATA)
-    pg_dir/sock/         the unix socket (left out when its path would be too long)
-    pg_dir/server.log    the server's log
-    pg_dir/server.json   host, port, pid and data folder of the last start
+    pg_dir/data/             the cluster (PGDATA)
+    pg_dir/sock/             the unix socket, 0700 (left out when its path would be too long)
+    pg_dir/server.log        the server's log
+    pg_dir/server.json       host, port, pid, data folder and DSN of the last start (0600)
+    pg_dir/pgpass            the password of the toolkit's role ``lstm_adv``, a libpq password file (0600)
+    pg_dir/superuser.pgpass  the password of the superuser ``postgres``, for administration only (0600)
+
+Every role gives its password (scram-sha-256), on TCP and on the socket; pg_hba.conf trusts no one.
+The passwords are random, made on first start. The toolkit connects as ``lstm_adv``: not a
+superuser, allowed to create schemas in the database, and the owner of those it creates. Its DSN
+names the password file (``?passfile=...``), never the password, so the DSN can be printed, logged
+and stored. The superuser only serves the setup, which runs in single-user mode while the server is
+down: set both passwords, create the role, hand it what the superuser owns outside the system
+schemas. A cluster made by an older lstm-adv (trusting local connections, no role) gets this setup
+on its next start; if it is running, it is restarted for it.
 
 PostgreSQL refuses to run as root. Under root the server runs as a dedicated system account
-(``lstm-adv-pg``, created when missing; ``nobody`` if that fails), which owns ``pg_dir``.
+(``lstm-adv-pg``, created when missing; ``nobody`` if that fails), which owns ``pg_dir``; root, the
+client, still reaches the socket and owns the password files.
 """
 
 from __future__ import annotations
@@ -22,10 +34,13 @@ import json
 import logging
 import os
 import pwd
+import re
+import secrets
 import shutil
 import socket
 import stat
 import subprocess
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,6 +53,9 @@ log = logging.getLogger(__name__)
 
 PG_USER = "postgres"
 PG_DATABASE = "postgres"
+ROLE = "lstm_adv"
+PASSFILE = "pgpass"
+SUPERUSER_PASSFILE = "superuser.pgpass"
 SERVICE_ACCOUNT = "lstm-adv-pg"
 FALLBACK_ACCOUNT = "nobody"
 STATE_FILE = "server.json"
@@ -46,14 +64,44 @@ _SOCKET_PATH_MAX = 107
 _SOCKET_NAME_LEN = len("/.s.PGSQL.65535")
 _PORT_RETRIES = 3
 
+_PASSWORD = re.compile(r"[A-Za-z0-9_-]{32,}")
+
 _HBA = """\
-# Written by lstm-adv. Trust for the superuser on this machine only; any other role must give its password.
-local   all  all                       trust
-host    all  postgres  127.0.0.1/32    trust
-host    all  postgres  ::1/128         trust
-host    all  all       127.0.0.1/32    scram-sha-256
-host    all  all       ::1/128         scram-sha-256
+# Written by lstm-adv: every role gives its password, on the socket and on TCP alike.
+local   all  all                   scram-sha-256
+host    all  all   127.0.0.1/32    scram-sha-256
+host    all  all   ::1/128         scram-sha-256
 """
+
+# Hands the toolkit's role what the superuser owns outside the system schemas: the schemas and
+# tables an older lstm-adv loaded as the superuser, and Optuna's tables and enum types. Sequences
+# and indexes of a table follow it.
+_HAND_OVER = f"""\
+DO $$
+DECLARE
+    command text;
+BEGIN
+    FOR command IN
+        WITH user_schemas AS (
+            SELECT oid, nspname, nspowner FROM pg_namespace
+            WHERE left(nspname, 3) <> 'pg_' AND nspname <> 'information_schema'
+        )
+        SELECT format('ALTER SCHEMA %I OWNER TO {ROLE}', nspname) FROM user_schemas
+        WHERE nspowner = '{PG_USER}'::regrole
+        UNION ALL
+        SELECT format('ALTER TABLE %s OWNER TO {ROLE}', c.oid::regclass)
+        FROM pg_class c JOIN user_schemas s ON s.oid = c.relnamespace
+        WHERE c.relowner = '{PG_USER}'::regrole AND (c.relkind IN ('r', 'p', 'v', 'm', 'f') OR c.relkind = 'S'
+            AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                            AND d.deptype IN ('a', 'i')))
+        UNION ALL
+        SELECT format('ALTER TYPE %s OWNER TO {ROLE}', t.oid::regtype)
+        FROM pg_type t JOIN user_schemas s ON s.oid = t.typnamespace
+        WHERE t.typowner = '{PG_USER}'::regrole AND t.typtype IN ('e', 'd', 'r')
+    LOOP
+        EXECUTE command;
+    END LOOP;
+END $$"""
 
 
 @attrs.frozen
@@ -67,9 +115,38 @@ class ServerInfo:
     socket_dir: Path | None = None
 
     @property
+    def passfile(self) -> Path:
+        """The libpq password file holding the password of the toolkit's role (mode 0600)."""
+        return self.data_dir.parent / PASSFILE
+
+    @property
     def dsn(self) -> str:
-        """The URL to connect with, e.g. ``postgresql://postgres@127.0.0.1:54321/postgres``."""
-        return f"postgresql://{PG_USER}@{self.host}:{self.port}/{PG_DATABASE}"
+        """The toolkit's URL: role ``lstm_adv``, whose password libpq reads from :attr:`passfile`.
+
+        E.g. ``postgresql://lstm_adv@127.0.0.1:54321/postgres?passfile=%2Fhome%2Fme%2F.lstm-adv%2Fpg%2Fpgpass``;
+        it holds no password, so it may be printed, logged and stored.
+        """
+        return _url(ROLE, self.host, self.port, self.passfile)
+
+    @property
+    def superuser_dsn(self) -> str:
+        """The superuser's URL, for administration only (password in ``superuser.pgpass``)."""
+        return _url(PG_USER, self.host, self.port, self.data_dir.parent / SUPERUSER_PASSFILE)
+
+
+def _url(user: str, host: str, port: int, passfile: Path) -> str:
+    # Slashes are percent-encoded too: libpq and SQLAlchemy both decode them, and SQLAlchemy renders
+    # the URL back (e.g. into a tuning run's manifest) exactly as written here.
+    quoted = urllib.parse.quote(str(passfile), safe="")
+    return f"postgresql://{user}@{host}:{port}/{PG_DATABASE}?passfile={quoted}"
+
+
+@attrs.frozen
+class _Passwords:
+    """The passwords of the superuser and of the toolkit's role (left out of ``repr``)."""
+
+    superuser: str = attrs.field(repr=False)
+    role: str = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -95,24 +172,37 @@ def pg_bin_dir() -> Path:
 def start_server(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
     """Start the embedded server in ``pg_dir`` (creating the cluster on first use); reuse a running one.
 
-    ``config.port`` 0 picks a free port; a taken configured port raises :class:`ServerError`.
+    ``config.port`` 0 picks a free port; a taken configured port raises :class:`ServerError`. A
+    cluster without password authentication (made by an older lstm-adv) is set up first, and
+    restarted for it if it runs.
     """
     pg_dir = pg_dir.absolute()
     running = server_status(pg_dir)
-    if running is not None:
+    if running is not None and password_protected(pg_dir):
         return _reuse(running, config)
-    if config.port:
+    if config.port and running is None:
         _choose_port(config)  # a taken port fails before anything is written
     with _start_lock(pg_dir):
-        running = server_status(pg_dir)  # another process may have started it meanwhile
-        if running is not None:
-            return _reuse(running, config)
-        account = _server_account(pg_dir / "data")
-        _prepare_folders(pg_dir, account)
-        if not (pg_dir / "data" / "PG_VERSION").exists():
-            _init_cluster(pg_dir, account)
-        info = _start_on_free_port(pg_dir, config, account)
-        _write_state(pg_dir, info)
+        return _start_locked(pg_dir, config)
+
+
+def _start_locked(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
+    running = server_status(pg_dir)  # another process may have started it meanwhile
+    if running is not None and password_protected(pg_dir):
+        return _reuse(running, config)
+    if running is not None:
+        log.warning("restarting the embedded PostgreSQL in %s to turn on password authentication", pg_dir)
+        stop_server(pg_dir)
+    account = _server_account(pg_dir / "data")
+    _prepare_folders(pg_dir, account)
+    passwords = _ensure_passwords(pg_dir)
+    if not (pg_dir / "data" / "PG_VERSION").exists():
+        _init_cluster(pg_dir, account, passwords)
+    elif not password_protected(pg_dir):
+        _secure_cluster(pg_dir, pg_dir / "data", account, passwords)
+        log.warning("the embedded PostgreSQL in %s now asks every role for its password", pg_dir)
+    info = _start_on_free_port(pg_dir, config, account)
+    _write_state(pg_dir, info)
     log.info("embedded PostgreSQL running at %s (pid %d)", info.dsn, info.pid)
     return info
 
@@ -127,8 +217,8 @@ def _reuse(running: ServerInfo, config: EmbeddedConfig) -> ServerInfo:
 def _start_lock(pg_dir: Path) -> Iterator[None]:
     """Serialize starts of the same folder across processes."""
     try:
-        pg_dir.mkdir(parents=True, exist_ok=True)
-        handle = (pg_dir / ".start.lock").open("a")
+        pg_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle = os.fdopen(os.open(pg_dir / ".start.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
     except OSError as exc:
         raise ServerError(f"cannot create the embedded server's folder {pg_dir}: {exc.strerror}") from None
     with handle:
@@ -142,6 +232,16 @@ def _start_lock(pg_dir: Path) -> Iterator[None]:
 def ensure_server(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
     """The running embedded server of ``pg_dir``, started if needed."""
     return start_server(pg_dir, config)
+
+
+def password_protected(pg_dir: Path) -> bool:
+    """Whether the cluster in ``pg_dir`` asks every role for its password and both password files exist."""
+    pg_dir = pg_dir.absolute()
+    hba = pg_dir / "data" / "pg_hba.conf"
+    if not all(path.exists() for path in (hba, pg_dir / PASSFILE, pg_dir / SUPERUSER_PASSFILE)):
+        return False
+    lines = (line.split("#", 1)[0].split() for line in hba.read_text(encoding="utf-8").splitlines())
+    return not any("trust" in fields for fields in lines)
 
 
 def server_status(pg_dir: Path) -> ServerInfo | None:
@@ -221,12 +321,14 @@ def _create_service_account() -> bool:
 
 
 def _prepare_folders(pg_dir: Path, account: _Account | None) -> None:
-    """Create ``pg_dir`` (and its socket folder) owned by the server's account, reachable by it."""
+    """Create ``pg_dir`` (and its socket folder) owned by the server's account and closed to everyone else."""
     try:
-        pg_dir.mkdir(parents=True, exist_ok=True)
-        (pg_dir / "sock").mkdir(exist_ok=True)
+        pg_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (pg_dir / "sock").mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise ServerError(f"cannot create the embedded server's folder {pg_dir}: {exc.strerror}") from None
+    for path in (pg_dir, pg_dir / "sock"):
+        path.chmod(0o700)  # also closes the folders of a cluster made by an older lstm-adv
     if account is None or account.uid is None or account.gid is None:
         return
     for path in (pg_dir, pg_dir / "sock"):
@@ -252,34 +354,95 @@ def _socket_dir(pg_dir: Path) -> Path | None:
     return folder
 
 
+# --- passwords and roles ----------------------------------------------------------------------------
+
+
+def _ensure_passwords(pg_dir: Path) -> _Passwords:
+    """Both passwords, from their files in ``pg_dir``; a missing file is made with a new random password."""
+    return _Passwords(
+        superuser=_ensure_passfile(pg_dir / SUPERUSER_PASSFILE, PG_USER),
+        role=_ensure_passfile(pg_dir / PASSFILE, ROLE),
+    )
+
+
+def _ensure_passfile(path: Path, user: str) -> str:
+    """The password of ``user`` in the libpq password file ``path``, made when missing; the file is kept 0600."""
+    try:
+        if not path.exists():
+            _write_private(path, f"*:*:*:{user}:{secrets.token_urlsafe(32)}\n")
+            log.info("made a new password for the role %s in %s", user, path)
+        path.chmod(0o600)  # libpq ignores a password file that others may read
+        fields = path.read_text(encoding="utf-8").strip().split(":")
+    except OSError as exc:
+        raise ServerError(f"cannot write or read the password file {path}: {exc.strerror}; check its owner") from None
+    if len(fields) != 5 or fields[3] != user or not _PASSWORD.fullmatch(fields[4]):
+        raise ServerError(
+            f"the password file {path} must hold one line '*:*:*:{user}:<password>' as lstm-adv writes it; "
+            "delete it and run `lstm-adv db start` to make a new password"
+        )
+    return fields[4]
+
+
+def _secure_cluster(pg_dir: Path, data_dir: Path, account: _Account | None, passwords: _Passwords) -> None:
+    """Set the passwords and the toolkit's role up (server down), then make pg_hba.conf ask for passwords."""
+    command = [
+        str(pg_bin_dir() / "postgres"), "--single", "-D", str(data_dir), "-j", "-c", "exit_on_error=on",
+        # the failing statement would hold the passwords: never log it
+        "-c", "log_min_error_statement=panic", PG_DATABASE,
+    ]  # fmt: skip
+    result = _run(command, account, cwd=pg_dir, timeout_s=120, stdin_text=_setup_script(passwords))
+    if result.returncode != 0:
+        reason = _last_line(result.stderr).split("FATAL:", 1)[-1].strip()
+        raise ServerError(f"cannot set up the roles of the embedded database in {data_dir}: {reason}")
+    # Written last: until it is, the next start sees an unprotected cluster and runs the setup again.
+    _write_private(data_dir / "pg_hba.conf", _HBA, account)
+
+
+def _setup_script(passwords: _Passwords) -> str:
+    """SQL for ``postgres --single -j``: statements end with a semicolon and a blank line."""
+    statements = [
+        f"ALTER ROLE {PG_USER} PASSWORD '{passwords.superuser}'",
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN CREATE ROLE {ROLE}; "
+        "END IF; END $$",
+        f"ALTER ROLE {ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+        f"PASSWORD '{passwords.role}'",
+        f"GRANT CREATE ON DATABASE {PG_DATABASE} TO {ROLE}",
+        f"GRANT USAGE, CREATE ON SCHEMA public TO {ROLE}",  # Optuna keeps its tables in public
+        _HAND_OVER,
+    ]
+    return "".join(f"{statement};\n\n" for statement in statements)
+
+
+def _write_private(path: Path, text: str, account: _Account | None = None) -> None:
+    """Replace ``path`` atomically by a file only its owner may read: ``account``, else the current user."""
+    temporary = path.with_name(f"{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    if account is not None and account.uid is not None and account.gid is not None:
+        os.chown(temporary, account.uid, account.gid)
+    temporary.replace(path)
+
+
 # --- the cluster ------------------------------------------------------------------------------------
 
 
-def _init_cluster(pg_dir: Path, account: _Account | None) -> None:
-    """``initdb`` into a temporary folder, then rename: an interrupted init leaves no half cluster."""
+def _init_cluster(pg_dir: Path, account: _Account | None, passwords: _Passwords) -> None:
+    """``initdb`` and the setup in a temporary folder, then rename: an interrupted init leaves no half cluster."""
     staging = pg_dir / "data.initdb"
     _remove_tree(staging)
     command = [
-        str(pg_bin_dir() / "initdb"),
-        "-D",
-        str(staging),
-        "-U",
-        PG_USER,
-        "-A",
-        "trust",
-        "-E",
-        "UTF8",
-        "--locale=C",
-        "--no-sync",
-        "--no-instructions",
-    ]
+        # "reject" lets no one in until _secure_cluster has set the passwords and written pg_hba.conf
+        str(pg_bin_dir() / "initdb"), "-D", str(staging), "-U", PG_USER, "-A", "reject", "-E", "UTF8",
+        "--locale=C", "--no-sync", "--no-instructions",
+    ]  # fmt: skip
     result = _run(command, account, cwd=pg_dir, timeout_s=120)
     if result.returncode != 0:
         _remove_tree(staging)
         raise ServerError(f"cannot create the embedded database cluster in {pg_dir}: {_last_line(result.stderr)}")
-    (staging / "pg_hba.conf").write_text(_HBA, encoding="utf-8")
     with (staging / "postgresql.conf").open("a", encoding="utf-8") as conf:
         conf.write("\n# Settings written by lstm-adv at each start.\ninclude_if_exists = 'lstm_adv.conf'\n")
+    _secure_cluster(pg_dir, staging, account, passwords)
     staging.rename(pg_dir / "data")
     log.info("created the embedded database cluster in %s", pg_dir / "data")
 
@@ -294,16 +457,14 @@ def _write_settings(data_dir: Path, host: str, port: int, socket_dir: Path | Non
         "listen_addresses": host,
         "port": str(port),
         "unix_socket_directories": str(socket_dir) if socket_dir else "",
+        "unix_socket_permissions": "0700",
         "synchronous_commit": "off",
         "maintenance_work_mem": "256MB",
         "max_wal_size": "2GB",
         "TimeZone": "UTC",
     }
     text = "".join(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'\n" for key, value in lines.items())
-    path = data_dir / "lstm_adv.conf"
-    path.write_text(text, encoding="utf-8")
-    if account is not None and account.uid is not None and account.gid is not None:
-        os.chown(path, account.uid, account.gid)
+    _write_private(data_dir / "lstm_adv.conf", text, account)
 
 
 def _start_on_free_port(pg_dir: Path, config: EmbeddedConfig, account: _Account | None) -> ServerInfo:
@@ -324,16 +485,9 @@ def _start_on_free_port(pg_dir: Path, config: EmbeddedConfig, account: _Account 
 
 def _pg_ctl_start(pg_dir: Path, config: EmbeddedConfig, account: _Account | None) -> ServerInfo | None:
     command = [
-        str(pg_bin_dir() / "pg_ctl"),
-        "start",
-        "-D",
-        str(pg_dir / "data"),
-        "-l",
-        str(pg_dir / "server.log"),
-        "-w",
-        "-t",
-        str(config.start_timeout_s),
-    ]
+        str(pg_bin_dir() / "pg_ctl"), "start", "-D", str(pg_dir / "data"), "-l", str(pg_dir / "server.log"),
+        "-w", "-t", str(config.start_timeout_s),
+    ]  # fmt: skip
     try:
         _run(command, account, cwd=pg_dir, timeout_s=config.start_timeout_s + 15)
     except subprocess.TimeoutExpired:
@@ -401,9 +555,7 @@ def _read_state(pg_dir: Path) -> dict[str, object]:
 
 def _write_state(pg_dir: Path, info: ServerInfo) -> None:
     state = {"host": info.host, "port": info.port, "pid": info.pid, "data_dir": str(info.data_dir), "dsn": info.dsn}
-    temporary = pg_dir / f"{STATE_FILE}.tmp"
-    temporary.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(pg_dir / STATE_FILE)
+    _write_private(pg_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -428,7 +580,7 @@ def _accepts_tcp(host: str, port: int) -> bool:
 
 
 def _run(
-    command: Sequence[str], account: _Account | None, *, cwd: Path, timeout_s: int
+    command: Sequence[str], account: _Account | None, *, cwd: Path, timeout_s: int, stdin_text: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL tool, as ``account`` when given, with a clean ``PG*``-free environment."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
@@ -440,19 +592,11 @@ def _run(
     log.debug("running %s", " ".join(command))
     try:
         return subprocess.run(
-            list(command),
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-            start_new_session=True,
-            user=uid,
-            group=gid,
+            list(command), cwd=cwd, env=env, stdin=subprocess.DEVNULL if stdin_text is None else None,
+            input=stdin_text, capture_output=True, text=True,
+            timeout=timeout_s, check=False, start_new_session=True, user=uid, group=gid,
             extra_groups=[] if uid is not None else None,
-        )
+        )  # fmt: skip
     except OSError as exc:
         raise ServerError(f"cannot run {Path(command[0]).name}: {exc.strerror}") from None
 
