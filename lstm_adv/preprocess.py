@@ -173,6 +173,7 @@ def build_feature_matrix(
         split=split,
         fold=fold,
         scaling=scaling,
+        observed=~np.isnan(grid.window),
     )
     flow += tuple((f"positives in {name}", int(labels[split == code].sum())) for code, name in enumerate(SPLITS))
     # share of (sample, hour) bins of each feature without a measurement in the window

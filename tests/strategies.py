@@ -194,6 +194,7 @@ def feature_matrices(draw: st.DrawFn) -> Any:
         split=split,
         fold=fold,
         scaling=ScalingStats(feature_names=PREPROCESS_NAMES, p5=p5, p95=p5 + span, median=p5 + span / 2),
+        observed=draw(st.none() | hnp.arrays(np.bool_, (n, 48, 19))),
     )
 
 
@@ -236,6 +237,7 @@ def tiny_feature_matrix(
         split=split,
         fold=fold,
         scaling=scaling,
+        observed=rng.random((n, 48, 19)) < 0.3,  # every third cell or so held a measurement
     )
 
 

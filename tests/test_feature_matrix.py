@@ -31,10 +31,31 @@ def _matrix(n: int = 4) -> FeatureMatrix:
 
 @given(feature_matrices())
 def test_npz_round_trip(tmp_path_factory: pytest.TempPathFactory, matrix: FeatureMatrix) -> None:
-    """from_npz(to_npz(m)) equals m, arrays and scaling included."""
+    """from_npz(to_npz(m)) equals m, arrays, scaling and the observation mask (or its absence) included."""
     path = tmp_path_factory.mktemp("fm") / "features.npz"
     matrix.to_npz(path)
-    assert FeatureMatrix.from_npz(path) == matrix
+    back = FeatureMatrix.from_npz(path)
+    assert back == matrix
+    assert (back.observed is None) == (matrix.observed is None)
+    if matrix.observed is not None:
+        assert np.array_equal(back.observed, matrix.observed)
+        assert np.array_equal(back.subset([0]).observed, matrix.observed[[0]])
+
+
+def test_observation_mask_must_fit_the_values() -> None:
+    """A mask of another shape or type is refused; a matrix without one says how to get it."""
+    matrix = _matrix()
+    with pytest.raises(ValidationError) as info:
+        attrs.evolve(matrix, observed=np.ones((4, 48, 18), dtype=bool))
+    assert str(info.value) == (
+        "FeatureMatrix.observed must be a bool array of the values' shape (4, 48, 19), got bool (4, 48, 18)"
+    )
+    with pytest.raises(DataError) as missing:
+        matrix.observation_mask()
+    assert str(missing.value) == (
+        "this feature matrix has no observation mask (it was built before the toolkit recorded one); "
+        "re-run `lstm-adv preprocess` to use --cells observed"
+    )
 
 
 def test_wrong_shape_is_rejected_with_the_shape() -> None:

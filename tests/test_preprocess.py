@@ -227,6 +227,24 @@ def test_window_rule_boundaries_and_counts() -> None:
     )
 
 
+@given(st.integers(0, 10_000))
+def test_observation_mask_marks_exactly_the_bins_that_held_a_measurement(seed: int) -> None:
+    """observed[i, k, j] is true iff some row of sample i's feature j fell into hour k of the window."""
+    admissions, tables = make_query_tables(seed, 40, 30)
+    qt = QueryTables.from_frames(admissions, tables, SPEC, origin="t")
+    matrix, _ = build_feature_matrix(qt, SPEC, config=CONFIG)
+    expected = np.zeros(matrix.values.shape, dtype=bool)
+    starts = admissions.set_index("hadm_id")["window_start"]
+    row_of = {hadm: i for i, hadm in enumerate(matrix.hadm_ids.tolist())}
+    for frame in tables.values():
+        for hadm, time, feature in zip(frame["hadm_id"], frame["charttime"], frame["feature"], strict=True):
+            hour = (time - starts[hadm]) // pd.Timedelta(hours=1)
+            if hadm in row_of and 0 <= hour < 48:
+                expected[row_of[hadm], hour, PREPROCESS_NAMES.index(feature)] = True
+    assert np.array_equal(matrix.observation_mask(), expected)
+    assert np.allclose(matrix.measured_fraction(), expected.mean(axis=(0, 1)))
+
+
 def test_fill_interpolates_carries_forward_and_fills_the_start() -> None:
     """Gaps are interpolated, the end carried forward, the start filled from before the window or back-filled."""
     observed = np.full((3, 48, 1), np.nan)

@@ -138,6 +138,9 @@ def _int8(value: Any) -> npt.NDArray[Any]:
 class FeatureMatrix:
     """Scaled hourly inputs with labels, ids, splits and folds. Shape: values (N, 48, 19), the rest (N,).
 
+    ``observed`` (N, 48, 19) marks the cells whose hour bin held at least one real measurement (before
+    any filling); ``None`` only for a matrix stored before masks were recorded.
+
     ``split`` codes index :data:`SPLITS` (0 train, 1 validation, 2 test); ``fold`` is the
     cross-validation fold in [0, K) of train and validation samples and -1 for test samples.
     """
@@ -151,6 +154,7 @@ class FeatureMatrix:
     split: npt.NDArray[np.int8] = attrs.field(converter=_int8, validator=_check_vector(np.int8), eq=_array_eq)
     fold: npt.NDArray[np.int8] = attrs.field(converter=_int8, validator=_check_vector(np.int8), eq=_array_eq)
     scaling: ScalingStats = attrs.field(validator=attrs.validators.instance_of(ScalingStats))
+    observed: npt.NDArray[np.bool_] | None = attrs.field(default=None, eq=_array_eq)
 
     def __attrs_post_init__(self) -> None:
         n = self.values.shape[0]
@@ -163,6 +167,11 @@ class FeatureMatrix:
             raise ValidationError("FeatureMatrix.scaling.feature_names must equal FeatureMatrix.feature_names")
         if np.unique(self.hadm_ids).size != n:
             raise ValidationError("FeatureMatrix.hadm_ids must be unique: one sample per admission")
+        if self.observed is not None and (self.observed.shape != self.values.shape or self.observed.dtype != np.bool_):
+            raise ValidationError(
+                f"FeatureMatrix.observed must be a bool array of the values' shape {self.values.shape}, got "
+                f"{self.observed.dtype} {self.observed.shape}"
+            )
 
     def _check_codes(self) -> None:
         if not np.isin(self.labels, (0, 1)).all():
@@ -224,13 +233,16 @@ class FeatureMatrix:
             icustay_ids=self.icustay_ids[idx],
             split=self.split[idx],
             fold=fold,
+            observed=None if self.observed is None else self.observed[idx],
         )
 
     def to_npz(self, path: Path) -> None:
         """Write the stored form (an uncompressed ``.npz`` without pickled objects)."""
+        extra: dict[str, Any] = {} if self.observed is None else {"observed": np.packbits(self.observed, axis=None)}
         with Path(path).open("wb") as handle:
             np.savez(
                 handle,
+                **extra,
                 values=self.values,
                 labels=self.labels,
                 subject_ids=self.subject_ids,
@@ -269,7 +281,35 @@ class FeatureMatrix:
             split=arrays["split"],
             fold=arrays["fold"],
             scaling=scaling,
+            observed=_unpacked(arrays.get("observed"), arrays["values"].shape, path),
         )
+
+    def observation_mask(self) -> npt.NDArray[np.bool_]:
+        """The observation mask, or a :class:`DataError` saying how to get one (features run before it existed).
+
+        Shape: (N, 48, 19), true where the hour bin held at least one real measurement.
+        """
+        if self.observed is None:
+            raise DataError(
+                "this feature matrix has no observation mask (it was built before the toolkit recorded one); "
+                "re-run `lstm-adv preprocess` to use --cells observed"
+            )
+        return self.observed
+
+    def measured_fraction(self) -> npt.NDArray[np.float64]:
+        """Per feature, the share of (sample, hour) cells that held a measurement. Shape: (19,)."""
+        fraction: npt.NDArray[np.float64] = self.observation_mask().mean(axis=(0, 1), dtype=np.float64)
+        return fraction
+
+
+def _unpacked(packed: npt.NDArray[Any] | None, shape: tuple[int, ...], path: Path) -> npt.NDArray[np.bool_] | None:
+    """The stored (bit-packed) observation mask, or None for a file written before masks were stored."""
+    if packed is None:
+        return None
+    size = int(np.prod(shape))
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != (size + 7) // 8:
+        raise DataError(f"feature matrix file {path}: the observation mask does not fit the values; rebuild it")
+    return np.unpackbits(packed, count=size).astype(bool).reshape(shape)
 
 
 _NPZ_KEYS = (
