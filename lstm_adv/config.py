@@ -23,7 +23,9 @@ Optimizer = Literal["adam", "rmsprop", "sgd"]
 Imbalance = Literal["weighted_sampling", "class_weighted_loss", "none"]
 Monitor = Literal["auroc", "loss"]
 L1Method = Literal["ista", "fista", "adam"]
-AttackObjective = Literal["sparsity", "sparse_small", "sparse_small_max", "max_num_nonzero_perts"]
+AttackObjective = Literal["pareto", "sparsity", "sparse_small", "sparse_small_max", "max_num_nonzero_perts"]
+Decision = Literal["threshold", "argmax"]
+Cells = Literal["observed", "all"]
 PgdAttackName = Literal["pgd-linf", "pgd-l2"]
 PgdLoss = Literal["ce", "margin"]
 DefenseMethod = Literal["static", "adaptive"]
@@ -160,6 +162,7 @@ class ModelConfig:
         default=0.95, validator=v.number(low=0, high=1, low_strict=True, high_strict=True, owner="model")
     )
     calibration_bins: int = attrs.field(default=10, validator=v.at_least(1, owner="model"))
+    decision: Decision = _choice("model", Decision, "threshold")
 
 
 @attrs.frozen
@@ -202,15 +205,24 @@ def _hours(instance: Any, attribute: attrs.Attribute[tuple[int, int]], value: tu
         )
 
 
+def _batch_size(instance: Any, attribute: attrs.Attribute[Any], value: int | str) -> None:
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f'attack.batch_size must be an integer ≥ 1 or "auto" (sized to the device), got {value!r}')
+
+
 @attrs.frozen
 class AttackConfig:
-    """The sparse L1 attack of `lstm-adv attack`."""
+    """The sparse L1 attack of `lstm-adv attack` (and of tune-attack and robustness)."""
 
-    max_iterations: int = attrs.field(default=1000, validator=v.at_least(1, owner="attack"))
+    max_iterations: int = attrs.field(default=200, validator=v.at_least(1, owner="attack"))
+    search_steps: int = attrs.field(default=5, validator=v.at_least(1, owner="attack"))
     include_misclassified: bool = False
+    cells: Cells = _choice("attack", Cells, "observed")
     features: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     hours: tuple[int, int] = attrs.field(default=(0, WINDOW_HOURS), validator=_hours)
+    batch_size: int | Literal["auto"] = attrs.field(default="auto", validator=_batch_size)
     device: Device = _choice("attack", Device, "auto")
+    cudnn: bool = True
 
 
 @attrs.frozen
@@ -218,24 +230,22 @@ class TuneAttackConfig:
     """Optuna search over the attack's settings."""
 
     trials: int = attrs.field(default=30, validator=v.at_least(1, owner="tune_attack"))
-    objective: AttackObjective = _choice("tune_attack", AttackObjective, "sparsity")
+    objective: AttackObjective = _choice("tune_attack", AttackObjective, "pareto")
+    min_success: float = attrs.field(default=0.9, validator=v.number(low=0, high=1, owner="tune_attack"))
     max_nonzero: int = attrs.field(default=20, validator=v.at_least(0, owner="tune_attack"))
     subset_size: int = attrs.field(default=256, validator=v.at_least(1, owner="tune_attack"))
     subset_seed: int = attrs.field(default=0, validator=v.at_least(0, owner="tune_attack"))
     chunks: int = attrs.field(default=4, validator=v.at_least(1, owner="tune_attack"))
-    max_iterations: int = attrs.field(default=300, validator=v.at_least(1, owner="tune_attack"))
+    max_iterations: int = attrs.field(default=100, validator=v.at_least(1, owner="tune_attack"))
     kappa: tuple[float, float] = attrs.field(default=(0.0, 2.0), validator=v.ordered_range(low=0, owner="tune_attack"))
     lam: tuple[float, float] = attrs.field(
-        default=(1e-7, 1.0), validator=v.ordered_range(low=0, low_strict=True, owner="tune_attack")
+        default=(1e-3, 1.0), validator=v.ordered_range(low=0, low_strict=True, owner="tune_attack")
     )
     step_size: tuple[float, float] = attrs.field(
-        default=(1e-5, 1.0), validator=v.ordered_range(low=0, low_strict=True, owner="tune_attack")
+        default=(5e-3, 0.5), validator=v.ordered_range(low=0, low_strict=True, owner="tune_attack")
     )
     methods: tuple[L1Method, ...] = attrs.field(
         default=("ista", "fista", "adam"), converter=_tuple, validator=v.some_of(L1_METHODS, owner="tune_attack")
-    )
-    batch_size_log2: tuple[int, int] = attrs.field(
-        default=(5, 10), validator=v.ordered_range(low=0, high=20, owner="tune_attack")
     )
     pruner_startup_trials: int = attrs.field(default=3, validator=v.at_least(0, owner="tune_attack"))
     pruner_warmup_steps: int = attrs.field(default=0, validator=v.at_least(0, owner="tune_attack"))

@@ -16,6 +16,7 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError
 
 FloatArray = NDArray[np.float64]
@@ -164,6 +165,15 @@ def choose_threshold(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
     fp = (last + 1) - tp
     f1 = 2 * tp / (2 * tp + fp + (y.sum() - tp))
     return float(s_sorted[last[int(np.argmax(f1))]])
+
+
+def decision_rule(rule: str, labels: NDArray[Any], p_validation: NDArray[Any]) -> DecisionRule:
+    """A model's decision rule: ``threshold`` (t with the max F1 on the validation probabilities) or
+    ``argmax`` (t = 0.5). The one place a rule is made; every later stage reads it from the model run."""
+    if rule == "argmax":
+        return DecisionRule.argmax()
+    threshold = choose_threshold(labels, p_validation)
+    return DecisionRule("threshold", min(max(threshold, 1e-12), 1.0 - 1e-12))
 
 
 def evaluate_predictions(

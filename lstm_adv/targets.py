@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING
 import attrs
 import numpy as np
 
+from lstm_adv import metrics
 from lstm_adv.config import AttackConfig
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
+from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.domain.features import FeatureSpec
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.results import artifacts
@@ -22,6 +25,10 @@ from lstm_adv.results.summaries import TuneModelSummary
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+# Stored and recomputed probabilities agree to float32 rounding on one machine; other CPUs and GPUs differ
+# by ~1e-6. A larger gap means other weights or other features.
+_REPRODUCE_TOLERANCE = 1e-4
 
 
 @attrs.frozen
@@ -37,6 +44,35 @@ class AttackTarget:
         if self.trial is None:
             return artifacts.load_trained_model(self.model_run, device=device)
         return artifacts.load_model(self.model_run.path / artifacts.TRIALS_DIR / str(self.trial), device=device)
+
+    def load(self, features: FeatureMatrix, device: torch.device) -> tuple[nn.Module, DecisionRule]:
+        """The model and its decision rule: the model run's own (checked against its stored validation
+        probabilities), or for a tuning trial the threshold rule made on the validation split."""
+        model = self.load_model(device)
+        if self.trial is not None:
+            rows = features.indices("validation")
+            p = _p_death(model, features.values[rows], device)
+            return model, metrics.decision_rule("threshold", features.labels[rows], p)
+        decision = artifacts.load_decision(self.model_run)
+        stored = artifacts.load_predictions(self.model_run)
+        if stored.validation_index.size and int(stored.validation_index.max()) >= features.n_samples:
+            raise DataError(f"model run {self.model_run.id} was not trained on features run {self.features_run.id}")
+        p = _p_death(model, features.values[stored.validation_index], device)
+        gap = float(np.abs(p - stored.validation).max(initial=0.0))
+        if gap > _REPRODUCE_TOLERANCE:
+            raise DataError(
+                f"model run {self.model_run.id}: its weights do not reproduce its stored validation probabilities "
+                f"(largest difference {gap:.2g}); the run is damaged or belongs to other features; re-run the training"
+            )
+        return model, decision
+
+
+def _p_death(model: nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:
+    import torch
+
+    from lstm_adv.training_loop import predict_logits, probabilities
+
+    return probabilities(predict_logits(model, torch.from_numpy(np.ascontiguousarray(x)).to(device), 2048))
 
 
 def resolve_target(store: RunStore, run: Run, trial: int | None = None) -> AttackTarget:

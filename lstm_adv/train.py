@@ -24,11 +24,13 @@ from numpy.typing import NDArray
 
 from lstm_adv import metrics
 from lstm_adv.config import Config, ModelConfig
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, LstmAdvError
 from lstm_adv.domain.feature_matrix import SPLITS, FeatureMatrix
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.models import BiLSTM, Hyperparameters
 from lstm_adv.results import artifacts
+from lstm_adv.results.artifacts import Predictions
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.converter import unstructure
 from lstm_adv.results.store import Run, RunStore, RunWriter
@@ -81,12 +83,18 @@ class TrainedModel:
     params: Hyperparameters
     history: tuple[EpochRecord, ...]
     best_epoch: int
-    threshold: float
+    decision: DecisionRule
     validation: metrics.Evaluation
     evaluation: metrics.Evaluation
     split_sizes: dict[str, int]
     device: str
     curves: pd.DataFrame = attrs.field(eq=False)
+    predictions: Predictions = attrs.field(eq=False)
+
+    @property
+    def threshold(self) -> float:
+        """The decision rule's threshold t on P(death)."""
+        return self.decision.threshold
 
 
 def check_split(features: FeatureMatrix, split: SplitIndices, *, origin: str) -> None:
@@ -151,19 +159,22 @@ def assess_model(
     config: ModelConfig,
     device: str,
 ) -> TrainedModel:
-    """Choose the threshold (max F1) on validation and evaluate the held-out part once, at natural prevalence.
+    """Make the decision rule (``config.decision``; the threshold on validation) and evaluate the held-out
+    part once, at natural prevalence.
 
     ``tensors`` are the (train, validation, evaluation) tensors of ``split``; the model is in eval mode.
     """
     val_p = probabilities(predict_logits(model, tensors[1].x, config.eval_batch_size))
-    threshold = metrics.choose_threshold(features.labels[split.validation], val_p)
+    decision = metrics.decision_rule(config.decision, features.labels[split.validation], val_p)
+    threshold = decision.threshold
     eval_p = probabilities(predict_logits(model, tensors[2].x, config.eval_batch_size))
     return TrainedModel(
         model=model,
         params=model.params,
         history=history,
         best_epoch=best_epoch,
-        threshold=threshold,
+        decision=decision,
+        predictions=Predictions(split.validation, val_p, split.evaluation, eval_p),
         validation=evaluate_split(features.labels[split.validation], val_p, threshold, config),
         evaluation=evaluate_split(features.labels[split.evaluation], eval_p, threshold, config),
         split_sizes={
@@ -290,6 +301,7 @@ def _write_holdout(
 def write_trained(writer: RunWriter, trained: TrainedModel) -> None:
     """The files of a holdout model run: weights, hyperparameters, history, curves and metrics."""
     artifacts.save_model(writer.path, trained.model)
+    artifacts.save_predictions(writer.path, trained.predictions)
     artifacts.write_json(writer.file(artifacts.HISTORY_FILE), [unstructure(r) for r in trained.history])
     artifacts.write_table(writer.file(artifacts.MODEL_CURVES_FILE), trained.curves)
     artifacts.write_json(
@@ -306,6 +318,7 @@ def holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: floa
         test={name: _estimate(getattr(test, name)) for name in REPORTED},
         confusion_matrix=test.confusion_matrix,
         threshold=trained.threshold,
+        decision=trained.decision.rule,
         best_epoch=trained.best_epoch,
         epochs_run=len(trained.history),
         seconds_per_epoch=float(np.mean([r.seconds for r in trained.history])),

@@ -1,11 +1,22 @@
-"""The attack base class: settings, device, model mode, cuDNN handling, the box [0, 1], masks, batching
-and the bookkeeping of successes.
+"""The attack base class: settings, device, model mode, cuDNN handling, the decision rule, the box [0, 1],
+cell masks, batching and the bookkeeping of successes.
 
 A subclass names its settings class (:attr:`Attack.settings_type`) and implements
 :meth:`Attack._attack_batch` for one batch of samples already on the device; :meth:`Attack.run` does
-everything around it: validates the input, computes the clean logits, skips misclassified samples
-unless asked not to, cuts the rest into batches, and copies each batch's results to the host once.
-:func:`margin` and :class:`SuccessTracker` are shared by every attack.
+everything around it: validates the input, computes the clean logits and the decision at the model's
+rule, skips misclassified samples (and samples without a cell they may change) unless asked not to,
+cuts the rest into batches, and copies each batch's results to the host once.
+
+Decisions. An attack flips a sample when its decision at the model's :class:`DecisionRule` changes:
+the logit difference z₁ − z₀ crosses the rule's boundary log(t/(1 − t)). :func:`margin` is the signed
+distance to that boundary, positive while the sample keeps its class; every attack's loss uses it.
+
+Model mode. The attack needs eval-mode logits (dropout off) and their input gradients. cuDNN refuses
+RNN backward in eval mode, so on CUDA the LSTM modules alone run in train mode with their inter-layer
+dropout set to 0 for the attack's duration (:func:`lstm_kernel_mode`; every other module stays in eval
+mode): the logits and gradients equal eval mode's while cuDNN's kernels run. ``cudnn=False`` keeps the
+whole model in eval mode and disables cuDNN instead (native kernels: for checking). Modes and dropout
+are restored afterwards, also when the attack raises.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.perturbation import AttackBatchResult
 from lstm_adv.domain.shapes import CELL_SHAPE, N_CLASSES, N_FEATURES, N_HOURS
@@ -30,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ArrayLike = Tensor | np.ndarray
 S = TypeVar("S")
+_SKIP_MISCLASSIFIED, _SKIP_NO_CELL = 1, 2
 
 
 @attrs.frozen
@@ -47,24 +60,35 @@ class BatchOutcome:
     best_iteration: Tensor
     best_delta: Tensor
     best_logits: Tensor
+    sparse_delta: Tensor
+    sparse_logits: Tensor
 
     def to_host(self) -> dict[str, np.ndarray]:
         """Every field as a numpy array: the one device→host copy of a batch."""
         return {name: getattr(self, name).detach().cpu().numpy() for name in attrs.fields_dict(BatchOutcome)}
 
 
-def margin(logits: Tensor, target: Tensor) -> Tensor:
-    """z_c − max_{j≠c} z_j per sample (negative once the prediction left c). Shape: (B, K) → (B,)."""
-    own = logits.gather(1, target[:, None])[:, 0]
-    others = logits.scatter(1, target[:, None], float("-inf"))
-    return own - others.amax(dim=1)
+def decide(logits: Tensor, boundary: float) -> Tensor:
+    """The decision (1: death) at a rule's boundary: z₁ − z₀ ≥ boundary. Shape: (B, 2) → (B,) int64."""
+    logits = logits.float()
+    return (logits[:, 1] - logits[:, 0] >= boundary).long()
+
+
+def margin(logits: Tensor, target: Tensor, boundary: float = 0.0) -> Tensor:
+    """Signed distance of z₁ − z₀ to ``boundary``, positive while the decision is still ``target``.
+
+    With ``boundary`` 0 this is z_c − z_¬c (the argmax margin). Shape: (B, 2), (B,) → (B,).
+    """
+    difference = logits[:, 1].float() - logits[:, 0].float() - boundary
+    return torch.where(target == 1, difference, -difference)
 
 
 class SuccessTracker:
-    """First and best (smallest L1) successful iterate per sample, updated on the device."""
+    """First and best (smallest L1) iterate whose decision left the target class, updated on the device."""
 
-    def __init__(self, x: Tensor) -> None:
+    def __init__(self, x: Tensor, boundary: float = 0.0) -> None:
         b = len(x)
+        self.boundary = boundary
         self.found = torch.zeros(b, dtype=torch.bool, device=x.device)
         self.first_iteration = torch.zeros(b, dtype=torch.int64, device=x.device)
         self.best_iteration = torch.zeros(b, dtype=torch.int64, device=x.device)
@@ -74,10 +98,10 @@ class SuccessTracker:
         self.best_logits = torch.zeros(b, N_CLASSES, dtype=torch.float32, device=x.device)
         self.best_l1 = torch.full((b,), math.inf, dtype=x.dtype, device=x.device)
 
-    def update(self, iteration: int, delta: Tensor, logits: Tensor, target: Tensor) -> None:
-        """Record iterate ``iteration`` (δ and the logits at x + δ) where it flips the prediction."""
+    def update(self, iteration: int, delta: Tensor, logits: Tensor, target: Tensor) -> Tensor:
+        """Record iterate ``iteration`` (δ and the logits at x + δ) where it flips; returns that success mask."""
         logits = logits.float()
-        success = logits.argmax(dim=1) != target
+        success = decide(logits, self.boundary) != target
         new = success & ~self.found
         self.found |= success
         self.first_iteration = torch.where(new, iteration, self.first_iteration)
@@ -89,9 +113,10 @@ class SuccessTracker:
         self.best_iteration = torch.where(better, iteration, self.best_iteration)
         self.best_delta = torch.where(better[:, None, None], delta, self.best_delta)
         self.best_logits = torch.where(better[:, None], logits, self.best_logits)
+        return success
 
-    def outcome(self) -> BatchOutcome:
-        """The bookkeeping as a :class:`BatchOutcome` (still on the device)."""
+    def outcome(self, sparse_delta: Tensor | None = None, sparse_logits: Tensor | None = None) -> BatchOutcome:
+        """The bookkeeping as a :class:`BatchOutcome` (still on the device); sparse defaults to best."""
         return BatchOutcome(
             found=self.found,
             first_iteration=self.first_iteration,
@@ -100,6 +125,8 @@ class SuccessTracker:
             best_iteration=self.best_iteration,
             best_delta=self.best_delta,
             best_logits=self.best_logits,
+            sparse_delta=self.best_delta if sparse_delta is None else sparse_delta,
+            sparse_logits=self.best_logits if sparse_logits is None else sparse_logits,
         )
 
 
@@ -139,14 +166,36 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
     return resolved
 
 
+@contextlib.contextmanager
+def lstm_kernel_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for ``model``, except its ``nn.LSTM`` modules: train mode with inter-layer dropout 0.
+
+    In that state the logits and input gradients equal eval mode's (an LSTM has no batch statistics;
+    its only train-mode difference is the dropout set to 0 here), and cuDNN runs the RNN backward.
+    Modes and dropout values are restored on exit, also after an exception.
+    """
+    modes = {module: module.training for module in model.modules()}
+    lstms = [module for module in model.modules() if isinstance(module, nn.LSTM)]
+    dropouts = [module.dropout for module in lstms]
+    model.eval()
+    try:
+        for lstm in lstms:
+            lstm.dropout = 0.0
+            lstm.train(True)
+        yield
+    finally:
+        for lstm, dropout in zip(lstms, dropouts, strict=True):
+            lstm.dropout = dropout
+        for module, training in modes.items():
+            module.training = training
+
+
 class Attack(abc.ABC, Generic[S]):
     """Base of every attack. Subclasses set :attr:`settings_type` and implement :meth:`_attack_batch`
-    and :attr:`iterations`; ``settings`` defaults to ``settings_type()``.
+    and :attr:`iterations`; ``settings`` defaults to ``settings_type()``, ``decision`` to the argmax rule.
 
-    The model is moved to ``device`` (default: where its parameters are) and put in eval mode for the
-    whole run (its previous mode is restored afterwards). On
-    CUDA, cuDNN is disabled around the attack's forward and backward passes: cuDNN refuses RNN
-    backward in eval mode, and the native kernels compute the same eval-mode logits (dropout off).
+    The model is moved to ``device`` (default: where its parameters are) and put in the attack's mode
+    for the whole run (see the module docstring; its previous modes are restored afterwards).
     """
 
     settings_type: ClassVar[type[Any]]
@@ -156,20 +205,25 @@ class Attack(abc.ABC, Generic[S]):
         model: nn.Module,
         settings: S | None = None,
         *,
+        decision: DecisionRule | None = None,
         device: str | torch.device | None = None,
         mask: ArrayLike | None = None,
         batch_size: int = 1024,
         include_misclassified: bool = False,
+        cudnn: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"attack batch size must be ≥ 1, got {batch_size}")
         self.settings: S = settings if settings is not None else self.settings_type()
+        self.decision = decision if decision is not None else DecisionRule.argmax()
+        self.boundary = self.decision.boundary
         self.device = _resolve_device(model, device)
         self.model = model.to(self.device)
         mask_tensor = _check_mask(mask)
         self.mask = None if mask_tensor is None else mask_tensor.to(self.device)
         self.batch_size = batch_size
         self.include_misclassified = include_misclassified
+        self.cudnn = cudnn
 
     @property
     @abc.abstractmethod
@@ -177,8 +231,9 @@ class Attack(abc.ABC, Generic[S]):
         """The iteration budget per sample."""
 
     @abc.abstractmethod
-    def _attack_batch(self, x: Tensor, target: Tensor) -> BatchOutcome:
-        """Attack one batch. ``x``: (B, 48, 19) on the device; ``target``: (B,) the class to move away from."""
+    def _attack_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> BatchOutcome:
+        """Attack one batch. ``x``: (B, 48, 19) on the device; ``target``: (B,) the decision to move away
+        from; ``cells``: (B, 48, 19) the cells each sample may change (``None``: all)."""
 
     def run(
         self,
@@ -186,35 +241,52 @@ class Attack(abc.ABC, Generic[S]):
         y: ArrayLike,
         *,
         sample_index: ArrayLike | None = None,
+        allowed: ArrayLike | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> AttackBatchResult:
         """Attack every sample of ``x`` (labels ``y``); ``progress(n)`` is called after each batch of n.
 
+        ``allowed`` (N, 48, 19) limits each sample to its own cells (e.g. its measured cells), on top of
+        the attack's mask; a sample left without any cell is skipped with that reason, never an error.
         Shape: x (N, 48, 19) float32 in [0, 1]; y (N,) in {0, 1}; sample_index (N,) (default 0..N-1).
         """
         xs, ys, index = _check_input(x, y, sample_index)
-        with self._eval_mode():
+        cells = self._cells(allowed, xs.shape[0])
+        with self._attack_mode():
             logits_before = self._clean_logits(xs)
-            predicted = logits_before.argmax(dim=1)
-            attacked = (predicted == ys) | self.include_misclassified
-            outcome = self._attack_selected(xs[attacked], predicted[attacked], progress)
-        log.info(
-            "attacked %d of %d samples (%d skipped as misclassified)",
-            int(attacked.sum()),
-            len(xs),
-            int((~attacked).sum()),
-        )
-        return _assemble(self.iterations, index, ys, logits_before, attacked, outcome)
+        predicted = decide(logits_before, self.boundary)
+        skip = torch.zeros(len(xs), dtype=torch.int8)
+        if cells is not None:
+            skip[~cells.flatten(1).any(dim=1)] = _SKIP_NO_CELL
+        if not self.include_misclassified:
+            skip[predicted != ys] = _SKIP_MISCLASSIFIED
+        attacked = skip == 0
+        with self._attack_mode():
+            chosen = None if cells is None else cells[attacked]
+            outcome = self._attack_selected(xs[attacked], predicted[attacked], chosen, progress)
+        log.info("attacked %d of %d samples", int(attacked.sum()), len(xs))
+        return _assemble(self.iterations, self.decision.threshold, index, ys, logits_before, predicted, skip, outcome)
+
+    def _cells(self, allowed: ArrayLike | None, n: int) -> Tensor | None:
+        """Per-sample allowed cells (the attack's mask and ``allowed``), on the host. Shape: (N, 48, 19)."""
+        if allowed is None:
+            return None
+        cells = torch.as_tensor(allowed)
+        if cells.dtype != torch.bool or tuple(cells.shape) != (n, *CELL_SHAPE):
+            raise DataError(f"attack allowed cells must be a bool array of shape ({n}, 48, 19), got {tuple(cells.shape)}")
+        if self.mask is not None:
+            cells = cells & self.mask.cpu()
+        return cells
 
     def _attack_selected(
-        self, x: Tensor, target: Tensor, progress: Callable[[int], None] | None
+        self, x: Tensor, target: Tensor, cells: Tensor | None, progress: Callable[[int], None] | None
     ) -> dict[str, np.ndarray]:
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, len(x), self.batch_size):
-            xb = x[start : start + self.batch_size].to(self.device)
-            tb = target[start : start + self.batch_size].to(self.device)
-            parts.append(self._attack_batch(xb, tb).to_host())
-            log.debug("attack batch done: samples %d-%d", start, start + len(xb))
+            part = slice(start, start + self.batch_size)
+            xb, tb = x[part].to(self.device), target[part].to(self.device)
+            cb = None if cells is None else cells[part].to(self.device)
+            parts.append(self._attack_batch(xb, tb, cb).to_host())
             if progress is not None:
                 progress(len(xb))
         if not parts:
@@ -246,28 +318,36 @@ class Attack(abc.ABC, Generic[S]):
             (grad,) = torch.autograd.grad(loss_fn(logits).sum(), point)
         return logits.detach(), grad
 
-    def _bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-cell bounds on δ: ``x + δ ∈ [0, 1]``, and δ = 0 on masked cells. Shape: 2 × (B, 48, 19)."""
+    def _bounds(self, x: Tensor, cells: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-cell bounds on δ: ``x + δ ∈ [0, 1]``, and δ = 0 off the allowed cells. Shape: 2 × (B, 48, 19)."""
         lower, upper = -x, 1.0 - x
-        if self.mask is not None:
+        allowed = self.mask if cells is None else cells
+        if allowed is not None:
             zero = torch.zeros((), dtype=x.dtype, device=x.device)
-            lower = torch.where(self.mask, lower, zero)
-            upper = torch.where(self.mask, upper, zero)
+            lower = torch.where(allowed, lower, zero)
+            upper = torch.where(allowed, upper, zero)
         return lower, upper
 
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            yield
-        finally:
-            self.model.train(was_training)
+    def _attack_mode(self) -> contextlib.AbstractContextManager[None]:
+        if self.device.type == "cuda" and self.cudnn:
+            return lstm_kernel_mode(self.model)
+        return _eval_mode(self.model)
 
     def _cudnn_handled(self) -> contextlib.AbstractContextManager[None]:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not self.cudnn:
             return torch.backends.cudnn.flags(enabled=False)
         return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def _check_input(x: ArrayLike, y: ArrayLike, sample_index: ArrayLike | None) -> tuple[Tensor, Tensor, np.ndarray]:
@@ -289,41 +369,52 @@ def _check_input(x: ArrayLike, y: ArrayLike, sample_index: ArrayLike | None) -> 
 
 
 def _empty_outcome() -> dict[str, np.ndarray]:
+    deltas = np.zeros((0, *CELL_SHAPE), dtype=np.float32)
+    logits = np.zeros((0, N_CLASSES), dtype=np.float32)
+    iterations = np.zeros(0, dtype=np.int64)
     return {
         "found": np.zeros(0, dtype=bool),
-        "first_iteration": np.zeros(0, dtype=np.int64),
-        "first_delta": np.zeros((0, *CELL_SHAPE), dtype=np.float32),
-        "first_logits": np.zeros((0, N_CLASSES), dtype=np.float32),
-        "best_iteration": np.zeros(0, dtype=np.int64),
-        "best_delta": np.zeros((0, *CELL_SHAPE), dtype=np.float32),
-        "best_logits": np.zeros((0, N_CLASSES), dtype=np.float32),
+        "first_iteration": iterations,
+        "first_delta": deltas,
+        "first_logits": logits,
+        "best_iteration": iterations,
+        "best_delta": deltas,
+        "best_logits": logits,
+        "sparse_delta": deltas,
+        "sparse_logits": logits,
     }
 
 
 def _assemble(
     iterations: int,
+    threshold: float,
     index: np.ndarray,
     y: Tensor,
     logits_before: Tensor,
-    attacked: Tensor,
+    predicted: Tensor,
+    skip: Tensor,
     outcome: dict[str, np.ndarray],
 ) -> AttackBatchResult:
     """Scatter the attacked rows' outcome into full-length columns (skipped rows: not found)."""
-    rows = attacked.numpy()
+    rows = (skip == 0).numpy()
     full = {name: np.zeros((len(rows), *value.shape[1:]), dtype=value.dtype) for name, value in outcome.items()}
     for name, value in outcome.items():
         full[name][rows] = value
     return AttackBatchResult(
         iterations,
+        threshold,
         sample_index=index,
         label=y.numpy().astype(np.int64),
         logits_before=logits_before.numpy().astype(np.float32),
-        attacked=rows.astype(bool),
-        found=full["found"],
+        predicted=predicted.numpy().astype(np.int64),
+        skip=skip.numpy().astype(np.int8),
+        found=full["found"].astype(bool),
         first_iteration=full["first_iteration"].astype(np.int64),
         first_delta=full["first_delta"].astype(np.float32),
         first_logits=full["first_logits"].astype(np.float32),
         best_iteration=full["best_iteration"].astype(np.int64),
         best_delta=full["best_delta"].astype(np.float32),
         best_logits=full["best_logits"].astype(np.float32),
+        sparse_delta=full["sparse_delta"].astype(np.float32),
+        sparse_logits=full["sparse_logits"].astype(np.float32),
     )

@@ -1,23 +1,42 @@
 """The sparse L1 attack (Sun et al. 2018; elastic-net / EAD family) as proximal gradient descent.
 
-Per sample, with c the class the model predicts at x and z the logits, minimize
+Per sample, with c its decision at the model's rule and m the signed distance of z₁ − z₀ to the rule's
+boundary (positive while the decision is c; see :func:`lstm_adv.attacks.base.margin`), minimize
 
-    max(z_c(x+δ) − z_¬c(x+δ), −κ) + λ·Σ_ij |δ_ij|    subject to x + δ ∈ [0, 1]^(48×19)
+    max(m(x+δ), −κ) / G + λ·Σ_ij |δ_ij|    subject to x + δ ∈ [0, 1]^(48×19), δ = 0 off the allowed cells
 
-One iteration: a gradient step on the margin term only, then the prox of the rest, which for these
-separable terms is soft-thresholding by step·λ followed by projection to the box (masked cells have
-the box [0, 0]). Methods: ``ista`` (plain step), ``fista`` (Nesterov extrapolation, gradient at the
-extrapolated point, projected to the box) and ``adam`` (the Adam direction on the smooth part, then
-the same prox).
+**Scale-free steps.** G is the sample's largest |∂m/∂x| over its allowed cells at δ = 0. Dividing the
+smooth term by a positive constant does not change the minimizers of the attack's problem for that
+λ; it makes the step size and λ free of the model's gradient scale: with G = 1e-5 or 10, a step of
+``step_size`` moves the most sensitive cell by about ``step_size`` (scaled units), and λ compares with
+gradients relative to that cell's. The same settings therefore work on the demo, on synthetic cohorts
+and on full MIMIC-III.
 
-Which iterate is checked, and what it costs. Every iterate δ_1 … δ_K is checked for success with the
-logits at x + δ_k itself. ``ista`` and ``adam`` need the forward at δ_k anyway for the next gradient,
-so the check reuses it (logits of δ_k are read at the start of iteration k+1) and one extra forward
-after the loop checks δ_K: K forward+backward passes and one forward in all. ``fista`` takes its
-gradient at the extrapolated point, so it pays one gradient-free forward per iteration to check δ_k.
+One iteration: a gradient step on the smooth term only, then the prox of the rest, which for these
+separable terms is soft-thresholding by step·λ followed by projection to the box (disallowed cells
+have the box [0, 0]). Methods: ``ista`` (plain step), ``fista`` (Nesterov extrapolation, gradient at
+the extrapolated point, projected to the box) and ``adam``: the proximal step in Adam's diagonal
+metric D = diag(√v̂ + ε)/step, i.e. δ ← soft(δ − step·m̂/(√v̂ + ε), step·λ/(√v̂ + ε)) per cell, then the
+box — cells whose gradient stays small keep a large threshold and stay unchanged.
 
-Nothing leaves the device inside the loop: success and the first/best bookkeeping are ``torch.where``
-updates; results are copied to the host once per batch by the base class.
+**Per-sample λ search** (as EAD's binary search on its constant): ``search_steps`` rounds of
+``max_iterations`` iterations each, every round starting again from δ = 0 with fresh optimizer state.
+Each sample carries its own λ: after a round with a success λ rises (×10 until a failure was seen,
+then the geometric midpoint), after a round without one it falls (÷10, or the midpoint). The first
+success of any round and the best (smallest L1) success over all rounds are kept; iterations are
+numbered across rounds (1 … search_steps·max_iterations). One round is today's single-λ attack.
+
+**Minimal support.** Every best example is then shrunk to the smallest set of its cells that still
+flips the decision (values kept): the k largest |δ| cells with k by a batched binary search, then
+greedy passes that drop one cell at a time (smallest |δ| first) while the flip holds, until a pass
+drops nothing — so dropping any single remaining cell un-flips the sample. This is the ``sparse``
+example. All of it runs batched on the device, one forward per round for the whole batch.
+
+Which iterate is checked, and what it costs. Every iterate δ_1 … δ_K is checked with the logits at
+x + δ_k itself. ``ista`` and ``adam`` need the forward at δ_k anyway for the next gradient, so the check
+reuses it and one extra forward after each round checks its last iterate: K forward+backward passes
+and one forward per round. ``fista`` pays one gradient-free forward per iteration. Nothing leaves the
+device inside the loop; results are copied to the host once per batch by the base class.
 """
 
 from __future__ import annotations
@@ -30,33 +49,49 @@ import attrs
 import torch
 from torch import Tensor
 
-from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, margin
+from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, decide, margin
 from lstm_adv.config import L1_METHODS
 from lstm_adv.domain import validators as v
+from lstm_adv.domain.shapes import N_CELLS
 
 METHODS = L1_METHODS
+_TINY = 1e-30
+_LAMBDA_FACTOR = 10.0
+_SHRINK_ROUNDS = 12  # bisection rounds for the sparse example's values: within 2⁻¹² of the box bound
 
 
 @attrs.frozen
 class L1Settings:
-    """Settings of the sparse L1 attack (κ, λ, step size, method, iteration budget, Adam constants)."""
+    """Settings of the sparse L1 attack (see the module docstring for what each means).
+
+    ``lam`` and ``step_size`` are scale-free (relative to each sample's gradient scale); ``max_iterations``
+    is the budget of one λ-search round, ``search_steps`` the number of rounds.
+    """
 
     kappa: float = attrs.field(default=0.0, validator=v.number(low=0))
-    lam: float = attrs.field(default=1e-3, validator=v.number(low=0))
-    step_size: float = attrs.field(default=1e-2, validator=v.number(low=0, low_strict=True))
+    lam: float = attrs.field(default=0.05, validator=v.number(low=0))
+    step_size: float = attrs.field(default=0.05, validator=v.number(low=0, low_strict=True))
     method: str = attrs.field(default="ista", validator=v.one_of(METHODS))
-    max_iterations: int = attrs.field(default=1000, validator=v.at_least(1))
+    max_iterations: int = attrs.field(default=200, validator=v.at_least(1))
+    search_steps: int = attrs.field(default=5, validator=v.at_least(1))
     adam_beta1: float = attrs.field(default=0.9, validator=v.number(low=0, high=1, high_strict=True))
     adam_beta2: float = attrs.field(default=0.999, validator=v.number(low=0, high=1, high_strict=True))
     adam_eps: float = attrs.field(default=1e-8, validator=v.number(low=0, low_strict=True))
 
+    @property
+    def total_iterations(self) -> int:
+        """Iterations per sample over every round of the λ search."""
+        return self.max_iterations * self.search_steps
 
-def soft_threshold(u: Tensor, threshold: float) -> Tensor:
-    """sign(u)·max(|u| − threshold, 0), element-wise (written as u − clamp(u, −t, t): two kernels)."""
+
+def soft_threshold(u: Tensor, threshold: float | Tensor) -> Tensor:
+    """sign(u)·max(|u| − threshold, 0), element-wise (threshold a number or a broadcastable tensor)."""
+    if isinstance(threshold, Tensor):
+        return u - torch.maximum(torch.minimum(u, threshold), -threshold)
     return u - u.clamp(-threshold, threshold)
 
 
-def prox_l1_box(u: Tensor, threshold: float, lower: Tensor, upper: Tensor) -> Tensor:
+def prox_l1_box(u: Tensor, threshold: float | Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """argmin_d ½(d − u)² + threshold·|d| subject to lower ≤ d ≤ upper, element-wise.
 
     Both terms are separable and the box contains 0, so the prox is the soft-threshold projected to the box.
@@ -64,73 +99,196 @@ def prox_l1_box(u: Tensor, threshold: float, lower: Tensor, upper: Tensor) -> Te
     return torch.minimum(torch.maximum(soft_threshold(u, threshold), lower), upper)
 
 
+@attrs.define
+class _Problem:
+    """One batch's fixed quantities: inputs, targets, the box, the loss and the gradient scale."""
+
+    x: Tensor
+    target: Tensor
+    lower: Tensor
+    upper: Tensor
+    loss: Callable[[Tensor], Tensor]
+    scale: Tensor  # (B, 1, 1): 1 / G per sample
+
+
 class L1Attack(Attack[L1Settings]):
-    """Sparse L1 attack by proximal gradient (ISTA, FISTA or Adam + prox); see the module docstring."""
+    """Sparse L1 attack by proximal gradient (ISTA, FISTA or Adam + its prox); see the module docstring."""
 
     settings_type: ClassVar[type[L1Settings]] = L1Settings
 
     @property
     def iterations(self) -> int:
-        """The iteration budget per sample."""
-        return self.settings.max_iterations
+        """The iteration budget per sample (every round of the λ search)."""
+        return self.settings.total_iterations
 
     def _loss(self, target: Tensor) -> Callable[[Tensor], Tensor]:
-        kappa = self.settings.kappa
-        return lambda logits: margin(logits.float(), target).clamp(min=-kappa)
+        kappa, boundary = self.settings.kappa, self.boundary
+        return lambda logits: margin(logits, target, boundary).clamp(min=-kappa)
 
-    def _attack_batch(self, x: Tensor, target: Tensor) -> BatchOutcome:
-        """Run the configured method on one batch with fresh state. Shape: x (B, 48, 19), target (B,)."""
-        run = {"ista": self._ista, "fista": self._fista, "adam": self._adam}[self.settings.method]
-        return run(x, target)
-
-    def _ista(self, x: Tensor, target: Tensor) -> BatchOutcome:
-        return self._smooth_step_loop(x, target, lambda grad, iteration: grad)
-
-    def _adam(self, x: Tensor, target: Tensor) -> BatchOutcome:
+    def _attack_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> BatchOutcome:
+        """The λ search over fresh rounds of the configured method, then minimal support. Shape: x (B, 48, 19)."""
         s = self.settings
-        first_moment = torch.zeros_like(x)
-        second_moment = torch.zeros_like(x)
+        problem = self._problem(x, target, cells)
+        tracker = SuccessTracker(x, self.boundary)
+        lam = torch.full((len(x), 1, 1), s.lam, dtype=x.dtype, device=x.device)
+        low, high = torch.zeros_like(lam), torch.full_like(lam, math.inf)
+        run = {"ista": self._ista, "fista": self._fista, "adam": self._adam}[s.method]
+        for step in range(s.search_steps):
+            succeeded = run(problem, lam, tracker, offset=step * s.max_iterations)[:, None, None]
+            lam, low, high = _next_lambda(lam, low, high, succeeded)
+        sparse_delta, sparse_logits = self._minimal_support(problem, tracker)
+        return tracker.outcome(sparse_delta, sparse_logits)
 
-        def direction(grad: Tensor, iteration: int) -> Tensor:
+    def _problem(self, x: Tensor, target: Tensor, cells: Tensor | None) -> _Problem:
+        lower, upper = self._bounds(x, cells)
+        loss = self._loss(target)
+        _, grad = self._gradient(x, loss)
+        allowed = upper - lower > 0
+        scale = torch.where(allowed, grad.abs(), torch.zeros_like(grad)).amax(dim=(1, 2)).clamp(min=_TINY)
+        return _Problem(x, target, lower, upper, loss, (1.0 / scale)[:, None, None])
+
+    def _ista(self, p: _Problem, lam: Tensor, tracker: SuccessTracker, *, offset: int) -> Tensor:
+        return self._smooth_step_loop(p, lam, tracker, offset, lambda grad, iteration: (grad, None))
+
+    def _adam(self, p: _Problem, lam: Tensor, tracker: SuccessTracker, *, offset: int) -> Tensor:
+        s = self.settings
+        first_moment = torch.zeros_like(p.x)
+        second_moment = torch.zeros_like(p.x)
+
+        def direction(grad: Tensor, iteration: int) -> tuple[Tensor, Tensor]:
             first_moment.mul_(s.adam_beta1).add_(grad, alpha=1 - s.adam_beta1)
             second_moment.mul_(s.adam_beta2).addcmul_(grad, grad, value=1 - s.adam_beta2)
             m_hat = first_moment / (1 - s.adam_beta1**iteration)
-            v_hat = second_moment / (1 - s.adam_beta2**iteration)
-            return m_hat / (v_hat.sqrt() + s.adam_eps)
+            metric = (second_moment / (1 - s.adam_beta2**iteration)).sqrt() + s.adam_eps
+            return m_hat / metric, metric
 
-        return self._smooth_step_loop(x, target, direction)
+        return self._smooth_step_loop(p, lam, tracker, offset, direction)
 
-    def _smooth_step_loop(self, x: Tensor, target: Tensor, direction: Callable[[Tensor, int], Tensor]) -> BatchOutcome:
-        """δ_k = prox(δ_{k−1} − step·direction(∇margin(δ_{k−1}))); iterate k checked with the next forward."""
+    def _smooth_step_loop(
+        self,
+        p: _Problem,
+        lam: Tensor,
+        tracker: SuccessTracker,
+        offset: int,
+        direction: Callable[[Tensor, int], tuple[Tensor, Tensor | None]],
+    ) -> Tensor:
+        """δ_k = prox(δ_{k−1} − step·direction(∇m/G)); iterate k is checked with the next forward.
+
+        ``direction`` returns the step direction and, for Adam, the diagonal metric that divides the
+        threshold. Returns which samples succeeded in this round. Shape: (B,) bool.
+        """
         s = self.settings
-        lower, upper = self._bounds(x)
-        loss = self._loss(target)
-        tracker = SuccessTracker(x)
-        delta = torch.zeros_like(x)
+        delta = torch.zeros_like(p.x)
+        found = torch.zeros(len(p.x), dtype=torch.bool, device=p.x.device)
         for iteration in range(1, s.max_iterations + 1):
-            logits, grad = self._gradient(x + delta, loss)
+            logits, grad = self._gradient(p.x + delta, p.loss)
             if iteration > 1:
-                tracker.update(iteration - 1, delta, logits, target)
-            step = torch.add(delta, direction(grad, iteration), alpha=-s.step_size)
-            delta = prox_l1_box(step, s.step_size * s.lam, lower, upper)
+                found |= tracker.update(offset + iteration - 1, delta, logits, p.target)
+            step, metric = direction(grad * p.scale, iteration)
+            threshold = s.step_size * lam if metric is None else s.step_size * lam / metric
+            delta = prox_l1_box(torch.add(delta, step, alpha=-s.step_size), threshold, p.lower, p.upper)
         with torch.no_grad():
-            tracker.update(s.max_iterations, delta, self._forward(x + delta), target)
-        return tracker.outcome()
+            found |= tracker.update(offset + s.max_iterations, delta, self._forward(p.x + delta), p.target)
+        return found
 
-    def _fista(self, x: Tensor, target: Tensor) -> BatchOutcome:
+    def _fista(self, p: _Problem, lam: Tensor, tracker: SuccessTracker, *, offset: int) -> Tensor:
         """FISTA: gradient at y_k = δ_k + β_k(δ_k − δ_{k−1}), projected to the box; δ_k checked by its own forward."""
         s = self.settings
-        lower, upper = self._bounds(x)
-        loss = self._loss(target)
-        tracker = SuccessTracker(x)
-        delta = previous = torch.zeros_like(x)
+        delta = previous = torch.zeros_like(p.x)
+        found = torch.zeros(len(p.x), dtype=torch.bool, device=p.x.device)
         t, beta = 1.0, 0.0  # Beck & Teboulle: t_1 = 1, y_1 = δ_0, β_k = (t_k − 1) / t_{k+1}
         for iteration in range(1, s.max_iterations + 1):
-            point = torch.minimum(torch.maximum(delta + beta * (delta - previous), lower), upper)
-            _, grad = self._gradient(x + point, loss)
-            previous, delta = delta, prox_l1_box(point - s.step_size * grad, s.step_size * s.lam, lower, upper)
+            point = torch.minimum(torch.maximum(delta + beta * (delta - previous), p.lower), p.upper)
+            _, grad = self._gradient(p.x + point, p.loss)
+            step = point - s.step_size * grad * p.scale
+            previous, delta = delta, prox_l1_box(step, s.step_size * lam, p.lower, p.upper)
             with torch.no_grad():
-                tracker.update(iteration, delta, self._forward(x + delta), target)
+                found |= tracker.update(offset + iteration, delta, self._forward(p.x + delta), p.target)
             t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
             t, beta = t_next, (t - 1.0) / t_next
-        return tracker.outcome()
+        return found
+
+    # --- minimal support ------------------------------------------------------------------------------
+
+    def _flips(self, p: _Problem, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """Whether x + δ leaves the target decision, and its logits. Shapes: (B,), (B, 2)."""
+        with torch.no_grad():
+            logits = self._forward(p.x + delta).float()
+        return decide(logits, self.boundary) != p.target, logits
+
+    def _minimal_support(self, p: _Problem, tracker: SuccessTracker) -> tuple[Tensor, Tensor]:
+        """The sparse example of each success (see the module docstring). Shapes: (B, 48, 19), (B, 2)."""
+        best, found = tracker.best_delta, tracker.found
+        magnitude = best.abs().flatten(1)
+        # the same cells pushed to the box bound in δ's direction: the most a cell can move the decision
+        saturated = torch.where(best > 0, p.upper, torch.where(best < 0, p.lower, torch.zeros_like(best)))
+        kept = self._top_cells(p, saturated, magnitude) & found[:, None, None]
+        kept = self._drop_cells(p, saturated, kept, magnitude)
+        sparse = self._shrink_values(p, best, saturated, kept)
+        kept = self._drop_cells(p, sparse, kept, magnitude)
+        sparse = torch.where(kept, sparse, torch.zeros_like(sparse))
+        flips, logits = self._flips(p, sparse)
+        # A support that no longer flips (non-deterministic kernels re-evaluated a borderline δ) keeps best.
+        holds = flips & found
+        sparse = torch.where(holds[:, None, None], sparse, best)
+        return sparse, torch.where(holds[:, None], logits, tracker.best_logits)
+
+    def _top_cells(self, p: _Problem, values: Tensor, magnitude: Tensor) -> Tensor:
+        """The fewest cells, largest |δ| first, whose ``values`` flip: k by a binary search of fixed rounds."""
+        order = magnitude.argsort(dim=1, descending=True)
+        ranks = torch.arange(N_CELLS, device=values.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, ranks)
+        low = torch.zeros(len(values), dtype=torch.int64, device=values.device)
+        high = (magnitude > 0).sum(dim=1)
+        for _ in range(math.ceil(math.log2(N_CELLS + 1))):
+            mid = (low + high) // 2
+            flips, _ = self._flips(p, torch.where((rank < mid[:, None]).view_as(values), values, 0.0))
+            open_ = low + 1 < high
+            high = torch.where(open_ & flips, mid, high)
+            low = torch.where(open_ & ~flips, mid, low)
+        return (rank < high[:, None]).view_as(values)
+
+    def _drop_cells(self, p: _Problem, values: Tensor, kept: Tensor, magnitude: Tensor) -> Tensor:
+        """Passes over each sample's kept cells, smallest |δ| first, dropping a cell while the flip holds,
+        until a pass drops nothing: then removing any single kept cell un-flips the sample."""
+        flat = kept.flatten(1)
+        for _ in range(N_CELLS):  # passes
+            candidates = torch.where(flat, magnitude, torch.full_like(magnitude, math.inf)).argsort(dim=1)
+            rounds = int(flat.sum(dim=1).max())  # one host sync per pass, outside the iteration loops
+            dropped = torch.zeros(len(values), dtype=torch.bool, device=values.device)
+            for position in range(rounds):
+                cell = candidates[:, position : position + 1]
+                present = flat.gather(1, cell)[:, 0]
+                trial = flat.scatter(1, cell, False)
+                flips, _ = self._flips(p, torch.where(trial.view_as(values), values, 0.0))
+                drop = present & flips
+                flat = torch.where(drop[:, None], trial, flat)
+                dropped |= drop
+            if not bool(dropped.any()):
+                break
+        return flat.view_as(values)
+
+    def _shrink_values(self, p: _Problem, best: Tensor, saturated: Tensor, kept: Tensor) -> Tensor:
+        """On the kept cells, the values closest to the attack's own δ that still flip: the smallest
+        s ∈ [0, 1] (bisection, fixed rounds) with (1 − s)·δ + s·saturated flipping. Shape: (B, 48, 19)."""
+        low = torch.zeros(len(best), 1, 1, dtype=best.dtype, device=best.device)
+        high = torch.ones_like(low)
+        flips_at_zero, _ = self._flips(p, torch.where(kept, best, 0.0))
+        high = torch.where(flips_at_zero[:, None, None], low, high)
+        for _ in range(_SHRINK_ROUNDS):
+            mid = (low + high) / 2
+            flips, _ = self._flips(p, torch.where(kept, best + mid * (saturated - best), 0.0))
+            high = torch.where(flips[:, None, None], mid, high)
+            low = torch.where(flips[:, None, None], low, mid)
+        return torch.where(kept, best + high * (saturated - best), torch.zeros_like(best))
+
+
+def _next_lambda(lam: Tensor, low: Tensor, high: Tensor, succeeded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of the per-sample λ search: up after a success, down after a failure (log-midpoints)."""
+    low = torch.where(succeeded, lam, low)
+    high = torch.where(succeeded, high, lam)
+    bounded = torch.isfinite(high) & (low > 0)
+    midpoint = (low.clamp(min=_TINY) * high.where(torch.isfinite(high), lam)).sqrt()
+    up, down = lam * _LAMBDA_FACTOR, lam / _LAMBDA_FACTOR
+    lam = torch.where(bounded, midpoint, torch.where(succeeded, up, down))
+    return lam, low, high

@@ -96,72 +96,83 @@ class PgdAttack(Attack[PgdSettings]):
         """The iteration budget per sample."""
         return self.settings.iterations
 
-    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+    def perturb(self, x: Tensor, y: Tensor, cells: Tensor | None = None) -> Tensor:
         """δ for every sample (untargeted: away from label ``y``; targeted: towards ``settings.target``).
 
-        Runs in eval mode (the model's mode is restored), batch by batch on the attack device; the result
-        stays there. Shape: x (N, 48, 19) float32 in [0, 1], y (N,) → δ (N, 48, 19).
+        Runs in the attack's mode (the model's modes are restored), batch by batch on the attack device;
+        the result stays there. ``cells`` (N, 48, 19) limits each sample to its allowed cells.
+        Shape: x (N, 48, 19) float32 in [0, 1], y (N,) → δ (N, 48, 19).
         """
         if x.ndim != 3 or tuple(x.shape[1:]) != CELL_SHAPE or tuple(y.shape) != (x.shape[0],):
             raise DataError(f"PGD input must be x (N, 48, 19) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
         if self.settings.eps == 0.0 or x.shape[0] == 0:
             return torch.zeros(x.shape, dtype=x.dtype, device=self.device)
-        with self._eval_mode():
-            step = self.batch_size
+        step = self.batch_size
+        with self._attack_mode():
             parts = [
-                self._descend(x[i : i + step].to(self.device), y[i : i + step].to(self.device))
+                self._descend(
+                    x[i : i + step].to(self.device),
+                    y[i : i + step].to(self.device),
+                    None if cells is None else cells[i : i + step].to(self.device),
+                )
                 for i in range(0, x.shape[0], step)
             ]
         return torch.cat(parts)
 
-    def _descend(self, x: Tensor, y: Tensor, tracker: SuccessTracker | None = None) -> Tensor:
+    def _descend(self, x: Tensor, y: Tensor, cells: Tensor | None, tracker: SuccessTracker | None = None) -> Tensor:
         """The PGD iterations for one batch; returns the last iterate δ_K. Shape: (B, 48, 19).
 
         With a ``tracker``, iterate k is checked with the logits of the next gradient step (one extra
-        forward for the last), away from the class ``y`` is pushed from (the target's other class).
+        forward for the last), away from the decision ``y`` is pushed from (the target's other class).
         """
         s = self.settings
         away = torch.full_like(y, 1 - s.target) if s.target is not None else y
-        lower, upper = self._ball_and_box(x)
+        lower, upper = self._ball_and_box(x, cells)
+        allowed = upper > lower
         loss = self._loss(y)
         delta = self._start(x, lower, upper)
         for iteration in range(1, s.iterations + 1):
             logits, grad = self._gradient(x + delta, loss)
             if tracker is not None and iteration > 1:
                 tracker.update(iteration - 1, delta, logits, away)
-            delta = self._project(delta + s.alpha * self._direction(grad), lower, upper)
+            delta = self._project(delta + s.alpha * self._direction(grad, allowed), lower, upper)
         if tracker is not None:
             with torch.no_grad():
                 tracker.update(s.iterations, delta, self._forward(x + delta), away)
         return delta.detach()
 
-    def _attack_batch(self, x: Tensor, target: Tensor) -> BatchOutcome:
-        """Base-class form: ``target`` is the predicted class to move away from (or, targeted, ``1 − t``)."""
-        tracker = SuccessTracker(x)
-        self._descend(x, target, tracker)
+    def _attack_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> BatchOutcome:
+        """Base-class form: ``target`` is the decision to move away from (or, targeted, ``1 − t``)."""
+        tracker = SuccessTracker(x, self.boundary)
+        self._descend(x, target, cells, tracker)
         return tracker.outcome()
 
     def _loss(self, y: Tensor) -> Callable[[Tensor], Tensor]:
-        """Per-sample loss to ascend. Shape: logits (B, 2) → (B,)."""
+        """Per-sample loss to ascend, measured at the decision rule's boundary. Shape: logits (B, 2) → (B,).
+
+        Cross-entropy is taken on the logits shifted by the boundary (z₁ − b), so that its 50 % point is
+        the rule's threshold; the margin loss is the signed distance to the boundary.
+        """
         s = self.settings
         goal = torch.full_like(y, s.target) if s.target is not None else y
         sign = -1.0 if s.targeted else 1.0
+        boundary = self.boundary
         if s.loss == "margin":
-            return lambda logits: sign * -margin(logits.float(), goal)
-        return lambda logits: sign * nn.functional.cross_entropy(logits.float(), goal, reduction="none")
+            return lambda logits: sign * -margin(logits, goal, boundary)
+        shift = torch.tensor([0.0, boundary], device=y.device)
+        return lambda logits: sign * nn.functional.cross_entropy(logits.float() - shift, goal, reduction="none")
 
-    def _ball_and_box(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-cell bounds on δ: the box (and mask) of the base, cut to [−ε, ε] for L∞. Shape: 2 × (B, 48, 19)."""
-        lower, upper = self._bounds(x)
+    def _ball_and_box(self, x: Tensor, cells: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-cell bounds on δ: the box (and cells) of the base, cut to [−ε, ε] for L∞. Shape: 2 × (B, 48, 19)."""
+        lower, upper = self._bounds(x, cells)
         if self.settings.norm == "linf":
             eps = self.settings.eps
             lower, upper = lower.clamp(min=-eps), upper.clamp(max=eps)
         return lower, upper
 
-    def _direction(self, grad: Tensor) -> Tensor:
-        """sign(g) for L∞; g/‖g‖₂ per sample over the allowed cells for L2."""
-        if self.mask is not None:
-            grad = torch.where(self.mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+    def _direction(self, grad: Tensor, allowed: Tensor) -> Tensor:
+        """sign(g) for L∞; g/‖g‖₂ per sample over the allowed cells for L2 (0 on the others)."""
+        grad = torch.where(allowed, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
         if self.settings.norm == "linf":
             return grad.sign()
         norm = torch.linalg.vector_norm(grad.flatten(1), dim=1).clamp(min=_TINY)

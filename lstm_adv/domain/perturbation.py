@@ -1,9 +1,10 @@
 """Attack outcomes: the perturbation of one sample and what an attack found for it.
 
 ``Perturbation`` is δ for one sample in normalized units (the model sees ``x + δ`` with both in
-``[0, 1]``). ``AttackResult`` holds, per sample, the first and the best success or a not-completed
-value with its reason. ``AttackBatchResult`` is the columnar form of many results, the one that is
-stored (``to_npz`` / ``from_npz``) and merged across shards (``concatenate``).
+``[0, 1]``). ``AttackResult`` holds, per sample, the first, the best (smallest L1) and the sparse
+(minimal-support) success, or a not-completed value with its reason. ``AttackBatchResult`` is the
+columnar form of many results, the one that is stored (``to_npz`` / ``from_npz``) and merged across
+shards (``concatenate``). Predictions and flips are decisions at the model's rule (its threshold t).
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from typing import Any
 import attrs
 import numpy as np
 
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError, ValidationError
 from lstm_adv.domain.shapes import CELL_SHAPE, N_CLASSES, N_FEATURES
 
 MISCLASSIFIED = "misclassified"
-#: Which successful iterate an example is: the first success, or the best (smallest L1) one.
-EXAMPLES = ("first", "best")
+NO_CELL = "no cell it may change (no measured cell in the allowed features and hours)"
+#: Why a sample was not attacked, by code (0: it was attacked).
+SKIP_REASONS = {1: MISCLASSIFIED, 2: NO_CELL}
+#: Which successful example: the first success, the best (smallest L1) one, and the sparse one (the
+#: smallest set of the best example's cells that still flips the decision).
+EXAMPLES = ("first", "best", "sparse")
 #: Direction of a flip, by the prediction at δ = 0: 0→1 (survival → death) and 1→0.
 DIRECTIONS = ("0to1", "1to0")
 DIRECTION_LABELS = {"0to1": "0→1", "1to0": "1→0"}
@@ -98,7 +104,7 @@ def _check_iteration(instance: AttackSucceeded, attribute: attrs.Attribute[int],
 
 @attrs.frozen
 class AttackSucceeded:
-    """A successful iterate: the prediction at ``x + δ`` differs from the one at ``x``."""
+    """A successful iterate: the decision at ``x + δ`` (threshold ``threshold``) differs from the one at ``x``."""
 
     iteration: int = attrs.field(validator=_check_iteration)
     perturbation: Perturbation
@@ -108,12 +114,15 @@ class AttackSucceeded:
     logits_after: np.ndarray = attrs.field(
         converter=_readonly_copy, validator=_check_logits("AttackSucceeded"), eq=_ARRAY_EQ
     )
+    threshold: float = 0.5
 
     def __attrs_post_init__(self) -> None:
-        if np.argmax(self.logits_before) == np.argmax(self.logits_after):
+        rule = DecisionRule("argmax" if self.threshold == 0.5 else "threshold", self.threshold)
+        before, after = int(rule.predict(self.logits_before)), int(rule.predict(self.logits_after))
+        if before == after:
             raise ValidationError(
-                "AttackSucceeded must flip the prediction; logits_before and logits_after "
-                f"both predict class {int(np.argmax(self.logits_before))}"
+                "AttackSucceeded must flip the decision; logits_before and logits_after both decide class "
+                f"{before} at threshold {self.threshold:g}"
             )
 
     @property
@@ -152,62 +161,81 @@ def _check_binary(instance: AttackResult, attribute: attrs.Attribute[int], value
 
 @attrs.frozen
 class AttackResult:
-    """Per sample: its index in the FeatureMatrix, true and predicted labels, first and best outcome."""
+    """Per sample: its index in the FeatureMatrix, true and predicted labels, first, best and sparse outcome."""
 
     sample_index: int
     label: int = attrs.field(validator=_check_binary)
     predicted: int = attrs.field(validator=_check_binary)
     first: AttackOutcome
     best: AttackOutcome
+    sparse: AttackOutcome
 
     def __attrs_post_init__(self) -> None:
         if self.sample_index < 0:
             raise ValidationError(f"AttackResult.sample_index must be ≥ 0, got {self.sample_index}")
-        if isinstance(self.first, AttackSucceeded) != isinstance(self.best, AttackSucceeded):
-            raise ValidationError("AttackResult.first and .best must both be successes or both not completed")
-        if isinstance(self.first, AttackSucceeded) and isinstance(self.best, AttackSucceeded):
-            if self.best.iteration < self.first.iteration:
+        kinds = {isinstance(o, AttackSucceeded) for o in (self.first, self.best, self.sparse)}
+        if len(kinds) != 1:
+            raise ValidationError("AttackResult.first, .best and .sparse must all be successes or all not completed")
+        first, best, sparse = self.first, self.best, self.sparse
+        if isinstance(first, AttackSucceeded) and isinstance(best, AttackSucceeded):
+            if best.iteration < first.iteration:
                 raise ValidationError(
-                    f"AttackResult.best.iteration ({self.best.iteration}) must not precede "
-                    f"first.iteration ({self.first.iteration})"
+                    f"AttackResult.best.iteration ({best.iteration}) must not precede first.iteration "
+                    f"({first.iteration})"
                 )
-            first_l1, best_l1 = self.first.perturbation.l1, self.best.perturbation.l1
+            first_l1, best_l1 = first.perturbation.l1, best.perturbation.l1
             if best_l1 > first_l1 * (1 + 1e-5) + 1e-6:  # float32 sums on the device vs float64 here
                 raise ValidationError(f"AttackResult.best.l1 ({best_l1}) must not exceed first.l1 ({first_l1})")
+            if isinstance(sparse, AttackSucceeded) and sparse.perturbation.l0 > best.perturbation.l0:
+                raise ValidationError(
+                    f"AttackResult.sparse.l0 ({sparse.perturbation.l0}) must not exceed best.l0 "
+                    f"({best.perturbation.l0})"
+                )
 
     @property
     def succeeded(self) -> bool:
-        """Whether any iterate flipped the prediction."""
+        """Whether any iterate flipped the decision."""
         return self.first.succeeded
+
+
+_COLUMNS: dict[str, tuple[tuple[str, ...], type]] = {
+    "sample_index": (("n",), np.int64),
+    "label": (("n",), np.int64),
+    "logits_before": (("n", "c"), np.float32),
+    "predicted": (("n",), np.int64),
+    "skip": (("n",), np.int8),
+    "found": (("n",), np.bool_),
+    "first_iteration": (("n",), np.int64),
+    "first_delta": (("n", "h", "f"), np.float32),
+    "first_logits": (("n", "c"), np.float32),
+    "best_iteration": (("n",), np.int64),
+    "best_delta": (("n", "h", "f"), np.float32),
+    "best_logits": (("n", "c"), np.float32),
+    "sparse_delta": (("n", "h", "f"), np.float32),
+    "sparse_logits": (("n", "c"), np.float32),
+}
 
 
 def _check_batch(result: AttackBatchResult) -> None:
     n = result.sample_index.shape[0] if result.sample_index.ndim == 1 else -1
+    sizes = {"n": n, "c": N_CLASSES, "h": CELL_SHAPE[0], "f": CELL_SHAPE[1]}
     owner = "AttackBatchResult"
-    specs: dict[str, tuple[tuple[int | None, ...], type]] = {
-        "sample_index": ((n,), np.int64),
-        "label": ((n,), np.int64),
-        "logits_before": ((n, N_CLASSES), np.float32),
-        "attacked": ((n,), np.bool_),
-        "found": ((n,), np.bool_),
-        "first_iteration": ((n,), np.int64),
-        "first_delta": ((n, *CELL_SHAPE), np.float32),
-        "first_logits": ((n, N_CLASSES), np.float32),
-        "best_iteration": ((n,), np.int64),
-        "best_delta": ((n, *CELL_SHAPE), np.float32),
-        "best_logits": ((n, N_CLASSES), np.float32),
-    }
-    for name, (shape, dtype) in specs.items():
-        _check_array(owner, name, getattr(result, name), shape, dtype)
+    for name, (dims, dtype) in _COLUMNS.items():
+        _check_array(owner, name, getattr(result, name), tuple(sizes[d] for d in dims), dtype)
     if result.iterations < 1:
         raise ValidationError(f"{owner}.iterations must be ≥ 1, got {result.iterations}")
-    if not np.isin(result.label, (0, 1)).all():
-        raise ValidationError(f"{owner}.label must be 0 or 1")
+    if not 0.0 < result.threshold < 1.0:
+        raise ValidationError(f"{owner}.threshold must lie strictly between 0 and 1, got {result.threshold}")
+    if not np.isin(result.label, (0, 1)).all() or not np.isin(result.predicted, (0, 1)).all():
+        raise ValidationError(f"{owner}.label and .predicted must be 0 or 1")
+    if not np.isin(result.skip, (0, *SKIP_REASONS)).all():
+        raise ValidationError(f"{owner}.skip must be 0 (attacked) or a reason code {sorted(SKIP_REASONS)}")
     if (result.found & ~result.attacked).any():
         raise ValidationError(f"{owner}.found must imply attacked; a skipped sample cannot succeed")
     _check_iterations(result)
-    if (np.abs(result.first_delta) > 1).any() or (np.abs(result.best_delta) > 1).any():
-        raise ValidationError(f"{owner} deltas must lie in [-1, 1]")
+    for name in ("first_delta", "best_delta", "sparse_delta"):
+        if (np.abs(getattr(result, name)) > 1).any():
+            raise ValidationError(f"{owner}.{name} must lie in [-1, 1]")
 
 
 def _check_iterations(result: AttackBatchResult) -> None:
@@ -226,15 +254,20 @@ def _check_iterations(result: AttackBatchResult) -> None:
 class AttackBatchResult:
     """Columnar results of one attack over N samples (the stored form).
 
-    Shapes: index/label/flags/iterations (N,); logits (N, 2) float32; deltas (N, 48, 19) float32.
-    Rows with ``found == False`` carry zero deltas, zero logits after, and iteration 0.
+    Shapes: index/label/predicted/skip/flags/iterations (N,); logits (N, 2) float32; deltas (N, 48, 19)
+    float32. ``predicted`` is the decision at δ = 0 at the model's ``threshold``; ``skip`` is 0 for an
+    attacked sample and a :data:`SKIP_REASONS` code otherwise. Rows with ``found == False`` carry zero
+    deltas, zero logits after, and iteration 0. The sparse example is the smallest set of the best
+    example's cells that still flips the decision (found at the best example's iteration).
     """
 
     iterations: int
+    threshold: float
     sample_index: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     label: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     logits_before: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
-    attacked: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    predicted: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    skip: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     found: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     first_iteration: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     first_delta: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
@@ -242,6 +275,8 @@ class AttackBatchResult:
     best_iteration: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     best_delta: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     best_logits: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    sparse_delta: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    sparse_logits: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
 
     def __attrs_post_init__(self) -> None:
         _check_batch(self)
@@ -252,10 +287,15 @@ class AttackBatchResult:
         return int(self.sample_index.shape[0])
 
     @property
-    def predicted(self) -> np.ndarray:
-        """Predicted label at δ = 0. Shape: (N,) int64."""
-        predicted: np.ndarray = self.logits_before.argmax(axis=1).astype(np.int64)
-        return predicted
+    def attacked(self) -> np.ndarray:
+        """Which samples were attacked (not skipped). Shape: (N,) bool."""
+        attacked: np.ndarray = self.skip == 0
+        return attacked
+
+    @property
+    def rule(self) -> DecisionRule:
+        """The decision rule the attack used."""
+        return DecisionRule("argmax" if self.threshold == 0.5 else "threshold", self.threshold)
 
     @property
     def success_rate(self) -> float:
@@ -263,45 +303,42 @@ class AttackBatchResult:
         attacked = int(self.attacked.sum())
         return float(self.found.sum()) / attacked if attacked else 0.0
 
+    def deltas(self, which: str = "best") -> np.ndarray:
+        """The first, best or sparse δ per sample (zeros where not found). Shape: (N, 48, 19)."""
+        if which not in EXAMPLES:
+            raise ValidationError(f"which must be one of {', '.join(EXAMPLES)}, got {which!r}")
+        deltas: np.ndarray = getattr(self, f"{which}_delta")
+        return deltas
+
     def l0(self, which: str = "best") -> np.ndarray:
-        """Non-zero cells of the first or best δ per sample (0 where not found). Shape: (N,) int64."""
-        counts: np.ndarray = np.count_nonzero(self._deltas(which), axis=(1, 2)).astype(np.int64)
+        """Non-zero cells of the first, best or sparse δ per sample (0 where not found). Shape: (N,) int64."""
+        counts: np.ndarray = np.count_nonzero(self.deltas(which), axis=(1, 2)).astype(np.int64)
         return counts
 
     def l1(self, which: str = "best") -> np.ndarray:
-        """Σ|δ| of the first or best δ per sample (0 where not found). Shape: (N,) float64."""
-        sums: np.ndarray = np.abs(self._deltas(which), dtype=np.float64).sum(axis=(1, 2))
+        """Σ|δ| of the first, best or sparse δ per sample (0 where not found). Shape: (N,) float64."""
+        sums: np.ndarray = np.abs(self.deltas(which), dtype=np.float64).sum(axis=(1, 2))
         return sums
-
-    def _deltas(self, which: str) -> np.ndarray:
-        if which not in ("first", "best"):
-            raise ValidationError(f"which must be 'first' or 'best', got {which!r}")
-        deltas: np.ndarray = self.first_delta if which == "first" else self.best_delta
-        return deltas
 
     def not_completed_reason(self, row: int) -> str:
         """Why row ``row`` has no success."""
-        if not self.attacked[row]:
-            return MISCLASSIFIED
-        return f"no success within {self.iterations} iterations"
+        code = int(self.skip[row])
+        return SKIP_REASONS[code] if code else f"no success within {self.iterations} iterations"
 
     def result(self, row: int) -> AttackResult:
         """The domain value of one row."""
         before = self.logits_before[row]
-        first: AttackOutcome
-        best: AttackOutcome
+        outcomes: list[AttackOutcome] = []
         if self.found[row]:
-            first = AttackSucceeded(
-                int(self.first_iteration[row]), Perturbation(self.first_delta[row]), before, self.first_logits[row]
-            )
-            best = AttackSucceeded(
-                int(self.best_iteration[row]), Perturbation(self.best_delta[row]), before, self.best_logits[row]
-            )
+            for which, iteration in (("first", self.first_iteration[row]), ("best", self.best_iteration[row]),
+                                     ("sparse", self.best_iteration[row])):  # fmt: skip
+                delta, logits = getattr(self, f"{which}_delta")[row], getattr(self, f"{which}_logits")[row]
+                outcomes.append(AttackSucceeded(int(iteration), Perturbation(delta), before, logits, self.threshold))
         else:
-            first = best = AttackNotCompleted(self.not_completed_reason(row), before)
-        return AttackResult(
-            int(self.sample_index[row]), int(self.label[row]), int(np.argmax(before)), first=first, best=best
-        )
+            outcomes = [AttackNotCompleted(self.not_completed_reason(row), before)] * 3
+        first, best, sparse = outcomes
+        return AttackResult(int(self.sample_index[row]), int(self.label[row]), int(self.predicted[row]),
+                            first=first, best=best, sparse=sparse)  # fmt: skip
 
     def results(self) -> list[AttackResult]:
         """Every row as an :class:`AttackResult`."""
@@ -310,32 +347,40 @@ class AttackBatchResult:
     def to_npz(self, path: Path) -> None:
         """Write every column to a compressed ``.npz`` (deltas are sparse and compress well)."""
         arrays = {name: getattr(self, name) for name in _ARRAY_NAMES}
-        np.savez_compressed(path, iterations=np.int64(self.iterations), **arrays)
+        np.savez_compressed(path, iterations=np.int64(self.iterations), threshold=np.float64(self.threshold),
+                            **arrays)  # fmt: skip
 
     @classmethod
     def from_npz(cls, path: Path) -> AttackBatchResult:
         """Read what :meth:`to_npz` wrote; missing or extra columns are a :class:`DataError`."""
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
-            expected = {"iterations", *_ARRAY_NAMES}
+            expected = {"iterations", "threshold", *_ARRAY_NAMES}
             if keys != expected:
                 raise DataError(
-                    f"{path} is not an attack result file: missing {sorted(expected - keys)}, "
-                    f"unexpected {sorted(keys - expected)}"
+                    f"{path} is not an attack result file of this version: missing {sorted(expected - keys)}, "
+                    f"unexpected {sorted(keys - expected)}; re-run the attack"
                 )
             arrays = {name: data[name] for name in _ARRAY_NAMES}
-            return cls(int(data["iterations"]), **arrays)
+            return cls(int(data["iterations"]), float(data["threshold"]), **arrays)
 
     @classmethod
     def concatenate(cls, parts: Sequence[AttackBatchResult]) -> AttackBatchResult:
-        """Rows of ``parts`` in order (e.g. batches or shards). All parts must share the iteration budget."""
+        """Rows of ``parts`` in order (e.g. batches or shards). All parts share the iteration budget and rule."""
         if not parts:
             raise ValidationError("AttackBatchResult.concatenate needs at least one part")
-        budgets = {p.iterations for p in parts}
+        budgets = {(p.iterations, p.threshold) for p in parts}
         if len(budgets) != 1:
-            raise ValidationError(f"AttackBatchResult parts must share one iteration budget, got {sorted(budgets)}")
+            raise ValidationError(
+                f"AttackBatchResult parts must share one iteration budget and threshold, got {sorted(budgets)}"
+            )
         arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in _ARRAY_NAMES}
-        return cls(parts[0].iterations, **arrays)
+        return cls(parts[0].iterations, parts[0].threshold, **arrays)
+
+    def take(self, rows: np.ndarray) -> AttackBatchResult:
+        """The rows ``rows`` (e.g. sorted by sample index)."""
+        arrays = {name: getattr(self, name)[rows] for name in _ARRAY_NAMES}
+        return AttackBatchResult(self.iterations, self.threshold, **arrays)
 
 
-_ARRAY_NAMES = tuple(f.name for f in attrs.fields(AttackBatchResult) if f.name != "iterations")
+_ARRAY_NAMES = tuple(_COLUMNS)

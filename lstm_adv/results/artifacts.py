@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import numpy as np
 import pandas as pd
 
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.domain.perturbation import AttackBatchResult
@@ -60,6 +62,7 @@ PARAMS_FILE = "params.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 MODEL_CURVES_FILE = "curves.parquet"
+PREDICTIONS_FILE = "predictions.npz"
 DEFENSE_FILE = "defense.json"
 TENSORBOARD_DIR = "tensorboard"
 FOLDS_DIR = "folds"
@@ -245,6 +248,44 @@ def load_trained_model(run: Run, *, device: str | torch.device = "cpu") -> BiLST
     if is_cv_run(run):
         raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
     return load_model(run.path, device=device)
+
+
+@attrs.frozen
+class Predictions:
+    """A model's P(death) on its validation and test (evaluation) samples, by FeatureMatrix row. Shapes: (n,)."""
+
+    validation_index: np.ndarray = attrs.field(eq=attrs.cmp_using(eq=np.array_equal))
+    validation: np.ndarray = attrs.field(eq=attrs.cmp_using(eq=np.array_equal))
+    test_index: np.ndarray = attrs.field(eq=attrs.cmp_using(eq=np.array_equal))
+    test: np.ndarray = attrs.field(eq=attrs.cmp_using(eq=np.array_equal))
+
+
+def save_predictions(folder: Path, predictions: Predictions) -> None:
+    """A model run's validation and test probabilities (read by later stages and audits, never by reports)."""
+    np.savez(folder / PREDICTIONS_FILE, **attrs.asdict(predictions))
+
+
+def load_predictions(run: Run) -> Predictions:
+    """The stored probabilities of a model run; a run without them is one line saying to retrain."""
+    if not (run.path / PREDICTIONS_FILE).is_file():
+        raise DataError(
+            f"model run {run.id} stores no probabilities (it was made before the toolkit recorded its decision "
+            "rule); re-run `lstm-adv train` (or `lstm-adv defend`) to make one that does"
+        )
+    try:
+        with np.load(run.file(PREDICTIONS_FILE), allow_pickle=False) as data:
+            return Predictions(**{field.name: data[field.name] for field in attrs.fields(Predictions)})
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"run {run.id}: {PREDICTIONS_FILE} cannot be read ({exc}); re-run the training") from None
+
+
+def load_decision(run: Run) -> DecisionRule:
+    """The decision rule a model run stores (its rule and threshold); it needs the stored probabilities too."""
+    load_predictions(run)
+    summary = run.summary_as(ModelSummary)
+    if summary.decision is None or summary.threshold is None:
+        raise DataError(f"model run {run.id} records no decision rule; re-run `lstm-adv train`")
+    return DecisionRule(summary.decision, summary.threshold)
 
 
 def trial_params(run: Run, number: int | None = None) -> tuple[int, Hyperparameters]:

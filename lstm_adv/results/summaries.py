@@ -186,6 +186,7 @@ class ModelSummary:
     sd: dict[str, float | None] | None = None
     defense: DefenseSummary | None = None
     features_run: RunId | None = None
+    decision: str | None = None
 
 
 # --- attack -----------------------------------------------------------------------------------------------
