@@ -32,6 +32,7 @@ DefenseMethod = Literal["static", "adaptive"]
 Regenerate = Literal["epoch", "batch"]
 SplitName = Literal["train", "validation", "test"]
 AttackSplit = Literal["test", "validation", "val", "train", "all"]
+WindowStart = Literal["all", "included"]
 
 DEVICES: tuple[str, ...] = get_args(Device)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
@@ -84,6 +85,10 @@ class CohortConfig:
     # The query exports any window; a FeatureMatrix (preprocess) needs exactly 48 hours.
     window_hours: int = attrs.field(default=WINDOW_HOURS, validator=v.at_least(1, owner="cohort"))
     lookback_hours: int = attrs.field(default=24, validator=v.at_least(0, owner="cohort"))
+    # "all": the admission's earliest ICU intime; "included": the earliest among its included stays.
+    window_start: WindowStart = _choice("cohort", WindowStart, "all")
+    # "" is the shipped resources/features.toml.
+    features_file: str = ""
 
 
 def _hour_bin(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
@@ -104,6 +109,7 @@ class PreprocessConfig:
     n_folds: int = attrs.field(default=5, validator=v.at_least(2, owner="preprocess"))
     first_hour_max: int = attrs.field(default=3, validator=_hour_bin)
     last_hour_min: int = attrs.field(default=46, validator=_hour_bin)
+    drop_unmeasured_vitals: bool = False
 
     def __attrs_post_init__(self) -> None:
         fractions = (self.train_fraction, self.validation_fraction, self.test_fraction)

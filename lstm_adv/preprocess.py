@@ -3,14 +3,17 @@
 Steps, all vectorized over measurement rows (no Python loop over admissions or rows):
 
 1. **Hourly bins.** Hour ``k`` of an admission holds the mean of its measurements in
-   ``[window_start + k h, window_start + (k + 1) h)``, ``k = 0 … 47``; ``window_start`` is the earliest
-   ICU intime of the admission. Measurements at or after the window end are ignored, whatever the
-   query exported. Bins ``-lookback_hours … -1`` (before the window) are only used to fill the start.
+   ``[window_start + k h, window_start + (k + 1) h)``, ``k = 0 … 47``; ``window_start`` comes from the
+   query run (``cohort.window_start``: the admission's earliest ICU intime by default). Measurements at
+   or after the window end are ignored, whatever the query exported. Bins ``-lookback_hours … -1``
+   (before the window) are only used to fill the start.
 2. **Window rule.** An admission is kept iff it has at least one measurement (of any feature) in an
    hour bin ``<= first_hour_max`` *and* at least one in an hour bin ``>= last_hour_min`` (defaults 3
    and 46: measured within the first 4 hours and within the last 2 hours of the 48 h window).
    The rules are applied in order and each one's drops are counted: no measurement in the window;
-   first measurement after ``first_hour_max``; last measurement before ``last_hour_min``.
+   first measurement after ``first_hour_max``; last measurement before ``last_hour_min``. With
+   ``drop_unmeasured_vitals``, samples none of whose vital signs was measured in the window or its
+   look-back are dropped next (another counted step); by default they are kept and counted.
 3. **Splits.** Patients (``subject_id``) are split train / validation / test, stratified by the
    patient's label (the max over their samples), seeded; K folds over train + validation patients,
    also stratified (round robin over patients sorted by label and a seeded key).
@@ -21,6 +24,9 @@ Steps, all vectorized over measurement rows (no Python loop over admissions or r
    first observed bin use the last pre-window bin if there is one, else the first observed bin; a
    series with no observation in the window uses the last pre-window bin, else the training median.
 6. **Scale.** Winsorize at p5/p95 and map ``(x - p5) / (p95 - p5)`` to [0, 1] (0 when p95 == p5).
+7. **Coverage.** The observation mask (cells whose hour held a measurement) is stored with the
+   matrix; the summary gives per feature the measured share of cells and the samples whose series
+   was never measured (window and look-back empty: all 48 hours are the training median).
 
 Performance (``bench/bench_preprocess.py``): rows are never sorted as a whole. Each row gets an integer
 cell code, ``np.bincount`` gives every bin's count and sum on a dense (N, lookback + 48, F) grid, and
@@ -37,20 +43,25 @@ import numpy as np
 import numpy.typing as npt
 
 from lstm_adv.config import Config, PreprocessConfig
-from lstm_adv.domain.errors import ConfigError, DataError
+from lstm_adv.domain.errors import ConfigError, DataError, FeatureSpecError
 from lstm_adv.domain.feature_matrix import SPLITS, FeatureMatrix, ScalingStats
-from lstm_adv.domain.features import FeatureSpec
+from lstm_adv.domain.features import FeatureDefinitions, FeatureSpec
 from lstm_adv.domain.shapes import N_HOURS as WINDOW_HOURS
+from lstm_adv.query.run import window_start_rule
 from lstm_adv.query.tables import QueryTables, nanoseconds
-from lstm_adv.resources import load_feature_spec
+from lstm_adv.resources import read_feature_definitions
 from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.results.summaries import FeatureScaling, FeaturesSummary, SplitCounts, Step
+from lstm_adv.results.summaries import FeatureCoverage, FeatureScaling, FeaturesSummary, QuerySummary, SplitCounts, Step
 
 log = logging.getLogger(__name__)
 
 HOUR_NS = 3_600_000_000_000
+WINDOW_START_DEFAULT = window_start_rule("all")
+# Query runs made before the window start was recorded started it among the included stays.
+WINDOW_START_UNRECORDED = window_start_rule("included")
+NO_VITALS_STEP = "dropped: no vital sign measured (window or look-back)"
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -78,6 +89,13 @@ class HourlyGrid:
         """The samples where ``mask`` holds."""
         return HourlyGrid(self.means[mask], self.lookback_hours)
 
+    def unmeasured(self) -> npt.NDArray[np.bool_]:
+        """Which (sample, feature) series hold no measurement in the window or its look-back. Shape: (N, F).
+
+        Filling gives such a series the training median for all 48 hours.
+        """
+        return np.asarray(np.isnan(self.means).all(axis=1), dtype=bool)
+
     def last_before(self) -> F64:
         """The last non-empty bin before the window per (sample, feature), NaN where none. Shape: (N, F)."""
         pre = self.means[:, : self.lookback_hours]
@@ -98,15 +116,18 @@ class PreprocessReport:
     measurements: tuple[tuple[str, int], ...]
     window_rule: str
     missingness: tuple[tuple[str, float], ...]
+    unmeasured_samples: tuple[int, ...]
+    samples_without_vitals: int
 
-    def summary(self, matrix: FeatureMatrix) -> FeaturesSummary:
+    def summary(self, matrix: FeatureMatrix, *, features: FeatureDefinitions | None = None) -> FeaturesSummary:
         """The summary of a features run (read by ``runs show`` and the data report)."""
-        n, hours, features = matrix.values.shape
+        n, hours, features_count = matrix.values.shape
+        measured = matrix.measured_fraction()
         return FeaturesSummary(
             flow=tuple(Step(step, count) for step, count in self.flow),
             measurements=tuple(Step(step, count) for step, count in self.measurements),
             window_rule=self.window_rule,
-            shape=(n, hours, features),
+            shape=(n, hours, features_count),
             n_folds=matrix.n_folds,
             splits=_split_summary(matrix),
             missingness=dict(self.missingness),
@@ -116,6 +137,12 @@ class PreprocessReport:
                     matrix.feature_names, matrix.scaling.p5, matrix.scaling.median, matrix.scaling.p95, strict=True
                 )
             },
+            coverage={
+                name: FeatureCoverage(measured_fraction=float(share), unmeasured_samples=int(count))
+                for name, share, count in zip(matrix.feature_names, measured, self.unmeasured_samples, strict=True)
+            },
+            samples_without_vitals=self.samples_without_vitals,
+            features=features,
         )
 
 
@@ -131,13 +158,15 @@ def _split_summary(matrix: FeatureMatrix) -> dict[str, SplitCounts]:
     return result
 
 
-def window_rule_text(config: PreprocessConfig) -> str:
-    """The window rule in words, as stored in the manifest."""
-    return (
+def window_rule_text(config: PreprocessConfig, *, start: str = WINDOW_START_DEFAULT) -> str:
+    """The window rule in words, as stored in the manifest; ``start`` says where the window starts."""
+    rule = (
         f"keep an admission iff it has >= 1 measurement (any feature) in an hour bin <= {config.first_hour_max} "
-        f"and >= 1 in an hour bin >= {config.last_hour_min} of the window [0, {WINDOW_HOURS}) h "
-        "from its earliest ICU intime"
+        f"and >= 1 in an hour bin >= {config.last_hour_min} of the window [0, {WINDOW_HOURS}) h from {start}"
     )
+    if config.drop_unmeasured_vitals:
+        rule += ", and >= 1 vital-sign measurement in the window or its look-back"
+    return rule
 
 
 def build_feature_matrix(
@@ -147,17 +176,18 @@ def build_feature_matrix(
     config: PreprocessConfig,
     window_hours: int = WINDOW_HOURS,
     lookback_hours: int = 24,
+    window_start: str = WINDOW_START_DEFAULT,
 ) -> tuple[FeatureMatrix, PreprocessReport]:
     """Bin, filter, split, fill and scale the measurements of ``tables`` into a FeatureMatrix.
 
     Shape: values (N, 48, 19) with N the admissions passing the window rule, ordered by ``hadm_id``.
+    ``window_start`` says in words where the query started each window (for the report).
     """
     if window_hours != WINDOW_HOURS:
         raise ConfigError(f"cohort.window_hours must be {WINDOW_HOURS} for a FeatureMatrix, got {window_hours}")
-    admissions = tables.admissions
     grid, measurement_counts = _hourly_grid(tables, lookback_hours, n_features=len(spec.names))
-    keep, flow = _apply_window_rule(grid, config)
-    kept = admissions.loc[keep].reset_index(drop=True)
+    keep, flow = _select_samples(grid, spec, config)
+    kept = tables.admissions.loc[keep].reset_index(drop=True)
     grid = grid.select(keep)
     labels = kept["label"].to_numpy(dtype=np.int64)
     subjects = kept["subject_id"].to_numpy(dtype=np.int64)
@@ -176,15 +206,38 @@ def build_feature_matrix(
         observed=~np.isnan(grid.window),
     )
     flow += tuple((f"positives in {name}", int(labels[split == code].sum())) for code, name in enumerate(SPLITS))
-    # share of (sample, hour) bins of each feature without a measurement in the window
-    missing = np.isnan(grid.window).mean(axis=(0, 1)) if len(kept) else np.ones(len(spec.names))
+    unmeasured = grid.unmeasured()
     report = PreprocessReport(
         flow=flow,
         measurements=measurement_counts,
-        window_rule=window_rule_text(config),
-        missingness=tuple((name, float(m)) for name, m in zip(spec.names, missing, strict=True)),
+        window_rule=window_rule_text(config, start=window_start),
+        # share of (sample, hour) bins of each feature without a measurement in the window
+        missingness=tuple(zip(spec.names, map(float, np.isnan(grid.window).mean(axis=(0, 1))), strict=True)),
+        unmeasured_samples=tuple(int(n) for n in unmeasured.sum(axis=0)),
+        samples_without_vitals=int(_without_vitals(unmeasured, spec).sum()),
     )
     return matrix, report
+
+
+def _select_samples(
+    grid: HourlyGrid, spec: FeatureSpec, config: PreprocessConfig
+) -> tuple[npt.NDArray[np.bool_], tuple[tuple[str, int], ...]]:
+    """The window rule, then (with ``drop_unmeasured_vitals``) the drop of samples without vitals, counted."""
+    keep, flow = _apply_window_rule(grid, config)
+    if not config.drop_unmeasured_vitals:
+        return keep, flow
+    dropped = keep & _without_vitals(grid.unmeasured(), spec)
+    keep = keep & ~dropped
+    # the new step goes before "samples out", which keeps its place at the end
+    return keep, (*flow[:-1], (NO_VITALS_STEP, int(dropped.sum())), ("samples out", int(keep.sum())))
+
+
+def _without_vitals(unmeasured: npt.NDArray[np.bool_], spec: FeatureSpec) -> npt.NDArray[np.bool_]:
+    """Samples none of whose vital-sign series was measured (window or look-back). Shape: (N, F) → (N,)."""
+    vital = np.array([feature.source == "vital" for feature in spec.features])
+    if not vital.any():
+        return np.zeros(unmeasured.shape[0], dtype=bool)
+    return np.asarray(unmeasured[:, vital].all(axis=1), dtype=bool)
 
 
 def _hourly_grid(
@@ -400,21 +453,52 @@ def fill_series(observed: F64, before: F64, median: F64) -> F64:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def run_preprocess(store: RunStore, query_ref: str | None, config: Config, *, spec: FeatureSpec | None = None) -> Run:
-    """Build the FeatureMatrix of a query run (``query_ref`` or the latest) and store it as a features run."""
-    spec = spec or load_feature_spec()
+def run_preprocess(store: RunStore, query_ref: str | None, config: Config) -> Run:
+    """Build the FeatureMatrix of a query run (``query_ref`` or the latest) and store it as a features run.
+
+    The feature definitions are those the query run was made with (see :func:`query_definitions`);
+    they are stored in the features run's summary too.
+    """
     parent = store.resolve(query_ref, "query")
+    definitions = query_definitions(parent, config.cohort.features_file)
+    spec = definitions.to_spec()
     tables = QueryTables.from_run(parent, spec)
+    summary = parent.manifest.summary
+    recorded_start = summary.window_start if isinstance(summary, QuerySummary) else None
     matrix, report = build_feature_matrix(
         tables,
         spec,
         config=config.preprocess,
         window_hours=config.cohort.window_hours,
         lookback_hours=config.cohort.lookback_hours,
+        window_start=recorded_start or WINDOW_START_UNRECORDED,
     )
     with store.create("features", parents=[parent.id], config=config_as_dict(config)) as writer:
         artifacts.save_features(writer.path, matrix)
-        writer.summary = report.summary(matrix)
+        writer.summary = report.summary(matrix, features=definitions)
         run = writer.commit()
     log.info("features run %s: %d samples from %d admissions", run.id, matrix.n_samples, len(tables.admissions))
     return run
+
+
+def query_definitions(query: Run, features_file: str = "") -> FeatureDefinitions:
+    """The feature definitions a query run's data were made with.
+
+    Those stored in the run; for a run made before they were stored, ``features_file`` (default: the
+    shipped features.toml). A ``features_file`` that differs from the stored definitions is a
+    :class:`FeatureSpecError`: the data cannot be read with other definitions than their own.
+    """
+    summary = query.manifest.summary
+    recorded = summary.features if isinstance(summary, QuerySummary) else None
+    if recorded is None:
+        return read_feature_definitions(features_file)
+    if features_file:
+        given = read_feature_definitions(features_file)
+        if given.sha256 != recorded.sha256:
+            raise FeatureSpecError(
+                f"query run {query.id} was made with the feature definitions of {recorded.name} "
+                f"(sha256 {recorded.sha256[:12]}), not {given.name} ({given.sha256[:12]}); preprocessing uses "
+                f"the definitions the data were made with: drop --features, or re-run `lstm-adv query --features "
+                f"{given.name}`"
+            )
+    return recorded

@@ -39,8 +39,8 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(user)
     assert str(info.value) == (
-        f"{user}: unknown key 'cohort.window_hour'; known keys here: lookback_hours, min_age_years, "
-        "min_hospital_los_days, min_icu_los_days, window_hours"
+        f"{user}: unknown key 'cohort.window_hour'; known keys here: features_file, lookback_hours, min_age_years, "
+        "min_hospital_los_days, min_icu_los_days, window_hours, window_start"
     )
 
 
@@ -137,3 +137,19 @@ def test_pgd_placeholders_are_explicit_values() -> None:
     assert config.pgd.target_class == 0
     assert load_config().pgd.step_size == "auto"
     assert load_config().pgd.target_class is None
+
+
+def test_window_start_and_the_new_data_settings_are_checked_at_load() -> None:
+    """cohort.window_start is "all" by default or "included"; other values and wrong types are named."""
+    assert load_config().cohort.window_start == "all"
+    assert load_config(overrides={"cohort.window_start": "included"}).cohort.window_start == "included"
+    assert load_config().preprocess.drop_unmeasured_vitals is False
+    assert load_config().cohort.features_file == ""
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides={"cohort.window_start": "first"})
+    assert str(info.value) == "configuration: key 'cohort.window_start' must be one of all, included; got 'first'"
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides={"preprocess.drop_unmeasured_vitals": "yes"})
+    assert str(info.value) == (
+        "configuration: key 'preprocess.drop_unmeasured_vitals' must be true or false, got 'yes'"
+    )

@@ -12,7 +12,7 @@ from psycopg import conninfo, sql
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
-from lstm_adv.database.connection import check_tables, connect, describe_source, redact_dsn
+from lstm_adv.database.connection import connect, describe_source, redact_dsn
 from lstm_adv.database.server import ServerInfo
 from lstm_adv.domain.errors import DatabaseError
 
@@ -89,37 +89,6 @@ def test_unknown_database_is_named(pg_server: ServerInfo) -> None:
         connect(conninfo.make_conninfo(pg_server.dsn, dbname="no_such_db"))
     assert str(caught.value) == (
         f"database 'no_such_db' does not exist at 127.0.0.1:{pg_server.port}; check the database name in the DSN"
-    )
-
-
-@pytest.mark.db
-def test_missing_schema_is_named(pg_server: ServerInfo) -> None:
-    """check_tables names a missing schema, the database and the way to load the demo."""
-    with connect(pg_server.dsn) as conn, pytest.raises(DatabaseError) as caught:
-        check_tables(conn, "no_such_schema", ["patients"])
-    assert str(caught.value) == (
-        f"schema 'no_such_schema' does not exist in database postgres at 127.0.0.1:{pg_server.port}; "
-        "load it with `lstm-adv db load-demo`"
-    )
-
-
-@pytest.mark.db
-def test_missing_tables_are_named(pg_server: ServerInfo) -> None:
-    """check_tables names each missing table with its schema, and passes when all are present."""
-    with connect(pg_server.dsn, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS partial CASCADE")
-        conn.execute("CREATE SCHEMA partial")
-        conn.execute("CREATE TABLE partial.patients (subject_id INT)")
-        check_tables(conn, "partial", ["patients"])
-        with pytest.raises(DatabaseError) as one:
-            check_tables(conn, "partial", ["patients", "chartevents"])
-        with pytest.raises(DatabaseError) as two:
-            check_tables(conn, "partial", ["chartevents", "labevents"])
-        conn.execute("DROP SCHEMA partial CASCADE")
-    where = f"database postgres at 127.0.0.1:{pg_server.port}"
-    assert str(one.value) == f"table partial.chartevents is missing in {where}; load it with `lstm-adv db load-demo`"
-    assert str(two.value) == (
-        f"tables partial.chartevents, partial.labevents are missing in {where}; load them with `lstm-adv db load-demo`"
     )
 
 

@@ -19,7 +19,7 @@ from lstm_adv.database.demo import demo_data_dir, demo_files, load_demo, verify_
 from lstm_adv.database.loader import CsvChunks, load_tables
 from lstm_adv.database.server import ServerInfo
 from lstm_adv.domain.errors import DatabaseError, DataError
-from lstm_adv.resources import load_feature_spec
+from lstm_adv.resources import SHIPPED_FEATURES, read_feature_definitions
 
 TABLES = ("patients", "admissions", "icustays", "chartevents", "labevents", "d_items", "d_labitems")
 
@@ -51,10 +51,11 @@ def test_manifest_matches_the_shipped_files() -> None:
 
 
 def test_event_subsets_hold_only_feature_itemids() -> None:
-    """chartevents keeps only vital-sign itemids and labevents only lab/blood-gas itemids, each of them present."""
-    spec = load_feature_spec()
-    vital = {i for f in spec.by_source("vital") for i in f.all_itemids}
-    lab = {i for f in spec.features if f.source != "vital" for i in f.all_itemids}
+    """chartevents keeps only vital-sign itemids and labevents only the lab/blood-gas itemids of the shipped
+    definitions (features.toml and features_serum.toml), each of them present."""
+    specs = [read_feature_definitions(name).to_spec() for name in SHIPPED_FEATURES]
+    vital = {i for spec in specs for f in spec.by_source("vital") for i in f.all_itemids}
+    lab = {i for spec in specs for f in spec.features if f.source != "vital" for i in f.all_itemids}
     chart = set(pd.read_csv(demo_data_dir() / "CHARTEVENTS.csv.gz", usecols=["itemid"])["itemid"])
     labs = set(pd.read_csv(demo_data_dir() / "LABEVENTS.csv.gz", usecols=["itemid"])["itemid"])
     assert chart <= vital

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
-from lstm_adv.domain.errors import FeatureSpecError
-from lstm_adv.domain.features import FeatureSpec
-from lstm_adv.resources import load_feature_spec, resource
+from lstm_adv.domain.errors import FeatureSpecError, ValidationError
+from lstm_adv.domain.features import FeatureDefinitions, FeatureSpec
+from lstm_adv.resources import load_feature_spec, read_feature_definitions, resource
+from lstm_adv.results.converter import structure, unstructure
 
 EXPECTED = (
     "potassium",
@@ -63,7 +67,7 @@ def test_wrong_count_is_rejected() -> None:
     cut = text[: text.rindex("[[feature]]")]
     with pytest.raises(FeatureSpecError) as info:
         FeatureSpec.from_toml(cut, origin="f.toml")
-    assert str(info.value) == "FeatureSpec must define 19 features, got 18"
+    assert str(info.value) == "f.toml: defines 18 features; the model needs exactly 19 [[feature]] tables"
 
 
 def test_duplicate_itemid_is_rejected() -> None:
@@ -71,7 +75,10 @@ def test_duplicate_itemid_is_rejected() -> None:
     text = _text().replace("itemids = [50808]", "itemids = [50822]")
     with pytest.raises(FeatureSpecError) as info:
         FeatureSpec.from_toml(text, origin="f.toml")
-    assert str(info.value) == "FeatureSpec itemid 50822 is used by both 'potassium' and 'calcium'"
+    assert str(info.value) == (
+        "f.toml: feature #2 ('calcium'): itemid 50822 already feeds feature #1 ('potassium'); "
+        "an itemid may feed one feature only"
+    )
 
 
 def test_unknown_key_and_bad_types_are_named() -> None:
@@ -91,3 +98,61 @@ def test_invalid_range_and_toml() -> None:
         FeatureSpec.from_toml(bad_range)
     with pytest.raises(FeatureSpecError, match=r"not valid TOML"):
         FeatureSpec.from_toml("[[feature]\n")
+
+
+USER_FILE_ERRORS = [
+    (
+        "unknown itemid type",
+        ('source = "bloodgas"', 'source = "serum"'),
+        "my.toml: feature #1 ('potassium'): source must be one of bloodgas (labevents), lab (labevents), "
+        "vital (chartevents), got 'serum'",
+    ),
+    (
+        "duplicate feature name",
+        ('name = "ph"', 'name = "calcium"'),
+        "my.toml: feature #3 ('calcium'): name is already used by feature #2; give each feature its own name",
+    ),
+    (
+        "empty itemid list",
+        ("itemids = [50820]", "itemids = []"),
+        "my.toml: feature #3 ('ph'): itemids is empty; list at least one itemid",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "message"), USER_FILE_ERRORS, ids=[e[0] for e in USER_FILE_ERRORS])
+def test_a_user_file_is_validated_at_load_with_one_line_naming_feature_and_field(
+    tmp_path: Path, case: str, edit: tuple[str, str], message: str
+) -> None:
+    """A user's features file with a common mistake fails at load with one line naming the file, feature and field."""
+    path = tmp_path / "my.toml"
+    path.write_text(_text().replace(*edit, 1), encoding="utf-8")
+    with pytest.raises(FeatureSpecError) as info:
+        read_feature_definitions(str(path))
+    assert str(info.value) == message.replace("my.toml", str(path))
+
+
+def test_definitions_keep_name_text_and_checksum(tmp_path: Path) -> None:
+    """A user file is kept whole with its SHA-256; the shipped files are found by name; a bad path is one line."""
+    path = tmp_path / "mine.toml"
+    path.write_text(_text(), encoding="utf-8")
+    mine = read_feature_definitions(path)
+    assert (mine.name, mine.text) == (str(path), _text())
+    assert mine.sha256 == hashlib.sha256(_text().encode()).hexdigest()
+    assert mine.to_spec() == load_feature_spec()
+    assert read_feature_definitions() == read_feature_definitions("features.toml")
+    assert read_feature_definitions("features_serum.toml").to_spec().features[0].itemids == (50971, 50822)
+    with pytest.raises(FeatureSpecError) as info:
+        read_feature_definitions(tmp_path / "none.toml")
+    assert str(info.value) == (
+        f"features file {tmp_path / 'none.toml'} does not exist; give the path of a TOML file in the format of "
+        "lstm_adv/resources/features.toml, or a shipped one: features.toml, features_serum.toml"
+    )
+
+
+def test_stored_definitions_round_trip_and_refuse_altered_text() -> None:
+    """Definitions survive the manifest converter; text that no longer matches its SHA-256 is refused."""
+    definitions = read_feature_definitions("features_serum.toml")
+    assert structure(unstructure(definitions), FeatureDefinitions) == definitions
+    with pytest.raises(ValidationError, match=r"the stored text does not match its SHA-256"):
+        FeatureDefinitions(name="x.toml", sha256=definitions.sha256, text=definitions.text + "# edited\n")

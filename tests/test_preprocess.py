@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from lstm_adv.cli import app
 from lstm_adv.config import PreprocessConfig
-from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
+from lstm_adv.domain.errors import ConfigError, DataError, FeatureSpecError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.preprocess import build_feature_matrix, fill_series, run_preprocess
 from lstm_adv.query import QueryTables
@@ -259,6 +260,87 @@ def test_fill_interpolates_carries_forward_and_fills_the_start() -> None:
     assert (filled[2] == 7.0).all()
 
 
+def _without_vitals_frames(seed: int) -> tuple[Frames, list[int]]:
+    """Query tables where three admissions that pass the window rule lost every vital-sign row.
+
+    They keep a lab measurement in hour 0 and hour 47, so the window rule still keeps them.
+    """
+    admissions, tables = make_query_tables(seed, 40, 30)
+    chosen = admissions["hadm_id"].iloc[:3].tolist()
+    vitals = tables["vitals"]
+    starts = admissions.set_index("hadm_id")["window_start"]
+    labs = pd.DataFrame(
+        {
+            "hadm_id": np.repeat(chosen, 2),
+            "charttime": np.repeat(starts.loc[chosen].to_numpy(), 2)
+            + np.tile(np.array([30, 47 * 60 + 30]), 3).astype("timedelta64[m]"),
+            "feature": "sodium",
+            "value": 140.0,
+        }
+    )
+    tables = {
+        **tables,
+        "vitals": vitals[~vitals["hadm_id"].isin(chosen)].reset_index(drop=True),
+        "labs": pd.concat([tables["labs"], labs], ignore_index=True),
+    }
+    return (admissions, tables), chosen
+
+
+def _independent_coverage(frames: Frames, kept: np.ndarray) -> tuple[np.ndarray, list[int], int]:
+    """Measured share of cells, never-measured samples per feature, samples without vitals: with pandas."""
+    admissions, tables = frames
+    rows = pd.concat(tables.values(), ignore_index=True)
+    rows = rows[rows["hadm_id"].isin(kept)]
+    start = rows["hadm_id"].map(admissions.set_index("hadm_id")["window_start"])
+    rows = rows.assign(hour=np.floor((rows["charttime"] - start) / pd.Timedelta(hours=1)))
+    window = rows[(rows["hour"] >= 0) & (rows["hour"] < 48)]
+    cells = window.drop_duplicates(["hadm_id", "hour", "feature"]).groupby("feature").size()
+    measured = (cells.reindex(PREPROCESS_NAMES).fillna(0) / (len(kept) * 48)).to_numpy()
+    seen = rows[(rows["hour"] >= -24) & (rows["hour"] < 48)][["hadm_id", "feature"]].drop_duplicates()
+    never = [len(kept) - int((seen["feature"] == name).sum()) for name in PREPROCESS_NAMES]
+    vital_names = [f.name for f in SPEC.by_source("vital")]
+    with_vitals = seen.loc[seen["feature"].isin(vital_names), "hadm_id"].nunique()
+    return measured, never, len(kept) - with_vitals
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_coverage_counts_match_an_independent_computation(seed: int) -> None:
+    """Measured share per feature, never-measured samples per feature and samples without vitals equal pandas'."""
+    frames, chosen = _without_vitals_frames(seed)
+    qt = QueryTables.from_frames(*frames, SPEC, origin="t")
+    matrix, report = build_feature_matrix(qt, SPEC, config=CONFIG)
+    summary = report.summary(matrix)
+    measured, never, without = _independent_coverage(frames, matrix.hadm_ids)
+    assert set(chosen) <= set(matrix.hadm_ids.tolist())
+    assert summary.coverage is not None
+    np.testing.assert_allclose([summary.coverage[n].measured_fraction for n in PREPROCESS_NAMES], measured)
+    assert [summary.coverage[n].unmeasured_samples for n in PREPROCESS_NAMES] == never
+    assert summary.samples_without_vitals == without >= 3
+
+
+def test_unmeasured_vitals_are_dropped_as_a_counted_step_when_asked() -> None:
+    """With drop_unmeasured_vitals the samples without vitals leave the matrix in a flow step of their own."""
+    frames, chosen = _without_vitals_frames(0)
+    qt = QueryTables.from_frames(*frames, SPEC, origin="t")
+    kept_matrix, kept_report = build_feature_matrix(qt, SPEC, config=CONFIG)
+    config = attrs.evolve(CONFIG, drop_unmeasured_vitals=True)
+    matrix, report = build_feature_matrix(qt, SPEC, config=config)
+    flow = dict(report.flow)
+    assert list(flow)[:6] == [
+        "admissions in",
+        "dropped: no measurement in the window",
+        "dropped: first measurement after hour 3",
+        "dropped: last measurement before hour 46",
+        "dropped: no vital sign measured (window or look-back)",
+        "samples out",
+    ]
+    assert flow["dropped: no vital sign measured (window or look-back)"] == kept_report.samples_without_vitals
+    assert flow["samples out"] == matrix.n_samples == kept_matrix.n_samples - kept_report.samples_without_vitals
+    assert not set(chosen) & set(matrix.hadm_ids.tolist())
+    assert report.samples_without_vitals == 0
+    assert report.window_rule.endswith(", and >= 1 vital-sign measurement in the window or its look-back")
+
+
 # --- the run and bad input ----------------------------------------------------------------------------
 
 
@@ -469,3 +551,62 @@ def test_demo_counts_match_an_independent_computation(request: pytest.FixtureReq
     assert dict(zip(matrix.hadm_ids.tolist(), matrix.labels.tolist(), strict=True)) == labels
     for code, name in enumerate(("train", "validation", "test")):
         assert got[f"positives in {name}"] == int(matrix.labels[matrix.split == code].sum())
+
+
+@pytest.mark.db
+@pytest.mark.slow
+def test_demo_coverage_matches_an_independent_computation_under_both_shipped_definitions(
+    demo_dsn: str, tmp_path: Path
+) -> None:
+    """On the demo, each definition's coverage counts equal pandas' over its query tables; serum potassium is
+    measured far more often; the admission without chart data is counted without vitals."""
+    from lstm_adv.query import run_cohort_query
+
+    store = RunStore(tmp_path / "runs")
+    measured = {}
+    for name in ("features.toml", "features_serum.toml"):
+        config = load_config(overrides={"cohort.features_file": name})
+        query = run_cohort_query(demo_dsn, schema="mimiciii", config=config, store=store)
+        run = run_preprocess(store, str(query.id), config)
+        summary, matrix = run.manifest.summary, FeatureMatrix.from_npz(run.file("features.npz"))
+        frames = (
+            pd.read_parquet(query.file("admissions.parquet")),
+            {t: pd.read_parquet(query.file(f"{t}.parquet")) for t in ("vitals", "labs", "bloodgas")},
+        )
+        expected, never, without = _independent_coverage(frames, matrix.hadm_ids)
+        assert summary.features.name == name
+        np.testing.assert_allclose([summary.coverage[n].measured_fraction for n in PREPROCESS_NAMES], expected)
+        assert [summary.coverage[n].unmeasured_samples for n in PREPROCESS_NAMES] == never
+        assert summary.samples_without_vitals == without >= 1
+        assert 193924 in matrix.hadm_ids.tolist()
+        measured[name] = summary.coverage
+    assert measured["features_serum.toml"]["potassium"].measured_fraction > 2 * (
+        measured["features.toml"]["potassium"].measured_fraction
+    )
+    assert measured["features_serum.toml"]["heartrate"] == measured["features.toml"]["heartrate"]
+
+
+def test_preprocess_refuses_definitions_other_than_the_query_runs(store: RunStore, tmp_path: Path) -> None:
+    """A features file that differs from the one the query run stored is one line naming both; no run is written."""
+    from lstm_adv.resources import read_feature_definitions
+    from lstm_adv.results.summaries import QuerySummary
+
+    admissions, tables = make_query_tables(6, 20, 15)
+    shipped = read_feature_definitions()
+    with store.create("query") as writer:
+        admissions.to_parquet(writer.file("admissions.parquet"))
+        for name, table in tables.items():
+            table.to_parquet(writer.file(f"{name}.parquet"))
+        writer.summary = QuerySummary(flow=(), tables={}, schema="s", source="x", features=shipped)
+        parent = writer.commit()
+    serum = read_feature_definitions("features_serum.toml")
+    with pytest.raises(FeatureSpecError) as info:
+        run_preprocess(store, str(parent.id), load_config(overrides={"cohort.features_file": "features_serum.toml"}))
+    assert str(info.value) == (
+        f"query run {parent.id} was made with the feature definitions of features.toml (sha256 "
+        f"{shipped.sha256[:12]}), not features_serum.toml ({serum.sha256[:12]}); preprocessing uses the definitions "
+        "the data were made with: drop --features, or re-run `lstm-adv query --features features_serum.toml`"
+    )
+    assert store.list("features") == []
+    run = run_preprocess(store, str(parent.id), load_config(overrides={"preprocess.n_folds": 2}))
+    assert run.manifest.summary.features == shipped

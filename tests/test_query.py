@@ -7,6 +7,7 @@ following the published feature table directly (itemids and ranges are restated 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,6 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
-from lstm_adv.domain.errors import DatabaseError
 from lstm_adv.query import run_cohort_query
 from lstm_adv.resources import resource
 from lstm_adv.results.artifacts import read_stays
@@ -416,44 +416,6 @@ def test_event_rows_lie_in_the_configured_window(demo_dsn: str, tmp_path: Path) 
         assert (events["charttime"] < start + 12 * HOUR).all(), name
 
 
-def test_a_missing_schema_is_named_and_no_run_is_written(demo_dsn: str, tmp_path: Path) -> None:
-    """A schema that does not exist is a DatabaseError naming it; the store stays empty."""
-    store = RunStore(tmp_path)
-    with psycopg.connect(demo_dsn) as conn:
-        where = f"database {conn.info.dbname} at {conn.info.host}:{conn.info.port}"
-        with pytest.raises(DatabaseError) as caught:
-            run_cohort_query(conn, schema="no_such_schema", config=load_config(), store=store)
-    assert str(caught.value) == (
-        f"schema 'no_such_schema' does not exist in {where}; load it with `lstm-adv db load-demo`"
-    )
-    assert store.list("query") == []
-
-
-def test_missing_tables_are_named_and_no_run_is_written(demo_dsn: str, tmp_path: Path) -> None:
-    """A schema lacking chartevents and labevents is a DatabaseError naming both; the store stays empty."""
-    schema = f"partial_{uuid.uuid4().hex[:8]}"
-    store = RunStore(tmp_path)
-    with psycopg.connect(demo_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        try:
-            for table in ("patients", "admissions", "icustays"):
-                conn.execute(
-                    sql.SQL("CREATE TABLE {}.{} (LIKE mimiciii.{})").format(
-                        sql.Identifier(schema), sql.Identifier(table), sql.Identifier(table)
-                    )
-                )
-            where = f"database {conn.info.dbname} at {conn.info.host}:{conn.info.port}"
-            with pytest.raises(DatabaseError) as caught:
-                run_cohort_query(conn, schema=schema, config=load_config(), store=store)
-        finally:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-    assert str(caught.value) == (
-        f"tables {schema}.chartevents, {schema}.labevents are missing in {where}; "
-        "load them with `lstm-adv db load-demo`"
-    )
-    assert store.list("query") == []
-
-
 def test_cli_query_writes_a_run_and_never_shows_the_password(demo_dsn: str, tmp_path: Path) -> None:
     """`lstm-adv query --dsn …` prints the flow and the new run id; a password in the DSN is not echoed or stored."""
     passfile = Path(str(psycopg.conninfo.conninfo_to_dict(demo_dsn)["passfile"]))
@@ -476,3 +438,14 @@ def test_cli_query_reports_a_missing_schema_in_one_line(demo_dsn: str, tmp_path:
     assert "schema 'nope' does not exist" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists() or RunStore(tmp_path / "runs").list("query") == []
+
+
+def test_summary_records_the_feature_definitions_and_the_window_start(query_run: Run) -> None:
+    """The query run stores the text and SHA-256 of the definitions it read, and where each window starts."""
+    summary = query_run.manifest.summary
+    shipped = resource("features.toml").read_text(encoding="utf-8")
+    assert summary.features.name == "features.toml"
+    assert summary.features.text == shipped
+    assert summary.features.sha256 == hashlib.sha256(shipped.encode()).hexdigest()
+    assert summary.window_start == "the earliest ICU intime of the admission (among all its ICU stays)"
+    assert query_run.manifest.config["cohort"]["window_start"] == "all"

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,7 +22,7 @@ from lstm_adv.cli import app
 from lstm_adv.domain.errors import DataError, ReportError, RunKindError
 from lstm_adv.preprocess import run_preprocess
 from lstm_adv.reports import DOCUMENTS, document_for, find_reports_dir, render_document, render_report, report_files
-from lstm_adv.resources import load_feature_spec
+from lstm_adv.resources import load_feature_spec, read_feature_definitions
 from lstm_adv.results import api
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
@@ -210,6 +211,42 @@ def test_missingness_has_every_feature_in_model_order(workspace: tuple[Path, Run
         assert frame["missing"].between(0, 1).all()
 
 
+def test_coverage_gives_measured_shares_and_never_measured_counts(workspace: tuple[Path, RunStore, Run, Run]) -> None:
+    """A features run's coverage restates its summary in model order; a query run's counts admissions without rows."""
+    _home, _store, query, features = workspace
+    frame = api.coverage(features)
+    summary = features.manifest.summary
+    assert tuple(frame["feature"]) == load_feature_spec().names
+    assert frame["measured"].tolist() == [summary.coverage[n].measured_fraction for n in frame["feature"]]
+    assert frame["never measured"].tolist() == [summary.coverage[n].unmeasured_samples for n in frame["feature"]]
+    assert api.samples_without_vitals(features) == summary.samples_without_vitals
+    rows = pd.concat(pd.read_parquet(query.file(f"{t}.parquet")) for t in ("vitals", "labs", "bloodgas"))
+    n_admissions = len(pd.read_parquet(query.file("admissions.parquet")))
+    measured_in = rows.drop_duplicates(["hadm_id", "feature"]).groupby("feature").size()
+    expected = [n_admissions - int(measured_in.get(name, 0)) for name in load_feature_spec().names]
+    by_query = api.coverage(query)
+    assert by_query["never measured"].tolist() == expected
+    assert by_query["measured"].isna().all()
+
+
+def test_reports_use_the_definitions_the_data_were_made_with(workspace: tuple[Path, RunStore, Run, Run]) -> None:
+    """A query run made with features_serum.toml is described with its definitions (potassium from lab tests)."""
+    _home, store, query, _features = workspace
+    serum = read_feature_definitions("features_serum.toml")
+    with store.create("query", config={}) as writer:
+        for name in ("stays", "admissions", "vitals", "labs", "bloodgas"):
+            writer.file(f"{name}.parquet").write_bytes(query.file(f"{name}.parquet").read_bytes())
+        writer.summary = attrs.evolve(query.manifest.summary, features=serum, window_start="the start")
+    run = writer.committed
+    assert run is not None
+    sources = dict(zip(api.coverage(run)["feature"], api.coverage(run)["source"], strict=True))
+    assert (sources["potassium"], sources["calcium"]) == ("lab", "bloodgas")
+    assert api.missingness(run)["source"].tolist() == list(sources.values())
+    assert api.feature_definitions_used(run)["value"].tolist() == ["features_serum.toml", serum.sha256]
+    assert api.window_start_rule(run) == "the start"
+    assert api.window_start_rule(query).endswith("(not recorded by this older run)")
+
+
 def test_api_frames_carry_no_identifier_columns(workspace: tuple[Path, RunStore, Run, Run]) -> None:
     """No frame of the results API has an id or time column or holds a cohort id."""
     _home, _store, query, features = workspace
@@ -221,6 +258,8 @@ def test_api_frames_carry_no_identifier_columns(workspace: tuple[Path, RunStore,
             api.missingness(run),
             api.measurement_counts(run),
             api.run_overview(run),
+            api.coverage(run),
+            api.feature_definitions_used(run),
         ):
             assert not leaked(frame.to_csv(), ids)
 
@@ -286,6 +325,9 @@ def test_report_html_is_self_contained_with_figures(rendered: dict[str, Run], ki
     assert re.search(r'<a href="#fig-missing"[^>]*>Figure 3</a>', html)
     assert "Figure 3: Missing share per feature" in html
     assert "import matplotlib" not in html  # code hidden by default
+    assert '<a href="#tbl-coverage"' in html
+    if kind == "features":
+        assert "have no vital sign measured at all" in html
 
 
 @pytest.mark.slow

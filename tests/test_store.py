@@ -61,7 +61,7 @@ def test_a_summary_of_an_older_version_fails_with_one_line_naming_the_run(tmp_pa
         store.get(str(run_id))
     assert str(info.value) == (
         f"run {run_id} was written by another version of lstm-adv (its summary does not fit: unknown key 'rows'; "
-        "known keys here: flow, schema, source, tables); re-run its stage to use it"
+        "known keys here: features, flow, schema, source, tables, window_start); re-run its stage to use it"
     )
 
 

@@ -26,13 +26,42 @@ def preprocess(
     folds: Annotated[
         int | None, typer.Option("--folds", help="Cross-validation folds over train+validation [default: 5].")
     ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            "--features",
+            help=(
+                "Feature definitions file to check the query run against (it must be the one the query used). "
+                "Only needed for query runs made before the definitions were stored in the run. "
+                "[default: the query run's own definitions]"
+            ),
+        ),
+    ] = None,
+    drop_unmeasured_vitals: Annotated[
+        bool | None,
+        typer.Option(
+            "--drop-unmeasured-vitals/--keep-unmeasured-vitals",
+            help=(
+                "Drop samples with no vital sign measured in the window or its look-back (their vitals would be the "
+                "training median throughout). [default: preprocess.drop_unmeasured_vitals, i.e. keep]"
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Bin, filter, split, fill and scale a query run's measurements into a (N, 48, 19) FeatureMatrix.
 
-    Prints the new features run id; `lstm-adv runs show <id>` shows its shape, class balance and missingness.
+    Prints the new features run id; `lstm-adv runs show <id>` shows its shape, class balance, missingness and
+    how much of each feature was measured rather than filled.
     """
     cli = state(ctx)
-    config = cli.config({"preprocess.seed": seed, "preprocess.n_folds": folds})
+    config = cli.config(
+        {
+            "preprocess.seed": seed,
+            "preprocess.n_folds": folds,
+            "preprocess.drop_unmeasured_vitals": drop_unmeasured_vitals,
+            "cohort.features_file": features,
+        }
+    )
     with console.status("preprocessing…"):
         run = run_preprocess(cli.workspace().store, data, config)
     console.print(str(run.id))
@@ -40,7 +69,7 @@ def preprocess(
 
 @register("features")
 def render_features(run: Run, out: Console) -> None:
-    """Shape, class balance per split, the filter counts and missingness per feature."""
+    """Shape, class balance per split, the filter counts, and per feature the measured share and unmeasured samples."""
     s = run.summary_as(FeaturesSummary)
     out.print(f"shape   {s.shape}   folds {s.n_folds}")
     out.print(f"window rule: {s.window_rule}")
@@ -53,7 +82,26 @@ def render_features(run: Run, out: Console) -> None:
         share = counts.positives / counts.samples if counts.samples else 0.0
         splits.add_row(name, str(counts.samples), str(counts.positives), f"{share:.1%}", str(counts.subjects))
     out.print(splits)
-    missing = Table("feature", "hours without a measurement", title="missingness in the window")
-    for name, share in s.missingness.items():
-        missing.add_row(name, f"{share:.1%}")
-    out.print(missing)
+    if s.coverage is None:  # a run made before coverage was recorded
+        missing = Table("feature", "hours without a measurement", title="missingness in the window")
+        for name, share in s.missingness.items():
+            missing.add_row(name, f"{share:.1%}")
+        out.print(missing)
+        return
+    coverage = Table(
+        "feature", "cells measured", "samples never measured", title=f"measured vs filled ({s.shape[0]} samples)"
+    )
+    # the manifest stores mappings sorted by key; the definitions give the model order
+    names = s.features.to_spec().names if s.features is not None else tuple(s.coverage)
+    for name in names:
+        c = s.coverage[name]
+        coverage.add_row(name, f"{c.measured_fraction:.1%}", str(c.unmeasured_samples))
+    out.print(coverage)
+    out.print(
+        "cells measured: hours of the window holding a measurement; never measured: no measurement in the window "
+        "or its look-back, so all 48 hours are the training median",
+        highlight=False,
+    )
+    out.print(f"samples with no vital sign measured: {s.samples_without_vitals}", highlight=False)
+    if s.features is not None:
+        out.print(f"features  {s.features.name} (sha256 {s.features.sha256[:12]})", highlight=False)

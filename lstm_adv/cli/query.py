@@ -29,14 +29,26 @@ def query(
     schema: Annotated[
         str | None, typer.Option(help="Schema holding the MIMIC-III tables. [default: database.schema, mimiciii]")
     ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            "--features",
+            help=(
+                "Feature definitions: a TOML file in the format of lstm_adv/resources/features.toml, or a shipped "
+                "one by name (features_serum.toml: potassium and glucose from serum and blood gas). Stored in the "
+                "run. [default: cohort.features_file, i.e. the shipped features.toml]"
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Select the cohort and its 19 input series with the SQL in `sql/`, and store them as a query run.
 
     Writes stays, admissions, vitals, labs and bloodgas as Parquet; the run id is printed at the end.
-    Pass the id (or nothing, for the latest) to `lstm-adv preprocess`.
+    Pass the id (or nothing, for the latest) to `lstm-adv preprocess`. Needs only CONNECT, USAGE and
+    SELECT on the MIMIC-III tables: nothing is written to the database.
     """
     cli = state(ctx)
-    config = cli.config({"database.schema": schema} if schema else None)
+    config = cli.config({"database.schema": schema, "cohort.features_file": features})
     dsn, source = cli.database(dsn, config)
     with console.status("querying") as status:
         run = run_cohort_query(
@@ -56,6 +68,10 @@ def render_query_summary(run: Run, out: Console) -> None:
     """Print the cohort flow (rows left after each rule) and the row count of each stored table."""
     s = run.summary_as(QuerySummary)
     out.print(f"source  {s.source}, schema {s.schema}", highlight=False)
+    if s.window_start is not None:
+        out.print(f"window  starts at {s.window_start}", highlight=False)
+    if s.features is not None:
+        out.print(f"features  {s.features.name} (sha256 {s.features.sha256[:12]})", highlight=False)
     flow = Table("cohort step", "count")
     for step in s.flow:
         flow.add_row(step.step, f"{step.count:,}")

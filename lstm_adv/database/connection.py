@@ -6,7 +6,6 @@ import getpass
 import os
 import re
 import urllib.parse
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -78,7 +77,18 @@ def _explain(text: str, target: Target, timeout_s: int) -> str:
         return f"database '{target.dbname}' does not exist at {target.where}; check the database name in the DSN"
     if re.search(r'role ".*" does not exist', lowered):
         return f"user '{target.user}' does not exist at {target.where}; check the user name in the DSN"
+    if re.search(r'permission denied for database ".*"', lowered):
+        return (
+            f"user '{target.user}' lacks privileges on database {target.dbname} at {target.where}: CONNECT on "
+            f"database {target.dbname}; ask the database's owner to run "
+            f"GRANT CONNECT ON DATABASE {_quoted(target.dbname)} TO {_quoted(target.user)}"
+        )
     return f"cannot connect to PostgreSQL at {target.where} within {timeout_s}s ({_reason(text)}); {EMBEDDED_HINT}"
+
+
+def _quoted(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _reason(text: str) -> str:
@@ -106,26 +116,6 @@ def describe_source(dsn: str) -> str:
     """The canonical, password-free description of a DSN: ``postgresql://user@host:port/dbname``."""
     target = Target.from_dsn(dsn)
     return f"postgresql://{target.user}@{target.where}/{target.dbname}"
-
-
-def check_tables(conn: psycopg.Connection[Any], schema: str, tables: Sequence[str]) -> None:
-    """Raise :class:`DatabaseError` naming ``schema`` or the first tables of ``tables`` that are missing."""
-    where = f"database {conn.info.dbname} at {conn.info.host}:{conn.info.port}"
-    if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone() is None:
-        raise DatabaseError(f"schema '{schema}' does not exist in {where}; load it with `lstm-adv db load-demo`")
-    rows = conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
-        [schema],
-    ).fetchall()
-    present = {row[0] for row in rows}
-    missing = [f"{schema}.{name}" for name in tables if name not in present]
-    if len(missing) == 1:
-        raise DatabaseError(f"table {missing[0]} is missing in {where}; load it with `lstm-adv db load-demo`")
-    if missing:
-        raise DatabaseError(
-            f"tables {', '.join(missing)} are missing in {where}; load them with `lstm-adv db load-demo`"
-        )
 
 
 def _parse(dsn: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -9,12 +10,14 @@ from typing import Any, TypeVar
 
 import attrs
 
-from lstm_adv.domain.errors import FeatureSpecError
+from lstm_adv.domain.errors import FeatureSpecError, ValidationError
 from lstm_adv.domain.shapes import N_FEATURES
 
 T = TypeVar("T")
 
 SOURCES = ("bloodgas", "lab", "vital")
+# Which MIMIC-III table each source reads.
+SOURCE_TABLES = {"bloodgas": "labevents", "lab": "labevents", "vital": "chartevents"}
 
 _FEATURE_KEYS = {
     "name",
@@ -106,7 +109,9 @@ class FeatureSpec:
         entries = document.get("feature")
         if not isinstance(entries, list):
             raise FeatureSpecError(f"{origin}: expected a list of [[feature]] tables")
-        return cls(features=tuple(_feature_from_table(entry, i, origin) for i, entry in enumerate(entries)))
+        features = tuple(_feature_from_table(entry, i, origin) for i, entry in enumerate(entries))
+        _check_file(features, origin)
+        return cls(features=features)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -135,10 +140,8 @@ def _feature_from_table(entry: Mapping[str, Any], position: int, origin: str) ->
     missing = sorted({"name", "source", "unit", "itemids"} - set(entry))
     if missing:
         raise FeatureSpecError(f"{where} is missing key(s): {', '.join(missing)}")
-    for key in ("itemids", "fahrenheit_itemids"):
-        ids = entry.get(key, [])
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise FeatureSpecError(f"{where} ({entry.get('name')!r}): {key} must be a list of integers")
+    where = f"{where} ({entry.get('name')!r})"
+    _check_entry(entry, where)
     try:
         return Feature(
             name=_typed(entry, "name", str, where),
@@ -153,21 +156,94 @@ def _feature_from_table(entry: Mapping[str, Any], position: int, origin: str) ->
             fahrenheit_lower=_number(entry, "fahrenheit_lower", -math.inf, where),
             fahrenheit_upper=_number(entry, "fahrenheit_upper", math.inf, where),
         )
+    except FeatureSpecError as exc:  # the value's own rules (ranges, °F items): add the file
+        raise FeatureSpecError(f"{origin}: {exc}") from None
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, FeatureSpecError):
-            raise
-        raise FeatureSpecError(f"{where} ({entry.get('name')!r}) is invalid: {exc}") from None
+        raise FeatureSpecError(f"{where} is invalid: {exc}") from None
+
+
+def _check_entry(entry: Mapping[str, Any], where: str) -> None:
+    """The rules a user's file most often breaks, each named by its field: itemids, source."""
+    for key in ("itemids", "fahrenheit_itemids"):
+        ids = entry.get(key, [])
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise FeatureSpecError(f"{where}: {key} must be a list of integers")
+    if not entry["itemids"]:
+        raise FeatureSpecError(f"{where}: itemids is empty; list at least one itemid")
+    source = entry["source"]
+    if source not in SOURCES:
+        tables = ", ".join(f"{name} ({table})" for name, table in SOURCE_TABLES.items())
+        raise FeatureSpecError(f"{where}: source must be one of {tables}, got {source!r}")
+
+
+def _check_file(features: Sequence[Feature], origin: str) -> None:
+    """Rules across entries: 19 features, each name once, each itemid feeding one feature."""
+    if len(features) != N_FEATURES:
+        raise FeatureSpecError(
+            f"{origin}: defines {len(features)} features; the model needs exactly {N_FEATURES} [[feature]] tables"
+        )
+    names: dict[str, int] = {}
+    owners: dict[int, int] = {}
+    for position, feature in enumerate(features, start=1):
+        where = f"{origin}: feature #{position} ({feature.name!r})"
+        if feature.name in names:
+            raise FeatureSpecError(
+                f"{where}: name is already used by feature #{names[feature.name]}; give each feature its own name"
+            )
+        names[feature.name] = position
+        for itemid in feature.all_itemids:
+            if itemid in owners:
+                first = owners[itemid]
+                raise FeatureSpecError(
+                    f"{where}: itemid {itemid} already feeds feature #{first} ({features[first - 1].name!r}); "
+                    "an itemid may feed one feature only"
+                )
+            owners[itemid] = position
 
 
 def _typed(entry: Mapping[str, Any], key: str, kind: type[T], where: str, *, default: T | None = None) -> T:
     value = entry.get(key, default)
     if not isinstance(value, kind):
-        raise FeatureSpecError(f"{where} ({entry.get('name')!r}): {key} must be a {kind.__name__}, got {value!r}")
+        raise FeatureSpecError(f"{where}: {key} must be a {kind.__name__}, got {value!r}")
     return value
 
 
 def _number(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
     value = entry.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FeatureSpecError(f"{where} ({entry.get('name')!r}): {key} must be a number, got {value!r}")
+        raise FeatureSpecError(f"{where}: {key} must be a number, got {value!r}")
     return float(value)
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@attrs.frozen
+class FeatureDefinitions:
+    """A features file as a run stores it: its name, SHA-256 and whole text.
+
+    Runs keep the text itself, not a path, so that later stages and reports read the definitions
+    the data were made with even after the file changed or on another machine.
+    """
+
+    name: str
+    sha256: str
+    text: str = attrs.field(repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if _sha256_text(self.text) != self.sha256:
+            raise ValidationError(
+                f"FeatureDefinitions of {self.name}: the stored text does not match its SHA-256 {self.sha256[:12]}…; "
+                "the run was altered — re-run `lstm-adv query`"
+            )
+
+    @classmethod
+    def from_text(cls, text: str, *, name: str) -> FeatureDefinitions:
+        """Validate the TOML ``text`` of a features file (a :class:`FeatureSpecError` naming ``name``) and keep it."""
+        FeatureSpec.from_toml(text, origin=name)
+        return cls(name=name, sha256=_sha256_text(text), text=text)
+
+    def to_spec(self) -> FeatureSpec:
+        """The validated :class:`FeatureSpec` of the text."""
+        return FeatureSpec.from_toml(self.text, origin=self.name)

@@ -1,41 +1,67 @@
 """The query stage: run the cohort SQL (``sql/``) against MIMIC-III and store the results as a query run.
 
-Everything runs in one transaction on one connection: the ICU stays with their inclusion flags and
-the admission-level cohort become temporary tables; each result is then streamed to Parquet with
-``COPY … TO STDOUT`` (see :mod:`lstm_adv.database.export`), so memory stays bounded on full MIMIC-III.
+Nothing is written to the database, so a read-only account (CONNECT, USAGE, SELECT; no TEMP) is
+enough. The source is checked first (:mod:`lstm_adv.query.checks`). Each of the five results is then
+one self-contained SELECT: the relations it reads (``stays``, ``cohort``) come first as WITH queries
+(:func:`statement`), and it is streamed to Parquet with ``COPY … TO STDOUT`` (see
+:mod:`lstm_adv.database.export`), so memory stays bounded on full MIMIC-III. All of them run in one
+read-only transaction on one snapshot, so they agree with each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
 import attrs
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from lstm_adv.config import CohortConfig, Config
-from lstm_adv.database.connection import check_tables, connect, describe_source
+from lstm_adv.database.connection import connect, describe_source
 from lstm_adv.database.export import export_parquet
 from lstm_adv.domain.errors import DatabaseError
+from lstm_adv.domain.features import FeatureSpec
 from lstm_adv.domain.run_id import RunId
+from lstm_adv.query.checks import check_source, is_embedded
+from lstm_adv.query.parameters import cohort_params, item_params
+from lstm_adv.resources import read_feature_definitions
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore, RunWriter
 from lstm_adv.results.summaries import QuerySummary, Step
 
 log = logging.getLogger(__name__)
 
-SOURCE_TABLES = ("patients", "admissions", "icustays", "chartevents", "labevents")
-# (file in the run, temporary table, row order)
-TEMP_TABLES = (
-    ("stays.parquet", "stays", "subject_id, hadm_id, intime, icustay_id"),
-    ("admissions.parquet", "cohort", "subject_id, hadm_id"),
+EVENT_ORDER = "hadm_id, charttime, feature, value"
+
+
+@attrs.frozen
+class Export:
+    """One file of a query run: the ``sql/`` relation it holds, the source of its items, its row order."""
+
+    file: str
+    relation: str
+    source: str | None
+    order: str
+
+
+EXPORTS = (
+    Export("stays.parquet", "stays", None, "subject_id, hadm_id, intime, icustay_id"),
+    Export("admissions.parquet", "cohort", None, "subject_id, hadm_id"),
+    Export("vitals.parquet", "vitals", "vital", EVENT_ORDER),
+    Export("labs.parquet", "labs", "lab", EVENT_ORDER),
+    Export("bloodgas.parquet", "bloodgas", "bloodgas", EVENT_ORDER),
 )
-# (file in the run, sql/ file)
-EVENT_QUERIES = (("vitals.parquet", "vitals"), ("labs.parquet", "labs"), ("bloodgas.parquet", "bloodgas"))
-_MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1
+# The relations later files read, in dependency order; each reaches them as a WITH query.
+BASE_RELATIONS = ("stays", "cohort")
+WINDOW_START_RULES = {
+    "all": "the earliest ICU intime of the admission (among all its ICU stays)",
+    "included": "the earliest ICU intime among the admission's included stays",
+}
 
 Progress = Callable[[str], None]
 
@@ -45,9 +71,9 @@ def load_sql(name: str) -> str:
     return files("lstm_adv").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
 
 
-def cohort_params(cohort: CohortConfig) -> dict[str, Any]:
-    """The named parameters of the SQL files (``%(min_age_years)s`` …), from the cohort settings."""
-    return attrs.asdict(cohort)
+def window_start_rule(setting: str) -> str:
+    """Where the window starts under ``cohort.window_start``, in words (stored in the query run's summary)."""
+    return WINDOW_START_RULES[setting]
 
 
 def _describe_connection(conn: psycopg.Connection[Any]) -> str:
@@ -69,10 +95,13 @@ def run_cohort_query(
     """Run the cohort SQL in ``schema`` and store stays, admissions, vitals, labs, bloodgas as a query run.
 
     ``database`` is an open connection or a libpq URL (a password may come from PGPASSWORD or
-    ~/.pgpass). The schema and the MIMIC-III tables are checked first: a missing one is a
-    :class:`DatabaseError` naming it, and no run is written. ``source`` is recorded in the summary
-    (default: the server's address without password); ``progress`` is told each step as it starts.
+    ~/.pgpass). The feature definitions are ``cohort.features_file`` (default: the shipped
+    ``features.toml``); they are stored in the run's summary. The schema, tables, columns and
+    privileges are checked first: anything missing is a :class:`DatabaseError` naming all of it, and
+    no run is written. ``source`` is recorded in the summary (default: the server's address without
+    password; ``embedded…`` marks the embedded server, for the hints); ``progress`` is told each step.
     """
+    definitions = read_feature_definitions(config.cohort.features_file)
     if isinstance(database, str):
         source = source or describe_source(database)
         with connect(database, timeout_s=config.database.connect_timeout_s) as conn:
@@ -80,55 +109,69 @@ def run_cohort_query(
                 conn, schema=schema, config=config, store=store, parents=parents, source=source, progress=progress
             )
     conn = database
-    check_source_tables(conn, schema)
+    check_source(conn, schema, embedded=is_embedded(source))
     report = progress or (lambda step: None)
     params = cohort_params(config.cohort)
-    with store.create("query", parents=parents, config=config_as_dict(config)) as writer, conn.transaction():
-        _prepare(conn, schema, params, report)
-        tables = _export_all(conn, writer, params, report)
+    with store.create("query", parents=parents, config=config_as_dict(config)) as writer, _snapshot(conn, schema):
+        tables = _export_all(conn, writer, params, definitions.to_spec(), report)
         writer.summary = QuerySummary(
-            flow=_flow(conn, config.cohort), tables=tables, schema=schema, source=source or _describe_connection(conn)
+            flow=_flow(conn, params, config.cohort),
+            tables=tables,
+            schema=schema,
+            source=source or _describe_connection(conn),
+            window_start=window_start_rule(config.cohort.window_start),
+            features=definitions,
         )
     assert writer.committed is not None  # the writer commits on leaving the block without error
     log.info("query run %s written", writer.committed.id)
     return writer.committed
 
 
-def check_source_tables(conn: psycopg.Connection[Any], schema: str) -> None:
-    """Raise :class:`DatabaseError` unless ``schema`` exists and holds every MIMIC-III table the SQL reads."""
-    _check_identifier(schema)
+@contextlib.contextmanager
+def _snapshot(conn: psycopg.Connection[Any], schema: str) -> Iterator[None]:
+    """One read-only transaction on one snapshot (unless the caller's is open), ``schema`` first on the path."""
+    fresh = conn.info.transaction_status == TransactionStatus.IDLE
     with conn.transaction():
-        check_tables(conn, schema, SOURCE_TABLES)
-
-
-def _check_identifier(schema: str) -> None:
-    if not schema or len(schema) > _MAX_IDENTIFIER or "\x00" in schema:
-        raise DatabaseError(
-            f"schema name {schema!r} is not a valid PostgreSQL identifier (1 to {_MAX_IDENTIFIER} characters)"
-        )
-
-
-def _prepare(conn: psycopg.Connection[Any], schema: str, params: Mapping[str, Any], report: Progress) -> None:
-    """Point the session at ``schema`` and build the temporary ``stays`` and ``cohort`` tables."""
-    conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(sql.Identifier(schema)))
-    for table in ("stays", "cohort"):
-        report(f"building {table}")
-        body = _bind(conn, table, params)
-        _execute(conn, table, sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(sql.Identifier(table), body))
-        _execute(conn, table, sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        if fresh:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(sql.Identifier(schema)))
+        # The cohort is a WITH query without statistics: the planner takes it for one row and would
+        # probe chartevents once per admission; hash joins scan each itemid partition once instead.
+        conn.execute("SET LOCAL enable_nestloop TO off")
+        yield
 
 
 def _export_all(
-    conn: psycopg.Connection[Any], writer: RunWriter, params: Mapping[str, Any], report: Progress
+    conn: psycopg.Connection[Any], writer: RunWriter, params: Mapping[str, Any], spec: FeatureSpec, report: Progress
 ) -> dict[str, int]:
     """Stream the five results into the run; returns the row count of each (by file stem)."""
     counts: dict[str, int] = {}
-    for file, table, order in TEMP_TABLES:
-        query = sql.SQL("SELECT * FROM {} ORDER BY {}").format(sql.Identifier(table), sql.SQL(order))
-        counts[file.removesuffix(".parquet")] = _export(conn, writer, file, query, report)
-    for file, name in EVENT_QUERIES:
-        counts[name] = _export(conn, writer, file, _bind(conn, name, params), report)
+    for export in EXPORTS:
+        used = {**params, **item_params(spec, export.source)} if export.source else params
+        query = statement(conn, export.relation, used, order=export.order)
+        counts[export.file.removesuffix(".parquet")] = _export(conn, writer, export.file, query, report)
     return counts
+
+
+def statement(conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any], *, order: str) -> sql.Composed:
+    """``sql/<name>.sql`` as one SELECT ordered by ``order``, after the base relations it reads as WITH queries."""
+    query = sql.SQL("SELECT * FROM ({}) AS {} ORDER BY {}").format(
+        _bind(conn, name, params), sql.Identifier(name), sql.SQL(order)
+    )
+    return _with_bases(conn, name, params, query)
+
+
+def _with_bases(
+    conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any], query: sql.Composed
+) -> sql.Composed:
+    """``WITH stays AS (…), cohort AS (…) <query>``: the base relations that come before ``name``."""
+    bases = BASE_RELATIONS[: BASE_RELATIONS.index(name)] if name in BASE_RELATIONS else BASE_RELATIONS
+    if not bases:
+        return query
+    ctes = sql.SQL(", ").join(
+        sql.SQL("{} AS ({})").format(sql.Identifier(base), _bind(conn, base, params)) for base in bases
+    )
+    return sql.SQL("WITH {} {}").format(ctes, query)
 
 
 def _export(
@@ -142,25 +185,27 @@ def _export(
 
 
 def _bind(conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any]) -> sql.SQL:
-    """``sql/<name>.sql`` with its parameters inlined as literals (COPY cannot take bound parameters)."""
-    text = load_sql(name).strip().rstrip(";")
+    """``sql/<name>.sql`` without its header comment, parameters inlined as quoted literals.
+
+    COPY cannot take bound parameters, so psycopg quotes each value into the text; the header is
+    dropped first because it names the parameters too, and a value inside a comment could end it.
+    """
+    lines = load_sql(name).strip().rstrip(";").splitlines()
+    text = "\n".join(lines[next(i for i, line in enumerate(lines) if not line.startswith("--")) :])
     used = {key: value for key, value in params.items() if f"%({key})s" in text}
     return sql.SQL(psycopg.ClientCursor(conn).mogrify(text, used))
 
 
-def _execute(conn: psycopg.Connection[Any], name: str, statement: sql.Composed) -> None:
-    try:
-        conn.execute(statement)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"query {name}.sql failed: {_first_line(exc)}") from exc
-
-
-def _flow(conn: psycopg.Connection[Any], cohort: CohortConfig) -> tuple[Step, ...]:
+def _flow(conn: psycopg.Connection[Any], params: Mapping[str, Any], cohort: CohortConfig) -> tuple[Step, ...]:
     """ICU stays left after each inclusion rule (applied in turn), then the admissions they form."""
-    row = conn.execute(
+    counts = sql.SQL(
         "SELECT count(*), count(*) FILTER (WHERE adult), count(*) FILTER (WHERE adult AND hospital_los_ok), "
         "count(*) FILTER (WHERE included), (SELECT count(*) FROM cohort) FROM stays"
-    ).fetchone()
+    )
+    try:
+        row = conn.execute(_with_bases(conn, "flow", params, sql.Composed([counts]))).fetchone()
+    except psycopg.Error as exc:
+        raise DatabaseError(f"counting the cohort flow failed: {_first_line(exc)}") from exc
     assert row is not None
     steps = (
         "icu stays",

@@ -19,12 +19,15 @@ import pandas as pd
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
+from lstm_adv.domain.features import FeatureDefinitions
 from lstm_adv.domain.perturbation import AttackBatchResult
 from lstm_adv.domain.stay import Stay
 from lstm_adv.models.hyperparameters import Hyperparameters
+from lstm_adv.resources import read_feature_definitions
 from lstm_adv.results.converter import structure, unstructure
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import (
+    FeaturesSummary,
     ModelSummary,
     QuerySummary,
     SynthSummary,
@@ -198,6 +201,23 @@ def load_features(run: Run) -> FeatureMatrix:
 def save_features(folder: Path, matrix: FeatureMatrix) -> None:
     """Store ``matrix`` as a features run's file."""
     matrix.to_npz(folder / FEATURES_FILE)
+
+
+def feature_definitions(run: Run) -> FeatureDefinitions:
+    """The feature definitions the data of ``run`` were made with (units, names, itemids).
+
+    Those stored in the run if it is a query or features run, else in its nearest such ancestor;
+    the shipped features.toml for lineages made before definitions were stored.
+    """
+    store = RunStore(run.path.parent)
+    pending = [run]
+    while pending:
+        current = pending.pop(0)
+        summary = current.manifest.summary
+        if isinstance(summary, QuerySummary | FeaturesSummary) and summary.features is not None:
+            return summary.features
+        pending += [store.get(str(p)) for p in current.manifest.parents if (store.root / str(p)).is_dir()]
+    return read_feature_definitions()
 
 
 # --- models ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from lstm_adv.domain.features import FeatureDefinitions
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.models.hyperparameters import Hyperparameters
 
@@ -51,12 +52,20 @@ class StudyTrialCounts:
 
 @attrs.frozen
 class QuerySummary:
-    """A query run: the source, the cohort flow (stays left after each rule) and rows per stored table."""
+    """A query run: the source, the cohort flow (stays left after each rule) and rows per stored table.
+
+    ``window_start`` says in words where each admission's window starts (``cohort.window_start``);
+    ``features`` holds the feature definitions the SQL read (name, SHA-256 and text). Both are
+    ``None`` in runs made before they were recorded (those used the shipped features.toml and
+    started the window at the earliest intime of the admission's included stays).
+    """
 
     flow: tuple[Step, ...]
     tables: dict[str, int]
     schema: str
     source: str
+    window_start: str | None = None
+    features: FeatureDefinitions | None = None
 
 
 @attrs.frozen
@@ -103,8 +112,27 @@ class FeatureScaling:
 
 
 @attrs.frozen
+class FeatureCoverage:
+    """How much of one feature was measured rather than filled, over all samples of a features run.
+
+    ``measured_fraction``: share of the (sample, hour) cells of the window whose hour held a
+    measurement. ``unmeasured_samples``: samples with no measurement of the feature in the window or
+    its look-back, whose whole series is the training split's median.
+    """
+
+    measured_fraction: float
+    unmeasured_samples: int
+
+
+@attrs.frozen
 class FeaturesSummary:
-    """A features run: the preprocessing flow, counts, window rule, shape, splits, missingness, scaling."""
+    """A features run: the preprocessing flow, counts, window rule, shape, splits, missingness, scaling.
+
+    ``coverage`` (per feature) and ``samples_without_vitals`` (samples whose six vital signs were
+    never measured, in the window or its look-back) say how much of the matrix is imputed;
+    ``features`` are the definitions the data were made with. All three are ``None`` in runs made
+    before they were recorded.
+    """
 
     flow: tuple[Step, ...]
     measurements: tuple[Step, ...]
@@ -114,6 +142,9 @@ class FeaturesSummary:
     splits: dict[str, SplitCounts]
     missingness: dict[str, float]
     scaling: dict[str, FeatureScaling]
+    coverage: dict[str, FeatureCoverage] | None = None
+    samples_without_vitals: int | None = None
+    features: FeatureDefinitions | None = None
 
 
 # --- model ------------------------------------------------------------------------------------------------

@@ -1,19 +1,23 @@
--- bloodgas: the five blood-gas series of the cohort from labevents, long format.
+-- bloodgas: the blood-gas series of the cohort from labevents, long format.
 --
 -- One row per valid labevents measurement of a cohort admission inside its export window
 -- [window_start - lookback_hours, window_start + window_hours).
--- Columns: hadm_id, charttime, feature (name in resources/features.toml), value (feature unit).
--- Rules: values outside the feature's valid range are dropped as errors. Rows without a hadm_id are attributed to the subject's
---   cohort admission whose export window contains their charttime (as in labs.sql).
--- Reads the temporary relation `cohort` (cohort.sql) and labevents.
--- Parameters: %(window_hours)s, %(lookback_hours)s.
-WITH items (itemid, feature) AS (
-    VALUES
-        (50822, 'potassium'),  -- Potassium, Whole Blood, mEq/L, 0 < v
-        (50808, 'calcium'),    -- Free Calcium (ionized), mmol/L, 0 < v
-        (50820, 'ph'),         -- pH, units, 0 < v
-        (50818, 'pco2'),       -- pCO2, mm Hg, 0 < v
-        (50813, 'lactate')     -- Lactate, mmol/L, 0 < v
+-- Columns: hadm_id, charttime, feature (its name in the feature definitions), value (feature unit).
+-- Rules: values outside their item's valid range are dropped as errors. Rows without a hadm_id
+--   are attributed to the subject's cohort admission whose export window contains their
+--   charttime (as in labs.sql).
+-- Reads the relation `cohort` (cohort.sql; the query stage supplies it as a WITH query) and labevents.
+-- Parameters: %(window_hours)s, %(lookback_hours)s, and the items of the features of source "bloodgas"
+--   (resources/features.toml unless the user gives a file), one array per column, aligned by position:
+--   %(itemid)s, %(feature)s, %(lower_bound)s and %(upper_bound)s (NULL: no bound),
+--   %(lower_inclusive)s, %(upper_inclusive)s.
+WITH items AS (
+    SELECT *
+    FROM unnest(
+        %(itemid)s::int[], %(feature)s::text[],
+        %(lower_bound)s::double precision[], %(upper_bound)s::double precision[],
+        %(lower_inclusive)s::boolean[], %(upper_inclusive)s::boolean[]
+    ) AS item (itemid, feature, lower_bound, upper_bound, lower_inclusive, upper_inclusive)
 ),
 windows AS (
     SELECT
@@ -27,16 +31,17 @@ matched AS (
     SELECT w.hadm_id, le.charttime, le.itemid, le.valuenum, w.export_start, w.export_end
     FROM labevents AS le
     INNER JOIN windows AS w ON w.hadm_id = le.hadm_id
-    WHERE le.itemid IN (50822, 50808, 50820, 50818, 50813)
+    WHERE le.itemid = ANY(%(itemid)s::int[])
     UNION ALL
     SELECT w.hadm_id, le.charttime, le.itemid, le.valuenum, w.export_start, w.export_end
     FROM labevents AS le
     INNER JOIN windows AS w ON w.subject_id = le.subject_id
     WHERE le.hadm_id IS NULL
-        AND le.itemid IN (50822, 50808, 50820, 50818, 50813)
+        AND le.itemid = ANY(%(itemid)s::int[])
 ),
 events AS (
-    SELECT m.hadm_id, m.charttime::timestamp AS charttime, it.feature, m.valuenum::double precision AS value
+    SELECT m.hadm_id, m.charttime::timestamp AS charttime, it.feature, m.valuenum::double precision AS value,
+           it.lower_bound, it.upper_bound, it.lower_inclusive, it.upper_inclusive
     FROM matched AS m
     INNER JOIN items AS it ON it.itemid = m.itemid
     WHERE m.valuenum IS NOT NULL
@@ -45,11 +50,6 @@ events AS (
 )
 SELECT hadm_id::bigint AS hadm_id, charttime, feature::text AS feature, value
 FROM events
-WHERE CASE
-    WHEN feature = 'potassium' THEN value > 0
-    WHEN feature = 'calcium' THEN value > 0
-    WHEN feature = 'ph' THEN value > 0
-    WHEN feature = 'pco2' THEN value > 0
-    WHEN feature = 'lactate' THEN value > 0
-END
+WHERE (lower_bound IS NULL OR value > lower_bound OR (lower_inclusive AND value = lower_bound))
+    AND (upper_bound IS NULL OR value < upper_bound OR (upper_inclusive AND value = upper_bound))
 ORDER BY hadm_id, charttime, feature, value

@@ -1,44 +1,22 @@
--- vitals: the six vital-sign series of the cohort from chartevents, long format.
+-- vitals: the vital-sign series of the cohort from chartevents, long format.
 --
 -- One row per valid chartevents measurement of a cohort admission inside its export window
 -- [window_start - lookback_hours, window_start + window_hours).
--- Columns: hadm_id, charttime, feature (name in resources/features.toml), value (feature unit).
--- Rules: rows flagged error = 1 are dropped; values outside the feature's valid range are dropped
---   as charting errors; Fahrenheit temperatures are range-checked in °F, then converted to °C.
--- Reads the temporary relation `cohort` (cohort.sql) and chartevents.
--- Parameters: %(window_hours)s, %(lookback_hours)s.
-WITH items (itemid, feature, fahrenheit) AS (
-    VALUES
-        -- heartrate, bpm, 0 < v < 300
-        (211, 'heartrate', false),     -- Heart Rate (CareVue)
-        (220045, 'heartrate', false),  -- Heart Rate (MetaVision)
-        -- sysbp, mmHg, 0 < v < 400
-        (51, 'sysbp', false),          -- Arterial BP [Systolic]
-        (442, 'sysbp', false),         -- Manual BP [Systolic]
-        (455, 'sysbp', false),         -- NBP [Systolic]
-        (6701, 'sysbp', false),        -- Arterial BP #2 [Systolic]
-        (220179, 'sysbp', false),      -- Non Invasive Blood Pressure systolic
-        (220050, 'sysbp', false),      -- Arterial Blood Pressure systolic
-        -- diasbp, mmHg, 0 < v < 300
-        (8368, 'diasbp', false),       -- Arterial BP [Diastolic]
-        (8440, 'diasbp', false),       -- Manual BP [Diastolic]
-        (8441, 'diasbp', false),       -- NBP [Diastolic]
-        (8555, 'diasbp', false),       -- Arterial BP #2 [Diastolic]
-        (220180, 'diasbp', false),     -- Non Invasive Blood Pressure diastolic
-        (220051, 'diasbp', false),     -- Arterial Blood Pressure diastolic
-        -- tempc, °C, 10 < v < 50; °F items 70 < v < 120, then (v - 32) / 1.8
-        (676, 'tempc', false),         -- Temperature C
-        (223762, 'tempc', false),      -- Temperature Celsius
-        (678, 'tempc', true),          -- Temperature F
-        (223761, 'tempc', true),       -- Temperature Fahrenheit
-        -- resprate, breaths/min, 0 < v < 70
-        (615, 'resprate', false),      -- Resp Rate (Total)
-        (618, 'resprate', false),      -- Respiratory Rate
-        (220210, 'resprate', false),   -- Respiratory Rate
-        (224690, 'resprate', false),   -- Respiratory Rate (Total)
-        -- spo2, percent, 0 < v <= 100
-        (646, 'spo2', false),          -- SpO2
-        (220277, 'spo2', false)        -- O2 saturation pulseoxymetry
+-- Columns: hadm_id, charttime, feature (its name in the feature definitions), value (feature unit).
+-- Rules: rows flagged error = 1 are dropped; values outside their item's valid range are dropped
+--   as charting errors; Fahrenheit items are range-checked in °F, then converted to °C.
+-- Reads the relation `cohort` (cohort.sql; the query stage supplies it as a WITH query) and chartevents.
+-- Parameters: %(window_hours)s, %(lookback_hours)s, and the items of the features of source "vital"
+--   (resources/features.toml unless the user gives a file), one array per column, aligned by position:
+--   %(itemid)s, %(feature)s, %(fahrenheit)s, %(lower_bound)s and %(upper_bound)s (NULL: no bound),
+--   %(lower_inclusive)s, %(upper_inclusive)s. A Fahrenheit item's bounds are in °F.
+WITH items AS (
+    SELECT *
+    FROM unnest(
+        %(itemid)s::int[], %(feature)s::text[], %(fahrenheit)s::boolean[],
+        %(lower_bound)s::double precision[], %(upper_bound)s::double precision[],
+        %(lower_inclusive)s::boolean[], %(upper_inclusive)s::boolean[]
+    ) AS item (itemid, feature, fahrenheit, lower_bound, upper_bound, lower_inclusive, upper_inclusive)
 ),
 windows AS (
     SELECT
@@ -49,15 +27,13 @@ windows AS (
 ),
 events AS (
     SELECT w.hadm_id, ce.charttime::timestamp AS charttime, it.feature, it.fahrenheit,
-           ce.valuenum::double precision AS valuenum
+           ce.valuenum::double precision AS valuenum,
+           it.lower_bound, it.upper_bound, it.lower_inclusive, it.upper_inclusive
     FROM chartevents AS ce
     INNER JOIN windows AS w ON w.hadm_id = ce.hadm_id
     INNER JOIN items AS it ON it.itemid = ce.itemid
-    -- the constant list lets the planner use itemid indexes and partitions (mimic-code's build)
-    WHERE ce.itemid IN (
-            211, 220045, 51, 442, 455, 6701, 220179, 220050, 8368, 8440, 8441, 8555, 220180, 220051,
-            676, 223762, 678, 223761, 615, 618, 220210, 224690, 646, 220277
-        )
+    -- the constant itemid array lets the planner use itemid indexes and partitions (mimic-code's build)
+    WHERE ce.itemid = ANY(%(itemid)s::int[])
         AND ce.error IS DISTINCT FROM 1
         AND ce.valuenum IS NOT NULL
         AND ce.charttime >= w.export_start
@@ -66,19 +42,11 @@ events AS (
 checked AS (
     SELECT
         hadm_id, charttime, feature,
-        CASE WHEN fahrenheit THEN (valuenum - 32.0) / 1.8 ELSE valuenum END AS value,
-        CASE
-            WHEN feature = 'heartrate' THEN valuenum > 0 AND valuenum < 300
-            WHEN feature = 'sysbp' THEN valuenum > 0 AND valuenum < 400
-            WHEN feature = 'diasbp' THEN valuenum > 0 AND valuenum < 300
-            WHEN feature = 'tempc' AND fahrenheit THEN valuenum > 70 AND valuenum < 120
-            WHEN feature = 'tempc' THEN valuenum > 10 AND valuenum < 50
-            WHEN feature = 'resprate' THEN valuenum > 0 AND valuenum < 70
-            WHEN feature = 'spo2' THEN valuenum > 0 AND valuenum <= 100
-        END AS valid
+        CASE WHEN fahrenheit THEN (valuenum - 32.0) / 1.8 ELSE valuenum END AS value
     FROM events
+    WHERE (lower_bound IS NULL OR valuenum > lower_bound OR (lower_inclusive AND valuenum = lower_bound))
+        AND (upper_bound IS NULL OR valuenum < upper_bound OR (upper_inclusive AND valuenum = upper_bound))
 )
 SELECT hadm_id::bigint AS hadm_id, charttime, feature::text AS feature, value::double precision AS value
 FROM checked
-WHERE valid
 ORDER BY hadm_id, charttime, feature, value

@@ -1,4 +1,4 @@
-"""Aggregates of query and features runs for the data report: cohort flow, class balance, missingness."""
+"""Aggregates of query and features runs for the data report: cohort flow, class balance, missingness, coverage."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pandas as pd
 from lstm_adv.config import CohortConfig
 from lstm_adv.domain.errors import DataError
 from lstm_adv.domain.feature_matrix import SPLITS
-from lstm_adv.resources import load_feature_spec
 from lstm_adv.results import artifacts
 from lstm_adv.results.api.common import aggregates_only, parent_of, read_columns
 from lstm_adv.results.artifacts import MEASUREMENT_TABLES
@@ -24,10 +23,14 @@ __all__ = [
     "DATA_KINDS",
     "class_balance",
     "cohort_flow",
+    "coverage",
+    "feature_definitions_used",
     "measurement_counts",
     "missingness",
+    "samples_without_vitals",
     "stay_characteristics",
     "window_rule",
+    "window_start_rule",
 ]
 
 
@@ -110,7 +113,7 @@ def missingness(run: Run) -> pd.DataFrame:
     For a features run: the share of (sample, hour) bins of the 48 h window without a measurement.
     For a query run: the share of cohort admissions without any exported measurement of the feature.
     """
-    spec = load_feature_spec()
+    spec = artifacts.feature_definitions(run).to_spec()
     if run.kind == "features":
         share = pd.Series(run.summary_as(FeaturesSummary).missingness, dtype=np.float64)
     else:
@@ -133,6 +136,66 @@ def _admissions_without(run: Run) -> pd.Series[float]:
     result: pd.Series[float] = 1.0 - measured / max(n_admissions, 1)
     result.index = result.index.astype(str)
     return result
+
+
+def coverage(run: Run) -> pd.DataFrame:
+    """Per feature, how much was measured rather than filled, in model order.
+
+    Columns: ``feature``, ``source``, ``unit``, ``measured`` (share of the window's (sample, hour)
+    cells whose hour held a measurement), ``never measured`` (samples with no measurement of the
+    feature in the window or its look-back: filling makes the whole series the training median) and
+    ``never measured share``. A query run has no cells yet (``measured`` is NA) and counts the cohort's
+    admissions without any exported measurement; a features run made before these counts were
+    recorded has ``measured`` only.
+    """
+    spec = artifacts.feature_definitions(run).to_spec()
+    summary = run.manifest.summary
+    if isinstance(summary, FeaturesSummary) and summary.coverage is not None:
+        rows = [summary.coverage[name] for name in spec.names]
+        measured = pd.Series([c.measured_fraction for c in rows], dtype="Float64")
+        never = pd.Series([c.unmeasured_samples for c in rows], dtype="Int64")
+        total = summary.shape[0]
+    elif isinstance(summary, FeaturesSummary):
+        measured = 1.0 - pd.Series([summary.missingness[name] for name in spec.names], dtype="Float64")
+        never, total = pd.Series([pd.NA] * len(spec.names), dtype="Int64"), summary.shape[0]
+    else:
+        total = len(read_columns(run, "admissions", ["hadm_id"]))
+        share = _admissions_without(run).reindex(list(spec.names)).fillna(1.0)
+        never = (share * total).round().astype("Int64").reset_index(drop=True)
+        measured = pd.Series([pd.NA] * len(spec.names), dtype="Float64")
+    frame = pd.DataFrame(
+        {
+            "feature": list(spec.names),
+            "source": [f.source for f in spec.features],
+            "unit": [f.unit for f in spec.features],
+            "measured": measured,
+            "never measured": never,
+            "never measured share": never / max(total, 1),
+        }
+    )
+    return aggregates_only(frame)
+
+
+def samples_without_vitals(run: Run) -> int | None:
+    """Samples of a features run with no vital sign measured in the window or its look-back (None if not recorded)."""
+    summary = run.manifest.summary
+    return summary.samples_without_vitals if isinstance(summary, FeaturesSummary) else None
+
+
+def feature_definitions_used(run: Run) -> pd.DataFrame:
+    """Which feature definitions the data were made with: file name and SHA-256 (``property``, ``value``)."""
+    definitions = artifacts.feature_definitions(run)
+    rows = [("feature definitions", definitions.name), ("SHA-256", definitions.sha256)]
+    return aggregates_only(pd.DataFrame(rows, columns=["property", "value"]))
+
+
+def window_start_rule(run: Run) -> str:
+    """Where each admission's window starts, in words, as the query run recorded it."""
+    query = run if run.kind == "query" else parent_of(run, "query")
+    summary = query.manifest.summary if query is not None else None
+    if isinstance(summary, QuerySummary) and summary.window_start is not None:
+        return summary.window_start
+    return "the earliest ICU intime among the admission's included stays (not recorded by this older run)"
 
 
 def measurement_counts(run: Run) -> pd.DataFrame:
