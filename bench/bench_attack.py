@@ -1,5 +1,8 @@
 """Benchmark of the sparse L1 attack: per-iteration cost, a comparison with ART's EAD, GPU throughput.
 
+All parts use one round of the λ search (``search_steps = 1``): they measure the engine's iterations;
+``bench_sparse.py`` measures what the full attack finds.
+
 1. Cost ratio (same process, interleaved repeats): the marginal cost of one attack iteration,
    (T(K2) − T(K1)) / (K2 − K1) for two runs of ``L1Attack.run`` on the same batch, divided by the cost of
    one forward + backward (gradient w.r.t. the input, which is what the attack needs) of the same model
@@ -123,7 +126,7 @@ def cost_ratio(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, devi
         m: [
             L1Attack(
                 model,
-                L1Settings(lam=args.lam, step_size=args.step, method=m, max_iterations=k),
+                L1Settings(lam=args.lam, step_size=args.step, method=m, max_iterations=k, search_steps=1),
                 batch_size=len(x),
                 include_misclassified=True,
                 device=device,
@@ -166,7 +169,9 @@ def compare_art(model: nn.Module, x: torch.Tensor, args: argparse.Namespace) -> 
         predicted = model(x).argmax(1)
     runs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}  # found, l1, l0, seconds
     for method in ("ista", "fista"):
-        settings = L1Settings(lam=args.lam, step_size=args.step, method=method, max_iterations=args.art_iterations)
+        settings = L1Settings(
+            lam=args.lam, step_size=args.step, method=method, max_iterations=args.art_iterations, search_steps=1
+        )
         attack = L1Attack(model, settings, batch_size=len(x), include_misclassified=True)
         start = time.perf_counter()
         result = attack.run(x, predicted)
@@ -229,12 +234,16 @@ def gpu_throughput(model: nn.Module, args: argparse.Namespace, device: torch.dev
     y = torch.zeros(len(x), dtype=torch.int64)
     rates: dict[int, float] = {}
     for batch in args.batch_sizes:
-        settings = L1Settings(lam=args.lam, step_size=args.step, method="ista", max_iterations=args.probe_iterations)
+        settings = L1Settings(
+            lam=args.lam, step_size=args.step, method="ista", max_iterations=args.probe_iterations, search_steps=1
+        )
         attack = L1Attack(model, settings, batch_size=batch, include_misclassified=True, device=device)
         elapsed = _timed(partial(attack.run, x[:batch], y[:batch]), device)
         rates[batch] = min(batch, len(x)) * args.probe_iterations / elapsed
     best = max(rates, key=lambda b: rates[b])
-    settings = L1Settings(lam=args.lam, step_size=args.step, method="ista", max_iterations=args.full_iterations)
+    settings = L1Settings(
+        lam=args.lam, step_size=args.step, method="ista", max_iterations=args.full_iterations, search_steps=1
+    )
     attack = L1Attack(model, settings, batch_size=best, include_misclassified=True, device=device)
     elapsed = _timed(lambda: attack.run(x, y), device)
     return {

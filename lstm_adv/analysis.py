@@ -170,6 +170,7 @@ class Group:
     direction: str
     deltas: npt.NDArray[np.float32]
     iterations: IntArray
+    observed: npt.NDArray[np.bool_] | None = None
 
     @property
     def n(self) -> int:
@@ -182,16 +183,18 @@ def direction_codes(result: AttackBatchResult) -> npt.NDArray[np.str_]:
     return np.where(result.predicted == 0, DIRECTIONS[0], DIRECTIONS[1])
 
 
-def split_groups(result: AttackBatchResult) -> list[Group]:
-    """The four groups (first, best) × (0to1, 1to0) of successful examples, in that order; some may be empty."""
+def split_groups(result: AttackBatchResult, observed: npt.NDArray[np.bool_] | None = None) -> list[Group]:
+    """The six groups (first, best, sparse) × (0to1, 1to0) of successful examples, in that order; some may be
+    empty. ``observed`` (the result's rows' observation masks, (N, 48, 19)) marks the measured cells."""
     directions = direction_codes(result)
     groups = []
     for which in WHICH:
-        deltas = result.first_delta if which == "first" else result.best_delta
+        deltas = result.deltas(which)
         iterations = result.first_iteration if which == "first" else result.best_iteration
         for direction in DIRECTIONS:
             rows = result.found & (directions == direction)
-            groups.append(Group(which, direction, deltas[rows], iterations[rows]))
+            masks = None if observed is None else observed[rows]
+            groups.append(Group(which, direction, deltas[rows], iterations[rows], masks))
     return groups
 
 
@@ -219,12 +222,18 @@ def _keys(group: Group, length: int) -> dict[str, Any]:
 
 
 def examples_table(group: Group) -> pd.DataFrame:
-    """One row per example: which, direction, l0, l1, linf, mean_nonzero, iteration."""
+    """One row per example: which, direction, l0, l1, linf, mean_nonzero, iteration, measured (changed cells
+    that held a real measurement; NA without an observation mask)."""
     stats = example_stats(group.deltas)
+    measured = (
+        pd.array([pd.NA] * group.n, dtype="Int64")
+        if group.observed is None
+        else pd.array(np.count_nonzero((group.deltas != 0) & group.observed, axis=(1, 2)), dtype="Int64")
+    )
     return pd.DataFrame(
         _keys(group, group.n)
         | {"l0": stats.l0, "l1": stats.l1, "linf": stats.linf, "mean_nonzero": stats.mean_nonzero}
-        | {"iteration": group.iterations.astype(np.int64)}
+        | {"iteration": group.iterations.astype(np.int64), "measured": measured}
     )
 
 
@@ -308,14 +317,24 @@ def _feature_units(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(units.get(name, "") for name in names)
 
 
-def analyse_attack(result: AttackBatchResult, scaling: ScalingStats) -> AnalysisTables:
-    """All tables of one attack's successful examples (pure; no I/O). Needs at least one success."""
+def analyse_attack(
+    result: AttackBatchResult,
+    scaling: ScalingStats,
+    *,
+    units: tuple[str, ...] | None = None,
+    observed: npt.NDArray[np.bool_] | None = None,
+) -> AnalysisTables:
+    """All tables of one attack's successful examples (pure; no I/O). Needs at least one success.
+
+    ``units``: the features' clinical units (default: the shipped definitions'); ``observed``: the
+    observation masks of the result's rows (N, 48, 19), to count the changed cells that were measured.
+    """
     if not result.found.any():
         raise DataError("an attack result without successful examples has nothing to analyse")
     names = scaling.feature_names
-    units = _feature_units(names)
+    units = units or _feature_units(names)
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES if name != "discovery"}
-    for group in split_groups(result):
+    for group in split_groups(result, observed):
         parts["examples"].append(examples_table(group))
         if group.n == 0:
             continue
@@ -333,6 +352,20 @@ def analyse_attack(result: AttackBatchResult, scaling: ScalingStats) -> Analysis
 
 def _mean_or_none(values: pd.Series) -> float | None:
     return float(values.mean()) if len(values) else None
+
+
+def _measured_share(examples: pd.DataFrame, which: str, direction: str) -> float | None:
+    """Share of the changed cells of one group that held a real measurement (None without a mask or examples)."""
+    rows = examples[(examples["which"] == which) & ((examples["direction"] == direction) | (direction == "all"))]
+    changed = int(rows["l0"].sum())
+    if changed == 0 or rows["measured"].isna().any():
+        return None
+    return float(rows["measured"].sum()) / changed
+
+
+def _median_or_none(examples: pd.DataFrame, which: str, direction: str) -> float | None:
+    rows = examples[(examples["which"] == which) & ((examples["direction"] == direction) | (direction == "all"))]
+    return float(rows["l0"].median()) if len(rows) else None
 
 
 def _top(table: pd.DataFrame, which: str, direction: str, column: str, k: int) -> tuple[Any, ...]:
@@ -364,9 +397,21 @@ def summarize(
             means[norm][which] = {"all": _mean_or_none(rows[norm])} | {
                 d: _mean_or_none(rows.loc[rows["direction"] == d, norm]) for d in DIRECTIONS
             }
+    measured: dict[str, dict[str, float | None]] = {
+        which: {d: _measured_share(examples, which, d) for d in (*DIRECTIONS, "all")} for which in WHICH
+    }
+    summary = attack.manifest.summary
+    decision, threshold = (
+        (summary.decision, summary.threshold) if isinstance(summary, AttackSummary) else (result.rule.rule, 0.5)
+    )
     return AnalysisSummary(
         attack_run=attack.id,
         features_run=features_run.id,
+        decision=decision,
+        threshold=threshold,
+        cells=summary.cells if isinstance(summary, AttackSummary) else "all",
+        measured_fraction=measured,
+        median_l0={w: {d: _median_or_none(examples, w, d) for d in (*DIRECTIONS, "all")} for w in WHICH},
         n_samples=result.n,
         n_attacked=int(result.attacked.sum()),
         n_successful=int(result.found.sum()),
@@ -417,7 +462,10 @@ def run_analysis(store: RunStore, attack_ref: str | None, config: Config) -> Run
             f"attack run {attack.id} has no successful examples ({int(result.attacked.sum())} attacked); "
             "nothing to analyse. Attack more samples or with a larger budget"
         )
-    tables = analyse_attack(result, matrix.scaling)
+    definitions = artifacts.feature_definitions(features_run).to_spec()
+    units = tuple(definitions.features[definitions.index(name)].unit for name in matrix.feature_names)
+    observed = None if matrix.observed is None else matrix.observed[result.sample_index]
+    tables = analyse_attack(result, matrix.scaling, units=units, observed=observed)
     with store.create("analysis", parents=[attack.id], config=config_as_dict(config)) as writer:
         for name, table in tables.as_dict().items():
             artifacts.write_table(writer.file(f"{name}.parquet"), table)

@@ -1,21 +1,26 @@
-"""Attack stage: the sparse L1 attack with a tune-attack run's best settings on one split.
+"""Attack stage: the sparse L1 attack with a tune-attack run's chosen settings on one split.
 
 ``run_attack`` writes an attack run (kind ``attack``, parents: the tune-attack run, plus the
 interrupted run it resumes): ``results.npz`` (:class:`AttackBatchResult`, rows in ascending sample
-index), ``params.json`` (the attack settings) and a summary with success counts and mean L0/L1 of
-the first and best examples per direction.
+index: first, best and sparse example of every sample), ``params.json`` (the attack settings) and a
+summary with the decision rule, the cells the attack may change, success counts and the sizes of the
+examples per direction.
 
 Design:
 
-- **Batches.** The split's samples, in ascending row order, are cut into batches of the tuned batch
-  size; batch ``b`` holds positions ``b·B … b·B + B − 1``. The batch is the unit of progress,
-  checkpointing and sharding, and a sample is always attacked together with the same batch-mates,
-  so every way of running the attack (whole, sharded, interrupted and resumed) gives identical rows.
-- **Ctrl-C** keeps the finished batches: they are held in memory, and on ``KeyboardInterrupt`` the run
-  is published with status ``interrupted`` holding them (nothing finished → nothing written). A hard
-  crash loses the batches of that invocation. ``resume=<interrupted run>`` attacks the batches it
-  lacks and writes a complete run with the same rows as an uninterrupted one.
-- **Shards.** ``Shard(i, n)`` attacks batches ``b`` with ``b mod n == i − 1`` and marks its run with
+- **The model's decision rule** (its threshold t, stored in the model run) decides which samples are
+  correctly classified (the ones attacked) and what counts as a flip.
+- **Cells.** ``attack.cells = observed`` lets each sample change only its own measured cells (the
+  FeatureMatrix's observation mask): the data-entry-error model. ``all`` is Sun et al.'s setting.
+- **Blocks.** The split's samples, in ascending row order, are cut into blocks of ``attack.block_size`` rows.
+  A block is the unit of progress and sharding; within it, samples are attacked in batches of
+  ``attack.batch_size`` (a speed setting: every sample has its own state, so results do not depend on
+  it). Every way of running the attack (whole, sharded, interrupted and resumed, any batch size) gives
+  identical rows.
+- **Ctrl-C** keeps the finished blocks: they are held in memory, and on ``KeyboardInterrupt`` the run
+  is published with status ``interrupted`` holding them (nothing finished → nothing written).
+  ``resume=<interrupted run>`` attacks the blocks it lacks and writes a complete run.
+- **Shards.** ``Shard(i, n)`` attacks blocks ``b`` with ``b mod n == i − 1`` and marks its run with
   ``shard = "i/n"``. ``merge_attack_shards`` writes one run from the complete shards 1…n of the same
   tune-attack run, split and attack settings (parents: the tune-attack run and the shard runs); its
   rows equal the unsharded attack's. The CLI merges automatically once the last shard finishes.
@@ -30,21 +35,20 @@ from collections.abc import Callable
 
 import attrs
 import numpy as np
-import torch
 
 from lstm_adv.attacks import L1Attack, L1Settings
 from lstm_adv.config import AttackConfig, Config
-from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
+from lstm_adv.domain.decision import DecisionRule
+from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix, split_name
 from lstm_adv.domain.perturbation import AttackBatchResult
 from lstm_adv.domain.run_id import RunId
-from lstm_adv.resources import load_feature_spec
 from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.converter import structure
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import AttackSummary, Batches, DirectionStats, NormMeans, TuneAttackSummary
-from lstm_adv.targets import AttackTarget, attack_mask, target_from
+from lstm_adv.targets import AttackTarget, allowed_cells, attack_batch_size, attack_mask, target_from, tuned_settings
 from lstm_adv.training_loop import resolve_device
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,7 @@ def split_indices(features: FeatureMatrix, split: str, *, origin: str) -> np.nda
 
 @attrs.frozen
 class Shard:
-    """Shard ``index`` of ``count`` (1-based): the batches b with b mod count == index − 1."""
+    """Shard ``index`` of ``count`` (1-based): the blocks b with b mod count == index − 1."""
 
     index: int
     count: int
@@ -84,35 +88,15 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def batches_of(rows: np.ndarray, batch_size: int, shard: Shard | None) -> list[np.ndarray]:
-    """The batches of ``rows`` this shard attacks (all of them without a shard)."""
-    batches = [rows[start : start + batch_size] for start in range(0, rows.size, batch_size)]
-    if shard is None:
-        return batches
-    return batches[shard.index - 1 :: shard.count]
+def blocks_of(rows: np.ndarray, block_size: int, shard: Shard | None) -> list[np.ndarray]:
+    """The blocks of ``rows`` this shard attacks (all of them without a shard).
 
-
-# --- settings from the tune-attack run -------------------------------------------------------------
-
-
-def tuned_settings(tuned: Run, config: AttackConfig) -> tuple[L1Settings, int]:
-    """The best κ, λ, step size and method of a tune-attack run with ``max_iterations``, and its batch size."""
-    if tuned.kind != "tune-attack":
-        raise RunKindError(f"run {tuned.id} is a {tuned.kind} run; --tuned needs a tune-attack run")
-    best = artifacts.load_tuned_settings(tuned)
-    if best is None:
-        raise ConfigError(
-            f"tune-attack run {tuned.id} has no completed trial; continue it with "
-            f"`lstm-adv tune-attack --resume {tuned.id}`"
-        )
-    settings = L1Settings(
-        kappa=best.kappa,
-        lam=best.lam,
-        step_size=best.step_size,
-        method=best.method,
-        max_iterations=config.max_iterations,
-    )
-    return settings, best.batch_size
+    With shards, blocks shrink when needed so that every shard gets at least one block.
+    """
+    if shard is not None:
+        block_size = max(1, min(block_size, -(-rows.size // shard.count)))
+    blocks = [rows[start : start + block_size] for start in range(0, rows.size, block_size)]
+    return blocks if shard is None else blocks[shard.index - 1 :: shard.count]
 
 
 # --- the attack run ---------------------------------------------------------------------------------
@@ -126,11 +110,10 @@ class _Plan:
     target: AttackTarget
     config: Config
     settings: L1Settings
-    batch_size: int
     split: str
     shard: Shard | None
     todo: list[np.ndarray] = attrs.field(eq=False)
-    n_batches: int
+    n_samples: int
     previous: AttackBatchResult | None = attrs.field(eq=False)
     parents: tuple[RunId, ...]
     features: FeatureMatrix = attrs.field(eq=False)
@@ -147,29 +130,44 @@ def run_attack(
     resume: Run | None = None,
     progress: Progress | None = None,
 ) -> Run:
-    """Attack ``split`` (default: test) with the best settings of tune-attack run ``tuned`` and write an attack run.
+    """Attack ``split`` (default: test) with the settings of tune-attack run ``tuned`` and write an attack run.
 
     ``resume``: an interrupted attack run to complete (its tune-attack run, split and shard are used).
-    ``progress(n)`` is called after each finished batch of n samples. Returns the run, with status
-    ``interrupted`` after Ctrl-C (finished batches kept). Bad input writes no run.
+    ``progress(n)`` is called after each finished block of n samples. Returns the run, with status
+    ``interrupted`` after Ctrl-C (finished blocks kept). Bad input writes no run.
     """
     plan = _plan(store, tuned, config, split=split, shard=shard, resume=resume)
     device = resolve_device(plan.config.attack.device)
+    model, decision = plan.target.load(plan.features, device)
     cfg = plan.config.attack
+    batch_size = attack_batch_size(cfg, device)
     attack = L1Attack(
-        plan.target.load_model(device),
+        model,
         plan.settings,
+        decision=decision,
         device=device,
         mask=plan.mask,
-        batch_size=plan.batch_size,
+        batch_size=batch_size,
         include_misclassified=cfg.include_misclassified,
+        cudnn=cfg.cudnn,
     )
     with store.create("attack", parents=plan.parents, config=config_as_dict(plan.config)) as writer:
-        artifacts.write_json(writer.file(artifacts.ATTACK_PARAMS_FILE), _params(plan))
-        parts, status = _attack_batches(attack, plan.features, plan, progress)
+        artifacts.write_json(writer.file(artifacts.ATTACK_PARAMS_FILE), _params(plan, batch_size))
+        parts, status = _attack_blocks(attack, plan, progress)
         result = sort_rows(AttackBatchResult.concatenate(parts))
         artifacts.save_attack_result(writer.path, result)
-        writer.summary = _run_summary(plan, result, done=len(parts) - (plan.previous is not None), device=device)
+        writer.summary = attack_summary(
+            result,
+            tuned=plan.tuned.id,
+            target=plan.target,
+            decision=decision,
+            split=plan.split,
+            shard=None if plan.shard is None else str(plan.shard),
+            cells=cfg.cells,
+            batch_size=batch_size,
+            batches=Batches(done=result.n, total=plan.n_samples),
+            device=str(device),
+        )
         writer.commit(status=status)
     assert writer.committed is not None
     log.info("attack run %s (%s): success rate %.3f", writer.committed.id, status, result.success_rate)
@@ -187,43 +185,36 @@ def _plan(
         parents = (resume.id,)
     if tuned is None:
         raise ConfigError("no tune-attack run given; pass --tuned <id>")
-    settings, batch_size = tuned_settings(tuned, config.attack)
+    settings = tuned_settings(tuned, config.attack)
     summary = tuned.summary_as(TuneAttackSummary)
     target = target_from(store, summary.model_run, summary.model_trial, summary.features_run)
-    mask = attack_mask(config.attack, load_feature_spec())  # a bad mask fails before anything is written
+    spec = artifacts.feature_definitions(target.features_run).to_spec()
+    mask = attack_mask(config.attack, spec)  # a bad mask fails before anything is written
     split = split_name(split or "test")
     features = artifacts.load_features(target.features_run)
+    allowed_cells(config.attack, features, np.zeros(0, dtype=np.int64))  # no mask for --cells observed: fail now
     rows = split_indices(features, split, origin=f"features run {target.features_run.id}")
-    batches = batches_of(rows, batch_size, shard)
-    if not batches:
-        n_all = len(batches_of(rows, batch_size, None))
+    block = config.attack.block_size
+    blocks = blocks_of(rows, block, shard)
+    if not blocks:
         raise DataError(
-            f"shard {shard} of the {split} split holds no batch ({rows.size} samples in {n_all} batches "
-            f"of {batch_size}); use at most {n_all} shards"
+            f"shard {shard} of the {split} split holds no samples (it has {rows.size} samples); "
+            f"use at most {rows.size} shards"
         )
-    done = set() if previous is None else set(previous.sample_index.tolist())
-    todo = [b for b in batches if int(b[0]) not in done]
+    done = np.zeros(0, dtype=np.int64) if previous is None else previous.sample_index
+    todo = [b[~np.isin(b, done)] for b in blocks]
+    todo = [b for b in todo if b.size]
+    n_samples = sum(b.size for b in blocks)
     return _Plan(
-        tuned,
-        target,
-        config,
-        settings,
-        batch_size,
-        split,
-        shard,
-        todo,
-        len(batches),
-        previous,
-        (tuned.id, *parents),
-        features,
-        mask,
+        tuned, target, config, settings, split, shard, todo, n_samples, previous, (tuned.id, *parents), features, mask
     )
 
 
 def _resume_inputs(
     store: RunStore, resume: Run, tuned: Run | None, config: Config, split: str | None, shard: Shard | None
 ) -> tuple[Run, Config, str, Shard | None]:
-    """The interrupted run's tune-attack run, attack settings (device: the current one), split and shard."""
+    """The interrupted run's tune-attack run, attack settings (device and batch size: the current ones),
+    split and shard."""
     if resume.kind != "attack" or resume.manifest.status != "interrupted":
         raise ConfigError(
             f"--resume needs an interrupted attack run; run {resume.id} is a {resume.manifest.status} {resume.kind} run"
@@ -242,58 +233,45 @@ def _resume_inputs(
                 f"attack run {resume.id} was run with {option} {old}, not {new}; leave out {option} when resuming"
             )
     old_attack = structure(resume.manifest.config["attack"], AttackConfig)
-    config = attrs.evolve(config, attack=attrs.evolve(old_attack, device=config.attack.device))
+    now = config.attack
+    speed = attrs.evolve(old_attack, device=now.device, batch_size=now.batch_size, cudnn=now.cudnn)
+    config = attrs.evolve(config, attack=speed)
     return old_tuned, config, summary.split, old_shard
 
 
-def _attack_batches(
-    attack: L1Attack, features: FeatureMatrix, plan: _Plan, progress: Progress | None
-) -> tuple[list[AttackBatchResult], str]:
-    """Attack the plan's remaining batches; Ctrl-C stops after the finished ones (none finished: re-raised)."""
+def _attack_blocks(attack: L1Attack, plan: _Plan, progress: Progress | None) -> tuple[list[AttackBatchResult], str]:
+    """Attack the plan's remaining blocks; Ctrl-C stops after the finished ones (none finished: re-raised)."""
     parts = [] if plan.previous is None else [plan.previous]
+    features, cfg = plan.features, plan.config.attack
     try:
         for rows in plan.todo:
-            parts.append(attack.run(features.values[rows], features.labels[rows], sample_index=rows))
+            allowed = allowed_cells(cfg, features, rows)
+            parts.append(attack.run(features.values[rows], features.labels[rows], sample_index=rows, allowed=allowed))
             if progress is not None:
                 progress(len(rows))
     except KeyboardInterrupt:
         if not parts:
             raise
-        log.warning("attack interrupted: %d finished batches kept; continue with --resume", len(parts))
+        log.warning("attack interrupted: %d finished blocks kept; continue with --resume", len(parts))
         return parts, "interrupted"
     return parts, "complete"
 
 
 def sort_rows(result: AttackBatchResult) -> AttackBatchResult:
     """The rows of ``result`` in ascending sample index."""
-    order = np.argsort(result.sample_index, kind="stable")
-    arrays = {f.name: getattr(result, f.name)[order] for f in attrs.fields(AttackBatchResult) if f.name != "iterations"}
-    return AttackBatchResult(result.iterations, **arrays)
+    return result.take(np.argsort(result.sample_index, kind="stable"))
 
 
-def _params(plan: _Plan) -> dict[str, object]:
+def _params(plan: _Plan, batch_size: int) -> dict[str, object]:
     cfg = plan.config.attack
     return {
         **attrs.asdict(plan.settings),
-        "batch_size": plan.batch_size,
+        "batch_size": batch_size,
+        "cells": cfg.cells,
         "include_misclassified": cfg.include_misclassified,
         "features": list(cfg.features),
         "hours": list(cfg.hours),
     }
-
-
-def _run_summary(plan: _Plan, result: AttackBatchResult, *, done: int, device: torch.device) -> AttackSummary:
-    batches = Batches(done=plan.n_batches - len(plan.todo) + done, total=plan.n_batches)
-    return attack_summary(
-        result,
-        tuned=plan.tuned.id,
-        target=plan.target,
-        split=plan.split,
-        shard=None if plan.shard is None else str(plan.shard),
-        batch_size=plan.batch_size,
-        batches=batches,
-        device=str(device),
-    )
 
 
 def attack_summary(
@@ -301,14 +279,17 @@ def attack_summary(
     *,
     tuned: RunId,
     target: AttackTarget,
+    decision: DecisionRule,
     split: str,
     shard: str | None,
+    cells: str,
     batch_size: int,
     batches: Batches,
     device: str,
     merged_shards: tuple[RunId, ...] = (),
 ) -> AttackSummary:
-    """Lineage, counts, success rate, and mean L0 / L1 of the first and best examples per direction."""
+    """Lineage, the decision rule, counts, success rate and the sizes of the examples per direction."""
+    found = result.found
     return AttackSummary(
         tune_attack_run=tuned,
         model_run=target.model_run.id,
@@ -321,11 +302,16 @@ def attack_summary(
         device=device,
         n_samples=result.n,
         n_attacked=int(result.attacked.sum()),
-        n_successful=int(result.found.sum()),
+        n_successful=int(found.sum()),
         success_rate=result.success_rate,
         iterations=result.iterations,
         directions={name: _direction(result, code) for name, code in DIRECTIONS.items()},
         merged_shards=merged_shards,
+        decision=decision.rule,
+        threshold=decision.threshold,
+        cells=cells,
+        n_no_cell=int((result.skip == 2).sum()),
+        median_l0_sparse=float(np.median(result.l0("sparse")[found])) if found.any() else None,
     )
 
 
@@ -334,17 +320,21 @@ def _direction(result: AttackBatchResult, code: int) -> DirectionStats:
     found = result.found & (predicted == code)
     attacked = int((result.attacked & (predicted == code)).sum())
 
-    def means(which: str) -> NormMeans:
+    def sizes(which: str) -> NormMeans:
         if not found.any():
             return NormMeans(mean_l0=None, mean_l1=None)
-        return NormMeans(mean_l0=float(result.l0(which)[found].mean()), mean_l1=float(result.l1(which)[found].mean()))
+        l0 = result.l0(which)[found]
+        return NormMeans(
+            mean_l0=float(l0.mean()), mean_l1=float(result.l1(which)[found].mean()), median_l0=float(np.median(l0))
+        )
 
     return DirectionStats(
         attacked=attacked,
         successful=int(found.sum()),
         success_rate=float(found.sum()) / attacked if attacked else 0.0,
-        first=means("first"),
-        best=means("best"),
+        first=sizes("first"),
+        best=sizes("best"),
+        sparse=sizes("sparse"),
     )
 
 
@@ -369,7 +359,7 @@ def find_shards(store: RunStore, tuned: Run, *, split: str, count: int) -> dict[
 def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) -> Run | None:
     """One attack run from complete shards 1…count (parents: ``tuned`` and the shards); ``None`` if any is missing.
 
-    The merged rows equal an unsharded attack's (same batches, ascending sample index).
+    The merged rows equal an unsharded attack's (ascending sample index).
     """
     split = split_name(split)
     shards = find_shards(store, tuned, split=split, count=count)
@@ -377,8 +367,8 @@ def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) 
         log.info("shards of %s on %s: %d of %d finished; not merging yet", tuned.id, split, len(shards), count)
         return None
     runs = [shards[i] for i in range(1, count + 1)]
-    configs = {json.dumps(run.manifest.config.get("attack"), sort_keys=True) for run in runs}
-    if len(configs) != 1:
+    settings = {json.dumps(_result_settings(run.manifest.config.get("attack", {})), sort_keys=True) for run in runs}
+    if len(settings) != 1:
         raise DataError(
             f"shards {', '.join(str(r.id) for r in runs)} used different [attack] settings; "
             "re-run the odd ones with the same settings"
@@ -395,8 +385,10 @@ def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) 
             result,
             tuned=tuned.id,
             target=target,
+            decision=DecisionRule(first.decision, first.threshold),
             split=split,
             shard=None,
+            cells=first.cells,
             batch_size=first.batch_size,
             batches=Batches(done=total, total=total),
             device=first.device,
@@ -404,3 +396,8 @@ def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) 
         )
     assert writer.committed is not None
     return writer.committed
+
+
+def _result_settings(attack_config: dict[str, object]) -> dict[str, object]:
+    """The [attack] settings that change results (not the speed settings: device, batch size, cuDNN)."""
+    return {key: value for key, value in attack_config.items() if key not in ("device", "batch_size", "cudnn")}

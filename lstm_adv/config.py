@@ -227,6 +227,7 @@ class AttackConfig:
     features: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     hours: tuple[int, int] = attrs.field(default=(0, WINDOW_HOURS), validator=_hours)
     batch_size: int | Literal["auto"] = attrs.field(default="auto", validator=_batch_size)
+    block_size: int = attrs.field(default=256, validator=v.at_least(1, owner="attack"))
     device: Device = _choice("attack", Device, "auto")
     cudnn: bool = True
 
@@ -323,7 +324,7 @@ class RobustnessConfig:
     attack: PgdAttackName = _choice("robustness", PgdAttackName, "pgd-linf")
     split: SplitName = _choice("robustness", SplitName, "test")
     include_original: bool = True
-    l1_max_iterations: int = attrs.field(default=1000, validator=v.at_least(0, owner="robustness"))
+    l1_max_iterations: int = attrs.field(default=200, validator=v.at_least(0, owner="robustness"))
 
     @property
     def sweep(self) -> tuple[float, ...]:
@@ -347,8 +348,8 @@ class DemoConfig:
     )
     attack_trials: int = attrs.field(default=6, validator=v.at_least(1, owner="demo"))
     attack_subset: int = attrs.field(default=32, validator=v.at_least(1, owner="demo"))
-    tune_attack_iterations: int = attrs.field(default=150, validator=v.at_least(1, owner="demo"))
-    attack_iterations: int = attrs.field(default=500, validator=v.at_least(1, owner="demo"))
+    tune_attack_iterations: int = attrs.field(default=60, validator=v.at_least(1, owner="demo"))
+    attack_iterations: int = attrs.field(default=200, validator=v.at_least(1, owner="demo"))
     attack_split: AttackSplit = _choice("demo", AttackSplit, "all")
     synthetic_seed: int = attrs.field(default=0, validator=v.at_least(0, owner="demo"))
 

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import torch
 
 from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
 from lstm_adv.config import DEFENSE_METHODS as METHODS
-from lstm_adv.config import Config
+from lstm_adv.config import Config, Decision
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.models import BiLSTM
 from lstm_adv.results import artifacts
@@ -135,10 +136,17 @@ class _Trainer:
 
 
 def defend_model(
-    model: BiLSTM, features: FeatureMatrix, config: Config, *, on_epoch: EpochCallback | None = None
+    model: BiLSTM,
+    features: FeatureMatrix,
+    config: Config,
+    *,
+    decision: DecisionRule | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> DefenseResult:
     """Fine-tune ``model`` adversarially on the training split (see the module docstring); the input is not changed.
 
+    The PGD examples are made at ``decision`` (the original model's rule; default argmax); the defended
+    model gets a rule of the same kind (``model.decision``), made anew on validation.
     Shape: features.values (N, 48, 19).
     """
     settings = defense_settings(config)
@@ -150,7 +158,7 @@ def defend_model(
         SplitTensors.from_arrays(features.values[i], features.labels[i], device)
         for i in (split.train, split.validation, split.evaluation)
     ]
-    trainer = _trainer(_copy_model(model, device), tensors[0], settings, config)
+    trainer = _trainer(_copy_model(model, device), tensors[0], settings, config, decision)
     fixed = None
     if config.defend.method == "static":  # once, against the given weights, for every attackable row
         fixed = trainer.adversarial(tensors[0].x, tensors[0].y, trainer.eligible)
@@ -185,11 +193,13 @@ def _copy_model(model: BiLSTM, device: torch.device) -> BiLSTM:
     return copy
 
 
-def _trainer(model: BiLSTM, train: SplitTensors, settings: PgdSettings, config: Config) -> _Trainer:
+def _trainer(
+    model: BiLSTM, train: SplitTensors, settings: PgdSettings, config: Config, decision: DecisionRule | None
+) -> _Trainer:
     rate = config.defend.learning_rate or model.params.learning_rate
     optimizer = build_optimizer(attrs.evolve(model.params, learning_rate=rate), model)
     eligible = train.y != settings.target if settings.target is not None else torch.ones_like(train.y, dtype=torch.bool)
-    attack = PgdAttack(model, settings, device=train.x.device, batch_size=config.pgd.batch_size)
+    attack = PgdAttack(model, settings, decision=decision, device=train.x.device, batch_size=config.pgd.batch_size)
     generator = torch.Generator().manual_seed(config.model.seed)
     return _Trainer(
         model, optimizer, loss_function(train.y, config.model.imbalance), attack, train, eligible, config, generator
@@ -204,9 +214,11 @@ def run_defense(store: RunStore, model_run: Run, config: Config, *, on_epoch: Ep
     features = artifacts.load_features(features_run)
     check_split(features, SplitIndices.holdout(features), origin=f"features run {features_run.id}")
     model = artifacts.load_trained_model(model_run)
+    decision = artifacts.load_decision(model_run)
+    config = attrs.evolve(config, model=attrs.evolve(config.model, decision=cast(Decision, decision.rule)))
     oracle = oracle_auroc(store, features_run, features)
     with store.create("model", parents=[model_run.id, features_run.id], config=config_as_dict(config)) as writer:
-        result = defend_model(model, features, config, on_epoch=on_epoch)
+        result = defend_model(model, features, config, decision=decision, on_epoch=on_epoch)
         write_trained(writer, result.trained)
         defense = defense_record(result, model_run, config)
         artifacts.write_json(writer.file(artifacts.DEFENSE_FILE), defense)

@@ -26,7 +26,7 @@ from lstm_adv.domain.shapes import N_FEATURES, N_HOURS
 
 FORMATS = ("png", "svg")
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
-_COLORS = {"first": "tab:orange", "best": "tab:blue", "0to1": "tab:red", "1to0": "tab:green"}
+_COLORS = {"first": "tab:orange", "best": "tab:blue", "sparse": "tab:purple", "0to1": "tab:red", "1to0": "tab:green"}
 _EMPTY = "no successful examples"
 
 

@@ -427,17 +427,26 @@ def _describe_attack_tuning(summary: TuneAttackSummary) -> str:
     return f"{states}; best {summary.objective} {value:.3f}" if value is not None else states
 
 
+def _rule(decision: str, threshold: float) -> str:
+    return "argmax (t = 0.5)" if decision == "argmax" else f"t = {threshold:.3f}"
+
+
 def _describe_attack(summary: AttackSummary) -> str:
+    median = "—" if summary.median_l0_sparse is None else f"{summary.median_l0_sparse:.0f}"
     return (
-        f"{summary.n_successful} of {summary.n_attacked} attacked samples flipped "
-        f"({summary.n_samples} in split {summary.split}; misclassified ones are skipped)"
+        f"{summary.n_successful} of {summary.n_attacked} attacked samples flipped at the model's rule "
+        f"({_rule(summary.decision, summary.threshold)}; {summary.n_samples} in split {summary.split}, samples "
+        f"misclassified at the rule are skipped); cells {summary.cells}; median L0 of the sparse examples "
+        f"{median} of 912"
     )
 
 
 def _describe_analysis(summary: AnalysisSummary) -> str:
-    best = summary.top_features.get("best", {})
-    parts = [f"{direction.replace('to', '→')}: {', '.join(names[:3])}" for direction, names in best.items() if names]
-    return "most susceptible features (best examples) " + "; ".join(parts) if parts else ""
+    sparse = summary.top_features.get("sparse", {})
+    parts = [f"{direction.replace('to', '→')}: {', '.join(names[:3])}" for direction, names in sparse.items() if names]
+    measured = summary.measured_fraction.get("sparse", {}).get("all")
+    share = "" if measured is None else f"; {measured:.0%} of the changed cells held a measurement"
+    return ("most susceptible features (sparse examples) " + "; ".join(parts) + share) if parts else ""
 
 
 _DESCRIBERS: dict[type, Callable[[Any], str]] = {

@@ -31,15 +31,32 @@ from lstm_adv import metrics
 from lstm_adv.attacks.l1 import L1Attack, L1Settings
 from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
 from lstm_adv.config import Config
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
+from lstm_adv.domain.perturbation import AttackBatchResult
+from lstm_adv.domain.run_id import RunId
 from lstm_adv.models import BiLSTM
 from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import EvaluatedModel as ModelEntry
-from lstm_adv.results.summaries import L1Record, ModelSummary, PgdRecord, RobustnessRow, RobustnessSummary
-from lstm_adv.targets import check_model_run, features_run_of
+from lstm_adv.results.summaries import (
+    L1Record,
+    ModelSummary,
+    PgdRecord,
+    RobustnessRow,
+    RobustnessSummary,
+    TuneAttackSummary,
+)
+from lstm_adv.targets import (
+    allowed_cells,
+    attack_batch_size,
+    attack_mask,
+    check_model_run,
+    features_run_of,
+    tuned_settings,
+)
 from lstm_adv.training_loop import predict_logits, probabilities, resolve_device
 
 log = logging.getLogger(__name__)
@@ -62,20 +79,23 @@ Progress = Callable[[str], None]
 
 @attrs.frozen
 class EvaluatedModel:
-    """One model under evaluation: its run id, what defense made it, the network and its threshold."""
+    """One model under evaluation: its run id, what defense made it, the network and its decision rule."""
 
     run_id: str
     defense: str
     model: BiLSTM = attrs.field(eq=False)
-    threshold: float
+    decision: DecisionRule
+
+    @property
+    def threshold(self) -> float:
+        """The decision rule's threshold t on P(death)."""
+        return self.decision.threshold
 
     @classmethod
     def from_run(cls, run: Run, *, device: str | torch.device) -> EvaluatedModel:
-        """The final weights and threshold stored in a model run (``defense``: baseline, static or adaptive)."""
-        threshold = run.summary_as(ModelSummary).threshold
-        if threshold is None:
-            raise DataError(f"model run {run.id} stores no threshold; re-run `lstm-adv train`")
-        return cls(str(run.id), defense_of(run), artifacts.load_trained_model(run, device=device), threshold)
+        """The final weights and decision rule stored in a model run (``defense``: baseline, static or adaptive)."""
+        decision = artifacts.load_decision(run)
+        return cls(str(run.id), defense_of(run), artifacts.load_trained_model(run, device=device), decision)
 
 
 def defense_of(run: Run) -> str:
@@ -92,9 +112,16 @@ def attacked_rows(y: torch.Tensor, settings: PgdSettings) -> torch.Tensor:
 
 
 def fresh_perturbation(
-    model: BiLSTM, x: torch.Tensor, y: torch.Tensor, settings: PgdSettings, *, batch_size: int
+    model: BiLSTM,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: PgdSettings,
+    *,
+    batch_size: int,
+    decision: DecisionRule | None = None,
 ) -> torch.Tensor:
-    """δ of a new PGD attack against ``model`` as it is now (targeted: rows of the target class keep δ = 0).
+    """δ of a new PGD attack against ``model`` as it is now (targeted: rows of the target class keep δ = 0),
+    its loss measured at the model's decision boundary.
 
     Shape: x (n, 48, 19) → (n, 48, 19), on x's device.
     """
@@ -103,7 +130,7 @@ def fresh_perturbation(
         return delta
     rows = attacked_rows(y, settings).nonzero()[:, 0]
     if rows.numel():
-        attack = PgdAttack(model, settings, device=x.device, batch_size=batch_size)
+        attack = PgdAttack(model, settings, decision=decision, device=x.device, batch_size=batch_size)
         delta[rows] = attack.perturb(x[rows], y[rows])
     return delta
 
@@ -114,11 +141,16 @@ def curve_point(
     p_adv: NDArray[np.float64],
     delta: torch.Tensor,
     threshold: float,
+    pool: NDArray[np.bool_] | None = None,
 ) -> dict[str, float]:
-    """The metrics of one (model, ε) from clean and attacked P(death). Shapes: (n,), δ (n, 48, 19)."""
+    """The metrics of one (model, ε) from clean and attacked P(death). Shapes: (n,), δ (n, 48, 19).
+
+    The success rate is taken over ``pool`` (default: the samples correct at the threshold), the
+    samples the sparse L1 attack of the same run attacks.
+    """
     clean, adv = p_clean >= threshold, p_adv >= threshold
     deaths, survivals = y == 1, y == 0
-    correct = clean == (y == 1)
+    correct = clean == (y == 1) if pool is None else pool
     flat = delta.flatten(1)
     return {
         "clean_accuracy": float(np.mean(correct)),
@@ -134,6 +166,18 @@ def curve_point(
     }
 
 
+def attack_pool(
+    entry: EvaluatedModel, x: torch.Tensor, y: torch.Tensor, cells: NDArray[np.bool_] | None, *, eval_batch_size: int
+) -> NDArray[np.bool_]:
+    """The samples both attacks of a robustness run target: correct at the model's rule, with a cell the L1
+    attack may change. Shape: (n,) bool."""
+    p_clean = probabilities(predict_logits(entry.model, x, eval_batch_size))
+    pool: NDArray[np.bool_] = entry.decision.predict_probability(p_clean) == y.cpu().numpy()
+    if cells is not None:
+        pool &= cells.reshape(len(cells), -1).any(axis=1)
+    return pool
+
+
 def robustness_curve(
     entry: EvaluatedModel,
     x: torch.Tensor,
@@ -142,6 +186,7 @@ def robustness_curve(
     *,
     batch_size: int,
     eval_batch_size: int,
+    pool: NDArray[np.bool_] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Curve rows (model, defense, eps, metric, value) and confusion rows of one model over the sweep."""
     labels = y.cpu().numpy()
@@ -149,9 +194,9 @@ def robustness_curve(
     curves: list[dict[str, Any]] = []
     confusion: list[dict[str, Any]] = []
     for s in settings:
-        delta = fresh_perturbation(entry.model, x, y, s, batch_size=batch_size)
+        delta = fresh_perturbation(entry.model, x, y, s, batch_size=batch_size, decision=entry.decision)
         p_adv = probabilities(predict_logits(entry.model, x + delta, eval_batch_size))
-        point = curve_point(labels, p_clean, p_adv, delta, entry.threshold)
+        point = curve_point(labels, p_clean, p_adv, delta, entry.threshold, pool)
         base = {"model": entry.run_id, "defense": entry.defense, "eps": s.eps}
         curves += [{**base, "metric": name, "value": value} for name, value in point.items()]
         matrix = metrics.confusion_matrix(labels, p_adv, entry.threshold)
@@ -162,20 +207,45 @@ def robustness_curve(
     return curves, confusion
 
 
-def l1_statistics(
-    entry: EvaluatedModel, x: torch.Tensor, y: torch.Tensor, settings: L1Settings, *, batch_size: int
-) -> list[dict[str, Any]]:
-    """Success rate and mean L0 / L1 of the best examples of the sparse L1 attack against one model."""
-    attack = L1Attack(entry.model, settings, device=x.device, batch_size=batch_size)
-    result = attack.run(x.cpu().numpy(), y.cpu().numpy())
+def l1_attack(
+    entry: EvaluatedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: L1Settings,
+    *,
+    batch_size: int,
+    cells: NDArray[np.bool_] | None = None,
+    mask: NDArray[np.bool_] | None = None,
+) -> AttackBatchResult:
+    """The tuned sparse L1 attack against one model at its decision rule (the pool of :func:`attack_pool`)."""
+    attack = L1Attack(entry.model, settings, decision=entry.decision, device=x.device, batch_size=batch_size, mask=mask)
+    return attack.run(x.cpu().numpy(), y.cpu().numpy(), allowed=cells)
+
+
+def l1_statistics(entry: EvaluatedModel, result: AttackBatchResult) -> list[dict[str, Any]]:
+    """Success rate and sizes (median L0 of the sparse examples, mean L0 / L1 of the best) of the L1 attack."""
     found = result.found
     values = {
         "attacked": float(result.attacked.sum()),
         "success_rate": result.success_rate,
+        "median_l0_sparse": float(np.median(result.l0("sparse")[found])) if found.any() else float("nan"),
         "mean_l0": float(result.l0("best")[found].mean()) if found.any() else float("nan"),
         "mean_l1": float(result.l1("best")[found].mean()) if found.any() else float("nan"),
     }
     return [{"model": entry.run_id, "defense": entry.defense, "metric": k, "value": v} for k, v in values.items()]
+
+
+def tuned_attack_of(store: RunStore, model_run: Run) -> Run | None:
+    """The newest complete tune-attack run tuned against ``model_run`` (None when there is none)."""
+    tuned = [
+        run
+        for run in store.list("tune-attack")
+        if run.manifest.status == "complete"
+        and isinstance(run.manifest.summary, TuneAttackSummary)
+        and run.manifest.summary.model_run == model_run.id
+        and run.manifest.summary.best is not None
+    ]
+    return tuned[-1] if tuned else None
 
 
 def evaluation_runs(store: RunStore, model_runs: Sequence[Run], *, include_original: bool) -> list[Run]:
@@ -208,12 +278,14 @@ def run_robustness(
     model_runs: Sequence[Run],
     config: Config,
     *,
-    l1_settings: L1Settings | None = None,
+    tuned: Run | None = None,
     progress: Progress | None = None,
 ) -> Run:
-    """Fresh PGD (and L1) attacks against every model's final weights; writes a robustness run.
+    """Fresh PGD (and the tuned sparse L1) attacks against every model's final weights; writes a robustness run.
 
-    Bad input (negative ε, unknown norm, a run that is not a single model) writes no run.
+    The L1 attack uses ``tuned`` (a tune-attack run) or else the newest tune-attack run of the first
+    (original) model, never untuned defaults; ``robustness.l1_max_iterations = 0`` skips it. Bad input
+    (negative ε, unknown norm, a run that is not a single model, no tuned attack) writes no run.
     """
     sweep = config.robustness.sweep
     runs = evaluation_runs(store, model_runs, include_original=config.robustness.include_original)
@@ -222,31 +294,62 @@ def run_robustness(
     features_run = _common_features(store, runs)
     features = artifacts.load_features(features_run)
     device = resolve_device(config.model.device)
+    rows = features.indices(config.robustness.split)
     x, y = _split_tensors(features, config.robustness.split, device)
     settings = [PgdSettings.from_config(config.pgd, attack=config.robustness.attack, eps=e) for e in sweep]
-    l1 = l1_settings or L1Settings(max_iterations=max(config.robustness.l1_max_iterations, 1))
-    with store.create("robustness", parents=[run.id for run in runs], config=config_as_dict(config)) as writer:
-        curves, confusion, l1_rows = [], [], []
+    l1, tuned = _l1_settings(store, runs[0], config, tuned)
+    cells = allowed_cells(config.attack, features, rows) if l1 is not None else None
+    mask = attack_mask(config.attack, artifacts.feature_definitions(features_run).to_spec())
+    parents = [run.id for run in runs] + ([tuned.id] if tuned is not None else [])
+    with store.create("robustness", parents=parents, config=config_as_dict(config)) as writer:
+        curves, confusion, l1_rows, pools = [], [], [], {}
         for run in runs:
             entry = EvaluatedModel.from_run(run, device=device)
+            pool = attack_pool(entry, x, y, cells, eval_batch_size=config.model.eval_batch_size)
+            pools[str(run.id)] = int(pool.sum())
             if progress is not None:
                 progress(f"PGD sweep on {run.id}")
             c, m = robustness_curve(
-                entry, x, y, settings, batch_size=config.pgd.batch_size, eval_batch_size=config.model.eval_batch_size
+                entry,
+                x,
+                y,
+                settings,
+                batch_size=config.pgd.batch_size,
+                eval_batch_size=config.model.eval_batch_size,
+                pool=pool,
             )
             curves += c
             confusion += m
-            if config.robustness.l1_max_iterations > 0 or l1_settings is not None:
+            if l1 is not None:
                 if progress is not None:
                     progress(f"L1 attack on {run.id}")
-                l1_rows += l1_statistics(entry, x, y, l1, batch_size=config.pgd.batch_size)
+                result = l1_attack(
+                    entry, x, y, l1, batch_size=attack_batch_size(config.attack, device), cells=cells, mask=mask
+                )
+                l1_rows += l1_statistics(entry, result)
         frames = (pd.DataFrame(curves), pd.DataFrame(confusion), _l1_frame(l1_rows))
         names = (artifacts.ROBUSTNESS_CURVES_FILE, artifacts.CONFUSION_FILE, artifacts.L1_FILE)
         for frame, name in zip(frames, names, strict=True):
             artifacts.write_table(writer.file(name), frame)
-        writer.summary = _summary(frames, runs, features_run, config, settings[0], l1, len(x))
+        writer.summary = _summary(frames, runs, features_run, config, settings[0], l1, len(x), tuned, pools)
     assert writer.committed is not None
     return writer.committed
+
+
+def _l1_settings(
+    store: RunStore, original: Run, config: Config, tuned: Run | None
+) -> tuple[L1Settings | None, Run | None]:
+    """The tuned L1 attack settings (``robustness.l1_max_iterations`` per round), or None when skipped."""
+    if config.robustness.l1_max_iterations == 0:
+        return None, None
+    tuned = tuned or tuned_attack_of(store, original)
+    if tuned is None:
+        raise DataError(
+            f"no tune-attack run was tuned against model run {original.id}; run `lstm-adv tune-attack --model "
+            f"{original.id}` first, give one with --tuned, or skip the L1 attack with --l1-iterations 0"
+        )
+    settings = tuned_settings(tuned, config.attack)
+    return attrs.evolve(settings, max_iterations=config.robustness.l1_max_iterations), tuned
 
 
 def _split_tensors(features: FeatureMatrix, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,19 +374,15 @@ def _summary(
     features_run: Run,
     config: Config,
     settings: PgdSettings,
-    l1: L1Settings,
+    l1: L1Settings | None,
     n: int,
+    tuned: Run | None,
+    pools: dict[str, int],
 ) -> RobustnessSummary:
     curves, _confusion, l1_frame = frames
     table = curves.pivot_table(index=["model", "eps"], columns="metric", values="value").reset_index()
-    rows = tuple(
-        RobustnessRow(
-            model=next(r.id for r in runs if str(r.id) == row["model"]),
-            eps=float(row["eps"]),
-            **{m: _finite(row[m]) for m in CURVE_METRICS if m in row},
-        )
-        for row in table.to_dict("records")
-    )
+    ids = {str(r.id): r.id for r in runs}
+    rows = tuple(_row(ids[str(row["model"])], {str(k): v for k, v in row.items()}) for row in table.to_dict("records"))
     by_model = {
         str(m): {str(k): _finite(v) for k, v in zip(g["metric"], g["value"], strict=True)}
         for m, g in l1_frame.groupby("model")
@@ -305,7 +404,36 @@ def _summary(
             seed=settings.seed,
         ),
         table=rows,
-        l1=L1Record(settings=attrs.asdict(l1), by_model=by_model),
+        l1=L1Record(
+            settings={} if l1 is None else attrs.asdict(l1),
+            by_model=by_model,
+            tuned=None if tuned is None else tuned.id,
+        ),
+        decisions={str(r.id): _rule_text(r) for r in runs},
+        cells=config.attack.cells,
+        pool=pools,
+    )
+
+
+def _rule_text(run: Run) -> str:
+    return artifacts.load_decision(run).describe()
+
+
+def _row(model: RunId, row: dict[str, Any]) -> RobustnessRow:
+    value = {m: _finite(row[m]) if m in row else None for m in CURVE_METRICS}
+    return RobustnessRow(
+        model=model,
+        eps=float(row["eps"]),
+        clean_accuracy=value["clean_accuracy"],
+        robust_accuracy=value["robust_accuracy"],
+        clean_recall=value["clean_recall"],
+        robust_recall=value["robust_recall"],
+        robust_specificity=value["robust_specificity"],
+        robust_auroc=value["robust_auroc"],
+        robust_auprc=value["robust_auprc"],
+        success_rate=value["success_rate"],
+        mean_linf=value["mean_linf"],
+        mean_l2=value["mean_l2"],
     )
 
 

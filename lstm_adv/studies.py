@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import attrs
 import optuna
@@ -108,21 +109,38 @@ def open_database_storage(url: str, timeout_s: int) -> optuna.storages.RDBStorag
         ) from None
 
 
-def open_study(place: StudyPlace, *, timeout_s: int, seed: int, pruner: optuna.pruners.BasePruner) -> optuna.Study:
-    """Create the study at ``place`` or load it when it exists (TPE sampler seeded with ``seed``)."""
-    return optuna.create_study(
+def open_study(
+    place: StudyPlace,
+    *,
+    timeout_s: int,
+    seed: int,
+    pruner: optuna.pruners.BasePruner | None = None,
+    directions: Sequence[str] = ("maximize",),
+    metric_names: Sequence[str] = (),
+) -> optuna.Study:
+    """Create the study at ``place`` or load it when it exists (TPE sampler seeded with ``seed``).
+
+    Several ``directions`` make a multi-objective study (no pruning); ``metric_names`` label the
+    objectives (optuna-dashboard shows them).
+    """
+    study = optuna.create_study(
         study_name=place.name,
         storage=place.storage(timeout_s),
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=pruner,
-        direction="maximize",
+        pruner=pruner if len(directions) == 1 else None,
+        directions=[cast(Literal["minimize", "maximize"], d) for d in directions],
         load_if_exists=True,
     )
+    if metric_names:
+        with warnings.catch_warnings():  # set_metric_names is marked experimental; it is what the dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metric_names))
+    return study
 
 
 def optimize(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], Any],
     *,
     n_trials: int,
     callbacks: Sequence[TrialCallback] = (),

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from lstm_adv.attacks import L1Settings
+
 # Stored and recomputed probabilities agree to float32 rounding on one machine; other CPUs and GPUs differ
 # by ~1e-6. A larger gap means other weights or other features.
 _REPRODUCE_TOLERANCE = 1e-4
@@ -135,3 +137,55 @@ def check_model_run(run: Run) -> None:
         raise RunKindError(f"run {run.id} is a {run.kind} run; give a model run (lstm-adv train)")
     if artifacts.is_cv_run(run):
         raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
+
+
+def allowed_cells(config: AttackConfig, features: FeatureMatrix, rows: np.ndarray) -> np.ndarray | None:
+    """The cells each sample of ``rows`` may change: its measured cells (``cells = observed``), else all.
+
+    A features run without an observation mask is one line saying to re-run preprocess.
+    Shape: (len(rows), 48, 19) or ``None`` (every cell).
+    """
+    if config.cells == "all":
+        return None
+    try:
+        observed = features.observation_mask()
+    except DataError:
+        raise DataError(
+            "--cells observed needs the features run's observation mask, which this features run does not have "
+            "(it was built before the toolkit recorded one); re-run `lstm-adv preprocess`, or use --cells all"
+        ) from None
+    cells: np.ndarray = observed[rows]
+    return cells
+
+
+#: Attack batch size on a CPU when ``attack.batch_size`` is "auto".
+CPU_BATCH_SIZE = 256
+
+
+def attack_batch_size(config: AttackConfig, device: torch.device) -> int:
+    """``attack.batch_size``, or for "auto" a size for the device (a speed setting: results do not depend on it)."""
+    if config.batch_size != "auto":
+        return int(config.batch_size)
+    return CPU_BATCH_SIZE if device.type != "cuda" else 4096
+
+
+def tuned_settings(tuned: Run, config: AttackConfig) -> L1Settings:
+    """The chosen κ, λ, step size and method of a tune-attack run, with the attack's iteration budget."""
+    from lstm_adv.attacks import L1Settings
+
+    if tuned.kind != "tune-attack":
+        raise RunKindError(f"run {tuned.id} is a {tuned.kind} run; --tuned needs a tune-attack run")
+    best = artifacts.load_tuned_settings(tuned)
+    if best is None:
+        raise ConfigError(
+            f"tune-attack run {tuned.id} has no completed trial; continue it with "
+            f"`lstm-adv tune-attack --resume {tuned.id}`"
+        )
+    return L1Settings(
+        kappa=best.kappa,
+        lam=best.lam,
+        step_size=best.step_size,
+        method=best.method,
+        max_iterations=config.max_iterations,
+        search_steps=config.search_steps,
+    )

@@ -1,17 +1,26 @@
-"""Attack tuning stage: Optuna over κ, λ, step size, method and batch size of the L1 attack.
+"""Attack tuning stage: Optuna over κ, λ, step size and method of the sparse L1 attack.
 
 Design of a tuning run (kind ``tune-attack``, parents: the model run, plus the run it resumes):
 
 - Every trial attacks the same seeded subset of the training split (``tune_attack.subset_size``
-  rows drawn with ``subset_seed``; the test split is never seen) in ``tune_attack.chunks`` chunks,
-  and reports the running objective after each chunk, so the median pruner stops poor trials early.
-- Objectives (maximized; summed over the best example of each successful sample; n = changed cells,
-  N = 48·19): ``sparsity`` Σ(1 − n/N), ``sparse_small`` Σ sparsity/‖δ‖₁, ``sparse_small_max``
-  Σ sparsity/max|δ|, ``max_num_nonzero_perts`` #{n ≤ m} with m = ``tune_attack.max_nonzero``.
+  rows drawn with ``subset_seed``; the test split is never seen) at the model's decision rule, on the
+  cells ``attack.cells`` allows, with ``tune_attack.max_iterations`` iterations per round of the
+  attack's per-sample λ search (``attack.search_steps`` rounds).
+- The search space is scale-free: λ and the step size are relative to each sample's gradient scale
+  (see :mod:`lstm_adv.attacks.l1`), so the shipped ranges hold for any model. The batch size is a
+  speed setting (``attack.batch_size``), not a tuned parameter: results do not depend on it.
+- The default objective ``pareto`` is a multi-objective study: maximize the success rate and minimize
+  the median L0 of the sparse (minimal-support) examples. The chosen trial is the Pareto trial with
+  success rate ≥ ``tune_attack.min_success`` and the smallest median L0 (without one: the Pareto trial
+  with the highest success rate). Single objectives (maximized; summed over the best example of each
+  successful sample; n = changed cells, N = 48·19): ``sparsity`` Σ(1 − n/N), ``sparse_small``
+  Σ sparsity/‖δ‖₁, ``sparse_small_max`` Σ sparsity/max|δ|, ``max_num_nonzero_perts`` #{n ≤ m} with
+  m = ``tune_attack.max_nonzero``; these attack the subset in ``tune_attack.chunks`` chunks and report
+  the running value, so the median pruner stops poor trials early.
 - The study is named by the run id and kept in ``study.journal`` inside the run, or in a database
   (``--storage postgresql://…``) shared by many workers. Ctrl-C publishes the run as ``interrupted``
   with its finished trials; ``resume=<run>`` continues the same study in a new run.
-- ``best_params.json`` holds the best trial's settings (what ``lstm-adv attack --tuned`` uses).
+- ``best_params.json`` holds the chosen trial's settings (what ``lstm-adv attack --tuned`` uses).
 """
 
 from __future__ import annotations
@@ -26,26 +35,30 @@ import optuna
 from lstm_adv import studies
 from lstm_adv.attacks import L1Attack, L1Settings
 from lstm_adv.config import OBJECTIVES, AttackObjective, Config, TuneAttackConfig
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
+from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.domain.perturbation import AttackBatchResult
 from lstm_adv.domain.shapes import N_CELLS
-from lstm_adv.resources import load_feature_spec
 from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import AttackTrial, TuneAttackSummary, TunedAttackSettings
 from lstm_adv.studies import StudyPlace, TrialCallback
-from lstm_adv.targets import AttackTarget, attack_mask, resolve_target, target_from
+from lstm_adv.targets import AttackTarget, allowed_cells, attack_batch_size, attack_mask, resolve_target, target_from
 from lstm_adv.training_loop import resolve_device
 
 log = logging.getLogger(__name__)
+
+PARETO = "pareto"
+PARETO_METRICS = ("success rate", "median L0 of sparse examples")
 
 
 # --- objectives -------------------------------------------------------------------------------------
 
 
 def objective_value(result: AttackBatchResult, objective: str, *, max_nonzero: int) -> float:
-    """The objective summed over the best example of each successful sample (0 without successes)."""
+    """A single objective summed over the best example of each successful sample (0 without successes)."""
     found = result.found
     delta = result.best_delta[found].astype(np.float64)
     n = np.count_nonzero(delta, axis=(1, 2))
@@ -61,6 +74,12 @@ def objective_value(result: AttackBatchResult, objective: str, *, max_nonzero: i
     raise ConfigError(f"tune_attack.objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
 
 
+def pareto_values(result: AttackBatchResult) -> tuple[float, float]:
+    """(success rate, median L0 of the sparse examples; 912 cells without any success)."""
+    l0 = result.l0("sparse")[result.found]
+    return result.success_rate, float(np.median(l0)) if l0.size else float(N_CELLS)
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, 0 where the denominator is 0 (a success always changes some cell)."""
     ratio: np.ndarray = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
@@ -70,16 +89,17 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 # --- search space and subset ------------------------------------------------------------------------
 
 
-def suggest_settings(trial: optuna.Trial, tune: TuneAttackConfig) -> tuple[L1Settings, int]:
-    """One point of the attack search space: L1 settings and a batch size (a power of two)."""
-    settings = L1Settings(
+def suggest_settings(trial: optuna.Trial, config: Config) -> L1Settings:
+    """One point of the (scale-free) attack search space."""
+    tune = config.tune_attack
+    return L1Settings(
         kappa=trial.suggest_float("kappa", *tune.kappa),
         lam=trial.suggest_float("lam", *tune.lam, log=True),
         step_size=trial.suggest_float("step_size", *tune.step_size, log=True),
         method=trial.suggest_categorical("method", list(tune.methods)),
         max_iterations=tune.max_iterations,
+        search_steps=config.attack.search_steps,
     )
-    return settings, 2 ** trial.suggest_int("batch_size_log2", *tune.batch_size_log2)
 
 
 def tuning_subset(train_rows: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -116,16 +136,17 @@ def run_attack_tuning(
     rows = tuning_subset(features.indices("train"), tune.subset_size, tune.subset_seed)
     if rows.size == 0:
         raise DataError(f"features run {target.features_run.id}: the train split is empty; nothing to tune on")
-    mask = attack_mask(config.attack, load_feature_spec())
+    mask = attack_mask(config.attack, artifacts.feature_definitions(target.features_run).to_spec())
+    allowed_cells(config.attack, features, rows)  # --cells observed without a mask: fail before writing
     previous = resume.summary_as(TuneAttackSummary) if resume is not None else None
     parents = [target.model_run.id, *([resume.id] if resume else [])]
+    objective_fn = _Objective(target, features, rows, config, mask)
     with store.create("tune-attack", parents=parents, config=config_as_dict(config)) as writer:
         place = studies.study_place(
             writer.path, str(writer.id), url, resume, study_name=previous.study_name if previous else None
         )
         study = _study(place, tune)
         study.set_user_attr("model_run", str(target.model_run.id))
-        objective_fn = _Objective(target, features.values[rows], features.labels[rows], rows, config, mask)
         status = studies.optimize(
             study,
             objective_fn,
@@ -133,7 +154,7 @@ def run_attack_tuning(
             callbacks=[on_trial] if on_trial else (),
             what="attack tuning",
         )
-        summary = tuning_summary(study, place, target, tune, rows.size)
+        summary = tuning_summary(study, place, target, config, rows.size, objective_fn.decision)
         writer.summary = summary
         if summary.best is not None and summary.best.settings is not None:
             artifacts.save_tuned_settings(writer.path, summary.best.settings)
@@ -173,9 +194,8 @@ def _check_inputs(
 def _with_objective(config: Config, objective: str) -> Config:
     if objective not in OBJECTIVES:
         raise ConfigError(f"tune_attack.objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
-    return attrs.evolve(
-        config, tune_attack=attrs.evolve(config.tune_attack, objective=cast(AttackObjective, objective))
-    )
+    chosen = cast(AttackObjective, objective)
+    return attrs.evolve(config, tune_attack=attrs.evolve(config.tune_attack, objective=chosen))
 
 
 def _resumed(
@@ -192,17 +212,28 @@ def _resumed(
         )
     if objective is not None and objective != summary.objective:
         raise ConfigError(
-            f"tune-attack run {resume.id} maximizes {summary.objective!r}; a resumed study cannot change "
-            f"its objective to {objective!r}"
+            f"tune-attack run {resume.id} optimizes {summary.objective!r}; a resumed study cannot change its "
+            f"objective to {objective!r}"
         )
     return _with_objective(config, summary.objective), target
 
 
 def _study(place: StudyPlace, tune: TuneAttackConfig) -> optuna.Study:
-    pruner = optuna.pruners.MedianPruner(
-        n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=tune.pruner_warmup_steps
-    )
-    study = studies.open_study(place, timeout_s=tune.storage_timeout_s, seed=tune.seed, pruner=pruner)
+    if tune.objective == PARETO:
+        study = studies.open_study(
+            place,
+            timeout_s=tune.storage_timeout_s,
+            seed=tune.seed,
+            directions=("maximize", "minimize"),
+            metric_names=PARETO_METRICS,
+        )
+    else:
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=tune.pruner_warmup_steps
+        )
+        study = studies.open_study(
+            place, timeout_s=tune.storage_timeout_s, seed=tune.seed, pruner=pruner, metric_names=(tune.objective,)
+        )
     start = default_trial(tune)
     if not study.trials and start is not None:
         study.enqueue_trial(start)
@@ -212,8 +243,8 @@ def _study(place: StudyPlace, tune: TuneAttackConfig) -> optuna.Study:
 def default_trial(tune: TuneAttackConfig) -> dict[str, Any] | None:
     """The attack's default settings as a first trial, when enabled and inside the search space.
 
-    Random first trials often draw a λ so large that nothing flips; starting from the defaults gives
-    even a short search a working baseline that TPE then improves on.
+    Random first trials can draw settings that flip nothing; starting from the defaults gives even a
+    short search a working baseline that TPE then improves on.
     """
     if not tune.start_from_defaults:
         return None
@@ -223,7 +254,6 @@ def default_trial(tune: TuneAttackConfig) -> dict[str, Any] | None:
         "lam": defaults.lam,
         "step_size": defaults.step_size,
         "method": defaults.method,
-        "batch_size_log2": min(max(6, tune.batch_size_log2[0]), tune.batch_size_log2[1]),
     }
     inside = (
         tune.kappa[0] <= defaults.kappa <= tune.kappa[1]
@@ -235,57 +265,66 @@ def default_trial(tune: TuneAttackConfig) -> dict[str, Any] | None:
 
 
 class _Objective:
-    """One trial: attack the subset chunk by chunk, reporting the running objective after each chunk."""
+    """One trial: attack the subset (by chunks for a single objective, reporting the running value)."""
 
     def __init__(
-        self,
-        target: AttackTarget,
-        x: np.ndarray,
-        y: np.ndarray,
-        rows: np.ndarray,
-        config: Config,
-        mask: np.ndarray | None,
+        self, target: AttackTarget, features: FeatureMatrix, rows: np.ndarray, config: Config, mask: np.ndarray | None
     ) -> None:
         self.device = resolve_device(config.attack.device)
-        self.model = target.load_model(self.device)
+        self.model, self.decision = target.load(features, self.device)
         self.mask = mask
         self.config = config
         self.chunks = np.array_split(np.arange(rows.size), min(config.tune_attack.chunks, rows.size))
-        self.x, self.y, self.rows = x, y, rows
+        self.x, self.y, self.rows = features.values[rows], features.labels[rows], rows
+        self.allowed = allowed_cells(config.attack, features, rows)
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        tune = self.config.tune_attack
-        settings, batch_size = suggest_settings(trial, tune)
-        trial.set_user_attr("settings", _settings_record(settings, batch_size))
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        tune, cfg = self.config.tune_attack, self.config.attack
+        settings = suggest_settings(trial, self.config)
+        trial.set_user_attr("settings", _settings_record(settings))
         attack = L1Attack(
             self.model,
             settings,
+            decision=self.decision,
             device=self.device,
             mask=self.mask,
-            batch_size=batch_size,
-            include_misclassified=self.config.attack.include_misclassified,
+            batch_size=attack_batch_size(cfg, self.device),
+            include_misclassified=cfg.include_misclassified,
+            cudnn=cfg.cudnn,
         )
-        total, successes = 0.0, 0
+        if tune.objective == PARETO:
+            result = self._attack(attack, np.arange(self.rows.size))
+            success, median_l0 = pareto_values(result)
+            trial.set_user_attr("successes", int(result.found.sum()))
+            trial.set_user_attr("success_rate", success)
+            trial.set_user_attr("median_l0", median_l0)
+            return success, median_l0
+        return self._chunked(trial, attack, tune)
+
+    def _attack(self, attack: L1Attack, chunk: np.ndarray) -> AttackBatchResult:
+        allowed = None if self.allowed is None else self.allowed[chunk]
+        return attack.run(self.x[chunk], self.y[chunk], sample_index=self.rows[chunk], allowed=allowed)
+
+    def _chunked(self, trial: optuna.Trial, attack: L1Attack, tune: TuneAttackConfig) -> float:
+        total, successes, parts = 0.0, 0, []
         for step, chunk in enumerate(self.chunks):
-            result = attack.run(self.x[chunk], self.y[chunk], sample_index=self.rows[chunk])
+            result = self._attack(attack, chunk)
+            parts.append(result)
             total += objective_value(result, tune.objective, max_nonzero=tune.max_nonzero)
             successes += int(result.found.sum())
             trial.report(total, step)
-            if trial.should_prune():
+            if step < len(self.chunks) - 1 and trial.should_prune():  # a finished trial is kept, not pruned
                 raise optuna.TrialPruned(f"running {tune.objective} {total:.4g} after chunk {step + 1}")
+        success, median_l0 = pareto_values(AttackBatchResult.concatenate(parts))
         trial.set_user_attr("successes", successes)
+        trial.set_user_attr("success_rate", success)
+        trial.set_user_attr("median_l0", median_l0)
         return total
 
 
-def _settings_record(settings: L1Settings, batch_size: int) -> dict[str, Any]:
+def _settings_record(settings: L1Settings) -> dict[str, Any]:
     """A trial's settings as a user attribute (plain data, read back by :func:`_entry`)."""
-    return {
-        "kappa": settings.kappa,
-        "lam": settings.lam,
-        "step_size": settings.step_size,
-        "method": settings.method,
-        "batch_size": batch_size,
-    }
+    return {"kappa": settings.kappa, "lam": settings.lam, "step_size": settings.step_size, "method": settings.method}
 
 
 def _tuned(record: dict[str, Any]) -> TunedAttackSettings:
@@ -294,18 +333,40 @@ def _tuned(record: dict[str, Any]) -> TunedAttackSettings:
         lam=float(record["lam"]),
         step_size=float(record["step_size"]),
         method=str(record["method"]),
-        batch_size=int(record["batch_size"]),
     )
 
 
+def choose_trial(trials: list[AttackTrial], pareto: tuple[int, ...], min_success: float) -> AttackTrial | None:
+    """The Pareto trial with success rate ≥ ``min_success`` and the smallest median L0 (ties: higher
+    success); without one, the Pareto trial with the highest success rate (ties: smaller median L0)."""
+    front = [t for t in trials if t.number in pareto and t.success_rate is not None and t.median_l0 is not None]
+    good = [t for t in front if (t.success_rate or 0.0) >= min_success]
+    if good:
+        return min(good, key=lambda t: (t.median_l0 or 0.0, -(t.success_rate or 0.0), t.number))
+    return min(front, key=lambda t: (-(t.success_rate or 0.0), t.median_l0 or 0.0, t.number), default=None)
+
+
 def tuning_summary(
-    study: optuna.Study, place: StudyPlace, target: AttackTarget, tune: TuneAttackConfig, subset_size: int
+    study: optuna.Study,
+    place: StudyPlace,
+    target: AttackTarget,
+    config: Config,
+    subset_size: int,
+    decision: DecisionRule,
 ) -> TuneAttackSummary:
-    """The run summary: objective, subset, counts by state, the best trial and every trial."""
+    """The run summary: objective, subset, counts by state, every trial, the Pareto front and the chosen trial."""
+    tune = config.tune_attack
     trials = study.get_trials(deepcopy=False)
     states = studies.state_counts(trials)
-    completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-    best = max(completed, key=lambda t: float(t.value or 0.0), default=None)
+    entries = [_entry(t) for t in trials]
+    completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values is not None]
+    if tune.objective == PARETO:
+        pareto = tuple(t.number for t in study.best_trials) if completed else ()
+        best = choose_trial(entries, pareto, tune.min_success)
+    else:
+        pareto = ()
+        top = max(completed, key=lambda t: float(t.value or 0.0), default=None)
+        best = None if top is None else entries[[t.number for t in trials].index(top.number)]
     return TuneAttackSummary(
         study_name=place.name,
         storage=place.shown,
@@ -321,8 +382,13 @@ def tuning_summary(
         n_trials=len(trials),
         states=states,
         n_pruned=states.get("pruned", 0),
-        best=None if best is None else _entry(best),
-        trials=tuple(_entry(t) for t in trials),
+        best=best,
+        trials=tuple(entries),
+        decision=decision.rule,
+        threshold=decision.threshold,
+        cells=config.attack.cells,
+        min_success=tune.min_success,
+        pareto=pareto,
     )
 
 
@@ -331,8 +397,10 @@ def _entry(trial: optuna.trial.FrozenTrial) -> AttackTrial:
     return AttackTrial(
         number=trial.number,
         state=trial.state.name.lower(),
-        value=trial.value,
+        values=None if trial.values is None else tuple(float(v) for v in trial.values),
         settings=None if settings is None else _tuned(settings),
         successes=trial.user_attrs.get("successes"),
         last_step=trial.last_step,
+        success_rate=trial.user_attrs.get("success_rate"),
+        median_l0=trial.user_attrs.get("median_l0"),
     )

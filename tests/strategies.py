@@ -289,8 +289,8 @@ def attack_batch_results(draw: st.DrawFn) -> Any:
 
     n = draw(st.integers(1, 5))
     iterations = draw(st.integers(1, 50))
-    attacked = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
-    found = attacked & np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    skip = np.array(draw(st.lists(st.sampled_from([0, 0, 1, 2]), min_size=n, max_size=n)), dtype=np.int8)
+    found = (skip == 0) & np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     before = np.array(
         draw(st.lists(st.sampled_from([[1.5, -0.5], [-2.0, 0.25]]), min_size=n, max_size=n)), dtype=np.float32
     )
@@ -298,19 +298,24 @@ def attack_batch_results(draw: st.DrawFn) -> Any:
     first_it = np.where(found, draw(st.integers(1, iterations)), 0).astype(np.int64)
     best_it = np.where(found, iterations, 0).astype(np.int64)
     delta = np.stack([draw(perturbation_deltas()) for _ in range(n)]) * found[:, None, None]
+    best = (delta / 2).astype(np.float32)
     return AttackBatchResult(
         iterations,
+        0.5,
         sample_index=np.array(draw(st.lists(st.integers(0, 10**6), min_size=n, max_size=n)), dtype=np.int64),
         label=np.array(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)), dtype=np.int64),
         logits_before=before,
-        attacked=attacked,
+        predicted=before.argmax(axis=1).astype(np.int64),
+        skip=skip,
         found=found,
         first_iteration=first_it,
         first_delta=delta.astype(np.float32),
         first_logits=after,
         best_iteration=best_it,
-        best_delta=(delta / 2).astype(np.float32),
+        best_delta=best,
         best_logits=after,
+        sparse_delta=np.where(np.abs(best) >= np.abs(best).max(axis=(1, 2), keepdims=True) / 2, best, 0),
+        sparse_logits=after,
     )
 
 
@@ -367,19 +372,24 @@ def analysis_attack_result(seed: int, n: int, *, density: float = 0.05, budget: 
     first = sparse_delta_array(int(rng.integers(2**32)), n, density) * found[:, None, None]
     first_it = np.where(found, rng.integers(1, budget // 2 + 1, n), 0).astype(np.int64)
     after = np.where(found[:, None], before[:, ::-1], 0.0).astype(np.float32)
+    best = (first * rng.uniform(0.2, 1.0, (n, 1, 1))).astype(np.float32)
     return AttackBatchResult(
         budget,
+        0.5,
         sample_index=np.arange(n, dtype=np.int64),
         label=predicted.astype(np.int64),
         logits_before=before,
-        attacked=attacked,
+        predicted=predicted.astype(np.int64),
+        skip=np.where(attacked, 0, 1).astype(np.int8),
         found=found,
         first_iteration=first_it,
         first_delta=first,
         first_logits=after,
         best_iteration=np.where(found, first_it + rng.integers(0, budget // 2, n), 0).astype(np.int64),
-        best_delta=(first * rng.uniform(0.2, 1.0, (n, 1, 1))).astype(np.float32),
+        best_delta=best,
         best_logits=after,
+        sparse_delta=np.where(rng.random((n, 48, 19)) < 0.5, best, 0.0).astype(np.float32),
+        sparse_logits=after,
     )
 
 

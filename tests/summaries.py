@@ -21,7 +21,7 @@ def attack_summary(
 ) -> AttackSummary:
     """What an attack run of ``result`` records, made without the attack stage."""
     none = NormMeans(mean_l0=None, mean_l1=None)
-    empty = DirectionStats(attacked=0, successful=0, success_rate=0.0, first=none, best=none)
+    empty = DirectionStats(attacked=0, successful=0, success_rate=0.0, first=none, best=none, sparse=none)
     return AttackSummary(
         tune_attack_run=tuned or model_run,
         model_run=model_run,
@@ -38,6 +38,11 @@ def attack_summary(
         success_rate=result.success_rate,
         iterations=result.iterations,
         directions={"0to1": empty, "1to0": empty},
+        decision="threshold",
+        threshold=0.5,
+        cells="all",
+        n_no_cell=0,
+        median_l0_sparse=None,
     )
 
 
@@ -48,10 +53,12 @@ def tune_attack_summary(*, model_run: RunId, features_run: RunId) -> TuneAttackS
     trial = AttackTrial(
         number=0,
         state="complete",
-        value=1.0,
-        settings=TunedAttackSettings(kappa=0.0, lam=0.01, step_size=0.05, method="fista", batch_size=64),
+        values=(1.0, 3.0),
+        settings=TunedAttackSettings(kappa=0.0, lam=0.01, step_size=0.05, method="ista"),
         successes=1,
         last_step=0,
+        success_rate=1.0,
+        median_l0=3.0,
     )
     return TuneAttackSummary(
         study_name="study",
@@ -59,7 +66,7 @@ def tune_attack_summary(*, model_run: RunId, features_run: RunId) -> TuneAttackS
         model_run=model_run,
         model_trial=None,
         features_run=features_run,
-        objective="sparsity",
+        objective="pareto",
         max_nonzero=20,
         subset_size=1,
         subset_seed=0,
@@ -70,6 +77,11 @@ def tune_attack_summary(*, model_run: RunId, features_run: RunId) -> TuneAttackS
         n_pruned=0,
         best=trial,
         trials=(trial,),
+        decision="threshold",
+        threshold=0.5,
+        cells="all",
+        min_success=0.9,
+        pareto=(0,),
     )
 
 

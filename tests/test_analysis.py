@@ -131,16 +131,18 @@ def test_rank_descending_breaks_ties_by_position() -> None:
 
 
 @given(analysis_attack_results)
-def test_groups_split_successes_by_predicted_class_and_first_or_best(result: AttackBatchResult) -> None:
-    """0to1 holds successes predicted 0 at δ = 0, 1to0 those predicted 1; first and best take their own δ."""
+def test_groups_split_successes_by_predicted_class_and_example_kind(result: AttackBatchResult) -> None:
+    """0to1 holds successes predicted 0 at δ = 0 (by the attack's rule), 1to0 those predicted 1; first, best
+    and sparse take their own δ (sparse examples were pruned from the best iterate)."""
     groups = {(g.which, g.direction): g for g in split_groups(result)}
-    assert list(groups) == [("first", "0to1"), ("first", "1to0"), ("best", "0to1"), ("best", "1to0")]
+    assert list(groups) == [(w, d) for w in ("first", "best", "sparse") for d in ("0to1", "1to0")]
     for which, deltas, iterations in (
         ("first", result.first_delta, result.first_iteration),
         ("best", result.best_delta, result.best_iteration),
+        ("sparse", result.sparse_delta, result.best_iteration),
     ):
         for direction, predicted in (("0to1", 0), ("1to0", 1)):
-            rows = [k for k in range(result.n) if result.found[k] and np.argmax(result.logits_before[k]) == predicted]
+            rows = [k for k in range(result.n) if result.found[k] and result.predicted[k] == predicted]
             group = groups[which, direction]
             assert group.n == len(rows)
             np.testing.assert_array_equal(group.deltas, deltas[rows])
@@ -250,6 +252,10 @@ def test_analysis_run_writes_every_table_and_figure(analysed: tuple[RunStore, Ru
         "feature_ranking_best",
         "heatmap_gpp_first",
         "feature_ranking_first",
+        "heatmap_gpp_sparse",
+        "heatmap_gmp_sparse",
+        "feature_ranking_sparse",
+        "hour_susceptibility_sparse",
     } <= stems
     for stem in stems:
         png, svg = run.file(f"figures/{stem}.png").read_bytes(), run.file(f"figures/{stem}.svg").read_bytes()
@@ -272,12 +278,21 @@ def test_analysis_tables_have_the_documented_columns(analysed: tuple[RunStore, R
     """examples, cells, features and hours hold the columns other stages and reports read."""
     _, _, run, result = analysed
     examples = pd.read_parquet(run.file("examples.parquet"))
-    assert list(examples.columns) == ["which", "direction", "l0", "l1", "linf", "mean_nonzero", "iteration"]
-    assert len(examples) == 2 * int(result.found.sum())
+    assert list(examples.columns) == [
+        "which",
+        "direction",
+        "l0",
+        "l1",
+        "linf",
+        "mean_nonzero",
+        "iteration",
+        "measured",
+    ]
+    assert len(examples) == 3 * int(result.found.sum())
     assert set(examples["direction"]) == {"0to1", "1to0"}
     cells = pd.read_parquet(run.file("cells.parquet"))
     assert {"hour", "feature", "gmp", "gpp", "ganzp", "gap", "sensitivity", "n_nonzero", "n_examples"} <= set(cells)
-    assert len(cells) == 4 * 48 * 19
+    assert len(cells) == 6 * 48 * 19
     features = pd.read_parquet(run.file("features.parquet"))
     assert {"feature", "unit", "susceptibility", "rank", "mean_clinical_abs_delta"} <= set(features)
     assert features.loc[features["feature"] == "heartrate", "unit"].iloc[0] != ""
@@ -296,6 +311,14 @@ def test_analysis_summary_names_counts_and_top_features(analysed: tuple[RunStore
     features = pd.read_parquet(run.file("features.parquet"))
     best = features[(features["which"] == "best") & (features["direction"] == "1to0")].sort_values("rank")
     assert summary.top_features["best"]["1to0"] == tuple(best["feature"].head(5).tolist())
+    observed = _features_matrix().observed
+    assert observed is not None
+    for which in ("first", "best", "sparse"):
+        changed = result.deltas(which)[result.found] != 0
+        share = (changed & observed[result.sample_index[result.found]]).sum() / changed.sum()
+        assert summary.measured_fraction[which]["all"] == pytest.approx(share)
+        assert summary.median_l0[which]["all"] == pytest.approx(np.median(result.l0(which)[result.found]))
+    assert (summary.decision, summary.threshold, summary.cells) == ("threshold", 0.5, "all")
     assert len(summary.top_hours["first"]["0to1"]) == 5
 
 
@@ -317,14 +340,23 @@ def test_figures_cope_with_a_direction_without_successes(tmp_path: Path) -> None
     tables = analyse_attack(result, _scaling(np.ones(19)))
     assert set(tables.cells["direction"]) == {"0to1"}
     names = write_figures(tables.as_dict(), tmp_path / "figures", AnalysisConfig(figure_dpi=30))
-    assert len(names) == 2 * 11
+    assert len(names) == 2 * 15  # 3 norm and discovery figures, 4 maps for each of first, best, sparse
     assert all((tmp_path / name).stat().st_size > 0 for name in names)
 
 
 def _zero_unfound(result: AttackBatchResult, found: np.ndarray) -> dict[str, np.ndarray]:
     """Columns of ``result`` with zeros wherever ``found`` is false (the AttackBatchResult invariant)."""
     out = {}
-    for name in ("first_delta", "best_delta", "first_logits", "best_logits", "first_iteration", "best_iteration"):
+    for name in (
+        "first_delta",
+        "best_delta",
+        "sparse_delta",
+        "first_logits",
+        "best_logits",
+        "sparse_logits",
+        "first_iteration",
+        "best_iteration",
+    ):
         column = getattr(result, name)
         mask = found.reshape((-1,) + (1,) * (column.ndim - 1))
         out[name] = np.where(mask, column, 0).astype(column.dtype)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
-from lstm_adv.attacks import L1Attack, L1Settings, cell_mask
+from lstm_adv.attacks import L1Attack, L1Settings, SuccessTracker, cell_mask
+from lstm_adv.attacks.base import lstm_kernel_mode
 from lstm_adv.domain.errors import ConfigError, DataError
 from tests.attack_models import LinearModel, TinyLSTM
 
@@ -131,14 +134,18 @@ def test_logits_under_attack_equal_eval_mode_logits_on_cuda() -> None:
     x = torch.rand(64, 48, 19, device="cuda")
     with torch.no_grad():
         expected = model(x)
-    attack = L1Attack(model, FAST, device="cuda")
-    with attack._eval_mode():
-        logits, grad = attack._gradient(x, lambda z: z[:, 0] - z[:, 1])
-        again = attack._forward(x)
-    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
-    assert torch.isfinite(grad).all()
-    assert grad.abs().sum() > 0
+    point = x.clone().requires_grad_(True)
+    (expected_grad,) = torch.autograd.grad((model(point)[:, 0] - model(point)[:, 1]).sum(), point)
+    for cudnn in (True, False):
+        attack = L1Attack(model, FAST, device="cuda", cudnn=cudnn)
+        with attack._attack_mode():
+            logits, grad = attack._gradient(x, lambda z: z[:, 0] - z[:, 1])
+            again = attack._forward(x)
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
+    assert model.lstm.dropout == 0.5
+    assert not model.training
 
 
 @pytest.mark.gpu
@@ -149,11 +156,93 @@ def test_attack_loop_never_synchronises_with_the_host() -> None:
     x = torch.rand(16, 48, 19, device="cuda")
     target = torch.zeros(16, dtype=torch.int64, device="cuda")
     for method in ("ista", "fista", "adam"):
-        attack = L1Attack(model, L1Settings(method=method, max_iterations=5), device="cuda")
-        with attack._eval_mode():
+        attack = L1Attack(model, L1Settings(method=method, max_iterations=5, search_steps=2), device="cuda")
+        problem = attack._problem(x, target, None)
+        tracker = SuccessTracker(x, attack.boundary)
+        lam = torch.full((16, 1, 1), 0.05, device="cuda")
+        run = {"ista": attack._ista, "fista": attack._fista, "adam": attack._adam}[method]
+        with attack._attack_mode():
             torch.cuda.set_sync_debug_mode("error")
             try:
-                outcome = attack._attack_batch(x, target)
+                found = run(problem, lam, tracker, offset=0)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        assert outcome.found.shape == (16,)
+        assert found.shape == (16,)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cudnn_and_native_kernels_give_the_same_attack() -> None:
+    """The cuDNN path and the native-kernel path find the same δ for a seeded batch (float tolerance)."""
+    model = TinyLSTM(hidden=32, layers=2, dropout=0.3, seed=2).cuda()
+    x, y = _inputs(32, seed=9)
+    settings = L1Settings(lam=0.01, step_size=0.1, max_iterations=20, search_steps=2)
+    fast = L1Attack(model, settings, device="cuda", cudnn=True, include_misclassified=True).run(x, y)
+    slow = L1Attack(model, settings, device="cuda", cudnn=False, include_misclassified=True).run(x, y)
+    assert (fast.found == slow.found).mean() > 0.95
+    both = fast.found & slow.found
+    np.testing.assert_allclose(fast.first_delta[both], slow.first_delta[both], atol=1e-3)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_kernel_mode_gives_eval_logits_and_gradients_and_restores_modes(layers: int) -> None:
+    """With only the LSTM in train mode and its dropout at 0, logits and input gradients equal eval mode's
+    (dropout 0.5 elsewhere stays off); modes and dropout come back afterwards, also after an exception."""
+    model = TinyLSTM(hidden=16, layers=layers, dropout=0.5, seed=layers)
+    model.train()
+    x = torch.rand(8, 48, 19)
+
+    def logits_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
+        point = x.clone().requires_grad_(True)
+        logits = model(point)
+        (grad,) = torch.autograd.grad((logits[:, 1] - logits[:, 0]).sum(), point)
+        return logits.detach(), grad
+
+    model.eval()
+    expected = logits_and_grad()
+    model.train()
+    with lstm_kernel_mode(model):
+        assert model.lstm.training
+        assert not model.dropout.training
+        assert model.lstm.dropout == 0.0
+        got = logits_and_grad()
+    torch.testing.assert_close(got[0], expected[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[1], expected[1], atol=1e-6, rtol=0)
+    assert model.training
+    assert model.lstm.training
+    assert model.dropout.training
+    assert model.lstm.dropout == (0.5 if layers > 1 else 0.0)
+    model.eval()
+    with pytest.raises(RuntimeError), lstm_kernel_mode(model):
+        raise RuntimeError("the attack failed")
+    assert not model.training
+    assert not model.lstm.training
+
+
+def test_the_attacks_iteration_loop_makes_no_device_to_host_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No .item(), .cpu(), bool() or .tolist() of a tensor inside the iteration loops of any method."""
+    model = TinyLSTM(hidden=8)
+    x = torch.rand(6, 48, 19)
+    target = torch.zeros(6, dtype=torch.int64)
+    for method in ("ista", "fista", "adam"):
+        attack = L1Attack(model, L1Settings(method=method, max_iterations=4, search_steps=1))
+        problem = attack._problem(x, target, None)
+        tracker = SuccessTracker(x, attack.boundary)
+        lam = torch.full((6, 1, 1), 0.05)
+        run = {"ista": attack._ista, "fista": attack._fista, "adam": attack._adam}[method]
+        copies: list[str] = []
+        with monkeypatch.context() as patch:
+            for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__"):
+                original = getattr(torch.Tensor, name)
+                patch.setattr(torch.Tensor, name, _recording(original, name, copies))
+            with attack._attack_mode():
+                run(problem, lam, tracker, offset=0)
+        assert copies == [], method
+
+
+def _recording(original: Any, name: str, copies: list[str]) -> Any:
+    def wrapped(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        copies.append(name)
+        return original(self, *args, **kwargs)
+
+    return wrapped

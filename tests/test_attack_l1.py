@@ -18,11 +18,11 @@ from lstm_adv.domain.perturbation import AttackBatchResult
 from tests.attack_models import LinearModel, TinyLSTM, TinyMLP
 from tests.strategies import attack_inputs, attack_methods, cell_masks
 
-# Settings under which the tiny model is flipped within a few iterations, per method.
+# Settings under which the tiny model is flipped within a few iterations, per method (one λ round).
 SETTINGS = {
-    "ista": L1Settings(lam=1e-3, step_size=10.0, method="ista", max_iterations=12),
-    "fista": L1Settings(lam=1e-3, step_size=5.0, method="fista", max_iterations=12),
-    "adam": L1Settings(lam=0.1, step_size=0.05, method="adam", max_iterations=12),
+    "ista": L1Settings(lam=0.01, step_size=0.2, method="ista", max_iterations=12, search_steps=1),
+    "fista": L1Settings(lam=0.01, step_size=0.1, method="fista", max_iterations=12, search_steps=1),
+    "adam": L1Settings(lam=0.01, step_size=0.1, method="adam", max_iterations=12, search_steps=1),
 }
 MODEL = TinyLSTM(seed=1).eval()
 MLP64 = TinyMLP(seed=1).eval()
@@ -104,7 +104,8 @@ def _assert_same_results(batched: AttackBatchResult, alone: AttackBatchResult) -
     assert batched.found.tolist() == alone.found.tolist()
     assert batched.first_iteration.tolist() == alone.first_iteration.tolist()
     assert batched.best_iteration.tolist() == alone.best_iteration.tolist()
-    for name in ("first_delta", "best_delta", "first_logits", "best_logits", "logits_before"):
+    names = ("first_delta", "best_delta", "sparse_delta", "first_logits", "best_logits", "sparse_logits")
+    for name in (*names, "logits_before"):
         np.testing.assert_allclose(getattr(batched, name), getattr(alone, name), rtol=0, atol=1e-5)
 
 
@@ -127,7 +128,7 @@ def test_every_method_keeps_samples_independent(
     differences; in double precision only a real coupling between samples could make the runs differ.
     """
     x, y = inputs
-    settings = attrs.evolve(SETTINGS[method], step_size=SETTINGS[method].step_size / 10)
+    settings = attrs.evolve(SETTINGS[method], search_steps=2)
     _assert_same_results(*_batched_and_alone(MLP64, settings, x, y, batch_size))
 
 
@@ -135,7 +136,7 @@ def test_ista_on_a_linear_model_matches_a_direct_computation() -> None:
     """On z = W·x + b, the first success (iteration and δ) equals a plain numpy ISTA run per sample."""
     model = LinearModel(seed=4)
     x, y = _inputs(8, seed=5)
-    settings = L1Settings(kappa=0.2, lam=2e-3, step_size=0.05, method="ista", max_iterations=40)
+    settings = L1Settings(kappa=0.2, lam=0.05, step_size=0.05, method="ista", max_iterations=40, search_steps=1)
     result = L1Attack(model, settings, include_misclassified=True).run(x, y)
     w, b = model.weight.detach().double().numpy(), model.bias.detach().double().numpy()
     for row in range(len(x)):
@@ -148,10 +149,11 @@ def test_ista_on_a_linear_model_matches_a_direct_computation() -> None:
 def _numpy_ista_first_success(w: np.ndarray, b: np.ndarray, x: np.ndarray, s: L1Settings) -> tuple[int, np.ndarray]:
     c = int(np.argmax(w @ x + b))
     direction = w[c] - w[1 - c]
+    scale = np.abs(direction).max()  # the gradient scale G of the scale-free step
     delta = np.zeros_like(x)
     for iteration in range(1, s.max_iterations + 1):
         margin = direction @ (x + delta) + b[c] - b[1 - c]
-        u = delta - s.step_size * (direction if margin >= -s.kappa else 0.0)
+        u = delta - s.step_size * (direction / scale if margin >= -s.kappa else 0.0)
         delta = np.clip(np.sign(u) * np.maximum(np.abs(u) - s.step_size * s.lam, 0.0), -x, 1 - x)
         if np.argmax(w @ (x + delta) + b) != c:
             return iteration, delta
@@ -174,7 +176,7 @@ def test_every_point_evaluated_stays_in_the_box_and_masked_cells_never_change(
     for seen in model.inputs:
         assert bool(((seen >= 0) & (seen <= 1)).all())
         assert torch.equal(seen[:, ~torch.from_numpy(mask)], xt[:, ~torch.from_numpy(mask)])
-    for deltas in (result.first_delta, result.best_delta):
+    for deltas in (result.first_delta, result.best_delta, result.sparse_delta):
         assert ((x + deltas >= 0) & (x + deltas <= 1)).all()
         assert not deltas[:, ~mask].any()
 
@@ -186,7 +188,8 @@ def test_every_point_evaluated_stays_in_the_box_and_masked_cells_never_change(
 def test_more_iterations_never_lower_best_success(method: str) -> None:
     """A longer run extends a shorter one: every success stays, the first is unchanged, the best only shrinks."""
     x, y = _inputs(16, seed=7)
-    short_settings = L1Settings(lam=1e-2, step_size=SETTINGS[method].step_size, method=method, max_iterations=6)
+    step = {"ista": 0.1, "fista": 0.1, "adam": 0.04}[method]  # some, not all, samples flip within 6 iterations
+    short_settings = L1Settings(lam=1e-2, step_size=step, method=method, max_iterations=6, search_steps=1)
     short = L1Attack(MODEL, short_settings, include_misclassified=True).run(x, y)
     long_settings = attrs.evolve(short_settings, max_iterations=20)
     long = L1Attack(MODEL, long_settings, include_misclassified=True).run(x, y)
@@ -200,8 +203,8 @@ def test_larger_lambda_never_raises_mean_l0() -> None:
     """On a fixed model and a seeded set of 30 samples, λ ten times larger gives a mean L0 that is no larger."""
     x, y = _inputs(30, seed=11)
     mean_l0 = []
-    for lam in (1e-4, 1e-3, 1e-2):
-        settings = L1Settings(lam=lam, step_size=10.0, method="ista", max_iterations=30)
+    for lam in (1e-3, 1e-2, 1e-1):
+        settings = L1Settings(lam=lam, step_size=0.1, method="ista", max_iterations=30, search_steps=1)
         result = L1Attack(MODEL, settings, include_misclassified=True).run(x, y)
         assert result.found.mean() >= 0.5
         mean_l0.append(result.l0()[result.found].mean())
@@ -232,7 +235,7 @@ def test_stored_successes_flip_the_prediction_when_reapplied(method: str, tmp_pa
 def test_no_success_is_a_stored_failure_with_its_reason() -> None:
     """A budget too small to flip anything leaves every sample not completed, with the iteration budget named."""
     x, y = _inputs(3)
-    settings = L1Settings(lam=1.0, step_size=1e-3, max_iterations=2)
+    settings = L1Settings(lam=1.0, step_size=1e-3, max_iterations=2, search_steps=1)
     result = L1Attack(MODEL, settings, include_misclassified=True).run(x, y)
     assert not result.found.any()
     assert {r.first.reason for r in result.results()} == {"no success within 2 iterations"}  # type: ignore[union-attr]
@@ -256,3 +259,108 @@ def test_step_size_must_be_positive_and_lambda_non_negative() -> None:
     with pytest.raises(ConfigError) as info:
         L1Settings(lam=-1.0)
     assert str(info.value) == "L1Settings.lam must be finite and ≥ 0, got -1.0"
+
+
+# --- scale-free steps, the λ search, minimal support ---------------------------------------------------
+
+
+class _Scaled(nn.Module):
+    """A model whose logits are ``factor`` times another's: the same decisions, gradients ``factor`` times."""
+
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(x) * self.factor
+        return out
+
+
+@pytest.mark.parametrize("method", ["ista", "fista", "adam"])
+def test_steps_do_not_depend_on_the_models_gradient_scale(method: str) -> None:
+    """A model with gradients 10⁻⁵ times smaller (or 10³ larger) gets the same successes and examples."""
+    x, y = _inputs(6, seed=3)
+    settings = attrs.evolve(SETTINGS[method], search_steps=2)
+    base = L1Attack(MLP64, settings, include_misclassified=True).run(x, y)
+    assert base.found.any()
+    for factor in (1e-5, 1e3):
+        scaled = L1Attack(_Scaled(MLP64, factor), settings, include_misclassified=True).run(x, y)
+        assert scaled.found.tolist() == base.found.tolist()
+        assert scaled.first_iteration.tolist() == base.first_iteration.tolist()
+        np.testing.assert_allclose(scaled.best_delta, base.best_delta, atol=1e-4)
+
+
+@given(attack_inputs(max_samples=4), attack_methods, st.integers(1, 3))
+def test_more_search_steps_never_lower_success_nor_raise_the_best_l1(
+    inputs: tuple[np.ndarray, np.ndarray], method: str, steps: int
+) -> None:
+    """Rounds of the λ search only add chances: every success stays and the best L1 does not grow."""
+    x, y = inputs
+    settings = attrs.evolve(SETTINGS[method], max_iterations=5, search_steps=steps)
+    fewer = L1Attack(MLP64, settings, include_misclassified=True).run(x, y)
+    more = L1Attack(MLP64, attrs.evolve(settings, search_steps=steps + 2), include_misclassified=True).run(x, y)
+    assert (more.found >= fewer.found).all()
+    assert (more.l1("best")[fewer.found] <= fewer.l1("best")[fewer.found] + 1e-6).all()
+    assert (more.first_iteration[fewer.found] == fewer.first_iteration[fewer.found]).all()
+
+
+def test_lambda_rises_after_a_success_and_falls_after_a_failure() -> None:
+    """The per-sample λ search: ×10 up after a success until a failure bounds it, then log-midpoints."""
+    from lstm_adv.attacks.l1 import _next_lambda
+
+    lam, low, high = torch.tensor([1.0, 1.0]), torch.zeros(2), torch.full((2,), float("inf"))
+    lam, low, high = _next_lambda(lam, low, high, torch.tensor([True, False]))
+    assert lam.tolist() == pytest.approx([10.0, 0.1])
+    lam, low, high = _next_lambda(lam, low, high, torch.tensor([False, True]))
+    assert lam.tolist() == pytest.approx([10**0.5, 0.1**0.5])
+
+
+@given(attack_inputs(max_samples=4), attack_methods)
+def test_sparse_examples_flip_are_no_larger_than_best_and_every_cell_is_needed(
+    inputs: tuple[np.ndarray, np.ndarray], method: str
+) -> None:
+    """A sparse δ flips the decision, has L0 ≤ the best δ's, and dropping any one of its cells un-flips it."""
+    x, y = inputs
+    result = L1Attack(MLP64, attrs.evolve(SETTINGS[method], search_steps=2), include_misclassified=True).run(x, y)
+    assert (result.l0("sparse") <= result.l0("best")).all()
+    for row in np.flatnonzero(result.found):
+        sparse = result.sparse_delta[row]
+        point = torch.from_numpy(x[row] + sparse)[None]
+        with torch.no_grad():
+            assert int(MLP64(point).argmax(1)) != result.predicted[row]
+        for cell in zip(*np.nonzero(sparse), strict=True):
+            smaller = sparse.copy()
+            smaller[cell] = 0.0
+            with torch.no_grad():
+                decided = int(MLP64(torch.from_numpy(x[row] + smaller)[None]).argmax(1))
+            assert decided == result.predicted[row], f"row {row}: cell {cell} is not needed"
+
+
+@given(attack_inputs(max_samples=4), attack_methods, st.integers(0, 2**32 - 1))
+def test_per_sample_cells_are_never_exceeded(inputs: tuple[np.ndarray, np.ndarray], method: str, seed: int) -> None:
+    """With per-sample allowed cells (e.g. the measured ones) no other cell ever changes, in any example."""
+    x, y = inputs
+    allowed = np.random.default_rng(seed).random(x.shape) < 0.3
+    allowed[0] = False  # a sample without any cell it may change is skipped with that reason
+    result = L1Attack(MODEL, SETTINGS[method], include_misclassified=True).run(x, y, allowed=allowed)
+    for which in ("first", "best", "sparse"):
+        assert not result.deltas(which)[~allowed].any()
+    assert result.skip[0] == 2
+    assert "no cell it may change" in result.not_completed_reason(0)
+
+
+def test_adam_moves_only_cells_whose_gradient_beats_the_threshold_in_its_metric() -> None:
+    """Adam's prox thresholds each cell by step·λ/(√v̂ + ε): on the first step only cells with |g|/G > λ move."""
+    model = LinearModel(seed=6)
+    x, _ = _inputs(1, seed=8)
+    with torch.no_grad():  # put the sample just on its side of the boundary, so that one step flips it
+        logits = model(torch.from_numpy(x))
+        model.bias[1] -= float(logits[0, 1] - logits[0, 0]) - 0.01
+    settings = L1Settings(lam=0.5, step_size=1.0, method="adam", max_iterations=1, search_steps=1)
+    result = L1Attack(model, settings, include_misclassified=True).run(x, np.zeros(1, np.int64))
+    assert result.found[0]
+    gradient = (model.weight[0] - model.weight[1]).detach().numpy().reshape(48, 19)  # ∂(z₀ − z₁)/∂x
+    moved = result.first_delta[0] != 0
+    strong = np.abs(gradient) / np.abs(gradient).max() > 0.5
+    assert moved.any()
+    assert not (moved & ~strong).any()

@@ -13,14 +13,25 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from lstm_adv import metrics
 from lstm_adv.attack import Shard, merge_attack_shards, run_attack
 from lstm_adv.cli import app
 from lstm_adv.config import Config
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.domain.perturbation import AttackBatchResult
 from lstm_adv.models import BiLSTM, Hyperparameters
-from lstm_adv.results.artifacts import RESULTS_FILE, load_features, load_trained_model, write_json
+from lstm_adv.results.artifacts import (
+    PREDICTIONS_FILE,
+    RESULTS_FILE,
+    Predictions,
+    load_features,
+    load_predictions,
+    load_trained_model,
+    save_model,
+    save_predictions,
+)
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import Batches, ModelSummary
@@ -42,15 +53,18 @@ PARAMS = Hyperparameters(
 # A search space of one point, so the tuned settings are known to flip this model quickly.
 FIXED = {
     "attack.device": "cpu",
-    "attack.max_iterations": 40,
+    "attack.max_iterations": 20,
+    "attack.search_steps": 2,
+    "attack.batch_size": 3,
+    "attack.block_size": 4,
+    "attack.cells": "all",
     "tune_attack.subset_size": 8,
     "tune_attack.chunks": 2,
-    "tune_attack.max_iterations": 20,
+    "tune_attack.max_iterations": 10,
     "tune_attack.kappa": [0.1, 0.1],
-    "tune_attack.lam": [1e-3, 1e-3],
-    "tune_attack.step_size": [0.05, 0.05],
+    "tune_attack.lam": [0.01, 0.01],
+    "tune_attack.step_size": [0.1, 0.1],
     "tune_attack.methods": ["ista"],
-    "tune_attack.batch_size_log2": [2, 2],
 }
 
 
@@ -59,18 +73,27 @@ def config(**overrides: Any) -> Config:
     return load_config(None, {**FIXED, **overrides})
 
 
-def model_run(store: RunStore, features_parent: Run, *, seed: int = 0) -> Run:
-    """A model run holding a seeded untrained BiLSTM whose output bias splits the samples' predictions in half."""
+def model_run(
+    store: RunStore, features_parent: Run, *, seed: int = 0, decision: str = "argmax", threshold: float | None = None
+) -> Run:
+    """A model run holding a seeded untrained BiLSTM whose output bias splits the samples' predictions in half,
+    with its stored probabilities and decision rule (``threshold``: t chosen on validation, max F1, or the
+    given ``threshold``)."""
     features = load_features(features_parent)
     torch.manual_seed(seed)
     model = BiLSTM(PARAMS).eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(features.values))
         model.head[-1].bias[1] -= float(torch.median(logits[:, 1] - logits[:, 0]))
+        p = torch.softmax(model(torch.from_numpy(features.values)).double(), dim=1)[:, 1].numpy()
+    val, test = features.indices("validation"), features.indices("test")
+    rule = metrics.decision_rule(decision, features.labels[val], p[val])
+    if threshold is not None:
+        rule = DecisionRule("threshold", threshold)
     with store.create("model", parents=[features_parent.id]) as writer:
-        torch.save(model.state_dict(), writer.file("model.pt"))
-        write_json(writer.file("params.json"), PARAMS.to_dict())
-        writer.summary = ModelSummary(cv=False, threshold=0.5)
+        save_model(writer.path, model)
+        save_predictions(writer.path, Predictions(val, p[val], test, p[test]))
+        writer.summary = ModelSummary(cv=False, threshold=rule.threshold, decision=rule.rule)
     assert writer.committed is not None
     return writer.committed
 
@@ -132,7 +155,7 @@ def test_stored_successes_flip_the_model_when_delta_is_reapplied(world: World) -
     assert summary.n_attacked == int(result.attacked.sum())
     directions = summary.directions
     assert directions["0to1"].successful + directions["1to0"].successful == int(result.found.sum())
-    assert json.loads(run.file("params.json").read_text())["step_size"] == pytest.approx(0.05)
+    assert json.loads(run.file("params.json").read_text())["step_size"] == pytest.approx(0.1)
 
 
 def test_misclassified_samples_are_skipped_unless_included(world: World) -> None:
@@ -181,7 +204,8 @@ def test_shards_merge_into_the_unsharded_result(world: World) -> None:
 
 
 def test_ctrl_c_keeps_finished_batches_and_resume_completes_the_run(world: World) -> None:
-    """Ctrl-C after two batches publishes them as an interrupted run; --resume writes the full, identical result."""
+    """Ctrl-C after two blocks publishes them as an interrupted run; --resume (even with another batch size)
+    writes the full, identical result."""
     cfg = config(**{"attack.include_misclassified": True})
     whole = stored(run_attack(world.store, world.tuned, cfg, split="all"))
     seen: list[int] = []
@@ -193,9 +217,9 @@ def test_ctrl_c_keeps_finished_batches_and_resume_completes_the_run(world: World
 
     first = run_attack(world.store, world.tuned, cfg, split="all", progress=interrupt)
     assert first.manifest.status == "interrupted"
-    assert first.manifest.summary.batches == Batches(done=2, total=15)
+    assert first.manifest.summary.batches == Batches(done=8, total=60)
     assert np.array_equal(stored(first).sample_index, np.arange(8))
-    resumed = run_attack(world.store, None, config(), resume=first)
+    resumed = run_attack(world.store, None, config(**{"attack.batch_size": 3}), resume=first)
     assert resumed.manifest.status == "complete"
     assert resumed.manifest.parents == (world.tuned.id, first.id)
     assert stored(resumed) == whole
@@ -242,9 +266,9 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(world: World) -> None:
         config(**{"attack.hours": [5, 5]})
     assert str(mask.value) == "attack.hours must be [first, last) with 0 <= first < last <= 48; got [5, 5]"
     with pytest.raises(DataError) as shard:
-        run_attack(world.store, world.tuned, config(), shard=Shard(5, 5))
+        run_attack(world.store, world.tuned, config(), shard=Shard(14, 14))
     assert str(shard.value) == (
-        "shard 5/5 of the test split holds no batch (13 samples in 4 batches of 4); use at most 4 shards"
+        "shard 14/14 of the test split holds no samples (it has 13 samples); use at most 13 shards"
     )
     with pytest.raises(ConfigError) as split:
         run_attack(world.store, world.tuned, config(), split="holdout")
@@ -289,7 +313,66 @@ def test_cli_attack_shards_merge_and_runs_show(world: World) -> None:
     shown = runner.invoke(app, [*base, "runs", "show", merged_id])
     assert shown.exit_code == 0, shown.output
     assert "validation split" in shown.output
-    assert "first L0" in shown.output
+    assert "median L0 first / best / sparse" in shown.output
     bad = runner.invoke(app, [*base, *args, "--shard", "3/2"])
     assert bad.exit_code == 1
     assert "--shard i/n needs 1 <= i <= n; got '3/2'" in bad.output
+
+
+def test_targets_and_successes_follow_the_stored_rule_not_argmax(world: World) -> None:
+    """For a model whose rule is t ≠ 0.5, the attacked samples are those correct at t by its stored
+    probabilities, and every stored example moves P(death) across t, not across 0.5."""
+    stored_p = load_predictions(world.model)
+    t = float(np.quantile(stored_p.test, 0.3))
+    labels = load_features(world.features).labels[stored_p.test_index]
+    at_t, at_half = (stored_p.test >= t).astype(int), (stored_p.test >= 0.5).astype(int)
+    assert (at_t == labels).tolist() != (at_half == labels).tolist()  # the two rules pick different targets
+    model = model_run(world.store, world.features, threshold=t)
+    tuned = run_attack_tuning(world.store, model, config(), trials=1)
+    assert tuned.manifest.summary.threshold == pytest.approx(t)
+    run = run_attack(world.store, tuned, config())
+    result = stored(run)
+    assert run.manifest.summary.decision == "threshold"
+    assert run.manifest.summary.threshold == pytest.approx(t)
+    assert np.array_equal(result.sample_index, stored_p.test_index)
+    assert np.array_equal(result.predicted, at_t)
+    assert np.array_equal(result.attacked, at_t == labels)
+    assert result.found.sum() >= 3
+    features, net = load_features(world.features), load_trained_model(model)
+    x = features.values[result.sample_index[result.found]]
+    for which in ("first", "best", "sparse"):
+        with torch.no_grad():
+            p = torch.softmax(net(torch.from_numpy(x + result.deltas(which)[result.found])).double(), dim=1)[:, 1]
+        assert np.array_equal((p.numpy() >= t).astype(int), 1 - at_t[result.found]), which
+
+
+def test_model_run_without_stored_probabilities_is_one_line_and_writes_nothing(world: World) -> None:
+    """An attack on a model run from before the rule was stored names the fix (re-run training)."""
+    model = model_run(world.store, world.features, seed=3)
+    model.file(PREDICTIONS_FILE).unlink()
+    before = runs_in(world.store)
+    with pytest.raises(DataError) as info:
+        run_attack_tuning(world.store, model, config(), trials=1)
+    assert str(info.value) == (
+        f"model run {model.id} stores no probabilities (it was made before the toolkit recorded its decision rule); "
+        "re-run `lstm-adv train` (or `lstm-adv defend`) to make one that does"
+    )
+    assert runs_in(world.store) == before
+
+
+def test_cells_observed_without_a_mask_names_preprocess_and_writes_nothing(tmp_path: Path) -> None:
+    """--cells observed on a features run written without an observation mask (an older run) fails before
+    any run is written, naming the fix."""
+    store = RunStore(tmp_path / "runs")
+    features = features_run(store, attrs.evolve(tiny_feature_matrix(60), observed=None))
+    model = model_run(store, features)
+    tuned = run_attack_tuning(store, model, config(), trials=1)
+    before = runs_in(store)
+    with pytest.raises(DataError) as tune:
+        run_attack_tuning(store, model, config(**{"attack.cells": "observed"}), trials=1)
+    with pytest.raises(DataError) as attack:
+        run_attack(store, tuned, config(**{"attack.cells": "observed"}))
+    for info in (tune, attack):
+        assert "re-run `lstm-adv preprocess`, or use --cells all" in str(info.value)
+        assert "\n" not in str(info.value)
+    assert runs_in(store) == before

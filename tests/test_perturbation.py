@@ -94,8 +94,18 @@ def test_success_must_flip_the_prediction() -> None:
     with pytest.raises(ValidationError) as info:
         AttackSucceeded(3, Perturbation(np.zeros((48, 19), np.float32)), BEFORE, BEFORE)
     assert str(info.value) == (
-        "AttackSucceeded must flip the prediction; logits_before and logits_after both predict class 0"
+        "AttackSucceeded must flip the decision; logits_before and logits_after both decide class 0 at threshold 0.5"
     )
+
+
+def test_success_is_judged_at_the_models_threshold() -> None:
+    """Logits that keep the argmax but cross the rule's boundary (t = 0.2: z₁ − z₀ ≥ log(0.25)) are a flip."""
+    before = np.array([1.0, -1.0], dtype=np.float32)  # z₁ − z₀ = −2 < log(0.25) ≈ −1.39: survives at t = 0.2
+    after = np.array([0.5, -0.5], dtype=np.float32)  # z₁ − z₀ = −1 ≥ −1.39: dies at t = 0.2 (argmax: survives)
+    delta = np.zeros((48, 19), np.float32)
+    assert AttackSucceeded(1, Perturbation(delta), before, after, threshold=0.2).succeeded
+    with pytest.raises(ValidationError):
+        AttackSucceeded(1, Perturbation(delta), before, after)
 
 
 def test_result_needs_first_and_best_of_the_same_kind() -> None:
@@ -103,8 +113,8 @@ def test_result_needs_first_and_best_of_the_same_kind() -> None:
     success = AttackSucceeded(2, Perturbation(np.zeros((48, 19), np.float32)), BEFORE, AFTER)
     failure = AttackNotCompleted("misclassified", BEFORE)
     with pytest.raises(ValidationError) as info:
-        AttackResult(0, 1, 0, first=success, best=failure)
-    assert str(info.value) == "AttackResult.first and .best must both be successes or both not completed"
+        AttackResult(0, 1, 0, first=success, best=failure, sparse=success)
+    assert str(info.value) == "AttackResult.first, .best and .sparse must all be successes or all not completed"
 
 
 def test_best_cannot_be_larger_than_first() -> None:
@@ -114,7 +124,7 @@ def test_best_cannot_be_larger_than_first() -> None:
     first = AttackSucceeded(2, Perturbation(small), BEFORE, AFTER)
     best = AttackSucceeded(5, Perturbation(large), BEFORE, AFTER)
     with pytest.raises(ValidationError, match=r"best\.l1 .* must not exceed first\.l1"):
-        AttackResult(0, 1, 0, first=first, best=best)
+        AttackResult(0, 1, 0, first=first, best=best, sparse=best)
 
 
 def test_not_completed_needs_a_reason() -> None:
@@ -145,8 +155,10 @@ def test_rows_become_results_with_reasons(result: AttackBatchResult) -> None:
             assert isinstance(item.best, AttackSucceeded)
             assert np.array_equal(item.best.perturbation.delta, result.best_delta[row])
             assert item.best.iteration == result.best_iteration[row]
-        elif not result.attacked[row]:
+        elif result.skip[row] == 1:
             assert item.first == AttackNotCompleted("misclassified", result.logits_before[row])
+        elif result.skip[row] == 2:
+            assert "no cell it may change" in item.first.reason
         else:
             assert isinstance(item.first, AttackNotCompleted)
             assert item.first.reason == f"no success within {result.iterations} iterations"
@@ -156,7 +168,7 @@ def test_rows_become_results_with_reasons(result: AttackBatchResult) -> None:
 def test_concatenate_keeps_rows_in_order(a: AttackBatchResult, b: AttackBatchResult) -> None:
     """Concatenating two parts with one budget gives their rows in order; different budgets are an error."""
     if a.iterations != b.iterations:
-        with pytest.raises(ValidationError, match="must share one iteration budget"):
+        with pytest.raises(ValidationError, match="must share one iteration budget and threshold"):
             AttackBatchResult.concatenate([a, b])
         return
     both = AttackBatchResult.concatenate([a, b])
@@ -168,7 +180,7 @@ def test_from_npz_rejects_a_foreign_file(tmp_path: Path) -> None:
     """A .npz without the attack columns is a DataError naming what is missing."""
     path = tmp_path / "other.npz"
     np.savez(path, values=np.zeros(3))
-    with pytest.raises(DataError, match="is not an attack result file: missing"):
+    with pytest.raises(DataError, match="is not an attack result file of this version: missing"):
         AttackBatchResult.from_npz(path)
 
 
@@ -178,10 +190,12 @@ def test_batch_result_rejects_success_of_a_skipped_sample() -> None:
     with pytest.raises(ValidationError) as info:
         AttackBatchResult(
             5,
+            0.5,
             sample_index=np.array([0]),
             label=np.array([0]),
             logits_before=BEFORE[None],
-            attacked=np.array([False]),
+            predicted=np.array([0]),
+            skip=np.array([1], dtype=np.int8),
             found=np.array([True]),
             first_iteration=np.array([1]),
             first_delta=zeros_delta,
@@ -189,6 +203,8 @@ def test_batch_result_rejects_success_of_a_skipped_sample() -> None:
             best_iteration=np.array([1]),
             best_delta=zeros_delta,
             best_logits=AFTER[None],
+            sparse_delta=zeros_delta,
+            sparse_logits=AFTER[None],
         )
     assert str(info.value) == "AttackBatchResult.found must imply attacked; a skipped sample cannot succeed"
 
@@ -199,10 +215,12 @@ def test_batch_result_rejects_inconsistent_lengths() -> None:
     with pytest.raises(ValidationError) as info:
         AttackBatchResult(
             5,
+            0.5,
             sample_index=np.array([0]),
             label=np.array([0]),
             logits_before=BEFORE[None],
-            attacked=np.array([True]),
+            predicted=np.array([0]),
+            skip=np.array([0], dtype=np.int8),
             found=np.array([False]),
             first_iteration=np.array([0]),
             first_delta=zeros_delta,
@@ -210,6 +228,8 @@ def test_batch_result_rejects_inconsistent_lengths() -> None:
             best_iteration=np.array([0]),
             best_delta=zeros_delta,
             best_logits=np.zeros((1, 2), np.float32),
+            sparse_delta=np.zeros((1, 48, 19), np.float32),
+            sparse_logits=np.zeros((1, 2), np.float32),
         )
     assert str(info.value) == "AttackBatchResult.first_delta must have shape (1, 48, 19), got (2, 48, 19)"
 

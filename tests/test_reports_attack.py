@@ -66,14 +66,18 @@ def test_success_table_adds_up(pipeline: Pipeline) -> None:
     assert directions["successful"].sum() == overall["successful"] == pipeline.analysis.manifest.summary.n_successful
 
 
-def test_norms_compare_first_and_best_per_direction(pipeline: Pipeline) -> None:
-    """The norm table has first and best rows per direction; best L1 never exceeds first L1 on average."""
+def test_norms_compare_first_best_and_sparse_per_direction(pipeline: Pipeline) -> None:
+    """The norm table has first, best and sparse rows per direction; best L1 never exceeds first L1 on average,
+    sparse L0 never exceeds best L0; every changed cell's measured share lies in [0, 1]."""
     assert pipeline.analysis is not None
     norms = api.perturbation_norms(pipeline.analysis).set_index(["example", "direction"])
-    assert set(norms.index) == {("first", "0→1"), ("first", "1→0"), ("best", "0→1"), ("best", "1→0")}
+    assert set(norms.index) == {(w, d) for w in ("first", "best", "sparse") for d in ("0→1", "1→0")}
     for direction in ("0→1", "1→0"):
         assert norms.loc[("best", direction), "l1_mean"] <= norms.loc[("first", direction), "l1_mean"] + 1e-12
+        assert norms.loc[("sparse", direction), "l0_mean"] <= norms.loc[("best", direction), "l0_mean"]
         assert norms.loc[("best", direction), "n"] == norms.loc[("first", direction), "n"]
+        assert norms.loc[("sparse", direction), "n"] == norms.loc[("best", direction), "n"]
+    assert norms["measured_share"].between(0.0, 1.0).all()
 
 
 def test_feature_ranking_starts_with_the_summary_top_features(pipeline: Pipeline) -> None:
@@ -109,12 +113,24 @@ def rendered(pipeline: Pipeline) -> dict[str, Run]:
 
 @pytest.mark.slow
 def test_attack_report_is_self_contained_with_the_stored_figures(rendered: dict[str, Run]) -> None:
-    """The attack HTML embeds the nine stored analysis figures and fetches nothing; the PDF has pages."""
+    """The attack HTML embeds the eleven stored analysis figures and fetches nothing, states the decision rule
+    and the measured share; the PDF has pages."""
     report = rendered["attack"]
     html = report_files(report)[0].read_text(encoding="utf-8")
     assert external_references(html) == []
-    assert embedded_images(html) == 9
-    for label in ("fig-l0", "fig-l1", "fig-discovery", "fig-gpp", "fig-gmp", "fig-ranking", "fig-hours"):
+    assert embedded_images(html) == 11
+    assert "on P(death)" in html or "argmax" in html
+    assert "held a real measurement" in html
+    for label in (
+        "fig-l0",
+        "fig-l1",
+        "fig-discovery",
+        "fig-gpp",
+        "fig-gmp",
+        "fig-ranking",
+        "fig-hours",
+        "fig-gpp-best",
+    ):
         assert f'<figure id="{label}"' in html
     assert "holds no figure" not in html
     assert pdf_pages(report) >= 4

@@ -10,20 +10,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from lstm_adv.attacks import L1Settings
 from lstm_adv.attacks.pgd import PgdAttack
 from lstm_adv.cli import app
 from lstm_adv.config import Config, PgdConfig, RobustnessConfig
 from lstm_adv.defend import run_defense
-from lstm_adv.domain.errors import ConfigError, RunKindError
+from lstm_adv.domain.decision import DecisionRule
+from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.results import api
-from lstm_adv.results.artifacts import CONFUSION_FILE, L1_FILE, load_trained_model
+from lstm_adv.results.artifacts import CONFUSION_FILE, L1_FILE, load_features, load_trained_model
 from lstm_adv.results.artifacts import ROBUSTNESS_CURVES_FILE as CURVES_FILE
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.robustness import run_robustness
+from lstm_adv.robustness import EvaluatedModel, attack_pool, l1_attack, run_robustness
 from lstm_adv.train import run_training
+from lstm_adv.tune_attack import run_attack_tuning
 from tests.test_defend import config as defend_config
 from tests.test_defend import trained_store, weights_hash
 from tests.test_train import FAST, PARAMS
@@ -35,10 +40,24 @@ def config(**robustness: Any) -> Config:
     return attrs.evolve(defend_config(epochs=2), pgd=PgdConfig(iterations=3), robustness=RobustnessConfig(**settings))
 
 
+TUNE = {
+    "tune_attack.subset_size": 8,
+    "tune_attack.max_iterations": 10,
+    "attack.search_steps": 2,
+    "attack.device": "cpu",
+}
+
+
+def tune_attack(store: RunStore, model: Run) -> Run:
+    """A one-trial tune-attack run against ``model`` (the robustness stage's L1 attack reads its settings)."""
+    return run_attack_tuning(store, model, load_config(overrides=TUNE), trials=1)
+
+
 @pytest.fixture(scope="module")
 def defended(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunStore, Run, Run, Run]:
-    """A store with features, a baseline model and its adaptive defense."""
+    """A store with features, a baseline model (with a tuned attack) and its adaptive defense."""
     store, features_run, model_run = trained_store(tmp_path_factory.mktemp("robust") / "runs")
+    tune_attack(store, model_run)
     return store, features_run, model_run, run_defense(store, model_run, defend_config(method="adaptive", epochs=2))
 
 
@@ -75,10 +94,14 @@ def test_zero_budget_gives_exactly_the_clean_metrics(
 
 
 def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, Run], robustness_run: Run) -> None:
-    """The run's parents are the original then the defended model; tables cover every model, ε and metric."""
+    """The run's parents are the original, the defended model and the tune-attack run its L1 attack used;
+    tables cover every model, ε and metric."""
     _store, _features, model_run, defense = defended
     assert robustness_run.kind == "robustness"
-    assert robustness_run.manifest.parents == (model_run.id, defense.id)
+    tuned = robustness_run.manifest.summary.l1.tuned
+    assert tuned is not None
+    assert tuned.kind == "tune-attack"
+    assert robustness_run.manifest.parents == (model_run.id, defense.id, tuned)
     curves = _curve(robustness_run)
     assert set(curves["model"]) == {str(model_run.id), str(defense.id)}
     assert sorted(set(curves["eps"])) == [0.0, 0.05, 0.2]
@@ -88,8 +111,37 @@ def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, R
         assert by[(str(run.id), 0.2, "robust_accuracy")] <= by[(str(run.id), 0.0, "robust_accuracy")]
         assert by[(str(run.id), 0.2, "mean_linf")] <= 0.2 + 1e-6
     l1 = pd.read_parquet(robustness_run.file(L1_FILE))
-    assert set(l1["metric"]) == {"attacked", "success_rate", "mean_l0", "mean_l1"}
-    assert set(robustness_run.manifest.summary.l1.by_model) == {str(model_run.id), str(defense.id)}
+    assert set(l1["metric"]) == {"attacked", "success_rate", "median_l0_sparse", "mean_l0", "mean_l1"}
+    summary = robustness_run.manifest.summary
+    assert set(summary.l1.by_model) == {str(model_run.id), str(defense.id)}
+    attacked = l1[l1["metric"] == "attacked"].set_index("model")["value"]
+    assert {m: float(n) for m, n in summary.pool.items()} == attacked.to_dict()  # PGD's pool is the L1 attack's
+    assert set(summary.decisions) == {str(model_run.id), str(defense.id)}
+    assert summary.cells == "observed"
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(t=st.floats(0.05, 0.95), seed=st.integers(0, 2**16))
+def test_pgd_and_l1_attack_the_same_pool(defended: tuple[RunStore, Run, Run, Run], t: float, seed: int) -> None:
+    """For any decision threshold and any cell mask, the pool both attacks target (correct at the rule, with
+    a cell to change) is exactly the set of samples the L1 attack attacks."""
+    _store, features_run, model_run, _defense = defended
+    features = load_features(features_run)
+    rows = features.indices("test")
+    x, y = torch.from_numpy(features.values[rows]), torch.from_numpy(features.labels[rows])
+    entry = attrs.evolve(EvaluatedModel.from_run(model_run, device="cpu"), decision=DecisionRule("threshold", t))
+    cells = np.random.default_rng(seed).random((len(rows), 48, 19)) < 0.002  # some samples get no cell at all
+    pool = attack_pool(entry, x, y, cells, eval_batch_size=64)
+    result = l1_attack(entry, x, y, L1Settings(max_iterations=1, search_steps=1), batch_size=16, cells=cells)
+    assert np.array_equal(result.attacked, pool)
+    assert np.array_equal(
+        pool, (entry.decision.predict_probability(_p_death(entry, x)) == y.numpy()) & cells.any((1, 2))
+    )
+
+
+def _p_death(entry: EvaluatedModel, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(entry.model(x).double(), dim=1)[:, 1].numpy()
 
 
 def test_defense_is_judged_by_fresh_attacks_on_its_final_weights(
@@ -132,6 +184,21 @@ def test_bad_settings_write_nothing(
         run_robustness(store, [model_run], config(**settings))
     assert str(info.value) == message
     assert _runs(store.root) == before
+
+
+def test_l1_attack_without_a_tuned_attack_names_the_fix(tmp_path: Path) -> None:
+    """The L1 row never falls back to untuned defaults: without a tune-attack run the stage stops, naming
+    tune-attack, --tuned and --l1-iterations 0, and writes nothing; with --l1-iterations 0 it runs."""
+    store, _features, model_run = trained_store(tmp_path / "runs")
+    before = _runs(store.root)
+    with pytest.raises(DataError) as info:
+        run_robustness(store, [model_run], config())
+    assert str(info.value) == (
+        f"no tune-attack run was tuned against model run {model_run.id}; run `lstm-adv tune-attack --model "
+        f"{model_run.id}` first, give one with --tuned, or skip the L1 attack with --l1-iterations 0"
+    )
+    assert _runs(store.root) == before
+    assert run_robustness(store, [model_run], config(l1_max_iterations=0)).manifest.summary.l1.by_model == {}
 
 
 def test_wrong_run_kind_writes_nothing(defended: tuple[RunStore, Run, Run, Run]) -> None:
@@ -202,6 +269,7 @@ def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) ->
         features.to_npz(writer.file("features.npz"))
     assert writer.committed is not None
     model = run_training(store, writer.committed, PARAMS, attrs.evolve(load_config(), model=FAST))
+    tune_attack(store, model)
     defense = run_defense(store, model, defend_config(method="static", epochs=1))
     robustness = run_robustness(store, [defense], config())
     report = render_report(robustness, store=store, home=tmp_path, engine="offline")

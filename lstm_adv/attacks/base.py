@@ -273,7 +273,9 @@ class Attack(abc.ABC, Generic[S]):
             return None
         cells = torch.as_tensor(allowed)
         if cells.dtype != torch.bool or tuple(cells.shape) != (n, *CELL_SHAPE):
-            raise DataError(f"attack allowed cells must be a bool array of shape ({n}, 48, 19), got {tuple(cells.shape)}")
+            raise DataError(
+                f"attack allowed cells must be a bool array of shape ({n}, 48, 19), got {tuple(cells.shape)}"
+            )
         if self.mask is not None:
             cells = cells & self.mask.cpu()
         return cells

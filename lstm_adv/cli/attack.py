@@ -38,7 +38,16 @@ def tune_attack(
         str | None,
         typer.Option(
             "--objective",
-            help="sparsity, sparse_small, sparse_small_max or max_num_nonzero_perts [default: tune_attack.objective].",
+            help="pareto (success rate up, median L0 of the sparse examples down), or one of sparsity, "
+            "sparse_small, sparse_small_max, max_num_nonzero_perts [default: tune_attack.objective].",
+        ),
+    ] = None,
+    cells: Annotated[
+        str | None,
+        typer.Option(
+            "--cells",
+            help="observed (each sample changes only its own measured cells) or all (every cell, Sun et al.) "
+            "[default: attack.cells].",
         ),
     ] = None,
     storage: Annotated[
@@ -54,9 +63,11 @@ def tune_attack(
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: attack.device].")] = None,
 ) -> None:
-    """Tune the sparse L1 attack (κ, λ, step size, method, batch size) with Optuna on a seeded training subset.
+    """Tune the sparse L1 attack (κ, λ, step size, method) with Optuna on a seeded training subset.
 
-    Each trial attacks the subset in chunks and reports the running objective, so poor trials are
+    By default a multi-objective study: success rate up, median L0 of the sparse examples down; the
+    chosen trial is the Pareto trial with success ≥ tune_attack.min_success and the smallest median L0.
+    Single objectives attack the subset in chunks and report the running value, so poor trials are
     pruned. Ctrl-C keeps finished trials (the run is marked interrupted); --resume ID continues it.
     `lstm-adv attack --tuned <id>` then uses the best trial's settings.
     """
@@ -65,7 +76,7 @@ def tune_attack(
     from lstm_adv.tune_attack import run_attack_tuning
 
     cli = state(ctx)
-    config = cli.config({"attack.device": device})
+    config = cli.config({"attack.device": device, "attack.cells": cells})
     store = cli.workspace().store
     resumed = store.get(resume, kind="tune-attack") if resume else None
     model_run = (store.get(model) if model else store.latest("model")) if (model or not resumed) else None
@@ -106,6 +117,14 @@ def attack(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Complete this interrupted attack run (a new run is written).")
     ] = None,
+    cells: Annotated[
+        str | None,
+        typer.Option(
+            "--cells",
+            help="observed (each sample changes only its own measured cells) or all (every cell, Sun et al.) "
+            "[default: attack.cells].",
+        ),
+    ] = None,
     include_misclassified: Annotated[
         bool | None,
         typer.Option(
@@ -123,7 +142,9 @@ def attack(
     from lstm_adv.attack import Shard, merge_attack_shards, run_attack
 
     cli = state(ctx)
-    config = cli.config({"attack.device": device, "attack.include_misclassified": include_misclassified})
+    config = cli.config(
+        {"attack.device": device, "attack.include_misclassified": include_misclassified, "attack.cells": cells}
+    )
     store = cli.workspace().store
     parsed = Shard.parse(shard) if shard is not None else None
     resumed = store.get(resume, kind="attack") if resume else None
@@ -168,52 +189,79 @@ def _number(value: Any, fmt: str = ".3g") -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _rule(decision: str, threshold: float) -> str:
+    return "argmax (t = 0.5)" if decision == "argmax" else f"threshold t = {threshold:.3f}"
+
+
 @register("tune-attack")
 def render_tuning(run: Run, out: Console) -> None:
-    """Objective, subset, trial counts and the best trial's settings."""
+    """Objective, subset, trial counts, the Pareto front (multi-objective) and the chosen trial's settings."""
     s = run.summary_as(TuneAttackSummary)
     states = ", ".join(f"{count} {name}" for name, count in s.states.items()) or "none"
     out.print(
         f"study {s.study_name} in {s.storage}: {s.n_trials} trials ({states}); objective {s.objective} on "
-        f"{s.subset_size} training samples (seed {s.subset_seed}), model {s.model_run}"
+        f"{s.subset_size} training samples (seed {s.subset_seed}), model {s.model_run}; decision rule "
+        f"{_rule(s.decision, s.threshold)}; cells {s.cells}"
     )
     best = s.best
     if best is None or best.settings is None:
         out.print("no completed trial yet")
         return
-    table = Table("setting", "value", title=f"best trial {best.number}: {s.objective} {_number(best.value, '.4g')}")
-    settings = best.settings
-    for name, value in (
-        ("kappa", settings.kappa),
-        ("lam", settings.lam),
-        ("step_size", settings.step_size),
-        ("method", settings.method),
-        ("batch_size", settings.batch_size),
-    ):
-        table.add_row(name, _number(value) if isinstance(value, float) else str(value))
+    rows = [t for t in s.trials if t.number in s.pareto] if s.pareto else [best]
+    title = (
+        f"Pareto front; chosen: trial {best.number} (success ≥ {s.min_success:.0%} with the smallest median L0, "
+        "else the highest success)"
+        if s.pareto
+        else f"best trial {best.number}: {s.objective} {_number(best.value, '.4g')}"
+    )
+    table = Table("trial", "success rate", "median L0 (sparse)", "method", "λ", "step", "κ", title=title)
+    for trial in sorted(rows, key=lambda t: t.number):
+        settings = trial.settings
+        if settings is None:
+            continue
+        mark = " ✓" if trial.number == best.number else ""
+        table.add_row(
+            f"{trial.number}{mark}",
+            _number(trial.success_rate, ".3f"),
+            _number(trial.median_l0, ".0f"),
+            settings.method,
+            _number(settings.lam),
+            _number(settings.step_size),
+            _number(settings.kappa),
+        )
     out.print(table)
 
 
 @register("attack")
 def render_attack(run: Run, out: Console) -> None:
-    """Success rate and mean L0 / L1 of the first and best examples per direction."""
+    """The rule, the cells, success and the sizes of the first, best and sparse examples per direction."""
     s = run.summary_as(AttackSummary)
     shard = f", shard {s.shard}" if s.shard else ""
+    skipped = s.n_samples - s.n_attacked
     out.print(
-        f"{s.split} split{shard}: {s.n_attacked} of {s.n_samples} samples attacked, {s.n_successful} flipped "
-        f"(success rate {_number(s.success_rate, '.3f')}); batches {s.batches.done}/{s.batches.total}; "
-        f"model {s.model_run}"
+        f"{s.split} split{shard}: {s.n_attacked} of {s.n_samples} samples attacked ({skipped} skipped: "
+        f"misclassified at the rule, or {s.n_no_cell} without a cell to change); {s.n_successful} flipped "
+        f"(success rate {_number(s.success_rate, '.3f')}); decision rule {_rule(s.decision, s.threshold)}; "
+        f"cells {s.cells}; {s.iterations} iterations per sample; model {s.model_run}"
     )
-    table = Table("direction", "attacked", "successful", "rate", "first L0", "first L1", "best L0", "best L1")
+    table = Table(
+        "direction",
+        "attacked",
+        "flipped",
+        "rate",
+        "median L0 first / best / sparse",
+        "mean L1 best / sparse",
+        title="examples",
+    )
     for name, entry in s.directions.items():
+        l0 = " / ".join(_number(x.median_l0, ".0f") for x in (entry.first, entry.best, entry.sparse))
+        l1 = " / ".join(_number(x.mean_l1, ".3f") for x in (entry.best, entry.sparse))
         table.add_row(
-            name,
+            name.replace("to", "→"),
             str(entry.attacked),
             str(entry.successful),
             _number(entry.success_rate, ".3f"),
-            _number(entry.first.mean_l0, ".1f"),
-            _number(entry.first.mean_l1, ".3f"),
-            _number(entry.best.mean_l0, ".1f"),
-            _number(entry.best.mean_l1, ".3f"),
+            l0,
+            l1,
         )
     out.print(table)

@@ -115,11 +115,28 @@ def robustness(
     ] = None,
     split: Annotated[str | None, typer.Option("--split", help="test, validation or train [default: test].")] = None,
     l1_iterations: Annotated[
-        int | None, typer.Option("--l1-iterations", help="Iterations of the L1 attack per model (0 skips it).")
+        int | None,
+        typer.Option(
+            "--l1-iterations",
+            help="Iterations per λ-search round of the sparse L1 attack against every model (0 skips it) "
+            "[default: robustness.l1_max_iterations].",
+        ),
+    ] = None,
+    tuned: Annotated[
+        str | None,
+        typer.Option(
+            "--tuned",
+            help="Tune-attack run whose settings the L1 attack uses [default: the newest one tuned against the "
+            "(original) model].",
+        ),
+    ] = None,
+    cells: Annotated[
+        str | None,
+        typer.Option("--cells", help="Cells the L1 attack may change: observed or all [default: attack.cells]."),
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
 ) -> None:
-    """Fresh PGD attacks against each model's final weights across an ε sweep, plus the sparse L1 attack.
+    """Fresh PGD attacks against each model's final weights across an ε sweep, plus the tuned sparse L1 attack.
 
     Reports clean and robust accuracy, robust recall of deaths, AUROC under attack and confusion
     matrices per model and ε; a defended model is compared with its original automatically.
@@ -133,6 +150,7 @@ def robustness(
         "robustness.attack": attack,
         "robustness.split": split,
         "robustness.l1_max_iterations": l1_iterations,
+        "attack.cells": cells,
         "pgd.target": target,
         "model.device": device,
     }
@@ -141,7 +159,8 @@ def robustness(
     refs = [model] + [m.strip() for m in (models or "").split(",") if m.strip()]
     runs = [store.resolve(ref, "model") for ref in dict.fromkeys(refs)]
     with console.status("attacking…") as status:
-        run = run_robustness(store, runs, config, progress=lambda text: status.update(text))
+        tuned_run = store.get(tuned, kind="tune-attack") if tuned else None
+        run = run_robustness(store, runs, config, tuned=tuned_run, progress=lambda text: status.update(text))
     render_robustness(run, console)
     console.print(f"robustness run {run.id}")
 

@@ -38,6 +38,14 @@ def train(
     cv: Annotated[
         bool, typer.Option("--cv", help="Cross-validate over the K folds (mean ± sd) instead of the test split.")
     ] = False,
+    decision: Annotated[
+        str | None,
+        typer.Option(
+            "--decision",
+            help="The decision rule every later stage uses: threshold (t chosen on validation, max F1) or argmax "
+            "(t = 0.5, Sun et al.) [default: model.decision].",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
 ) -> None:
     """Train the BiLSTM with early stopping on validation and score the held-out test split once.
@@ -53,7 +61,7 @@ def train(
     from lstm_adv.train import load_params_file, params_from_config, run_training
 
     cli = state(ctx)
-    config = cli.config({"model.device": device})
+    config = cli.config({"model.device": device, "model.decision": decision})
     store = cli.workspace().store
     features_run = store.resolve(data, "features")
     extra: list[RunId] = []

@@ -386,10 +386,18 @@ def _ensure_passfile(path: Path, user: str) -> str:
 def _secure_cluster(pg_dir: Path, data_dir: Path, account: _Account | None, passwords: _Passwords) -> None:
     """Set the passwords and the toolkit's role up (server down), then make pg_hba.conf ask for passwords."""
     command = [
-        str(pg_bin_dir() / "postgres"), "--single", "-D", str(data_dir), "-j", "-c", "exit_on_error=on",
+        str(pg_bin_dir() / "postgres"),
+        "--single",
+        "-D",
+        str(data_dir),
+        "-j",
+        "-c",
+        "exit_on_error=on",
         # the failing statement would hold the passwords: never log it
-        "-c", "log_min_error_statement=panic", PG_DATABASE,
-    ]  # fmt: skip
+        "-c",
+        "log_min_error_statement=panic",
+        PG_DATABASE,
+    ]
     result = _run(command, account, cwd=pg_dir, timeout_s=120, stdin_text=_setup_script(passwords))
     if result.returncode != 0:
         reason = _last_line(result.stderr).split("FATAL:", 1)[-1].strip()
@@ -433,9 +441,19 @@ def _init_cluster(pg_dir: Path, account: _Account | None, passwords: _Passwords)
     _remove_tree(staging)
     command = [
         # "reject" lets no one in until _secure_cluster has set the passwords and written pg_hba.conf
-        str(pg_bin_dir() / "initdb"), "-D", str(staging), "-U", PG_USER, "-A", "reject", "-E", "UTF8",
-        "--locale=C", "--no-sync", "--no-instructions",
-    ]  # fmt: skip
+        str(pg_bin_dir() / "initdb"),
+        "-D",
+        str(staging),
+        "-U",
+        PG_USER,
+        "-A",
+        "reject",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+        "--no-instructions",
+    ]
     result = _run(command, account, cwd=pg_dir, timeout_s=120)
     if result.returncode != 0:
         _remove_tree(staging)
@@ -485,9 +503,16 @@ def _start_on_free_port(pg_dir: Path, config: EmbeddedConfig, account: _Account 
 
 def _pg_ctl_start(pg_dir: Path, config: EmbeddedConfig, account: _Account | None) -> ServerInfo | None:
     command = [
-        str(pg_bin_dir() / "pg_ctl"), "start", "-D", str(pg_dir / "data"), "-l", str(pg_dir / "server.log"),
-        "-w", "-t", str(config.start_timeout_s),
-    ]  # fmt: skip
+        str(pg_bin_dir() / "pg_ctl"),
+        "start",
+        "-D",
+        str(pg_dir / "data"),
+        "-l",
+        str(pg_dir / "server.log"),
+        "-w",
+        "-t",
+        str(config.start_timeout_s),
+    ]
     try:
         _run(command, account, cwd=pg_dir, timeout_s=config.start_timeout_s + 15)
     except subprocess.TimeoutExpired:
@@ -592,11 +617,20 @@ def _run(
     log.debug("running %s", " ".join(command))
     try:
         return subprocess.run(
-            list(command), cwd=cwd, env=env, stdin=subprocess.DEVNULL if stdin_text is None else None,
-            input=stdin_text, capture_output=True, text=True,
-            timeout=timeout_s, check=False, start_new_session=True, user=uid, group=gid,
+            list(command),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL if stdin_text is None else None,
+            input=stdin_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            start_new_session=True,
+            user=uid,
+            group=gid,
             extra_groups=[] if uid is not None else None,
-        )  # fmt: skip
+        )
     except OSError as exc:
         raise ServerError(f"cannot run {Path(command[0]).name}: {exc.strerror}") from None
 

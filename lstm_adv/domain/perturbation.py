@@ -330,15 +330,24 @@ class AttackBatchResult:
         before = self.logits_before[row]
         outcomes: list[AttackOutcome] = []
         if self.found[row]:
-            for which, iteration in (("first", self.first_iteration[row]), ("best", self.best_iteration[row]),
-                                     ("sparse", self.best_iteration[row])):  # fmt: skip
+            for which, iteration in (
+                ("first", self.first_iteration[row]),
+                ("best", self.best_iteration[row]),
+                ("sparse", self.best_iteration[row]),
+            ):
                 delta, logits = getattr(self, f"{which}_delta")[row], getattr(self, f"{which}_logits")[row]
                 outcomes.append(AttackSucceeded(int(iteration), Perturbation(delta), before, logits, self.threshold))
         else:
             outcomes = [AttackNotCompleted(self.not_completed_reason(row), before)] * 3
         first, best, sparse = outcomes
-        return AttackResult(int(self.sample_index[row]), int(self.label[row]), int(self.predicted[row]),
-                            first=first, best=best, sparse=sparse)  # fmt: skip
+        return AttackResult(
+            int(self.sample_index[row]),
+            int(self.label[row]),
+            int(self.predicted[row]),
+            first=first,
+            best=best,
+            sparse=sparse,
+        )
 
     def results(self) -> list[AttackResult]:
         """Every row as an :class:`AttackResult`."""
@@ -347,8 +356,7 @@ class AttackBatchResult:
     def to_npz(self, path: Path) -> None:
         """Write every column to a compressed ``.npz`` (deltas are sparse and compress well)."""
         arrays = {name: getattr(self, name) for name in _ARRAY_NAMES}
-        np.savez_compressed(path, iterations=np.int64(self.iterations), threshold=np.float64(self.threshold),
-                            **arrays)  # fmt: skip
+        np.savez_compressed(path, iterations=np.int64(self.iterations), threshold=np.float64(self.threshold), **arrays)
 
     @classmethod
     def from_npz(cls, path: Path) -> AttackBatchResult:

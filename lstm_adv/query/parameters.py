@@ -38,10 +38,17 @@ def item_params(spec: FeatureSpec, source: str) -> dict[str, list[Any]]:
 
 def _item_rows(feature: Feature) -> list[ItemRow]:
     native = [
-        (i, feature.name, False, _bound(feature.lower), _bound(feature.upper), feature.lower_inclusive,
-         feature.upper_inclusive)
+        (
+            i,
+            feature.name,
+            False,
+            _bound(feature.lower),
+            _bound(feature.upper),
+            feature.lower_inclusive,
+            feature.upper_inclusive,
+        )
         for i in feature.itemids
-    ]  # fmt: skip
+    ]
     fahrenheit = [
         (i, feature.name, True, _bound(feature.fahrenheit_lower), _bound(feature.fahrenheit_upper), False, False)
         for i in feature.fahrenheit_itemids

@@ -225,25 +225,34 @@ class ModelSummary:
 
 @attrs.frozen
 class TunedAttackSettings:
-    """The attack settings one tuning trial tried (``best_params.json`` holds the best trial's)."""
+    """The attack settings one tuning trial tried (``best_params.json`` holds the chosen trial's).
+
+    λ and the step size are scale-free (relative to each sample's gradient scale).
+    """
 
     kappa: float
     lam: float
     step_size: float
     method: str
-    batch_size: int
 
 
 @attrs.frozen
 class AttackTrial:
-    """One trial of an attack study."""
+    """One trial of an attack study: its objective value(s), settings and what it found on the subset."""
 
     number: int
     state: str
-    value: float | None
+    values: tuple[float, ...] | None
     settings: TunedAttackSettings | None
     successes: int | None
     last_step: int | None
+    success_rate: float | None = None
+    median_l0: float | None = None
+
+    @property
+    def value(self) -> float | None:
+        """The single objective's value (the first of several for a multi-objective study)."""
+        return self.values[0] if self.values else None
 
 
 @attrs.frozen
@@ -266,14 +275,20 @@ class TuneAttackSummary:
     n_pruned: int
     best: AttackTrial | None
     trials: tuple[AttackTrial, ...]
+    decision: str
+    threshold: float
+    cells: str
+    min_success: float
+    pareto: tuple[int, ...] = ()
 
 
 @attrs.frozen
 class NormMeans:
-    """Mean L0 and L1 of a group of successful examples (``None`` without examples)."""
+    """Mean L0 and L1 (and median L0) of a group of successful examples (``None`` without examples)."""
 
     mean_l0: float | None
     mean_l1: float | None
+    median_l0: float | None = None
 
 
 @attrs.frozen
@@ -285,11 +300,12 @@ class DirectionStats:
     success_rate: float
     first: NormMeans
     best: NormMeans
+    sparse: NormMeans
 
 
 @attrs.frozen
 class Batches:
-    """Finished and all batches of an attack."""
+    """Finished and all samples of an attack (it progresses in blocks of samples)."""
 
     done: int
     total: int
@@ -314,6 +330,11 @@ class AttackSummary:
     success_rate: float
     iterations: int
     directions: dict[str, DirectionStats]
+    decision: str
+    threshold: float
+    cells: str
+    n_no_cell: int
+    median_l0_sparse: float | None
     merged_shards: tuple[RunId, ...] = ()
 
 
@@ -328,10 +349,16 @@ class DirectionCounts:
 
 @attrs.frozen
 class AnalysisSummary:
-    """An analysis run: counts per direction, mean norms, and the top features and hours (by example kind)."""
+    """An analysis run: the rule, counts per direction, norms, the share of changed cells that were measured,
+    and the top features and hours, by example kind (first, best, sparse) and direction (0to1, 1to0, all)."""
 
     attack_run: RunId
     features_run: RunId
+    decision: str
+    threshold: float
+    cells: str
+    measured_fraction: dict[str, dict[str, float | None]]
+    median_l0: dict[str, dict[str, float | None]]
     n_samples: int
     n_attacked: int
     n_successful: int
@@ -388,10 +415,11 @@ class RobustnessRow:
 
 @attrs.frozen
 class L1Record:
-    """The sparse L1 attack run against every model: its settings and per-model statistics."""
+    """The tuned sparse L1 attack run against every model: its settings, tune-attack run and statistics."""
 
     settings: dict[str, Any]
     by_model: dict[str, dict[str, float | None]]
+    tuned: RunId | None = None
 
 
 @attrs.frozen
@@ -407,6 +435,9 @@ class RobustnessSummary:
     pgd: PgdRecord
     table: tuple[RobustnessRow, ...]
     l1: L1Record
+    decisions: dict[str, str]
+    cells: str
+    pool: dict[str, int]
 
 
 # --- reports ----------------------------------------------------------------------------------------------

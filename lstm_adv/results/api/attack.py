@@ -20,8 +20,10 @@ __all__ = [
     "DIRECTION_NAMES",
     "analysis_figure",
     "attack_and_analysis",
+    "attack_rule",
     "attack_settings",
     "attack_success",
+    "decision_rule_text",
     "discovery_curve",
     "feature_ranking",
     "latest_analysis",
@@ -62,6 +64,9 @@ def attack_settings(attack: Run) -> pd.DataFrame:
     summary = attack.manifest.summary
     if isinstance(summary, AttackSummary):
         rows += [
+            ("decision rule", decision_rule_text(summary.decision, summary.threshold)),
+            ("cells the attack may change", CELLS_TEXT.get(summary.cells, summary.cells)),
+            ("samples with no cell to change", text(summary.n_no_cell)),
             ("attacked split", summary.split),
             ("samples", text(summary.n_samples)),
             ("attacked", text(summary.n_attacked)),
@@ -70,6 +75,31 @@ def attack_settings(attack: Run) -> pd.DataFrame:
             ("features run", str(summary.features_run)),
         ]
     return aggregates_only(pd.DataFrame(rows, columns=["setting", "value"]))
+
+
+CELLS_TEXT = {
+    "all": "all (measured and imputed)",
+    "observed": "observed (only cells that held a real measurement)",
+}
+
+
+def decision_rule_text(decision: str, threshold: float) -> str:
+    """How the attacked model decides: ``threshold t = 0.231 (chosen on validation)`` or ``argmax``."""
+    if decision == "argmax":
+        return "argmax of the two class probabilities (t = 0.5)"
+    return f"threshold t = {threshold:.3g} on p(death) (chosen on the validation split)"
+
+
+def attack_rule(analysis: Run) -> dict[str, str]:
+    """The decision rule and the cells of the analysed attack, as text: ``decision``, ``cells``, ``measured``
+    (the share of the sparse examples' changed cells that held a real measurement, or ``unknown``)."""
+    summary = analysis.summary_as(AnalysisSummary)
+    share = summary.measured_fraction.get("sparse", {}).get("all")
+    return {
+        "decision": decision_rule_text(summary.decision, summary.threshold),
+        "cells": CELLS_TEXT.get(summary.cells, summary.cells),
+        "measured": "unknown" if share is None else f"{share:.1%}",
+    }
 
 
 def attack_success(analysis: Run) -> pd.DataFrame:
@@ -86,10 +116,12 @@ def attack_success(analysis: Run) -> pd.DataFrame:
 
 
 def perturbation_norms(analysis: Run) -> pd.DataFrame:
-    """L0, L1 and L∞ of the first and best successful perturbations, per direction (means and medians).
+    """L0, L1 and L∞ of the first, best and sparse successful perturbations, per direction (means and
+    medians), and the share of their changed cells that held a real measurement.
 
     Columns: ``example``, ``direction``, ``n``, ``l0_mean``, ``l0_median``, ``l1_mean``, ``l1_median``,
-    ``linf_mean``, ``linf_median``, ``iteration_median``. L1 and L∞ are in scaled units.
+    ``linf_mean``, ``linf_median``, ``iteration_median``, ``measured_share`` (NaN when the features run has
+    no observation mask). L1 and L∞ are in scaled units.
     """
     examples = artifacts.read_table(analysis, "examples.parquet")
     grouped = examples.groupby(["which", "direction"], sort=False)
@@ -102,7 +134,11 @@ def perturbation_norms(analysis: Run) -> pd.DataFrame:
         linf_mean=("linf", "mean"),
         linf_median=("linf", "median"),
         iteration_median=("iteration", "median"),
+        measured=("measured", lambda m: float(m.sum()) if m.notna().all() else float("nan")),
+        changed=("l0", "sum"),
     ).reset_index()
+    frame["measured_share"] = frame["measured"] / frame["changed"].where(frame["changed"] > 0)
+    frame = frame.drop(columns=["measured", "changed"])
     frame = frame[frame["n"] > 0].rename(columns={"which": "example"})
     frame["direction"] = frame["direction"].map(_arrow)
     return aggregates_only(frame.reset_index(drop=True))
@@ -119,7 +155,7 @@ def analysis_figure(analysis: Run, stem: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def feature_ranking(analysis: Run, which: str = "best", *, top: int | None = None) -> pd.DataFrame:
+def feature_ranking(analysis: Run, which: str = "sparse", *, top: int | None = None) -> pd.DataFrame:
     """Features ranked by susceptibility S_j, per direction, with |δ| in clinical units over changed cells.
 
     Columns: ``direction``, ``rank``, ``feature``, ``unit``, ``susceptibility``, ``mean_gpp``,
@@ -138,7 +174,7 @@ def feature_ranking(analysis: Run, which: str = "best", *, top: int | None = Non
     return aggregates_only(merged[columns].reset_index(drop=True))
 
 
-def top_hours(analysis: Run, which: str = "best", *, top: int = 5) -> pd.DataFrame:
+def top_hours(analysis: Run, which: str = "sparse", *, top: int = 5) -> pd.DataFrame:
     """The ``top`` hours of the window by susceptibility Σ_j GMP·GPP, per direction.
 
     Columns: ``direction``, ``rank``, ``hour`` (0 = the first hour of the 48-hour window), ``susceptibility``.

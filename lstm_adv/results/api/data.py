@@ -224,8 +224,11 @@ def stay_characteristics(run: Run) -> pd.DataFrame:
         raise DataError(f"run {run.id} has lost its query run; the stays come from it")
     cohort = structure(query.manifest.config.get("cohort", {}), CohortConfig)
     stays = artifacts.read_stays(query)
-    rules = {"min_age_years": cohort.min_age_years, "min_hospital_los_days": cohort.min_hospital_los_days,
-             "min_icu_los_days": cohort.min_icu_los_days}  # fmt: skip
+    rules = {
+        "min_age_years": cohort.min_age_years,
+        "min_hospital_los_days": cohort.min_hospital_los_days,
+        "min_icu_los_days": cohort.min_icu_los_days,
+    }
     rows = []
     for label, keep in (("included", True), ("excluded", False)):
         group = [s for s in stays if s.meets(**rules) == keep]

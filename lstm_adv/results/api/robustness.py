@@ -11,7 +11,7 @@ from lstm_adv.results.summaries import RobustnessSummary
 
 ROBUSTNESS_KINDS = ("robustness",)
 
-__all__ = ["ROBUSTNESS_KINDS", "robustness_confusion", "robustness_curves", "robustness_l1"]
+__all__ = ["ROBUSTNESS_KINDS", "robustness_confusion", "robustness_curves", "robustness_l1", "robustness_models"]
 
 
 def _model_labels(run: Run) -> dict[str, str]:
@@ -24,6 +24,18 @@ def _robustness_table(run: Run, name: str) -> pd.DataFrame:
     labels = _model_labels(run)
     frame.insert(0, "label", frame["model"].map(labels).fillna(frame["model"]))
     return frame
+
+
+def robustness_models(run: Run) -> pd.DataFrame:
+    """Per model: its decision rule and the size of the attack pool (correct at that rule, with a cell the
+    L1 attack may change). Columns: label, decision, pool."""
+    summary = run.summary_as(RobustnessSummary)
+    labels = _model_labels(run)
+    rows = [
+        (labels[str(m.model)], summary.decisions.get(str(m.model), "?"), summary.pool.get(str(m.model)))
+        for m in summary.models
+    ]
+    return aggregates_only(pd.DataFrame(rows, columns=["label", "decision", "pool"]))
 
 
 def robustness_curves(run: Run) -> pd.DataFrame:
