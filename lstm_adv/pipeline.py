@@ -422,9 +422,17 @@ def _describe_synth(summary: SynthSummary) -> str:
 
 
 def _describe_attack_tuning(summary: TuneAttackSummary) -> str:
-    value = summary.best.value if summary.best is not None else None
-    states = _states(summary.states)
-    return f"{states}; best {summary.objective} {value:.3f}" if value is not None else states
+    states, best = _states(summary.states), summary.best
+    if best is None or best.value is None:
+        return states
+    if summary.objective != "pareto":
+        return f"{states}; best {summary.objective} {best.value:.3f}"
+    rate = "—" if best.success_rate is None else f"{best.success_rate:.0%}"
+    median = "—" if best.median_l0 is None else f"{best.median_l0:.0f}"
+    return (
+        f"{states}; {len(summary.pareto)} on the Pareto front; chosen trial {best.number}: success {rate}, "
+        f"median L0 of the sparse examples {median}"
+    )
 
 
 def _rule(decision: str, threshold: float) -> str:
