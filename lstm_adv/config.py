@@ -201,6 +201,7 @@ class TuneModelConfig:
     pruner_warmup_epochs: int = attrs.field(default=3, validator=v.at_least(0, owner="tune_model"))
     seed: int = attrs.field(default=0, validator=v.at_least(0, owner="tune_model"))
     storage_timeout_s: int = attrs.field(default=10, validator=v.at_least(1, owner="tune_model"))
+    start_from_defaults: bool = True
 
 
 def _hours(instance: Any, attribute: attrs.Attribute[tuple[int, int]], value: tuple[int, int]) -> None:

@@ -176,6 +176,36 @@ def decision_rule(rule: str, labels: NDArray[Any], p_validation: NDArray[Any]) -
     return DecisionRule("threshold", min(max(threshold, 1e-12), 1.0 - 1e-12))
 
 
+SATURATION_EDGE = 1e-3  # a probability (or threshold) this close to 0 or 1 counts as saturated
+SATURATED_SHARE = 0.95  # saturated when at least this share of validation probabilities is at an edge
+COLLAPSED_SPREAD = 1e-3  # collapsed when the 5th–95th percentile range of probabilities is narrower
+
+
+def saturation(p_validation: NDArray[Any], threshold: float) -> str | None:
+    """Why a model's validation probabilities make it useless to attack or report, or None when they don't.
+
+    Saturated: the chosen threshold t lies within 1e-3 of 0 or 1, or ≥ 95 % of the probabilities do
+    (|logit| ≫ 1 for nearly every input: no gradient, nothing to flip); collapsed: the probabilities'
+    5th–95th percentile range is narrower than 1e-3 (one output for every input). The Brier score is not
+    used: training with weighted sampling moves healthy models' probabilities toward 0.5 by design.
+    """
+    p = np.asarray(p_validation, dtype=np.float64)
+    edge = SATURATION_EDGE
+    if not (edge <= threshold <= 1.0 - edge):
+        return f"its decision threshold t = {threshold:.2g} lies within {edge:g} of 0 or 1"
+    if p.size == 0:
+        return None
+    at_edges = float(np.mean((p < edge) | (p > 1.0 - edge)))
+    if at_edges >= SATURATED_SHARE:
+        return f"{at_edges:.0%} of its validation probabilities lie within {edge:g} of 0 or 1"
+    low, high = np.percentile(p, [5.0, 95.0])
+    if high - low < COLLAPSED_SPREAD:
+        return (
+            f"its validation probabilities collapse to one value ({low:.3g}–{high:.3g} from the 5th to 95th percentile)"
+        )
+    return None
+
+
 def evaluate_predictions(
     y_true: NDArray[Any],
     probabilities: NDArray[Any],

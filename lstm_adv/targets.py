@@ -54,7 +54,9 @@ class AttackTarget:
         if self.trial is not None:
             rows = features.indices("validation")
             p = _p_death(model, features.values[rows], device)
-            return model, metrics.decision_rule("threshold", features.labels[rows], p)
+            decision = metrics.decision_rule("threshold", features.labels[rows], p)
+            _refuse_saturated(p, decision, f"trial {self.trial} of tuning run {self.model_run.id}")
+            return model, decision
         decision = artifacts.load_decision(self.model_run)
         stored = artifacts.load_predictions(self.model_run)
         if stored.validation_index.size and int(stored.validation_index.max()) >= features.n_samples:
@@ -66,7 +68,18 @@ class AttackTarget:
                 f"model run {self.model_run.id}: its weights do not reproduce its stored validation probabilities "
                 f"(largest difference {gap:.2g}); the run is damaged or belongs to other features; re-run the training"
             )
+        _refuse_saturated(stored.validation, decision, f"model run {self.model_run.id}")
         return model, decision
+
+
+def _refuse_saturated(p_validation: np.ndarray, decision: DecisionRule, what: str) -> None:
+    """A saturated model leaves an attack nothing to flip: stop before any run is written."""
+    reason = metrics.saturation(p_validation, decision.threshold)
+    if reason is not None:
+        raise DataError(
+            f"{what} is saturated ({reason}), so an attack cannot flip it; train a model with a bounded "
+            "activation (tanh) or a lower learning rate"
+        )
 
 
 def _p_death(model: nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:

@@ -90,6 +90,7 @@ class TrainedModel:
     device: str
     curves: pd.DataFrame = attrs.field(eq=False)
     predictions: Predictions = attrs.field(eq=False)
+    saturated: str | None = None
 
     @property
     def threshold(self) -> float:
@@ -167,6 +168,9 @@ def assess_model(
     val_p = probabilities(predict_logits(model, tensors[1].x, config.eval_batch_size))
     decision = metrics.decision_rule(config.decision, features.labels[split.validation], val_p)
     threshold = decision.threshold
+    saturated = metrics.saturation(val_p, threshold)
+    if saturated is not None:
+        log.warning("the model is saturated: %s", saturated)
     eval_p = probabilities(predict_logits(model, tensors[2].x, config.eval_batch_size))
     return TrainedModel(
         model=model,
@@ -174,6 +178,7 @@ def assess_model(
         history=history,
         best_epoch=best_epoch,
         decision=decision,
+        saturated=saturated,
         predictions=Predictions(split.validation, val_p, split.evaluation, eval_p),
         validation=evaluate_split(features.labels[split.validation], val_p, threshold, config),
         evaluation=evaluate_split(features.labels[split.evaluation], eval_p, threshold, config),
@@ -319,6 +324,7 @@ def holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: floa
         confusion_matrix=test.confusion_matrix,
         threshold=trained.threshold,
         decision=trained.decision.rule,
+        saturated=trained.saturated,
         best_epoch=trained.best_epoch,
         epochs_run=len(trained.history),
         seconds_per_epoch=float(np.mean([r.seconds for r in trained.history])),

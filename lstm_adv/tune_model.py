@@ -32,7 +32,7 @@ import attrs
 import optuna
 import torch
 
-from lstm_adv import studies
+from lstm_adv import metrics, studies
 from lstm_adv.config import Config, ModelConfig, TuneModelConfig
 from lstm_adv.domain.errors import ConfigError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
@@ -44,24 +44,63 @@ from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import ModelTrial, TuneModelSummary
 from lstm_adv.studies import StudyPlace, TrialCallback
 from lstm_adv.train import SplitIndices, check_split
-from lstm_adv.training_loop import EpochRecord, SplitTensors, fit_model, resolve_device
+from lstm_adv.training_loop import (
+    EpochRecord,
+    FitResult,
+    SplitTensors,
+    fit_model,
+    predict_logits,
+    probabilities,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
 
 def suggest_params(trial: optuna.Trial, tune: TuneModelConfig, model: ModelConfig) -> Hyperparameters:
-    """One point of the model search space; sizes are powers of two, the learning rate log-uniform."""
+    """One point of the model search space; sizes are powers of two, the learning rate log-uniform.
+
+    Sizes are drawn by value among the powers of two of their ``*_log2`` ranges, so a study (and
+    optuna-dashboard) records the real sizes.
+    """
     return Hyperparameters(
-        hidden_size=2 ** trial.suggest_int("hidden_size_log2", *tune.hidden_size_log2),
+        hidden_size=trial.suggest_categorical("hidden_size", _powers(tune.hidden_size_log2)),
         num_layers=model.num_layers,
         lstm_activation=trial.suggest_categorical("lstm_activation", list(tune.lstm_activations)),
         dropout=trial.suggest_float("dropout", *tune.dropout),
-        fc_size=2 ** trial.suggest_int("fc_size_log2", *tune.fc_size_log2),
+        fc_size=trial.suggest_categorical("fc_size", _powers(tune.fc_size_log2)),
         fc_activation=trial.suggest_categorical("fc_activation", list(tune.fc_activations)),
         optimizer=trial.suggest_categorical("optimizer", list(tune.optimizers)),
         learning_rate=trial.suggest_float("learning_rate", *tune.learning_rate, log=True),
-        batch_size=2 ** trial.suggest_int("batch_size_log2", *tune.batch_size_log2),
+        batch_size=trial.suggest_categorical("batch_size", _powers(tune.batch_size_log2)),
     )
+
+
+def _powers(exponents: tuple[int, int]) -> list[int]:
+    return [2**k for k in range(exponents[0], exponents[1] + 1)]
+
+
+def default_trial(tune: TuneModelConfig, model: ModelConfig) -> dict[str, Any] | None:
+    """The ``[model]`` hyperparameters as the first trial (those inside the search space; the sampler
+    draws the rest), when enabled.
+
+    A short search then starts from one known-usable model (bounded activation, Adam, a moderate
+    learning rate) that TPE improves on, instead of depending on random first draws.
+    """
+    if not tune.start_from_defaults:
+        return None
+    inside = {
+        "hidden_size": model.hidden_size in _powers(tune.hidden_size_log2),
+        "lstm_activation": model.lstm_activation in tune.lstm_activations,
+        "dropout": tune.dropout[0] <= model.dropout <= tune.dropout[1],
+        "fc_size": model.fc_size in _powers(tune.fc_size_log2),
+        "fc_activation": model.fc_activation in tune.fc_activations,
+        "optimizer": model.optimizer in tune.optimizers,
+        "learning_rate": tune.learning_rate[0] <= model.learning_rate <= tune.learning_rate[1],
+        "batch_size": model.batch_size in _powers(tune.batch_size_log2),
+    }
+    start = {name: getattr(model, name) for name, ok in inside.items() if ok}
+    return start or None
 
 
 def run_model_tuning(
@@ -103,6 +142,9 @@ def run_model_tuning(
         )
         study = job.study(worker=0)
         study.set_user_attr("features_run", str(features_run.id))
+        start = default_trial(config.tune_model, config.model)
+        if not study.trials and start is not None:
+            study.enqueue_trial(start)
         target = len(study.trials) + n_trials
         status = _optimize_all(job, study, target, workers, on_trial)
         writer.summary = study_summary(study, place, features_run)
@@ -146,7 +188,13 @@ class _Job:
         pruner = optuna.pruners.MedianPruner(
             n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs
         )
-        return studies.open_study(self.place, timeout_s=cfg.storage_timeout_s, seed=cfg.seed + worker, pruner=pruner)
+        return studies.open_study(
+            self.place,
+            timeout_s=cfg.storage_timeout_s,
+            seed=cfg.seed + worker,
+            pruner=pruner,
+            metric_names=("validation AUROC",),
+        )
 
 
 def _optimize_all(job: _Job, study: optuna.Study, target: int, workers: int, on_trial: TrialCallback | None) -> str:
@@ -230,10 +278,20 @@ class _Objective:
         model_config = attrs.evolve(self.config.model, max_epochs=self.config.tune_model.epochs_per_trial)
         fit = fit_model(self.train, self.validation, params, model_config, on_epoch=report)
         value = fit.history[fit.best_epoch - 1].val_auroc
+        saturated = self._saturation(fit)
+        if saturated is not None:
+            trial.set_user_attr("saturated", saturated)
+            raise optuna.TrialPruned(f"saturated model: {saturated}")
         artifacts.save_model(self.trials_dir / str(trial.number), fit.model)
         trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("epochs_run", len(fit.history))
         return value
+
+    def _saturation(self, fit: FitResult) -> str | None:
+        """Why the trial's best-epoch model is saturated (see :func:`metrics.saturation`), or None."""
+        p = probabilities(predict_logits(fit.model, self.validation.x, self.config.model.eval_batch_size))
+        labels = self.validation.y.cpu().numpy()
+        return metrics.saturation(p, metrics.decision_rule(self.config.model.decision, labels, p).threshold)
 
 
 def study_summary(study: optuna.Study, place: StudyPlace, features_run: Run) -> TuneModelSummary:

@@ -188,3 +188,22 @@ def test_cli_tune_model_then_train_from_its_best_trial(tmp_path: Path) -> None:
     trained = CliRunner().invoke(app, [*base, "train", "--tuned-model", str(run.id)])
     assert trained.exit_code == 0, trained.output
     assert store.latest("model").manifest.parents == (parent.id, run.id)
+
+
+def test_a_fresh_study_starts_from_the_model_defaults_with_real_sizes(tmp_path: Path) -> None:
+    """Trial 0 takes the [model] hyperparameters that lie inside the search space (the sampler draws the
+    rest); the study records sizes by value (as optuna-dashboard shows them), not as exponents."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    config = _config(**{"model.hidden_size": 8, "model.batch_size": 16, "model.learning_rate": 0.003})
+    run = run_model_tuning(store, parent, config, trials=1)
+    first = run.manifest.summary.trials[0].params
+    assert (first.hidden_size, first.batch_size, first.learning_rate) == (8, 16, 0.003)
+    assert (first.lstm_activation, first.optimizer, first.dropout) == ("tanh", "adam", 0.2)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(run.file(STUDY_FILE))))
+    study = optuna.load_study(study_name=run.manifest.summary.study_name, storage=storage)
+    assert {"hidden_size", "fc_size", "batch_size"} <= set(study.trials[0].params)
+    assert study.trials[0].params["hidden_size"] == 8
+    assert study.metric_names == ["validation AUROC"]

@@ -189,9 +189,17 @@ def render_model(run: Run, out: Console) -> None:
     out.print(table)
     (tn, fp), (fn, tp) = summary.confusion_matrix or ((0, 0), (0, 0))
     n, prevalence = summary.n or {}, summary.prevalence or {}
-    out.print(
-        f"threshold {_fixed(summary.threshold)} (max F1 on validation); confusion tn={tn} fp={fp} fn={fn} tp={tp}"
+    rule = (
+        "argmax (t = 0.5)"
+        if summary.decision == "argmax"
+        else f"threshold t = {_fixed(summary.threshold)} (max F1 on validation)"
     )
+    out.print(f"decision rule: {rule}; confusion tn={tn} fp={fp} fn={fn} tp={tp}")
+    if summary.saturated is not None:
+        out.print(
+            f"[yellow]warning: this model is saturated: {summary.saturated}; attacks will refuse it. Try a "
+            "bounded activation (tanh) or a lower learning rate.[/yellow]"
+        )
     out.print(
         f"best epoch {summary.best_epoch} of {summary.epochs_run}; n train/val/test "
         f"{n.get('train')}/{n.get('validation')}/{n.get('test')}; test prevalence "

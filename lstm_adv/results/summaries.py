@@ -218,6 +218,7 @@ class ModelSummary:
     defense: DefenseSummary | None = None
     features_run: RunId | None = None
     decision: str | None = None
+    saturated: str | None = None
 
 
 # --- attack -----------------------------------------------------------------------------------------------
