@@ -43,6 +43,7 @@ from lstm_adv.training_loop import (
     predict_logits,
     probabilities,
     resolve_device,
+    write_hparams,
 )
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,13 @@ def _write_holdout(
     trained = train_model(features, params, config, on_epoch=on_epoch, tensorboard_dir=tensorboard)
     write_trained(writer, trained)
     writer.summary = holdout_summary(features, trained, oracle)
+    results = {f"test/{name}": getattr(trained.evaluation, name).value for name in REPORTED}
+    results["validation/best_auroc"] = trained.history[trained.best_epoch - 1].val_auroc
+    write_hparams(
+        tensorboard,
+        params.to_dict() | {"decision": trained.decision.rule, "threshold": trained.threshold},
+        results,
+    )
 
 
 def write_trained(writer: RunWriter, trained: TrainedModel) -> None:

@@ -299,3 +299,29 @@ def test_synthetic_data_reports_the_oracle_auroc_of_the_same_test_split(tmp_path
     test = features.indices("test")
     expected = oracle_auroc(truth, features.hadm_ids[test], features.labels[test])
     assert run.summary_as(ModelSummary).oracle_test_auroc == pytest.approx(expected)
+
+
+def test_tensorboard_holds_hparams_and_test_metrics(tmp_path: Path) -> None:
+    """A model run's TensorBoard folder has per-epoch scalars, the test metrics as scalars, and an
+    HPARAMS entry with the hyperparameters, the decision rule and the test metrics."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    store = RunStore(tmp_path)
+    run = run_training(
+        store, features_run(store, tiny_feature_matrix(60)), PARAMS, attrs.evolve(load_config(), model=FAST)
+    )
+    events = EventMultiplexer().AddRunsFromDirectory(str(run.path / "tensorboard")).Reload()
+    tags = {tag for per_run in events.Runs().values() for tag in per_run["scalars"]}
+    assert {"test/auroc", "test/auprc", "test/brier", "validation/best_auroc"} <= tags
+    values = [
+        e.value
+        for name, per_run in events.Runs().items()
+        if "test/auroc" in per_run["scalars"]
+        for e in events.Scalars(name, "test/auroc")
+    ]
+    assert values == [pytest.approx(run.manifest.summary.test["auroc"].value)]
+    content = events.PluginRunToTagToContent("hparams")
+    assert content, "no hparams entry"
+    blobs = b"".join(data for tags_ in content.values() for data in tags_.values())
+    for text in (b"hidden_size", b"learning_rate", b"decision", b"test/auroc"):
+        assert text in blobs
