@@ -6,6 +6,12 @@ all B resamples be scored at once with array operations instead of a Python loop
 Definitions follow scikit-learn: AUROC counts ties as one half; AUPRC is average precision
 (Σ (Rₖ − Rₖ₋₁) Pₖ over distinct thresholds); precision/recall/F1 use "predict 1 when p ≥ threshold"
 and are 0 when undefined.
+
+The single-value functions (:func:`auroc`, :func:`auprc`, :func:`brier`) call scikit-learn itself.
+The bootstrap keeps its own vectorized implementation of the same definitions (its row of ones is the
+point estimate, tested equal to scikit-learn): scikit-learn called once per resample with
+``sample_weight`` gives the same intervals about 16 times slower (1,000 resamples of 3,000 samples:
+28 s against 1.7 s, measured on one CPU thread).
 """
 
 from __future__ import annotations
@@ -80,9 +86,11 @@ def check_binary(y_true: NDArray[Any], scores: NDArray[Any], *, what: str) -> tu
 
 
 def auroc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
-    """Area under the ROC curve (ties count one half)."""
+    """Area under the ROC curve (ties count one half): ``sklearn.metrics.roc_auc_score``."""
+    from sklearn.metrics import roc_auc_score
+
     y, s = check_binary(y_true, scores, what="auroc")
-    return float(_auroc(s, y, np.ones((1, y.size)))[0])
+    return float(roc_auc_score(y, s))
 
 
 def oracle_auroc(truth: Any, hadm_ids: NDArray[Any], labels: NDArray[Any]) -> float:
@@ -107,15 +115,20 @@ def oracle_auroc(truth: Any, hadm_ids: NDArray[Any], labels: NDArray[Any]) -> fl
 
 
 def auprc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
-    """Average precision, as ``sklearn.metrics.average_precision_score``."""
+    """Average precision: ``sklearn.metrics.average_precision_score``."""
+    from sklearn.metrics import average_precision_score
+
     y, s = check_binary(y_true, scores, what="auprc")
-    return float(_auprc(s, y, np.ones((1, y.size)))[0])
+    return float(average_precision_score(y, s))
 
 
 def brier(y_true: NDArray[Any], probabilities: NDArray[Any]) -> float:
-    """Mean squared difference between the probability of class 1 and the label."""
+    """Mean squared difference between the probability of class 1 and the label:
+    ``sklearn.metrics.brier_score_loss``."""
+    from sklearn.metrics import brier_score_loss
+
     y, p = check_binary(y_true, probabilities, what="brier")
-    return float(_brier(p, y, np.ones((1, y.size)))[0])
+    return float(brier_score_loss(y, p))
 
 
 def threshold_counts(y_true: NDArray[Any], scores: NDArray[Any], threshold: float) -> dict[str, float]:
