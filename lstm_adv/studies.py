@@ -18,6 +18,7 @@ import attrs
 import optuna
 
 from lstm_adv.domain.errors import ConfigError, DatabaseError
+from lstm_adv.redaction import has_hidden_password, redact, scrub
 from lstm_adv.results.artifacts import STUDY_FILE
 from lstm_adv.results.store import Run
 
@@ -38,7 +39,7 @@ class StudyPlace:
     @property
     def shown(self) -> str:
         """The storage as stored in the summary (``file`` or the URL without its password)."""
-        return FILE_STORAGE if self.url is None else redact_url(self.url)
+        return FILE_STORAGE if self.url is None else redact(self.url)
 
     def storage(self, timeout_s: int) -> optuna.storages.BaseStorage:
         """Open the storage (a journal file, or a database checked to be reachable)."""
@@ -66,20 +67,9 @@ def resumed_url(storage: str | None, resume: Run | None, shown: str | None) -> s
         return storage
     if resume is None or shown in (None, FILE_STORAGE):
         return None
-    if "***" in str(shown):
+    if has_hidden_password(str(shown)):
         raise ConfigError(f"tuning run {resume.id} used the storage {shown}; pass --storage with its password")
     return shown
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparsable URL>"
 
 
 def database_url(url: str) -> str:
@@ -101,9 +91,9 @@ def open_database_storage(url: str, timeout_s: int) -> optuna.storages.RDBStorag
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except (SQLAlchemyError, ArgumentError, ImportError, ValueError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        reason = scrub(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0], url)
         raise DatabaseError(
-            f"cannot use the Optuna storage {redact_url(url)}: {reason}; check the URL and that the server is "
+            f"cannot use the Optuna storage {redact(url)}: {reason}; check the URL and that the server is "
             "running, or leave out --storage to keep the study in a file inside the run"
         ) from None
 
