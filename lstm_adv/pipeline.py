@@ -21,6 +21,7 @@ from lstm_adv.config import Config
 from lstm_adv.database.connection import connect
 from lstm_adv.database.demo import load_demo
 from lstm_adv.database.server import ServerInfo, ensure_server
+from lstm_adv.domain.errors import RunInterruptedError
 from lstm_adv.domain.feature_matrix import split_name
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.preprocess import run_preprocess
@@ -303,6 +304,11 @@ class _Context:
             if existing is not None and reusable is not None and not reusable(existing):
                 existing = None
         run = existing or make()
+        if not run.complete:  # Ctrl-C inside a stage that keeps its finished part: later stages must not use it
+            raise RunInterruptedError(
+                f"the demo stopped: {name} was interrupted (run {run.id} keeps what it finished); "
+                "run `lstm-adv demo` again to redo that stage and go on"
+            )
         outcome = StageOutcome(
             stage=name,
             run_id=run.id,

@@ -29,6 +29,7 @@ from lstm_adv.domain.perturbation import AttackBatchResult, Perturbation
 from lstm_adv.figures import feature_ranking, heatmaps, save_figure, write_figures
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
+from tests.full_disk import assert_one_full_disk_line, full_disk
 from tests.strategies import analysis_attack_result, analysis_attack_results, analysis_deltas, tiny_feature_matrix
 from tests.summaries import attack_summary
 
@@ -418,3 +419,16 @@ def test_cli_analyze_reports_a_wrong_kind_in_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--home", str(tmp_path), "analyze", "--attack", str(features.id)])
     assert result.exit_code == 1
     assert f"run {features.id} is a features run; this needs a attack run" in result.output
+
+
+def test_cli_analyze_on_a_full_disk_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while `analyze` writes its tables: one error line, exit 1, no analysis run and no temporary folder."""
+    store = RunStore(tmp_path / "runs")
+    _, attack = make_runs(store, analysis_attack_result(4, 12))
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    result = runner.invoke(app, ["--home", str(tmp_path), "analyze", "--attack", str(attack.id)])
+    assert result.exit_code == 1
+    assert_one_full_disk_line(result.output, "analysis", tmp_path)
+    assert store.list("analysis") == []

@@ -24,6 +24,7 @@ from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import ModelSummary
 from lstm_adv.train import SplitIndices, run_training, train_model
+from tests.full_disk import assert_one_full_disk_line, full_disk
 from tests.strategies import tiny_feature_matrix
 
 PARAMS = Hyperparameters(
@@ -299,3 +300,20 @@ def test_synthetic_data_reports_the_oracle_auroc_of_the_same_test_split(tmp_path
     test = features.indices("test")
     expected = oracle_auroc(truth, features.hadm_ids[test], features.labels[test])
     assert run.summary_as(ModelSummary).oracle_test_auroc == pytest.approx(expected)
+
+
+def test_cli_train_on_a_full_disk_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while `train` writes its weights: one error line, exit 1, no model run and no temporary folder."""
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(40))
+    config = tmp_path / "tiny.toml"
+    config.write_text('[model]\ndevice = "cpu"\nmax_epochs = 1\nbootstrap_samples = 5\n')
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    result = CliRunner().invoke(
+        app, ["--home", str(tmp_path), "--config", str(config), "train", "--data", str(parent.id)]
+    )
+    assert result.exit_code == 1
+    assert_one_full_disk_line(result.output, "model", tmp_path)
+    assert store.list("model") == []

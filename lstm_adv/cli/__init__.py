@@ -51,6 +51,8 @@ def root(
     """Global options, valid before any command."""
     setup_logging(verbose)
     ctx.obj = CliState(home=home, config_file=config)
+    if config is not None:
+        ctx.obj.config()  # a bad --config fails every command, also those that read no setting
 
 
 # Registration order is the order `lstm-adv --help` lists the commands: the pipeline's order.

@@ -156,6 +156,7 @@ def _progress(what: str, total: int) -> Iterator[Any]:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a finished transient bar still leaves a blank line in logs
     ) as progress:
         task = progress.add_task("", total=total)
         yield lambda description: progress.update(task, advance=1, description=description)

@@ -25,18 +25,41 @@ def list_runs(
     ctx: typer.Context,
     kind: Annotated[str | None, typer.Option(help=f"Only runs of this kind ({', '.join(KINDS)}).")] = None,
 ) -> None:
-    """List finished runs, oldest first."""
-    runs = state(ctx).workspace().store.list(kind)
+    """List finished runs, oldest first (and say when killed commands left temporary runs behind)."""
+    store = state(ctx).workspace().store
+    runs = store.list(kind)
     if not runs:
         console.print("no runs yet — start with `lstm-adv demo` or `lstm-adv query`")
+    else:
+        console.print(_table(runs))
+    stale = store.stale()
+    if stale:
+        console.print(
+            f"{len(stale)} stale temporary run(s) under {store.root / '.tmp'}, left by killed commands: "
+            f"{', '.join(p.name for p in stale)}; remove them with `lstm-adv runs clean`",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@app.command("clean")
+def clean_runs(ctx: typer.Context) -> None:
+    """Remove the temporary runs that killed commands left behind (never a run that is being written)."""
+    removed = state(ctx).workspace().store.clean()
+    if not removed:
+        console.print("no stale temporary runs")
         return
+    console.print(f"removed {len(removed)} stale temporary run(s): {', '.join(removed)}", highlight=False)
+
+
+def _table(runs: list[Run]) -> Table:
     table = Table("id", "kind", "created (UTC)", "status", "parents")
     table.columns[0].no_wrap = True
     for run in runs:
         parents = ", ".join(str(p) for p in run.manifest.parents) or "—"
         created = f"{run.manifest.created:%Y-%m-%d %H:%M:%S}"
         table.add_row(str(run.id), run.kind, created, run.manifest.status, parents)
-    console.print(table)
+    return table
 
 
 @app.command("show")
