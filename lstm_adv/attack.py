@@ -252,7 +252,7 @@ def _attack_blocks(attack: L1Attack, plan: _Plan, progress: Progress | None) -> 
     except KeyboardInterrupt:
         if not parts:
             raise
-        log.warning("attack interrupted: %d finished blocks kept; continue with --resume", len(parts))
+        log.info("attack interrupted: %d finished blocks kept; continue with --resume", len(parts))
         return parts, "interrupted"
     return parts, "complete"
 
@@ -356,10 +356,27 @@ def find_shards(store: RunStore, tuned: Run, *, split: str, count: int) -> dict[
     return found
 
 
+def find_merged(store: RunStore, tuned: Run, *, split: str, count: int, attack: object) -> Run | None:
+    """The newest complete run merged from ``count`` shards of ``tuned`` on ``split`` with [attack] ``attack``."""
+    for run in reversed(store.list("attack")):
+        summary = run.manifest.summary
+        if (
+            isinstance(summary, AttackSummary)
+            and run.complete
+            and len(summary.merged_shards) == count
+            and (summary.tune_attack_run, summary.split) == (tuned.id, split)
+            and run.manifest.config.get("attack") == attack
+        ):
+            return run
+    return None
+
+
 def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) -> Run | None:
     """One attack run from complete shards 1…count (parents: ``tuned`` and the shards); ``None`` if any is missing.
 
-    The merged rows equal an unsharded attack's (ascending sample index).
+    The merged rows equal an unsharded attack's (ascending sample index). When these shards were merged
+    before (same tune-attack run, split, count and [attack] settings), that run is returned and nothing
+    new is written.
     """
     split = split_name(split)
     shards = find_shards(store, tuned, split=split, count=count)
@@ -373,6 +390,9 @@ def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) 
             f"shards {', '.join(str(r.id) for r in runs)} used different [attack] settings; "
             "re-run the odd ones with the same settings"
         )
+    existing = find_merged(store, tuned, split=split, count=count, attack=runs[0].manifest.config.get("attack"))
+    if existing is not None:  # merging is idempotent: a re-run shard gives the same rows
+        return existing
     result = sort_rows(AttackBatchResult.concatenate([artifacts.load_attack_result(r) for r in runs]))
     first = runs[0].summary_as(AttackSummary)
     target = target_from(store, first.model_run, first.model_trial, first.features_run)

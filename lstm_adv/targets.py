@@ -42,10 +42,10 @@ class AttackTarget:
     features_run: Run
 
     def load_model(self, device: torch.device) -> nn.Module:
-        """The trained BiLSTM, in eval mode on ``device``."""
+        """The trained BiLSTM, in eval mode on ``device`` (its files checked against the run's manifest)."""
         if self.trial is None:
             return artifacts.load_trained_model(self.model_run, device=device)
-        return artifacts.load_model(self.model_run.path / artifacts.TRIALS_DIR / str(self.trial), device=device)
+        return artifacts.load_run_model(self.model_run, self.trial, device=device)
 
     def load(self, features: FeatureMatrix, device: torch.device) -> tuple[nn.Module, DecisionRule]:
         """The model and its decision rule: the model run's own (checked against its stored validation

@@ -396,7 +396,7 @@ def _entry(trial: optuna.trial.FrozenTrial) -> AttackTrial:
     settings = trial.user_attrs.get("settings")
     return AttackTrial(
         number=trial.number,
-        state=trial.state.name.lower(),
+        state=studies.trial_state(trial),
         values=None if trial.values is None else tuple(float(v) for v in trial.values),
         settings=None if settings is None else _tuned(settings),
         successes=trial.user_attrs.get("successes"),

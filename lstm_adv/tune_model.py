@@ -22,7 +22,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
+import signal
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,8 +132,8 @@ def run_model_tuning(
         place = studies.study_place(
             writer.path, str(writer.id), url, resume, study_name=previous.study_name if previous else None
         )
-        if resume is not None and (resume.path / artifacts.TRIALS_DIR).is_dir():
-            shutil.copytree(resume.path / artifacts.TRIALS_DIR, writer.path / artifacts.TRIALS_DIR)
+        if resume is not None:
+            artifacts.copy_stored(resume, artifacts.TRIALS_DIR, writer.path)
         job = _Job(
             place,
             features_run.path / artifacts.FEATURES_FILE,
@@ -145,7 +145,7 @@ def run_model_tuning(
         start = default_trial(config.tune_model, config.model)
         if not study.trials and start is not None:
             study.enqueue_trial(start)
-        target = len(study.trials) + n_trials
+        target = studies.counted(study) + n_trials
         status = _optimize_all(job, study, target, workers, on_trial)
         writer.summary = study_summary(study, place, features_run)
         writer.commit(status=status)
@@ -183,13 +183,17 @@ class _Job:
     trials_dir: Path
 
     def study(self, worker: int) -> optuna.Study:
-        """The study, opened by worker ``worker`` (each worker seeds its sampler differently)."""
+        """The study, opened by worker ``worker`` (each worker seeds its sampler differently).
+
+        Only the main worker (0) prepares a resumed study; the others join it as it is.
+        """
         cfg = structure(self.config, Config).tune_model
         pruner = optuna.pruners.MedianPruner(
             n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs
         )
+        place = self.place if worker == 0 else attrs.evolve(self.place, resumed=False)
         return studies.open_study(
-            self.place,
+            place,
             timeout_s=cfg.storage_timeout_s,
             seed=cfg.seed + worker,
             pruner=pruner,
@@ -210,12 +214,15 @@ def _optimize_all(job: _Job, study: optuna.Study, target: int, workers: int, on_
         process.start()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads if workers > 1 else previous_threads)
+    status = "interrupted"
     try:
         _wait_until_ready(processes, ready)
         status = _optimize(job, study, target, on_trial)
     finally:
         torch.set_num_threads(previous_threads)
         for process in processes:
+            if status != "complete" and process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGINT)  # stopped early (SIGTERM reaches only this process): stop them too
             process.join()
     return status
 
@@ -244,11 +251,11 @@ def _optimize(job: _Job, study: optuna.Study, target: int, on_trial: TrialCallba
     config = structure(job.config, Config)
     features = FeatureMatrix.from_npz(job.features_file)
     objective = _Objective(features, config, job.trials_dir)
-    callbacks: list[TrialCallback] = [optuna.study.MaxTrialsCallback(target, states=None)]
+    callbacks: list[TrialCallback] = [studies.stop_at(target)]
     if on_trial is not None:
         callbacks.append(on_trial)
     return studies.optimize(
-        study, objective, n_trials=target - len(study.trials), callbacks=callbacks, what="model tuning"
+        study, objective, n_trials=target - studies.counted(study), callbacks=callbacks, what="model tuning"
     )
 
 
@@ -315,7 +322,7 @@ def _trial_entry(trial: optuna.trial.FrozenTrial) -> ModelTrial:
     params = trial.user_attrs.get("params")
     return ModelTrial(
         number=trial.number,
-        state=trial.state.name.lower(),
+        state=studies.trial_state(trial),
         value=trial.value,
         params=Hyperparameters.from_mapping(params, origin=f"trial {trial.number}") if params else None,
         best_epoch=trial.user_attrs.get("best_epoch"),

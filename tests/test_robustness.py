@@ -279,3 +279,19 @@ def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) ->
     assert pdf_pages(report) >= 1
     needles = {str(i) for i in np.concatenate([features.subject_ids, features.hadm_ids, features.icustay_ids])}
     assert leaked(visible_text(html), needles) == []
+
+
+def test_cli_robustness_refuses_a_model_whose_weights_changed(tmp_path: Path) -> None:
+    """A model.pt that no longer matches its manifest is named in one line; no robustness run is written."""
+    store, _features, model_run = trained_store(tmp_path / "runs")
+    weights = model_run.path / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "robustness", "--model", str(model_run.id)])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: run {model_run.id}: model.pt no longer matches the checksum in its manifest (it changed after the "
+        "run was written); restore the file or re-run the stage that wrote it\n"
+    )
+    assert store.list("robustness") == []

@@ -24,6 +24,7 @@ from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import ModelSummary
 from lstm_adv.train import SplitIndices, run_training, train_model
+from tests.full_disk import assert_one_full_disk_line, full_disk
 from tests.strategies import tiny_feature_matrix
 
 PARAMS = Hyperparameters(
@@ -325,3 +326,20 @@ def test_tensorboard_holds_hparams_and_test_metrics(tmp_path: Path) -> None:
     blobs = b"".join(data for tags_ in content.values() for data in tags_.values())
     for text in (b"hidden_size", b"learning_rate", b"decision", b"test/auroc"):
         assert text in blobs
+
+
+def test_cli_train_on_a_full_disk_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while `train` writes its weights: one error line, exit 1, no model run and no temporary folder."""
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(40))
+    config = tmp_path / "tiny.toml"
+    config.write_text('[model]\ndevice = "cpu"\nmax_epochs = 1\nbootstrap_samples = 5\n')
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    result = CliRunner().invoke(
+        app, ["--home", str(tmp_path), "--config", str(config), "train", "--data", str(parent.id)]
+    )
+    assert result.exit_code == 1
+    assert_one_full_disk_line(result.output, "model", tmp_path)
+    assert store.list("model") == []
