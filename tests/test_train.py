@@ -343,3 +343,15 @@ def test_cli_train_on_a_full_disk_is_one_line_and_writes_nothing(
     assert result.exit_code == 1
     assert_one_full_disk_line(result.output, "model", tmp_path)
     assert store.list("model") == []
+
+
+def test_unknown_decision_rule_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """`train --decision <unknown>` names the choices in one line (exit 1) before anything is trained."""
+    from lstm_adv.cli import app
+
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(60))
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "train", "--data", str(parent.id), "--decision", "f1"])
+    assert result.exit_code == 1
+    assert result.output == "error: configuration: key 'model.decision' must be one of threshold, argmax; got 'f1'\n"
+    assert [run.kind for run in store.list()] == ["features"]
