@@ -6,7 +6,8 @@ All parts use one round of the λ search (``search_steps = 1``): they measure th
 1. Cost ratio (same process, interleaved repeats): the marginal cost of one attack iteration,
    (T(K2) − T(K1)) / (K2 − K1) for two runs of ``L1Attack.run`` on the same batch, divided by the cost of
    one forward + backward (gradient w.r.t. the input, which is what the attack needs) of the same model
-   on the same batch. Target ≤ 1.10. The whole-run average T(K2)/K2 is reported as well.
+   on the same batch in the same kernels (on CUDA: cuDNN's, in the attack's LSTM kernel mode). Target
+   ≤ 1.10. The whole-run average T(K2)/K2 is reported as well.
 2. ART's ElasticNet (EAD), when ``adversarial-robustness-toolbox`` is importable (a benchmark-only
    dependency; the part is skipped otherwise): same model, same samples, same iteration budget.
    Mapping: ART minimizes c·max(z_c − z_¬c, −κ) + ‖δ‖₂² + β‖δ‖₁; we set c = 1 (``initial_const``), one
@@ -40,6 +41,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lstm_adv.attacks import L1Attack, L1Settings
+from lstm_adv.attacks.base import lstm_kernel_mode
 from lstm_adv.attacks.l1 import margin
 
 RESULTS = Path(__file__).parent / "results" / "attack.json"
@@ -102,13 +104,18 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def forward_backward(model: nn.Module, x: torch.Tensor, passes: int, device: torch.device) -> Callable[[], None]:
-    """``passes`` eval-mode forward passes, each followed by the gradient of Σ margin w.r.t. the input."""
+def forward_backward(
+    model: nn.Module, x: torch.Tensor, passes: int, device: torch.device, *, cudnn: bool = True
+) -> Callable[[], None]:
+    """``passes`` forward passes with eval-mode logits, each followed by the gradient of Σ margin w.r.t. the
+    input, in the kernels the attack uses: on CUDA cuDNN's in the LSTM kernel mode (``cudnn``), else native."""
     target = torch.zeros(len(x), dtype=torch.int64, device=device)
 
     def run() -> None:
-        ctx = torch.backends.cudnn.flags(enabled=False) if device.type == "cuda" else torch.enable_grad()
-        with ctx:
+        model.eval()
+        kernel_mode = device.type == "cuda" and cudnn
+        mode = lstm_kernel_mode(model) if kernel_mode else torch.backends.cudnn.flags(enabled=False)
+        with mode:
             for _ in range(passes):
                 point = x.detach().requires_grad_(True)
                 torch.autograd.grad(margin(model(point), target).sum(), point)
