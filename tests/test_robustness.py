@@ -118,6 +118,8 @@ def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, R
     assert {m: float(n) for m, n in summary.pool.items()} == attacked.to_dict()  # PGD's pool is the L1 attack's
     assert set(summary.decisions) == {str(model_run.id), str(defense.id)}
     assert summary.cells == "observed"
+    assert summary.pgd.batch_size == 1024
+    assert summary.l1.batch_size == {str(model_run.id): min(256, summary.n), str(defense.id): min(256, summary.n)}
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
