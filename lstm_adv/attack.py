@@ -48,7 +48,7 @@ from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.converter import structure
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import AttackSummary, Batches, DirectionStats, NormMeans, TuneAttackSummary
-from lstm_adv.targets import AttackTarget, allowed_cells, attack_batch_size, attack_mask, target_from, tuned_settings
+from lstm_adv.targets import AttackTarget, allowed_cells, attack_mask, target_from, tuned_settings
 from lstm_adv.training_loop import resolve_device
 
 log = logging.getLogger(__name__)
@@ -140,17 +140,18 @@ def run_attack(
     device = resolve_device(plan.config.attack.device)
     model, decision = plan.target.load(plan.features, device)
     cfg = plan.config.attack
-    batch_size = attack_batch_size(cfg, device)
     attack = L1Attack(
         model,
         plan.settings,
         decision=decision,
         device=device,
         mask=plan.mask,
-        batch_size=batch_size,
+        batch_size=cfg.batch_size,
+        max_batch_size=cfg.block_size,  # every call attacks one block
         include_misclassified=cfg.include_misclassified,
         cudnn=cfg.cudnn,
     )
+    batch_size = attack.batch_size
     with store.create("attack", parents=plan.parents, config=config_as_dict(plan.config)) as writer:
         artifacts.write_json(writer.file(artifacts.ATTACK_PARAMS_FILE), _params(plan, batch_size))
         parts, status = _attack_blocks(attack, plan, progress)

@@ -171,17 +171,6 @@ def allowed_cells(config: AttackConfig, features: FeatureMatrix, rows: np.ndarra
     return cells
 
 
-#: Attack batch size on a CPU when ``attack.batch_size`` is "auto".
-CPU_BATCH_SIZE = 256
-
-
-def attack_batch_size(config: AttackConfig, device: torch.device) -> int:
-    """``attack.batch_size``, or for "auto" a size for the device (a speed setting: results do not depend on it)."""
-    if config.batch_size != "auto":
-        return int(config.batch_size)
-    return CPU_BATCH_SIZE if device.type != "cuda" else 4096
-
-
 def tuned_settings(tuned: Run, config: AttackConfig) -> L1Settings:
     """The chosen κ, λ, step size and method of a tune-attack run, with the attack's iteration budget."""
     from lstm_adv.attacks import L1Settings

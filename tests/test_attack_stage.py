@@ -151,11 +151,20 @@ def test_stored_successes_flip_the_model_when_delta_is_reapplied(world: World) -
     summary = run.manifest.summary
     assert run.manifest.parents == (world.tuned.id,)
     assert (summary.model_run, summary.features_run, summary.split) == (world.model.id, world.features.id, "test")
+    assert summary.batch_size == 3
     assert summary.n_samples == result.n
     assert summary.n_attacked == int(result.attacked.sum())
     directions = summary.directions
     assert directions["0to1"].successful + directions["1to0"].successful == int(result.found.sum())
     assert json.loads(run.file("params.json").read_text())["step_size"] == pytest.approx(0.1)
+
+
+def test_an_automatic_batch_size_is_recorded_and_never_exceeds_a_block(world: World) -> None:
+    """attack.batch_size = "auto" on a CPU is 256 samples, at most one block (every call attacks one block);
+    the summary and params.json say the size used."""
+    run = run_attack(world.store, world.tuned, config(**{"attack.batch_size": "auto"}))
+    assert run.manifest.summary.batch_size == 4
+    assert json.loads(run.file("params.json").read_text())["batch_size"] == 4
 
 
 def test_misclassified_samples_are_skipped_unless_included(world: World) -> None:

@@ -118,6 +118,8 @@ def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, R
     assert {m: float(n) for m, n in summary.pool.items()} == attacked.to_dict()  # PGD's pool is the L1 attack's
     assert set(summary.decisions) == {str(model_run.id), str(defense.id)}
     assert summary.cells == "observed"
+    assert summary.pgd.batch_size == 1024
+    assert summary.l1.batch_size == {str(model_run.id): min(256, summary.n), str(defense.id): min(256, summary.n)}
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -132,7 +134,10 @@ def test_pgd_and_l1_attack_the_same_pool(defended: tuple[RunStore, Run, Run, Run
     entry = attrs.evolve(EvaluatedModel.from_run(model_run, device="cpu"), decision=DecisionRule("threshold", t))
     cells = np.random.default_rng(seed).random((len(rows), 48, 19)) < 0.002  # some samples get no cell at all
     pool = attack_pool(entry, x, y, cells, eval_batch_size=64)
-    result = l1_attack(entry, x, y, L1Settings(max_iterations=1, search_steps=1), batch_size=16, cells=cells)
+    result, batch_size = l1_attack(
+        entry, x, y, L1Settings(max_iterations=1, search_steps=1), batch_size=16, cells=cells
+    )
+    assert batch_size == 16
     assert np.array_equal(result.attacked, pool)
     assert np.array_equal(
         pool, (entry.decision.predict_probability(_p_death(entry, x)) == y.numpy()) & cells.any((1, 2))

@@ -59,6 +59,7 @@ def test_three_trials_write_a_run_with_the_chosen_pareto_settings(world: World) 
     assert (summary.decision, summary.threshold, summary.cells) == ("argmax", 0.5, "all")
     complete = [t for t in summary.trials if t.state == "complete"]
     assert all(t.values == (t.success_rate, t.median_l0) for t in complete)
+    assert {t.batch_size for t in summary.trials} == {3}
     assert set(summary.pareto) <= {t.number for t in complete}
     assert summary.pareto
     for number in summary.pareto:  # no completed trial dominates a Pareto trial

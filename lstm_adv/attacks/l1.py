@@ -45,8 +45,9 @@ device inside the loop; results are copied to the host once per batch by the bas
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import ClassVar
 
 import attrs
@@ -145,6 +146,19 @@ class L1Attack(Attack[L1Settings]):
             lam, low, high = _next_lambda(lam, low, high, succeeded)
         sparse_delta, sparse_logits = self._minimal_support(problem, tracker)
         return tracker.outcome(sparse_delta, sparse_logits)
+
+    def _memory_key(self) -> Hashable:
+        return (super()._memory_key(), self.settings.method)  # Adam and FISTA keep more state per sample
+
+    def _short_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> None:
+        """One round of two iterations of the method, without the minimal-support search (whose forwards
+        need no gradient, so less memory)."""
+        short = copy.copy(self)
+        short.settings = attrs.evolve(self.settings, max_iterations=2, search_steps=1)
+        problem = short._problem(x, target, cells)
+        lam = torch.full((len(x), 1, 1), short.settings.lam, dtype=x.dtype, device=x.device)
+        run = {"ista": short._ista, "fista": short._fista, "adam": short._adam}[short.settings.method]
+        run(problem, lam, SuccessTracker(x, self.boundary), offset=0)
 
     def _problem(self, x: Tensor, target: Tensor, cells: Tensor | None) -> _Problem:
         lower, upper = self._bounds(x, cells)

@@ -76,3 +76,7 @@ class RunInterruptedError(LstmAdvError):
 
 class ReportError(LstmAdvError, RuntimeError):
     """A report cannot be rendered: no document for the run kind, a failing cell, a missing tool."""
+
+
+class DeviceMemoryError(LstmAdvError, MemoryError):
+    """Not even the smallest batch of a piece of work fits in the device's memory."""
