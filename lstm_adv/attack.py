@@ -35,9 +35,10 @@ from collections.abc import Callable
 
 import attrs
 import numpy as np
+import torch
 
 from lstm_adv.attacks import L1Attack, L1Settings
-from lstm_adv.config import AttackConfig, Config
+from lstm_adv.config import AUTO_BLOCK, AttackConfig, Config
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix, split_name
@@ -86,6 +87,13 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+def block_size(config: AttackConfig, device: torch.device) -> int:
+    """Samples per block: ``attack.block_size``, or for ``auto`` 256 on a CPU and 16,384 on a GPU."""
+    if config.block_size == "auto":
+        return AUTO_BLOCK["cuda" if device.type == "cuda" else "cpu"]
+    return config.block_size
 
 
 def blocks_of(rows: np.ndarray, block_size: int, shard: Shard | None) -> list[np.ndarray]:
@@ -147,7 +155,7 @@ def run_attack(
         device=device,
         mask=plan.mask,
         batch_size=cfg.batch_size,
-        max_batch_size=cfg.block_size,  # every call attacks one block
+        max_batch_size=block_size(cfg, device),  # every call attacks one block
         include_misclassified=cfg.include_misclassified,
         cudnn=cfg.cudnn,
     )
@@ -195,7 +203,7 @@ def _plan(
     features = artifacts.load_features(target.features_run)
     allowed_cells(config.attack, features, np.zeros(0, dtype=np.int64))  # no mask for --cells observed: fail now
     rows = split_indices(features, split, origin=f"features run {target.features_run.id}")
-    block = config.attack.block_size
+    block = block_size(config.attack, resolve_device(config.attack.device))
     blocks = blocks_of(rows, block, shard)
     if not blocks:
         raise DataError(
@@ -420,5 +428,5 @@ def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) 
 
 
 def _result_settings(attack_config: dict[str, object]) -> dict[str, object]:
-    """The [attack] settings that change results (not the speed settings: device, batch size, cuDNN)."""
-    return {key: value for key, value in attack_config.items() if key not in ("device", "batch_size", "cudnn")}
+    """The [attack] settings that change results (not the speed settings: device, batch and block size, cuDNN)."""
+    return {key: value for key, value in attack_config.items() if key not in ("device", "batch_size", "block_size", "cudnn")}

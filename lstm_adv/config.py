@@ -223,6 +223,15 @@ def _batch_size(instance: Any, attribute: attrs.Attribute[Any], value: int | str
         raise ConfigError(f'attack.batch_size must be an integer ≥ 1 or "auto" (sized to the device), got {value!r}')
 
 
+def _block_size(instance: Any, attribute: attrs.Attribute[Any], value: int | str) -> None:
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f'attack.block_size must be an integer ≥ 1 or "auto" (by device), got {value!r}')
+
+
+#: ``attack.block_size = "auto"``: samples per block on a CPU and on a GPU (where batches can grow to it).
+AUTO_BLOCK = {"cpu": 256, "cuda": 16384}
+
+
 @attrs.frozen
 class AttackConfig:
     """The sparse L1 attack of `lstm-adv attack` (and of tune-attack and robustness)."""
@@ -234,7 +243,7 @@ class AttackConfig:
     features: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     hours: tuple[int, int] = attrs.field(default=(0, WINDOW_HOURS), validator=_hours)
     batch_size: int | Literal["auto"] = attrs.field(default="auto", validator=_batch_size)
-    block_size: int = attrs.field(default=256, validator=v.at_least(1, owner="attack"))
+    block_size: int | Literal["auto"] = attrs.field(default="auto", validator=_block_size)
     device: Device = _choice("attack", Device, "auto")
     cudnn: bool = True
 
