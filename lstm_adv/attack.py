@@ -429,4 +429,6 @@ def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) 
 
 def _result_settings(attack_config: dict[str, object]) -> dict[str, object]:
     """The [attack] settings that change results (not the speed settings: device, batch and block size, cuDNN)."""
-    return {key: value for key, value in attack_config.items() if key not in ("device", "batch_size", "block_size", "cudnn")}
+    return {
+        key: value for key, value in attack_config.items() if key not in ("device", "batch_size", "block_size", "cudnn")
+    }
