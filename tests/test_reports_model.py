@@ -43,7 +43,7 @@ def test_metrics_table_has_every_metric_with_its_interval(pipeline: Pipeline) ->
         "precision",
         "recall",
         "Brier score",
-        "threshold (max F1 on validation)",
+        "decision threshold t",
     ]
     ranked = table.iloc[:6]
     assert ((ranked["low"] <= ranked["value"] + 1e-12) & (ranked["value"] <= ranked["high"] + 1e-12)).all()
