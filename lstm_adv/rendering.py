@@ -283,18 +283,36 @@ def notebook_to_markdown(notebook: Any, settings: Mapping[str, Any], work: Path,
 
 
 def _number_labels(notebook: Any, origin: str) -> dict[str, str]:
-    """``fig-…``/``tbl-…`` labels in order of appearance → "Figure N"/"Table N"."""
+    """``fig-…``/``tbl-…`` labels in order of appearance → "Figure N"/"Table N".
+
+    Only a cell that drew its figure (a PNG) or showed its table gets a number: a cell that printed a note
+    instead (e.g. a figure a run cannot have) leaves no gap in the numbering, and a reference to it fails.
+    """
     numbers: dict[str, str] = {}
+    seen: set[str] = set()
     counts = {"fig": 0, "tbl": 0}
     for cell in notebook.cells:
         label = Cell.parse(cell.source, origin=origin).label if cell.cell_type == "code" else None
         kind = label.split("-", 1)[0] if label else None
         if label and kind in counts:
-            if label in numbers:
+            if label in seen:
                 raise ReportError(f"{origin}: label {label!r} is used by two cells; labels must be unique")
-            counts[kind] += 1
-            numbers[label] = f"{_PREFIX[kind]} {counts[kind]}"
+            seen.add(label)
+            if _shows(cell, kind):
+                counts[kind] += 1
+                numbers[label] = f"{_PREFIX[kind]} {counts[kind]}"
     return numbers
+
+
+def _shows(cell: Any, kind: str) -> bool:
+    """Whether an executed cell shows a figure (``fig``: a PNG) or a table (``tbl``: Markdown with a pipe)."""
+    for output in cell.get("outputs", []):
+        data = output.get("data", {})
+        if kind == "fig" and "image/png" in data:
+            return True
+        if kind == "tbl" and "|" in str(data.get("text/markdown", "")):
+            return True
+    return False
 
 
 def _resolve_refs(text: str, numbers: Mapping[str, str], origin: str) -> str:
