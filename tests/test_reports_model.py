@@ -8,11 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError
 from lstm_adv.reports import document_for, render_report, report_files
 from lstm_adv.results import api
 from lstm_adv.results.store import Run
-from tests.report_checks import embedded_images, external_references, leaks, pdf_pages
+from tests.report_checks import (
+    embedded_images,
+    external_references,
+    layout_problems,
+    leaks,
+    pdf_pages,
+    raw_column_names,
+)
 from tests.report_runs import Pipeline, make_model_pipeline, without_curves
 
 
@@ -78,6 +86,13 @@ def test_curves_are_none_without_curve_points(pipeline: Pipeline, uncurved: Run)
     assert set(curves.columns) == {"curve", "x", "y"}
 
 
+def test_model_decision_describes_the_stored_rule(pipeline: Pipeline) -> None:
+    """The model's decision rule in words is the stored rule's description, with its t."""
+    summary = pipeline.model.manifest.summary
+    assert api.model_decision(pipeline.model) == DecisionRule(summary.decision, summary.threshold).describe()
+    assert f"t = {summary.threshold:.3f}" in api.model_decision(pipeline.model)
+
+
 def test_holdout_only_tables_refuse_a_cv_run(pipeline: Pipeline) -> None:
     """Asking a holdout run for cross-validation fold metrics names the rule."""
     with pytest.raises(DataError) as info:
@@ -105,6 +120,14 @@ def test_model_report_is_self_contained_with_its_figures(rendered: Run) -> None:
     assert "AUROC" in html
     assert "stores no curve points" not in html
     assert pdf_pages(rendered) >= 3
+    assert f"by its decision rule, <strong>{api.model_decision(rendered_model(rendered))}</strong>" in html
+    assert raw_column_names(html) == []
+    assert layout_problems(rendered, "model") == []
+
+
+def rendered_model(report: Run) -> Run:
+    """The model run a report run reports."""
+    return api.load_run(str(report.manifest.parents[0]), report.path.parent.parent)
 
 
 @pytest.mark.slow
@@ -113,9 +136,9 @@ def test_model_report_shows_no_cohort_id_or_time(pipeline: Pipeline, rendered: R
     assert leaks(rendered, pipeline.query, "model") == []
 
 
-@pytest.mark.parametrize("document", ["model", "attack", "pipeline"])
+@pytest.mark.parametrize("document", ["model", "attack", "pipeline", "robustness", "tuning"])
 def test_report_documents_take_a_run_id(document: str) -> None:
-    """The model, attack and pipeline documents each have a parameters cell taking run_id."""
+    """Every report document has a parameters cell taking run_id."""
     text = (Path(__file__).resolve().parents[1] / "reports" / f"{document}.qmd").read_text(encoding="utf-8")
     assert "#| tags: [parameters]" in text
     assert "run_id = None" in text

@@ -90,6 +90,19 @@ def test_importances_of_a_study_in_an_unreachable_database_say_why(pipeline: Pip
     assert len(api.tuning_trials(writer.committed)) == len(source.manifest.summary.trials)  # trials need no storage
 
 
+def test_pipeline_lists_a_model_tuning_run_between_features_and_model(
+    pipeline: Pipeline, tuned: dict[str, Run]
+) -> None:
+    """A model trained from a tune-model trial has the pipeline query, features, tune-model, model, in that order."""
+    model = pipeline.model
+    with pipeline.store.create("model", parents=[tuned["tune-model"].id], config=model.manifest.config) as writer:
+        writer.summary = model.manifest.summary
+    assert writer.committed is not None
+    runs = api.pipeline_runs(writer.committed)
+    assert list(runs) == ["query", "features", "tune-model", "model"]
+    assert api.pipeline_overview(runs)["stage"].tolist() == list(runs)
+
+
 def test_overview_of_an_attack_study_states_the_decision_rule(tuned: dict[str, Run]) -> None:
     """The attack study's overview names the attacked model's decision rule with its t."""
     overview = api.tuning_overview(tuned["tune-attack"]).set_index("property")["value"]
