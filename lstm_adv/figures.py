@@ -98,7 +98,7 @@ def _directions(table: pd.DataFrame, which: str | None = None) -> tuple[list[str
     rows = table if which is None else table[table["which"] == which]
     present = [d for d in DIRECTIONS if (rows["direction"] == d).any()]
     missing = [DIRECTION_LABELS[d] for d in DIRECTIONS if d not in present]
-    note = f" — {', '.join(missing)}: {_EMPTY}" if missing else ""
+    note = f"\n({', '.join(missing)}: {_EMPTY})" if missing else ""
     return present or [DIRECTIONS[0]], note
 
 
@@ -148,9 +148,11 @@ def discovery_curves(discovery: pd.DataFrame, examples: pd.DataFrame, config: An
             label=f"{DIRECTION_LABELS[direction]} (n = {len(best)})",
         )
     left.set(title="first success", xlabel="iteration", ylabel="fraction of attacked samples", ylim=(0, 1.02))
-    right.set(title=f"best (smallest L1) success{note}", xlabel="iteration found", ylabel="examples")
+    right.set(title="best (smallest L1) success", xlabel="iteration found", ylabel="examples")
     left.legend()
     right.legend()
+    if note:
+        figure.suptitle(f"Discovery of successes{note}")
     return figure
 
 

@@ -365,7 +365,7 @@ def test_a_direction_without_successes_gets_no_empty_panel() -> None:
     }
     for name, figure in drawn.items():
         assert len(figure.axes) == 1, name
-        assert figure.get_suptitle().endswith("1→0: no successful examples"), name
+        assert figure.get_suptitle().endswith("\n(1→0: no successful examples)"), name
     heatmap = heatmaps(tables.cells, "gpp", "first", "GPP")
     assert [ax.get_title() for ax in heatmap.axes if ax.get_title()] == ["0→1 flips (n = " + f"{int(found.sum())})"]
 
