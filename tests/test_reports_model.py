@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError
 from lstm_adv.reports import document_for, render_report, report_files
 from lstm_adv.results import api
+from lstm_adv.results.artifacts import METRICS_FILE
 from lstm_adv.results.store import Run
+from lstm_adv.results.summaries import ModelSummary
 from tests.report_checks import (
     embedded_images,
     external_references,
@@ -91,6 +94,21 @@ def test_model_decision_describes_the_stored_rule(pipeline: Pipeline) -> None:
     summary = pipeline.model.manifest.summary
     assert api.model_decision(pipeline.model) == DecisionRule(summary.decision, summary.threshold).describe()
     assert f"t = {summary.threshold:.3f}" in api.model_decision(pipeline.model)
+
+
+def test_model_decision_of_a_cv_run_gives_each_folds_t(pipeline: Pipeline) -> None:
+    """A cross-validation run states the threshold rule and the range of the folds' thresholds."""
+    config = pipeline.model.manifest.config | {
+        "model": pipeline.model.manifest.config["model"] | {"decision": "threshold"}
+    }
+    with pipeline.store.create("model", parents=list(pipeline.model.manifest.parents), config=config) as writer:
+        folds = [{"fold": k, "threshold": t} for k, t in enumerate((0.31, 0.18, 0.42))]
+        writer.file(METRICS_FILE).write_text(json.dumps({"folds": folds}), encoding="utf-8")
+        writer.summary = ModelSummary(cv=True, n_folds=3)
+    assert writer.committed is not None
+    assert api.model_decision(writer.committed) == (
+        "threshold on P(death), chosen per fold on that fold's validation part (max F1): t = 0.180–0.420 over the folds"
+    )
 
 
 def test_holdout_only_tables_refuse_a_cv_run(pipeline: Pipeline) -> None:
