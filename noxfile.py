@@ -19,7 +19,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 
 ROOT = Path(__file__).parent
 LOCK = "requirements/lock.txt"
-LINTED = ("lstm_adv", "tests", "bench", "noxfile.py")
+LINTED = ("lstm_adv", "tests", "bench", "examples", "noxfile.py")
 PYTHON = "3.11"
 # The tests that render every report document (data, model, attack, pipeline, robustness) from fixture runs.
 REPORT_TESTS = [

@@ -61,7 +61,7 @@ from lstm_adv.results.summaries import AttackSummary, SynthSummary, TuneModelSum
 from lstm_adv.results.workspace import Workspace
 from lstm_adv.synth import run_synth
 from lstm_adv.synth.physiology import PHYSIOLOGY
-from lstm_adv.targets import allowed_cells, attack_batch_size, attack_mask, resolve_target, tuned_settings
+from lstm_adv.targets import allowed_cells, attack_mask, resolve_target, tuned_settings
 from lstm_adv.train import params_from_config, run_training
 from lstm_adv.tune_attack import run_attack_tuning
 from lstm_adv.tune_model import run_model_tuning
@@ -171,7 +171,8 @@ def attack_cells(
         decision=decision,
         device=device,
         mask=attack_mask(config.attack, spec),
-        batch_size=attack_batch_size(config.attack, device),
+        batch_size=config.attack.batch_size,
+        max_batch_size=len(rows),
         cudnn=config.attack.cudnn,
     )
     allowed = allowed_cells(config.attack, features, rows)

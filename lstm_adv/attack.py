@@ -48,7 +48,7 @@ from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.converter import structure
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import AttackSummary, Batches, DirectionStats, NormMeans, TuneAttackSummary
-from lstm_adv.targets import AttackTarget, allowed_cells, attack_batch_size, attack_mask, target_from, tuned_settings
+from lstm_adv.targets import AttackTarget, allowed_cells, attack_mask, target_from, tuned_settings
 from lstm_adv.training_loop import resolve_device
 
 log = logging.getLogger(__name__)
@@ -140,17 +140,18 @@ def run_attack(
     device = resolve_device(plan.config.attack.device)
     model, decision = plan.target.load(plan.features, device)
     cfg = plan.config.attack
-    batch_size = attack_batch_size(cfg, device)
     attack = L1Attack(
         model,
         plan.settings,
         decision=decision,
         device=device,
         mask=plan.mask,
-        batch_size=batch_size,
+        batch_size=cfg.batch_size,
+        max_batch_size=cfg.block_size,  # every call attacks one block
         include_misclassified=cfg.include_misclassified,
         cudnn=cfg.cudnn,
     )
+    batch_size = attack.batch_size
     with store.create("attack", parents=plan.parents, config=config_as_dict(plan.config)) as writer:
         artifacts.write_json(writer.file(artifacts.ATTACK_PARAMS_FILE), _params(plan, batch_size))
         parts, status = _attack_blocks(attack, plan, progress)
@@ -252,7 +253,7 @@ def _attack_blocks(attack: L1Attack, plan: _Plan, progress: Progress | None) -> 
     except KeyboardInterrupt:
         if not parts:
             raise
-        log.warning("attack interrupted: %d finished blocks kept; continue with --resume", len(parts))
+        log.info("attack interrupted: %d finished blocks kept; continue with --resume", len(parts))
         return parts, "interrupted"
     return parts, "complete"
 
@@ -356,10 +357,27 @@ def find_shards(store: RunStore, tuned: Run, *, split: str, count: int) -> dict[
     return found
 
 
+def find_merged(store: RunStore, tuned: Run, *, split: str, count: int, attack: object) -> Run | None:
+    """The newest complete run merged from ``count`` shards of ``tuned`` on ``split`` with [attack] ``attack``."""
+    for run in reversed(store.list("attack")):
+        summary = run.manifest.summary
+        if (
+            isinstance(summary, AttackSummary)
+            and run.complete
+            and len(summary.merged_shards) == count
+            and (summary.tune_attack_run, summary.split) == (tuned.id, split)
+            and run.manifest.config.get("attack") == attack
+        ):
+            return run
+    return None
+
+
 def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) -> Run | None:
     """One attack run from complete shards 1…count (parents: ``tuned`` and the shards); ``None`` if any is missing.
 
-    The merged rows equal an unsharded attack's (ascending sample index).
+    The merged rows equal an unsharded attack's (ascending sample index). When these shards were merged
+    before (same tune-attack run, split, count and [attack] settings), that run is returned and nothing
+    new is written.
     """
     split = split_name(split)
     shards = find_shards(store, tuned, split=split, count=count)
@@ -373,6 +391,9 @@ def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) 
             f"shards {', '.join(str(r.id) for r in runs)} used different [attack] settings; "
             "re-run the odd ones with the same settings"
         )
+    existing = find_merged(store, tuned, split=split, count=count, attack=runs[0].manifest.config.get("attack"))
+    if existing is not None:  # merging is idempotent: a re-run shard gives the same rows
+        return existing
     result = sort_rows(AttackBatchResult.concatenate([artifacts.load_attack_result(r) for r in runs]))
     first = runs[0].summary_as(AttackSummary)
     target = target_from(store, first.model_run, first.model_trial, first.features_run)

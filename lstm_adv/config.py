@@ -16,6 +16,7 @@ import attrs
 from lstm_adv.domain import validators as v
 from lstm_adv.domain.errors import ConfigError
 from lstm_adv.domain.shapes import N_HOURS as WINDOW_HOURS
+from lstm_adv.domain.shapes import SPLIT_ALIASES
 
 Device = Literal["auto", "cpu", "cuda"]
 Activation = Literal["relu", "tanh"]
@@ -48,6 +49,11 @@ DEFENSE_METHODS: tuple[str, ...] = get_args(DefenseMethod)
 def _choice(owner: str, kind: Any, default: str) -> Any:
     """A field whose value is one of the ``Literal`` type ``kind``."""
     return attrs.field(default=default, validator=v.one_of(get_args(kind), owner=owner))
+
+
+def _canonical_split(name: Any) -> Any:
+    """``val`` → ``validation`` (one vocabulary everywhere; the short name is accepted)."""
+    return SPLIT_ALIASES.get(name, name) if isinstance(name, str) else name
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:
@@ -201,6 +207,7 @@ class TuneModelConfig:
     pruner_warmup_epochs: int = attrs.field(default=3, validator=v.at_least(0, owner="tune_model"))
     seed: int = attrs.field(default=0, validator=v.at_least(0, owner="tune_model"))
     storage_timeout_s: int = attrs.field(default=10, validator=v.at_least(1, owner="tune_model"))
+    start_from_defaults: bool = True
 
 
 def _hours(instance: Any, attribute: attrs.Attribute[tuple[int, int]], value: tuple[int, int]) -> None:
@@ -325,7 +332,9 @@ class RobustnessConfig:
 
     eps: tuple[float, ...] = attrs.field(default=(0.0, 0.01, 0.02, 0.05, 0.1), converter=_tuple, validator=_sweep)
     attack: PgdAttackName = _choice("robustness", PgdAttackName, "pgd-linf")
-    split: SplitName = _choice("robustness", SplitName, "test")
+    split: str = attrs.field(
+        default="test", converter=_canonical_split, validator=v.one_of(get_args(SplitName), owner="robustness")
+    )
     include_original: bool = True
     l1_max_iterations: int = attrs.field(default=200, validator=v.at_least(0, owner="robustness"))
 

@@ -236,6 +236,7 @@ def run_defense(store: RunStore, model_run: Run, config: Config, *, on_epoch: Ep
                 regenerate=regenerate,
                 regenerations=result.regenerations,
                 original_model=model_run.id,
+                batch_size=config.pgd.batch_size,
             ),
             features_run=features_run.id,
         )

@@ -6,6 +6,12 @@ all B resamples be scored at once with array operations instead of a Python loop
 Definitions follow scikit-learn: AUROC counts ties as one half; AUPRC is average precision
 (Σ (Rₖ − Rₖ₋₁) Pₖ over distinct thresholds); precision/recall/F1 use "predict 1 when p ≥ threshold"
 and are 0 when undefined.
+
+The single-value functions (:func:`auroc`, :func:`auprc`, :func:`brier`) call scikit-learn itself.
+The bootstrap keeps its own vectorized implementation of the same definitions (its row of ones is the
+point estimate, tested equal to scikit-learn): scikit-learn called once per resample with
+``sample_weight`` gives the same intervals about 16 times slower (1,000 resamples of 3,000 samples:
+28 s against 1.7 s, measured on one CPU thread).
 """
 
 from __future__ import annotations
@@ -80,9 +86,11 @@ def check_binary(y_true: NDArray[Any], scores: NDArray[Any], *, what: str) -> tu
 
 
 def auroc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
-    """Area under the ROC curve (ties count one half)."""
+    """Area under the ROC curve (ties count one half): ``sklearn.metrics.roc_auc_score``."""
+    from sklearn.metrics import roc_auc_score
+
     y, s = check_binary(y_true, scores, what="auroc")
-    return float(_auroc(s, y, np.ones((1, y.size)))[0])
+    return float(roc_auc_score(y, s))
 
 
 def oracle_auroc(truth: Any, hadm_ids: NDArray[Any], labels: NDArray[Any]) -> float:
@@ -107,15 +115,20 @@ def oracle_auroc(truth: Any, hadm_ids: NDArray[Any], labels: NDArray[Any]) -> fl
 
 
 def auprc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
-    """Average precision, as ``sklearn.metrics.average_precision_score``."""
+    """Average precision: ``sklearn.metrics.average_precision_score``."""
+    from sklearn.metrics import average_precision_score
+
     y, s = check_binary(y_true, scores, what="auprc")
-    return float(_auprc(s, y, np.ones((1, y.size)))[0])
+    return float(average_precision_score(y, s))
 
 
 def brier(y_true: NDArray[Any], probabilities: NDArray[Any]) -> float:
-    """Mean squared difference between the probability of class 1 and the label."""
+    """Mean squared difference between the probability of class 1 and the label:
+    ``sklearn.metrics.brier_score_loss``."""
+    from sklearn.metrics import brier_score_loss
+
     y, p = check_binary(y_true, probabilities, what="brier")
-    return float(_brier(p, y, np.ones((1, y.size)))[0])
+    return float(brier_score_loss(y, p))
 
 
 def threshold_counts(y_true: NDArray[Any], scores: NDArray[Any], threshold: float) -> dict[str, float]:
@@ -174,6 +187,36 @@ def decision_rule(rule: str, labels: NDArray[Any], p_validation: NDArray[Any]) -
         return DecisionRule.argmax()
     threshold = choose_threshold(labels, p_validation)
     return DecisionRule("threshold", min(max(threshold, 1e-12), 1.0 - 1e-12))
+
+
+SATURATION_EDGE = 1e-3  # a probability (or threshold) this close to 0 or 1 counts as saturated
+SATURATED_SHARE = 0.95  # saturated when at least this share of validation probabilities is at an edge
+COLLAPSED_SPREAD = 1e-3  # collapsed when the 5th–95th percentile range of probabilities is narrower
+
+
+def saturation(p_validation: NDArray[Any], threshold: float) -> str | None:
+    """Why a model's validation probabilities make it useless to attack or report, or None when they don't.
+
+    Saturated: the chosen threshold t lies within 1e-3 of 0 or 1, or ≥ 95 % of the probabilities do
+    (|logit| ≫ 1 for nearly every input: no gradient, nothing to flip); collapsed: the probabilities'
+    5th–95th percentile range is narrower than 1e-3 (one output for every input). The Brier score is not
+    used: training with weighted sampling moves healthy models' probabilities toward 0.5 by design.
+    """
+    p = np.asarray(p_validation, dtype=np.float64)
+    edge = SATURATION_EDGE
+    if not (edge <= threshold <= 1.0 - edge):
+        return f"its decision threshold t = {threshold:.2g} lies within {edge:g} of 0 or 1"
+    if p.size == 0:
+        return None
+    at_edges = float(np.mean((p < edge) | (p > 1.0 - edge)))
+    if at_edges >= SATURATED_SHARE:
+        return f"{at_edges:.0%} of its validation probabilities lie within {edge:g} of 0 or 1"
+    low, high = np.percentile(p, [5.0, 95.0])
+    if high - low < COLLAPSED_SPREAD:
+        return (
+            f"its validation probabilities collapse to one value ({low:.3g}–{high:.3g} from the 5th to 95th percentile)"
+        )
+    return None
 
 
 def evaluate_predictions(

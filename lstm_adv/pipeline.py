@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -21,6 +21,7 @@ from lstm_adv.config import Config
 from lstm_adv.database.connection import connect
 from lstm_adv.database.demo import load_demo
 from lstm_adv.database.server import ServerInfo, ensure_server
+from lstm_adv.domain.errors import RunInterruptedError
 from lstm_adv.domain.feature_matrix import split_name
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.preprocess import run_preprocess
@@ -28,12 +29,10 @@ from lstm_adv.query import SOURCE_TABLES, run_cohort_query
 from lstm_adv.reports import PIPELINE, render_report
 from lstm_adv.results.artifacts import trial_params
 from lstm_adv.results.config_file import config_as_dict
+from lstm_adv.results.describe import describe_run
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import (
-    AnalysisSummary,
     AttackSummary,
-    FeaturesSummary,
-    ModelSummary,
     QuerySummary,
     ReportSummary,
     RunSummary,
@@ -89,11 +88,12 @@ class StageOutcome:
 
 @attrs.frozen
 class DemoResult:
-    """Every stage's outcome, in order, and the runs by kind."""
+    """Every stage's outcome, in order, the runs by kind, and the DSN of the server left running."""
 
     outcomes: tuple[StageOutcome, ...]
     runs: dict[str, Run]
     reports: tuple[Run, ...] = ()
+    server_dsn: str = ""
 
 
 class _Silent:
@@ -193,7 +193,7 @@ def run_demo(
     )
     final = _attack_stages(ctx, model)
     reports = [_report(ctx, workspace, final, PIPELINE), _report(ctx, workspace, model, "model")]
-    return DemoResult(outcomes=tuple(ctx.outcomes), runs=dict(ctx.runs), reports=tuple(reports))
+    return DemoResult(outcomes=tuple(ctx.outcomes), runs=dict(ctx.runs), reports=tuple(reports), server_dsn=server.dsn)
 
 
 def _attack_stages(ctx: _Context, model: Run) -> Run:
@@ -303,6 +303,11 @@ class _Context:
             if existing is not None and reusable is not None and not reusable(existing):
                 existing = None
         run = existing or make()
+        if not run.complete:  # Ctrl-C inside a stage that keeps its finished part: later stages must not use it
+            raise RunInterruptedError(
+                f"the demo stopped: {name} was interrupted (run {run.id} keeps what it finished); "
+                "run `lstm-adv demo` again to redo that stage and go on"
+            )
         outcome = StageOutcome(
             stage=name,
             run_id=run.id,
@@ -379,91 +384,3 @@ def _schema_loaded(server: ServerInfo, config: Config, schema: str) -> bool:
             (schema, list(SOURCE_TABLES)),
         ).fetchone()
     return row is not None and row[0] == len(SOURCE_TABLES)
-
-
-def describe_run(run: Run) -> str:
-    """One line on what a run of the main job holds (counts and headline metrics)."""
-    summary = run.manifest.summary
-    describe = _DESCRIBERS.get(type(summary))
-    return describe(summary) if describe is not None else ""
-
-
-def _describe_query(summary: QuerySummary) -> str:
-    return " → ".join(f"{step.step} {step.count:,}" for step in summary.flow)
-
-
-def _describe_features(summary: FeaturesSummary) -> str:
-    n, hours, features = summary.shape
-    return f"{n} samples × {hours} h × {features} features"
-
-
-def _states(states: dict[str, int]) -> str:
-    return ", ".join(f"{n} {state}" for state, n in states.items())
-
-
-def _describe_tuning(summary: TuneModelSummary) -> str:
-    value = summary.best.value if summary.best is not None else None
-    states = _states(summary.states)
-    return f"{states}; best validation AUROC {value:.3f}" if value is not None else states
-
-
-def _describe_model(summary: ModelSummary) -> str:
-    auroc = (summary.test or {}).get("auroc")
-    if auroc is None or auroc.value is None:
-        return ""
-    interval = f" [{auroc.low:.3f}, {auroc.high:.3f}]" if auroc.low is not None and auroc.high is not None else ""
-    text = f"test AUROC {auroc.value:.3f}{interval}"
-    oracle = summary.oracle_test_auroc
-    return text + (f" (oracle {oracle:.3f})" if oracle is not None else "")
-
-
-def _describe_synth(summary: SynthSummary) -> str:
-    return f"{summary.admissions:,} admissions, prevalence {summary.prevalence:.1%}"
-
-
-def _describe_attack_tuning(summary: TuneAttackSummary) -> str:
-    states, best = _states(summary.states), summary.best
-    if best is None or best.value is None:
-        return states
-    if summary.objective != "pareto":
-        return f"{states}; best {summary.objective} {best.value:.3f}"
-    rate = "—" if best.success_rate is None else f"{best.success_rate:.0%}"
-    median = "—" if best.median_l0 is None else f"{best.median_l0:.0f}"
-    return (
-        f"{states}; {len(summary.pareto)} on the Pareto front; chosen trial {best.number}: success {rate}, "
-        f"median L0 of the sparse examples {median}"
-    )
-
-
-def _rule(decision: str, threshold: float) -> str:
-    return "argmax (t = 0.5)" if decision == "argmax" else f"t = {threshold:.3f}"
-
-
-def _describe_attack(summary: AttackSummary) -> str:
-    median = "—" if summary.median_l0_sparse is None else f"{summary.median_l0_sparse:.0f}"
-    return (
-        f"{summary.n_successful} of {summary.n_attacked} attacked samples flipped at the model's rule "
-        f"({_rule(summary.decision, summary.threshold)}; {summary.n_samples} in split {summary.split}, samples "
-        f"misclassified at the rule are skipped); cells {summary.cells}; median L0 of the sparse examples "
-        f"{median} of 912"
-    )
-
-
-def _describe_analysis(summary: AnalysisSummary) -> str:
-    sparse = summary.top_features.get("sparse", {})
-    parts = [f"{direction.replace('to', '→')}: {', '.join(names[:3])}" for direction, names in sparse.items() if names]
-    measured = summary.measured_fraction.get("sparse", {}).get("all")
-    share = "" if measured is None else f"; {measured:.0%} of the changed cells held a measurement"
-    return ("most susceptible features (sparse examples) " + "; ".join(parts) + share) if parts else ""
-
-
-_DESCRIBERS: dict[type, Callable[[Any], str]] = {
-    TuneAttackSummary: _describe_attack_tuning,
-    AttackSummary: _describe_attack,
-    AnalysisSummary: _describe_analysis,
-    SynthSummary: _describe_synth,
-    QuerySummary: _describe_query,
-    FeaturesSummary: _describe_features,
-    TuneModelSummary: _describe_tuning,
-    ModelSummary: _describe_model,
-}

@@ -26,12 +26,14 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import pandas as pd
 
 from lstm_adv.domain.errors import ReportError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENGINES = ("auto", "quarto", "offline")
 DEFAULT_OPTIONS: dict[str, Any] = {"echo": False, "output": True, "include": True, "warning": True}
@@ -448,6 +450,8 @@ def markdown_table(
     ``formats`` maps a column to a format spec (``{"prevalence": ".1%"}``); missing values show as —.
     ``names`` gives columns the header a reader sees (``{"success_rate": "success rate"}``).
     """
+    import pandas as pd
+
     display: Any = importlib.import_module("IPython.display")
     formats, names = dict(formats or {}), dict(names or {})
     header = "| " + " | ".join(_cell(names.get(str(c), str(c)), "") for c in frame.columns) + " |"
@@ -463,6 +467,8 @@ def _formatted(column: pd.Series[Any], spec: str) -> pd.Series[str]:
 
 
 def _cell(value: Any, spec: str) -> str:
+    import pandas as pd
+
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return "—"
     text = format(value, spec) if spec else str(value)

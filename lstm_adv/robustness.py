@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import numpy as np
@@ -51,7 +51,6 @@ from lstm_adv.results.summaries import (
 )
 from lstm_adv.targets import (
     allowed_cells,
-    attack_batch_size,
     attack_mask,
     check_model_run,
     features_run_of,
@@ -213,13 +212,22 @@ def l1_attack(
     y: torch.Tensor,
     settings: L1Settings,
     *,
-    batch_size: int,
+    batch_size: int | Literal["auto"],
     cells: NDArray[np.bool_] | None = None,
     mask: NDArray[np.bool_] | None = None,
-) -> AttackBatchResult:
-    """The tuned sparse L1 attack against one model at its decision rule (the pool of :func:`attack_pool`)."""
-    attack = L1Attack(entry.model, settings, decision=entry.decision, device=x.device, batch_size=batch_size, mask=mask)
-    return attack.run(x.cpu().numpy(), y.cpu().numpy(), allowed=cells)
+) -> tuple[AttackBatchResult, int]:
+    """The tuned sparse L1 attack against one model at its decision rule (the pool of :func:`attack_pool`),
+    and the batch size it ran with ("auto": sized to the device)."""
+    attack = L1Attack(
+        entry.model,
+        settings,
+        decision=entry.decision,
+        device=x.device,
+        batch_size=batch_size,
+        max_batch_size=len(x),
+        mask=mask,
+    )
+    return attack.run(x.cpu().numpy(), y.cpu().numpy(), allowed=cells), attack.batch_size
 
 
 def l1_statistics(entry: EvaluatedModel, result: AttackBatchResult) -> list[dict[str, Any]]:
@@ -302,7 +310,7 @@ def run_robustness(
     mask = attack_mask(config.attack, artifacts.feature_definitions(features_run).to_spec())
     parents = [run.id for run in runs] + ([tuned.id] if tuned is not None else [])
     with store.create("robustness", parents=parents, config=config_as_dict(config)) as writer:
-        curves, confusion, l1_rows, pools = [], [], [], {}
+        curves, confusion, l1_rows, pools, l1_batches = [], [], [], {}, {}
         for run in runs:
             entry = EvaluatedModel.from_run(run, device=device)
             pool = attack_pool(entry, x, y, cells, eval_batch_size=config.model.eval_batch_size)
@@ -323,15 +331,15 @@ def run_robustness(
             if l1 is not None:
                 if progress is not None:
                     progress(f"L1 attack on {run.id}")
-                result = l1_attack(
-                    entry, x, y, l1, batch_size=attack_batch_size(config.attack, device), cells=cells, mask=mask
+                result, l1_batches[str(run.id)] = l1_attack(
+                    entry, x, y, l1, batch_size=config.attack.batch_size, cells=cells, mask=mask
                 )
                 l1_rows += l1_statistics(entry, result)
         frames = (pd.DataFrame(curves), pd.DataFrame(confusion), _l1_frame(l1_rows))
         names = (artifacts.ROBUSTNESS_CURVES_FILE, artifacts.CONFUSION_FILE, artifacts.L1_FILE)
         for frame, name in zip(frames, names, strict=True):
             artifacts.write_table(writer.file(name), frame)
-        writer.summary = _summary(frames, runs, features_run, config, settings[0], l1, len(x), tuned, pools)
+        writer.summary = _summary(frames, runs, features_run, config, settings[0], l1, len(x), tuned, pools, l1_batches)
     assert writer.committed is not None
     return writer.committed
 
@@ -378,6 +386,7 @@ def _summary(
     n: int,
     tuned: Run | None,
     pools: dict[str, int],
+    l1_batches: dict[str, int],
 ) -> RobustnessSummary:
     curves, _confusion, l1_frame = frames
     table = curves.pivot_table(index=["model", "eps"], columns="metric", values="value").reset_index()
@@ -402,12 +411,14 @@ def _summary(
             random_start=settings.random_start,
             loss=settings.loss,
             seed=settings.seed,
+            batch_size=config.pgd.batch_size,
         ),
         table=rows,
         l1=L1Record(
             settings={} if l1 is None else attrs.asdict(l1),
             by_model=by_model,
             tuned=None if tuned is None else tuned.id,
+            batch_size=l1_batches,
         ),
         decisions={str(r.id): _rule_text(r) for r in runs},
         cells=config.attack.cells,

@@ -42,10 +42,10 @@ class AttackTarget:
     features_run: Run
 
     def load_model(self, device: torch.device) -> nn.Module:
-        """The trained BiLSTM, in eval mode on ``device``."""
+        """The trained BiLSTM, in eval mode on ``device`` (its files checked against the run's manifest)."""
         if self.trial is None:
             return artifacts.load_trained_model(self.model_run, device=device)
-        return artifacts.load_model(self.model_run.path / artifacts.TRIALS_DIR / str(self.trial), device=device)
+        return artifacts.load_run_model(self.model_run, self.trial, device=device)
 
     def load(self, features: FeatureMatrix, device: torch.device) -> tuple[nn.Module, DecisionRule]:
         """The model and its decision rule: the model run's own (checked against its stored validation
@@ -54,7 +54,9 @@ class AttackTarget:
         if self.trial is not None:
             rows = features.indices("validation")
             p = _p_death(model, features.values[rows], device)
-            return model, metrics.decision_rule("threshold", features.labels[rows], p)
+            decision = metrics.decision_rule("threshold", features.labels[rows], p)
+            _refuse_saturated(p, decision, f"trial {self.trial} of tuning run {self.model_run.id}")
+            return model, decision
         decision = artifacts.load_decision(self.model_run)
         stored = artifacts.load_predictions(self.model_run)
         if stored.validation_index.size and int(stored.validation_index.max()) >= features.n_samples:
@@ -66,7 +68,18 @@ class AttackTarget:
                 f"model run {self.model_run.id}: its weights do not reproduce its stored validation probabilities "
                 f"(largest difference {gap:.2g}); the run is damaged or belongs to other features; re-run the training"
             )
+        _refuse_saturated(stored.validation, decision, f"model run {self.model_run.id}")
         return model, decision
+
+
+def _refuse_saturated(p_validation: np.ndarray, decision: DecisionRule, what: str) -> None:
+    """A saturated model leaves an attack nothing to flip: stop before any run is written."""
+    reason = metrics.saturation(p_validation, decision.threshold)
+    if reason is not None:
+        raise DataError(
+            f"{what} is saturated ({reason}), so an attack cannot flip it; train a model with a bounded "
+            "activation (tanh) or a lower learning rate"
+        )
 
 
 def _p_death(model: nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:
@@ -156,17 +169,6 @@ def allowed_cells(config: AttackConfig, features: FeatureMatrix, rows: np.ndarra
         ) from None
     cells: np.ndarray = observed[rows]
     return cells
-
-
-#: Attack batch size on a CPU when ``attack.batch_size`` is "auto".
-CPU_BATCH_SIZE = 256
-
-
-def attack_batch_size(config: AttackConfig, device: torch.device) -> int:
-    """``attack.batch_size``, or for "auto" a size for the device (a speed setting: results do not depend on it)."""
-    if config.batch_size != "auto":
-        return int(config.batch_size)
-    return CPU_BATCH_SIZE if device.type != "cuda" else 4096
 
 
 def tuned_settings(tuned: Run, config: AttackConfig) -> L1Settings:

@@ -43,6 +43,7 @@ from lstm_adv.training_loop import (
     predict_logits,
     probabilities,
     resolve_device,
+    write_hparams,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class TrainedModel:
     device: str
     curves: pd.DataFrame = attrs.field(eq=False)
     predictions: Predictions = attrs.field(eq=False)
+    saturated: str | None = None
 
     @property
     def threshold(self) -> float:
@@ -167,6 +169,9 @@ def assess_model(
     val_p = probabilities(predict_logits(model, tensors[1].x, config.eval_batch_size))
     decision = metrics.decision_rule(config.decision, features.labels[split.validation], val_p)
     threshold = decision.threshold
+    saturated = metrics.saturation(val_p, threshold)
+    if saturated is not None:
+        log.warning("the model is saturated: %s", saturated)
     eval_p = probabilities(predict_logits(model, tensors[2].x, config.eval_batch_size))
     return TrainedModel(
         model=model,
@@ -174,6 +179,7 @@ def assess_model(
         history=history,
         best_epoch=best_epoch,
         decision=decision,
+        saturated=saturated,
         predictions=Predictions(split.validation, val_p, split.evaluation, eval_p),
         validation=evaluate_split(features.labels[split.validation], val_p, threshold, config),
         evaluation=evaluate_split(features.labels[split.evaluation], eval_p, threshold, config),
@@ -296,6 +302,13 @@ def _write_holdout(
     trained = train_model(features, params, config, on_epoch=on_epoch, tensorboard_dir=tensorboard)
     write_trained(writer, trained)
     writer.summary = holdout_summary(features, trained, oracle)
+    results = {f"test/{name}": getattr(trained.evaluation, name).value for name in REPORTED}
+    results["validation/best_auroc"] = trained.history[trained.best_epoch - 1].val_auroc
+    write_hparams(
+        tensorboard,
+        params.to_dict() | {"decision": trained.decision.rule, "threshold": trained.threshold},
+        results,
+    )
 
 
 def write_trained(writer: RunWriter, trained: TrainedModel) -> None:
@@ -319,6 +332,7 @@ def holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: floa
         confusion_matrix=test.confusion_matrix,
         threshold=trained.threshold,
         decision=trained.decision.rule,
+        saturated=trained.saturated,
         best_epoch=trained.best_epoch,
         epochs_run=len(trained.history),
         seconds_per_epoch=float(np.mean([r.seconds for r in trained.history])),

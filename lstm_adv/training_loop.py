@@ -264,6 +264,18 @@ def _summary_writer(folder: Path | None) -> Any:
     return SummaryWriter(log_dir=str(folder))
 
 
+def write_hparams(folder: Path, hparams: dict[str, Any], results: dict[str, float]) -> None:
+    """Record a finished run's hyperparameters and results for TensorBoard's HPARAMS tab (the results also
+    as scalars), in the run's own log folder."""
+    writer = _summary_writer(folder)
+    try:
+        values = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()}
+        finite = {k: float(v) for k, v in results.items() if math.isfinite(v)}
+        writer.add_hparams(values, finite, run_name=".")  # also writes each result as a scalar
+    finally:
+        writer.close()
+
+
 def _log_epoch(writer: Any, record: EpochRecord) -> None:
     log.info(
         "epoch %d: train loss %.4f, validation loss %.4f, validation AUROC %.4f (%.1f s)",

@@ -45,7 +45,7 @@ from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import AttackTrial, TuneAttackSummary, TunedAttackSettings
 from lstm_adv.studies import StudyPlace, TrialCallback
-from lstm_adv.targets import AttackTarget, allowed_cells, attack_batch_size, attack_mask, resolve_target, target_from
+from lstm_adv.targets import AttackTarget, allowed_cells, attack_mask, resolve_target, target_from
 from lstm_adv.training_loop import resolve_device
 
 log = logging.getLogger(__name__)
@@ -288,10 +288,12 @@ class _Objective:
             decision=self.decision,
             device=self.device,
             mask=self.mask,
-            batch_size=attack_batch_size(cfg, self.device),
+            batch_size=cfg.batch_size,
+            max_batch_size=self.rows.size if tune.objective == PARETO else max(c.size for c in self.chunks),
             include_misclassified=cfg.include_misclassified,
             cudnn=cfg.cudnn,
         )
+        trial.set_user_attr("batch_size", attack.batch_size)
         if tune.objective == PARETO:
             result = self._attack(attack, np.arange(self.rows.size))
             success, median_l0 = pareto_values(result)
@@ -396,11 +398,12 @@ def _entry(trial: optuna.trial.FrozenTrial) -> AttackTrial:
     settings = trial.user_attrs.get("settings")
     return AttackTrial(
         number=trial.number,
-        state=trial.state.name.lower(),
+        state=studies.trial_state(trial),
         values=None if trial.values is None else tuple(float(v) for v in trial.values),
         settings=None if settings is None else _tuned(settings),
         successes=trial.user_attrs.get("successes"),
         last_step=trial.last_step,
         success_rate=trial.user_attrs.get("success_rate"),
         median_l0=trial.user_attrs.get("median_l0"),
+        batch_size=trial.user_attrs.get("batch_size"),
     )

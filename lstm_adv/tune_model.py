@@ -22,7 +22,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
+import signal
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +32,7 @@ import attrs
 import optuna
 import torch
 
-from lstm_adv import studies
+from lstm_adv import metrics, studies
 from lstm_adv.config import Config, ModelConfig, TuneModelConfig
 from lstm_adv.domain.errors import ConfigError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
@@ -44,24 +44,63 @@ from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import ModelTrial, TuneModelSummary
 from lstm_adv.studies import StudyPlace, TrialCallback
 from lstm_adv.train import SplitIndices, check_split
-from lstm_adv.training_loop import EpochRecord, SplitTensors, fit_model, resolve_device
+from lstm_adv.training_loop import (
+    EpochRecord,
+    FitResult,
+    SplitTensors,
+    fit_model,
+    predict_logits,
+    probabilities,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
 
 def suggest_params(trial: optuna.Trial, tune: TuneModelConfig, model: ModelConfig) -> Hyperparameters:
-    """One point of the model search space; sizes are powers of two, the learning rate log-uniform."""
+    """One point of the model search space; sizes are powers of two, the learning rate log-uniform.
+
+    Sizes are drawn by value among the powers of two of their ``*_log2`` ranges, so a study (and
+    optuna-dashboard) records the real sizes.
+    """
     return Hyperparameters(
-        hidden_size=2 ** trial.suggest_int("hidden_size_log2", *tune.hidden_size_log2),
+        hidden_size=trial.suggest_categorical("hidden_size", _powers(tune.hidden_size_log2)),
         num_layers=model.num_layers,
         lstm_activation=trial.suggest_categorical("lstm_activation", list(tune.lstm_activations)),
         dropout=trial.suggest_float("dropout", *tune.dropout),
-        fc_size=2 ** trial.suggest_int("fc_size_log2", *tune.fc_size_log2),
+        fc_size=trial.suggest_categorical("fc_size", _powers(tune.fc_size_log2)),
         fc_activation=trial.suggest_categorical("fc_activation", list(tune.fc_activations)),
         optimizer=trial.suggest_categorical("optimizer", list(tune.optimizers)),
         learning_rate=trial.suggest_float("learning_rate", *tune.learning_rate, log=True),
-        batch_size=2 ** trial.suggest_int("batch_size_log2", *tune.batch_size_log2),
+        batch_size=trial.suggest_categorical("batch_size", _powers(tune.batch_size_log2)),
     )
+
+
+def _powers(exponents: tuple[int, int]) -> list[int]:
+    return [2**k for k in range(exponents[0], exponents[1] + 1)]
+
+
+def default_trial(tune: TuneModelConfig, model: ModelConfig) -> dict[str, Any] | None:
+    """The ``[model]`` hyperparameters as the first trial (those inside the search space; the sampler
+    draws the rest), when enabled.
+
+    A short search then starts from one known-usable model (bounded activation, Adam, a moderate
+    learning rate) that TPE improves on, instead of depending on random first draws.
+    """
+    if not tune.start_from_defaults:
+        return None
+    inside = {
+        "hidden_size": model.hidden_size in _powers(tune.hidden_size_log2),
+        "lstm_activation": model.lstm_activation in tune.lstm_activations,
+        "dropout": tune.dropout[0] <= model.dropout <= tune.dropout[1],
+        "fc_size": model.fc_size in _powers(tune.fc_size_log2),
+        "fc_activation": model.fc_activation in tune.fc_activations,
+        "optimizer": model.optimizer in tune.optimizers,
+        "learning_rate": tune.learning_rate[0] <= model.learning_rate <= tune.learning_rate[1],
+        "batch_size": model.batch_size in _powers(tune.batch_size_log2),
+    }
+    start = {name: getattr(model, name) for name, ok in inside.items() if ok}
+    return start or None
 
 
 def run_model_tuning(
@@ -93,8 +132,8 @@ def run_model_tuning(
         place = studies.study_place(
             writer.path, str(writer.id), url, resume, study_name=previous.study_name if previous else None
         )
-        if resume is not None and (resume.path / artifacts.TRIALS_DIR).is_dir():
-            shutil.copytree(resume.path / artifacts.TRIALS_DIR, writer.path / artifacts.TRIALS_DIR)
+        if resume is not None:
+            artifacts.copy_stored(resume, artifacts.TRIALS_DIR, writer.path)
         job = _Job(
             place,
             features_run.path / artifacts.FEATURES_FILE,
@@ -103,7 +142,10 @@ def run_model_tuning(
         )
         study = job.study(worker=0)
         study.set_user_attr("features_run", str(features_run.id))
-        target = len(study.trials) + n_trials
+        start = default_trial(config.tune_model, config.model)
+        if not study.trials and start is not None:
+            study.enqueue_trial(start)
+        target = studies.counted(study) + n_trials
         status = _optimize_all(job, study, target, workers, on_trial)
         writer.summary = study_summary(study, place, features_run)
         writer.commit(status=status)
@@ -141,12 +183,22 @@ class _Job:
     trials_dir: Path
 
     def study(self, worker: int) -> optuna.Study:
-        """The study, opened by worker ``worker`` (each worker seeds its sampler differently)."""
+        """The study, opened by worker ``worker`` (each worker seeds its sampler differently).
+
+        Only the main worker (0) prepares a resumed study; the others join it as it is.
+        """
         cfg = structure(self.config, Config).tune_model
         pruner = optuna.pruners.MedianPruner(
             n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs
         )
-        return studies.open_study(self.place, timeout_s=cfg.storage_timeout_s, seed=cfg.seed + worker, pruner=pruner)
+        place = self.place if worker == 0 else attrs.evolve(self.place, resumed=False)
+        return studies.open_study(
+            place,
+            timeout_s=cfg.storage_timeout_s,
+            seed=cfg.seed + worker,
+            pruner=pruner,
+            metric_names=("validation AUROC",),
+        )
 
 
 def _optimize_all(job: _Job, study: optuna.Study, target: int, workers: int, on_trial: TrialCallback | None) -> str:
@@ -162,12 +214,15 @@ def _optimize_all(job: _Job, study: optuna.Study, target: int, workers: int, on_
         process.start()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads if workers > 1 else previous_threads)
+    status = "interrupted"
     try:
         _wait_until_ready(processes, ready)
         status = _optimize(job, study, target, on_trial)
     finally:
         torch.set_num_threads(previous_threads)
         for process in processes:
+            if status != "complete" and process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGINT)  # stopped early (SIGTERM reaches only this process): stop them too
             process.join()
     return status
 
@@ -196,11 +251,11 @@ def _optimize(job: _Job, study: optuna.Study, target: int, on_trial: TrialCallba
     config = structure(job.config, Config)
     features = FeatureMatrix.from_npz(job.features_file)
     objective = _Objective(features, config, job.trials_dir)
-    callbacks: list[TrialCallback] = [optuna.study.MaxTrialsCallback(target, states=None)]
+    callbacks: list[TrialCallback] = [studies.stop_at(target)]
     if on_trial is not None:
         callbacks.append(on_trial)
     return studies.optimize(
-        study, objective, n_trials=target - len(study.trials), callbacks=callbacks, what="model tuning"
+        study, objective, n_trials=target - studies.counted(study), callbacks=callbacks, what="model tuning"
     )
 
 
@@ -230,10 +285,20 @@ class _Objective:
         model_config = attrs.evolve(self.config.model, max_epochs=self.config.tune_model.epochs_per_trial)
         fit = fit_model(self.train, self.validation, params, model_config, on_epoch=report)
         value = fit.history[fit.best_epoch - 1].val_auroc
+        saturated = self._saturation(fit)
+        if saturated is not None:
+            trial.set_user_attr("saturated", saturated)
+            raise optuna.TrialPruned(f"saturated model: {saturated}")
         artifacts.save_model(self.trials_dir / str(trial.number), fit.model)
         trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("epochs_run", len(fit.history))
         return value
+
+    def _saturation(self, fit: FitResult) -> str | None:
+        """Why the trial's best-epoch model is saturated (see :func:`metrics.saturation`), or None."""
+        p = probabilities(predict_logits(fit.model, self.validation.x, self.config.model.eval_batch_size))
+        labels = self.validation.y.cpu().numpy()
+        return metrics.saturation(p, metrics.decision_rule(self.config.model.decision, labels, p).threshold)
 
 
 def study_summary(study: optuna.Study, place: StudyPlace, features_run: Run) -> TuneModelSummary:
@@ -257,7 +322,7 @@ def _trial_entry(trial: optuna.trial.FrozenTrial) -> ModelTrial:
     params = trial.user_attrs.get("params")
     return ModelTrial(
         number=trial.number,
-        state=trial.state.name.lower(),
+        state=studies.trial_state(trial),
         value=trial.value,
         params=Hyperparameters.from_mapping(params, origin=f"trial {trial.number}") if params else None,
         best_epoch=trial.user_attrs.get("best_epoch"),

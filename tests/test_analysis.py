@@ -36,6 +36,7 @@ from lstm_adv.figures import (
 )
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
+from tests.full_disk import assert_one_full_disk_line, full_disk
 from tests.strategies import analysis_attack_result, analysis_attack_results, analysis_deltas, tiny_feature_matrix
 from tests.summaries import attack_summary
 
@@ -454,7 +455,8 @@ def test_bad_top_k_is_a_config_error(tmp_path: Path) -> None:
 def test_cli_analyze_prints_the_run_id_and_runs_show_renders_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`lstm-adv analyze --attack <id>` prints the new run id; `runs show` prints counts and rankings."""
+    """`lstm-adv analyze --attack <id>` prints its summary and the new run id; `runs show` prints counts and
+    rankings."""
     monkeypatch.setattr("lstm_adv.figures.write_figures", lambda *args: [])  # drawn and checked above
     store = RunStore(tmp_path / "runs")
     _, attack = make_runs(store, analysis_attack_result(4, 12))
@@ -463,6 +465,9 @@ def test_cli_analyze_prints_the_run_id_and_runs_show_renders_it(
     (run,) = store.list("analysis")
     assert str(run.id) in result.output
     assert len(run.manifest.summary.top_features["best"]["0to1"]) == 3
+    assert result.output.rstrip().endswith(f"analysis run {run.id}")
+    assert "decision rule: threshold t = 0.500" in result.output
+    assert "size of the successful examples" in result.output
     shown = runner.invoke(app, ["--home", str(tmp_path), "runs", "show", str(run.id)])
     assert shown.exit_code == 0, shown.output
     assert "0→1" in shown.output
@@ -476,3 +481,16 @@ def test_cli_analyze_reports_a_wrong_kind_in_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--home", str(tmp_path), "analyze", "--attack", str(features.id)])
     assert result.exit_code == 1
     assert f"run {features.id} is a features run; this needs a attack run" in result.output
+
+
+def test_cli_analyze_on_a_full_disk_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while `analyze` writes its tables: one error line, exit 1, no analysis run and no temporary folder."""
+    store = RunStore(tmp_path / "runs")
+    _, attack = make_runs(store, analysis_attack_result(4, 12))
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    result = runner.invoke(app, ["--home", str(tmp_path), "analyze", "--attack", str(attack.id)])
+    assert result.exit_code == 1
+    assert_one_full_disk_line(result.output, "analysis", tmp_path)
+    assert store.list("analysis") == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,9 @@ import torch
 from lstm_adv.attacks import L1Attack, L1Settings, SuccessTracker, cell_mask
 from lstm_adv.attacks.base import lstm_kernel_mode
 from lstm_adv.domain.errors import ConfigError, DataError
+from lstm_adv.models import BiLSTM, Hyperparameters
 from tests.attack_models import LinearModel, TinyLSTM
+from tests.host_copies import host_copies
 
 FAST = L1Settings(lam=1e-3, step_size=0.05, max_iterations=5)
 
@@ -128,23 +128,24 @@ def test_cuda_device_without_cuda_is_an_error() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_logits_under_attack_equal_eval_mode_logits_on_cuda() -> None:
-    """On CUDA the attack's forward (cuDNN handled) gives eval-mode logits and its backward runs in eval mode."""
-    model = TinyLSTM(hidden=32, layers=2, dropout=0.5).cuda().eval()
+@pytest.mark.parametrize("layers", [1, 2])
+def test_logits_under_attack_equal_eval_mode_logits_on_cuda(layers: int) -> None:
+    """On CUDA the attack's forward and backward (cuDNN in the kernel mode, or native kernels) give the
+    eval-mode logits and input gradients of native kernels (TF32 off: float32 tolerance)."""
+    model = TinyLSTM(hidden=32, layers=layers, dropout=0.5).cuda().eval()
     x = torch.rand(64, 48, 19, device="cuda")
-    with torch.no_grad():
-        expected = model(x)
-    point = x.clone().requires_grad_(True)
-    (expected_grad,) = torch.autograd.grad((model(point)[:, 0] - model(point)[:, 1]).sum(), point)
-    for cudnn in (True, False):
-        attack = L1Attack(model, FAST, device="cuda", cudnn=cudnn)
-        with attack._attack_mode():
-            logits, grad = attack._gradient(x, lambda z: z[:, 0] - z[:, 1])
-            again = attack._forward(x)
-        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
-    assert model.lstm.dropout == 0.5
+    with torch.backends.cudnn.flags(enabled=False):  # cuDNN refuses RNN backward in eval mode
+        expected, expected_grad = _logits_and_gradient(model, x)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for cudnn in (True, False):
+            attack = L1Attack(model, FAST, device="cuda", cudnn=cudnn)
+            with attack._attack_mode():
+                logits, grad = attack._gradient(x, lambda z: z[:, 1] - z[:, 0])
+                again = attack._forward(x)
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
+    assert model.lstm.dropout == (0.5 if layers > 1 else 0.0)
     assert not model.training
 
 
@@ -177,8 +178,9 @@ def test_cudnn_and_native_kernels_give_the_same_attack() -> None:
     model = TinyLSTM(hidden=32, layers=2, dropout=0.3, seed=2).cuda()
     x, y = _inputs(32, seed=9)
     settings = L1Settings(lam=0.01, step_size=0.1, max_iterations=20, search_steps=2)
-    fast = L1Attack(model, settings, device="cuda", cudnn=True, include_misclassified=True).run(x, y)
-    slow = L1Attack(model, settings, device="cuda", cudnn=False, include_misclassified=True).run(x, y)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        fast = L1Attack(model, settings, device="cuda", cudnn=True, include_misclassified=True).run(x, y)
+        slow = L1Attack(model, settings, device="cuda", cudnn=False, include_misclassified=True).run(x, y)
     assert (fast.found == slow.found).mean() > 0.95
     both = fast.found & slow.found
     np.testing.assert_allclose(fast.first_delta[both], slow.first_delta[both], atol=1e-3)
@@ -230,19 +232,87 @@ def test_the_attacks_iteration_loop_makes_no_device_to_host_copy(monkeypatch: py
         tracker = SuccessTracker(x, attack.boundary)
         lam = torch.full((6, 1, 1), 0.05)
         run = {"ista": attack._ista, "fista": attack._fista, "adam": attack._adam}[method]
-        copies: list[str] = []
-        with monkeypatch.context() as patch:
-            for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__"):
-                original = getattr(torch.Tensor, name)
-                patch.setattr(torch.Tensor, name, _recording(original, name, copies))
-            with attack._attack_mode():
-                run(problem, lam, tracker, offset=0)
+        with host_copies(monkeypatch) as copies, attack._attack_mode():
+            run(problem, lam, tracker, offset=0)
         assert copies == [], method
 
 
-def _recording(original: Any, name: str, copies: list[str]) -> Any:
-    def wrapped(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        copies.append(name)
-        return original(self, *args, **kwargs)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_kernel_mode_of_the_bilstm_gives_eval_logits_and_gradients(layers: int) -> None:
+    """The project's BiLSTM with dropout 0.4 (between LSTM layers and in its head): the kernel mode's logits
+    and input gradients equal eval mode's within 1e-6."""
+    torch.manual_seed(layers)
+    model = BiLSTM(_hyperparameters(layers=layers, dropout=0.4))
+    x = torch.rand(8, 48, 19)
+    model.eval()
+    expected = _logits_and_gradient(model, x)
+    model.train()
+    with lstm_kernel_mode(model):
+        assert model.lstm.training
+        got = _logits_and_gradient(model, x)
+    torch.testing.assert_close(got[0], expected[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[1], expected[1], atol=1e-6, rtol=0)
+    assert model.training
+    assert model.lstm.dropout == (0.4 if layers > 1 else 0.0)
 
-    return wrapped
+
+class _FailingLSTM(TinyLSTM):
+    """Raises on its third forward pass (an attack that fails half-way)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, until the third call."""
+        if len(self.modes_seen) == 2:
+            raise RuntimeError("the device failed")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("kernel_mode", [False, True])
+def test_modes_and_dropout_are_restored_when_the_attack_raises(
+    kernel_mode: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attack that raises half-way leaves every module in the mode it had and the LSTM its dropout, on the
+    eval-mode path (CPU, native kernels) and on the cuDNN path's kernel mode alike."""
+    if kernel_mode:  # the cuDNN path's mode switch, taken on a CPU
+        monkeypatch.setattr(L1Attack, "_attack_mode", lambda self: lstm_kernel_mode(self.model))
+    model = _FailingLSTM(hidden=8, layers=2, dropout=0.3)
+    model.train()
+    x, y = _inputs(4)
+    with pytest.raises(RuntimeError, match="the device failed"):
+        L1Attack(model, FAST, include_misclassified=True).run(x, y)
+    assert all(module.training for module in model.modules())
+    assert model.lstm.dropout == 0.3
+    model.eval()
+    model.modes_seen.clear()
+    with pytest.raises(RuntimeError, match="the device failed"):
+        L1Attack(model, FAST, include_misclassified=True).run(x, y)
+    assert not any(module.training for module in model.modules())
+    assert model.lstm.dropout == 0.3
+
+
+def test_auto_batch_size_is_the_cpu_default_and_never_more_than_the_limit() -> None:
+    """On a CPU "auto" is 256 samples per batch, or fewer when one call attacks fewer (``max_batch_size``)."""
+    assert L1Attack(LinearModel(), FAST, batch_size="auto").batch_size == 256
+    assert L1Attack(LinearModel(), FAST, batch_size="auto", max_batch_size=64).batch_size == 64
+    assert L1Attack(LinearModel(), FAST, batch_size=3, max_batch_size=64).batch_size == 3
+
+
+def _hyperparameters(*, layers: int, dropout: float, hidden: int = 16) -> Hyperparameters:
+    return Hyperparameters(
+        hidden_size=hidden,
+        num_layers=layers,
+        lstm_activation="tanh",
+        dropout=dropout,
+        fc_size=16,
+        fc_activation="relu",
+        optimizer="adam",
+        learning_rate=1e-3,
+        batch_size=32,
+    )
+
+
+def _logits_and_gradient(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at x and the input gradient of Σ (z₁ − z₀)."""
+    point = x.clone().requires_grad_(True)
+    logits = model(point)
+    (grad,) = torch.autograd.grad((logits[:, 1] - logits[:, 0]).sum(), point)
+    return logits.detach(), grad

@@ -8,11 +8,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lstm_adv.attacks import PgdAttack, PgdSettings
+from lstm_adv.attacks import PgdAttack, PgdSettings, SuccessTracker
 from lstm_adv.config import PgdConfig
 from lstm_adv.domain.errors import ConfigError
 from lstm_adv.domain.perturbation import AttackBatchResult
 from tests.attack_models import LinearModel, TinyLSTM, TinyMLP
+from tests.host_copies import host_copies
 from tests.strategies import attack_inputs, cell_masks
 
 MODEL = TinyLSTM(seed=1).eval()
@@ -173,3 +174,50 @@ def test_config_maps_auto_step_and_untargeted() -> None:
     assert settings.target is None
     assert settings.alpha == pytest.approx(0.05)
     assert PgdSettings.from_config(PgdConfig(target=0), attack="pgd-linf", eps=0.2).target == 0
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_pgd_loop_makes_no_device_to_host_copy(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No .item(), .cpu(), bool() or .tolist() of a tensor in PGD's iterations, however many (random start,
+    tracked successes and all)."""
+    x, y = _inputs(6)
+    for iterations in (2, 6):
+        attack = PgdAttack(TinyLSTM(hidden=8), PgdSettings(eps=0.1, iterations=iterations, norm=norm))
+        with host_copies(monkeypatch) as copies, attack._attack_mode():
+            attack._descend(x, y, None)
+            attack._descend(x, y, None, SuccessTracker(x, attack.boundary))
+        assert copies == [], iterations
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_pgd_loop_never_synchronises_with_the_host(norm: str) -> None:
+    """Inside one batch's PGD iterations no operation waits for the GPU (CUDA sync debug mode 'error')."""
+    x = torch.rand(16, 48, 19, device="cuda")
+    y = torch.randint(0, 2, (16,), device="cuda")
+    attack = PgdAttack(TinyLSTM(hidden=32, layers=2, dropout=0.2).cuda(), PgdSettings(eps=0.1, norm=norm))
+    with attack._attack_mode():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            delta = attack._descend(x, y, None, SuccessTracker(x, attack.boundary))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert delta.shape == x.shape
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cudnn_and_native_kernels_give_the_same_pgd_examples() -> None:
+    """PGD (L2, seeded random start) finds the same δ on the cuDNN path as with native kernels (TF32 off),
+    for a two-layer model with dropout, as adversarial training uses it."""
+    model = TinyLSTM(hidden=32, layers=2, dropout=0.3, seed=4).cuda().train()
+    x = torch.rand(64, 48, 19, device="cuda")
+    y = torch.randint(0, 2, (64,), device="cuda")
+    settings = PgdSettings(eps=0.5, iterations=10, norm="l2", random_start=True, seed=3)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        fast = PgdAttack(model, settings, cudnn=True).perturb(x, y)
+        slow = PgdAttack(model, settings, cudnn=False).perturb(x, y)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-3)
+    assert model.training
+    assert model.lstm.dropout == 0.3

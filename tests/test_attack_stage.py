@@ -151,11 +151,20 @@ def test_stored_successes_flip_the_model_when_delta_is_reapplied(world: World) -
     summary = run.manifest.summary
     assert run.manifest.parents == (world.tuned.id,)
     assert (summary.model_run, summary.features_run, summary.split) == (world.model.id, world.features.id, "test")
+    assert summary.batch_size == 3
     assert summary.n_samples == result.n
     assert summary.n_attacked == int(result.attacked.sum())
     directions = summary.directions
     assert directions["0to1"].successful + directions["1to0"].successful == int(result.found.sum())
     assert json.loads(run.file("params.json").read_text())["step_size"] == pytest.approx(0.1)
+
+
+def test_an_automatic_batch_size_is_recorded_and_never_exceeds_a_block(world: World) -> None:
+    """attack.batch_size = "auto" on a CPU is 256 samples, at most one block (every call attacks one block);
+    the summary and params.json say the size used."""
+    run = run_attack(world.store, world.tuned, config(**{"attack.batch_size": "auto"}))
+    assert run.manifest.summary.batch_size == 4
+    assert json.loads(run.file("params.json").read_text())["batch_size"] == 4
 
 
 def test_misclassified_samples_are_skipped_unless_included(world: World) -> None:
@@ -376,3 +385,74 @@ def test_cells_observed_without_a_mask_names_preprocess_and_writes_nothing(tmp_p
         assert "re-run `lstm-adv preprocess`, or use --cells all" in str(info.value)
         assert "\n" not in str(info.value)
     assert runs_in(store) == before
+
+
+def _interrupt_second_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the attack's second batch raise KeyboardInterrupt, as Ctrl-C would."""
+    from lstm_adv.attacks import L1Attack
+
+    original, calls = L1Attack.run, []
+
+    def run(self: Any, *args: Any, **kwargs: Any) -> AttackBatchResult:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(L1Attack, "run", run)
+
+
+def test_cli_interrupted_attack_is_one_line_and_exit_code_130(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the first batch: the CLI prints only how to resume and exits with 130, not 0."""
+    _interrupt_second_batch(monkeypatch)
+    runner = CliRunner(env={"COLUMNS": "200"})
+    base = ["--home", str(world.store.root.parent)]
+    before = runs_in(world.store)
+    result = runner.invoke(app, [*base, "attack", "--tuned", str(world.tuned.id), "--device", "cpu"])
+    (new,) = set(runs_in(world.store)) - set(before)
+    interrupted = world.store.get(new)
+    assert result.exit_code == 130
+    assert interrupted.manifest.status == "interrupted"
+    assert result.output == (
+        f"interrupted after 1 of 4 batches; resume with `lstm-adv attack --resume {interrupted.id}`\n"
+    )
+
+
+def test_an_interrupted_run_is_never_a_default_and_naming_it_says_to_resume(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`analyze` without --attack skips an interrupted attack; naming it (as --attack or to report) is one line."""
+    run_attack(world.store, world.tuned, config())
+    _interrupt_second_batch(monkeypatch)
+    interrupted = run_attack(world.store, world.tuned, config())
+    assert interrupted.manifest.status == "interrupted"
+    complete = max(run.id for run in world.store.list("attack") if run.complete)
+    assert world.store.latest("attack").id == complete
+    runner = CliRunner(env={"COLUMNS": "200"})
+    base = ["--home", str(world.store.root.parent)]
+    expected = (
+        f"error: run {interrupted.id} is an interrupted attack run; only `--resume` takes it: finish it with "
+        f"`lstm-adv attack --resume {interrupted.id}` and use the new run\n"
+    )
+    for args in (["analyze", "--attack", str(interrupted.id)], ["report", str(interrupted.id)]):
+        named = runner.invoke(app, [*base, *args])
+        assert named.exit_code == 1
+        assert named.output == expected
+    analysed = runner.invoke(app, [*base, "analyze"])
+    assert analysed.exit_code == 0, analysed.output
+    assert world.store.latest("analysis").manifest.parents[0] == complete
+
+
+def test_re_running_a_shard_does_not_merge_the_shards_again(world: World) -> None:
+    """Merging is idempotent: after shard 2/2 is re-run, the shards of that attack still have one merged run."""
+    cfg = config(**{"attack.include_misclassified": True})
+    for index in (1, 2):
+        run_attack(world.store, world.tuned, cfg, split="train", shard=Shard(index, 2))
+    merged = merge_attack_shards(world.store, world.tuned, split="train", count=2)
+    assert merged is not None
+    run_attack(world.store, world.tuned, cfg, split="train", shard=Shard(2, 2))
+    again = merge_attack_shards(world.store, world.tuned, split="train", count=2)
+    assert again is not None
+    assert again.id == merged.id
+    merges = [r for r in world.store.list("attack") if r.manifest.summary.merged_shards]
+    assert [r.id for r in merges if r.manifest.summary.split == "train"] == [merged.id]

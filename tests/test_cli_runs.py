@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
+from lstm_adv.cli._common import hoist_global_options
+from lstm_adv.results.manifest import Manifest
 from lstm_adv.results.store import RunStore
 from lstm_adv.results.summaries import QuerySummary, Step
 
@@ -77,3 +83,138 @@ def test_ambiguous_prefix_lists_candidates(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--home", str(tmp_path), "runs", "show", "query-"])
     assert result.exit_code == 1
     assert result.output.strip() == f"error: 'query-' matches 2 runs: {', '.join(sorted(ids))}; give more of the id"
+
+
+def test_show_refuses_a_path_to_a_run_of_another_home(tmp_path: Path) -> None:
+    """`runs show /other/home/runs/<id>` does not load a run from outside the store: one line, exit 1."""
+    q, _f = _populate(tmp_path / "other")
+    path = str(tmp_path / "other" / "runs" / q)
+    result = runner.invoke(app, ["--home", str(tmp_path / "mine"), "runs", "show", path])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: {path!r} is not a run id; give a run id or a unique prefix of one (runs of another folder: --home "
+        "<folder>); `lstm-adv runs list` shows the runs\n"
+    )
+
+
+def test_a_bad_config_file_fails_every_command(tmp_path: Path) -> None:
+    """`--config bad.toml runs list` reads no setting but still fails with the config error."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\ngrad_clip_norm = nan\n")
+    result = runner.invoke(app, ["--home", str(tmp_path), "--config", str(bad), "runs", "list"])
+    assert result.exit_code == 1
+    assert result.output == "error: model.grad_clip_norm must be finite and ≥ 0, got nan\n"
+
+
+def test_a_home_longer_than_the_system_allows_is_one_line(tmp_path: Path) -> None:
+    """A --home with a folder name over NAME_MAX is refused before anything touches the disk."""
+    home = tmp_path / ("h" * 300)
+    result = runner.invoke(app, ["--home", str(home), "runs", "list"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: home folder ")
+    assert result.output.endswith(
+        " is 300 bytes long, this system allows 255; choose a shorter --home (or $LSTM_ADV_HOME)\n"
+    )
+    assert result.output.count("\n") == 1
+
+
+def test_list_names_stale_temporary_runs_and_clean_removes_them(tmp_path: Path) -> None:
+    """A temporary run nobody writes (a killed command's) is named by `runs list`; `runs clean` removes it."""
+    _populate(tmp_path)
+    stale = tmp_path / "runs" / ".tmp" / "model-20260101-000000-abcd"
+    stale.mkdir(parents=True)
+    listed = runner.invoke(app, ["--home", str(tmp_path), "runs", "list"])
+    assert listed.exit_code == 0
+    assert listed.output.splitlines()[-1] == (
+        f"1 stale temporary run(s) under {tmp_path / 'runs' / '.tmp'}, left by killed commands: {stale.name}; "
+        "remove them with `lstm-adv runs clean`"
+    )
+    cleaned = runner.invoke(app, ["--home", str(tmp_path), "runs", "clean"])
+    assert cleaned.output == f"removed 1 stale temporary run(s): {stale.name}\n"
+    assert not stale.exists()
+    again = runner.invoke(app, ["--home", str(tmp_path), "runs", "list"])
+    assert "stale" not in again.output
+
+
+def test_list_and_show_as_json_round_trip_into_manifests(tmp_path: Path) -> None:
+    """`runs list --json` and `runs show --json` print manifests that rebuild into the stored typed values,
+    with each run's headline figure; global options work after the command too."""
+    q, f = _populate(tmp_path)
+    store = RunStore(tmp_path / "runs")
+    listed = runner.invoke(app, ["runs", "list", "--json", "--home", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    entries = json.loads(listed.output)
+    rebuilt = {str(m.id): m for m in (Manifest.from_data(e["manifest"]) for e in entries)}
+    assert rebuilt == {q: store.get(q).manifest, f: store.get(f).manifest}
+    headlines = {e["manifest"]["id"]: e["headline"] for e in entries}
+    assert headlines[q] == "1 icu stays"
+    shown = runner.invoke(app, ["runs", "show", q, "--json", "--home", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert Manifest.from_data(json.loads(shown.output)) == store.get(q).manifest
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--home", "h", "--data", "x"], ["--home", "h", "train", "--data", "x"]),
+        (["runs", "list", "--config=c.toml", "-v"], ["--config=c.toml", "-v", "runs", "list"]),
+        (["--home", "h", "attack", "--threads", "1"], ["--home", "h", "--threads", "1", "attack"]),
+        (["query", "--", "--home"], ["query", "--", "--home"]),
+        (["--verbose"], ["--verbose"]),
+    ],
+)
+def test_global_options_after_the_command_move_in_front(args: list[str], expected: list[str]) -> None:
+    """Global options given after the command are treated as if given before it; `--` ends the scan."""
+    assert hoist_global_options(args) == expected
+
+
+def test_help_shows_default_values_and_no_password() -> None:
+    """Option help names the shipped default value beside its key; no help text shows a password."""
+    result = runner.invoke(app, ["tune-attack", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "[default: 30; tune_attack.trials]" in text
+    assert "[default: observed; attack.cells]" in text
+    for command in ("query", "synth", "tune-model", "tune-attack", "db load-demo"):
+        shown = runner.invoke(app, [*command.split(), "--help"])
+        assert shown.exit_code == 0, shown.output
+        assert ":pw@" not in shown.output
+        assert "password=" not in shown.output
+
+
+def test_help_of_every_command_imports_no_heavy_library() -> None:
+    """`--help` of the CLI and of every command runs without importing torch, pandas, optuna or psycopg."""
+    commands = [
+        [],
+        *[[name] for name in ("demo", "synth", "query", "preprocess", "tune-model", "train", "tune-attack")],
+        *[[name] for name in ("attack", "analyze", "report", "defend", "robustness")],
+        ["db", "start"],
+        ["runs", "list"],
+    ]
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from lstm_adv.cli import app\n"
+        f"for args in {commands!r}:\n"
+        "    result = CliRunner().invoke(app, [*args, '--help'])\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "heavy = [m for m in ('torch', 'pandas', 'optuna', 'psycopg', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_threads_option_sets_torch_threads(tmp_path: Path) -> None:
+    """`--threads N` reaches torch (here already imported: set directly); a bad value is one line."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, ["runs", "list", "--home", str(tmp_path), "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    bad = runner.invoke(app, ["--threads", "0", "runs", "list"])
+    assert bad.exit_code != 0
+    assert "--threads must be >= 1; got 0" in bad.output

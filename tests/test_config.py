@@ -121,6 +121,19 @@ def test_manifest_form_equals_its_json_round_trip() -> None:
         ("[attack]\nhours = [5, 2]\n", "attack.hours must be [first, last) with 0 <= first < last <= 48; got [5, 2]"),
         ("[robustness]\neps = [0.1, nan]\n", "robustness.eps values must be finite numbers ≥ 0, got nan"),
         ("[analysis]\ndense_l0_share = 1.5\n", "analysis.dense_l0_share must be finite and in (0, 1], got 1.5"),
+        ("[pgd]\nstep_size = nan\n", 'pgd.step_size must be a finite number > 0 or "auto" (2.5·ε/iterations), got nan'),
+        (
+            "[tune_model]\ndropout = [0.1, nan]\n",
+            "tune_model.dropout must be [low, high] of finite numbers with 0 ≤ low ≤ high ≤ 0.99; got [0.1, nan]",
+        ),
+        (
+            "[tune_model]\nlearning_rate = [nan, 0.1]\n",
+            "tune_model.learning_rate must be [low, high] of finite numbers with 0 < low ≤ high ≤ 10; got [nan, 0.1]",
+        ),
+        (
+            "[tune_attack]\nkappa = [0.0, nan]\n",
+            "tune_attack.kappa must be [low, high] of finite numbers with 0 ≤ low ≤ high; got [0.0, nan]",
+        ),
     ],
 )
 def test_bad_values_are_refused_when_the_config_is_loaded(tmp_path: Path, text: str, message: str) -> None:

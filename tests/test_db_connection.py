@@ -12,7 +12,7 @@ from psycopg import conninfo, sql
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
-from lstm_adv.database.connection import connect, describe_source, redact_dsn
+from lstm_adv.database.connection import connect, describe_source
 from lstm_adv.database.server import ServerInfo
 from lstm_adv.domain.errors import DatabaseError
 
@@ -90,17 +90,6 @@ def test_unknown_database_is_named(pg_server: ServerInfo) -> None:
     assert str(caught.value) == (
         f"database 'no_such_db' does not exist at 127.0.0.1:{pg_server.port}; check the database name in the DSN"
     )
-
-
-def test_redact_dsn_removes_passwords() -> None:
-    """redact_dsn drops the password from URL and key=value DSNs and keeps everything else."""
-    assert redact_dsn("postgresql://me:pw@db.example:5433/mimic?sslmode=require") == (
-        "postgresql://me@db.example:5433/mimic?sslmode=require"
-    )
-    assert redact_dsn("postgresql://me@db.example/mimic?password=pw") == "postgresql://me@db.example/mimic"
-    redacted = redact_dsn("host=db.example user=me password=pw dbname=mimic")
-    assert "pw" not in redacted
-    assert psycopg.conninfo.conninfo_to_dict(redacted) == {"host": "db.example", "user": "me", "dbname": "mimic"}
 
 
 def test_describe_source_is_canonical_and_password_free() -> None:

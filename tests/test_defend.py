@@ -155,6 +155,7 @@ def test_defense_run_is_a_model_run_with_lineage(tmp_path: Path) -> None:
     assert defense["pgd"]["iterations"] == 3
     summary = run.manifest.summary
     assert summary.defense.method == "adaptive"
+    assert summary.defense.batch_size == 1024
     assert summary.test is not None
     assert set(summary.test) == set(model_run.summary_as(ModelSummary).test or {})
     assert load_trained_model(run).params == PARAMS

@@ -69,11 +69,18 @@ def test_chosen_threshold_maximizes_f1() -> None:
     )
 )
 def test_ranking_metrics_match_scikit_learn_on_any_input(rows: list[tuple[int, int]]) -> None:
-    """Oracle: the vectorized AUROC/AUPRC equal scikit-learn on arbitrary small inputs with ties."""
+    """Oracle: the bootstrap's vectorized AUROC/AUPRC/Brier (its point estimate, a row of ones) equal
+    scikit-learn on arbitrary small inputs with ties."""
     y = np.array([label for label, _ in rows])
     p = np.array([score / 5 for _, score in rows])
-    assert metrics.auroc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
-    assert metrics.auprc(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-9)
+    ones = np.ones((1, y.size))
+    assert metrics._auroc(p, y, ones)[0] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert metrics._auprc(p, y, ones)[0] == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
+    assert metrics._brier(p, y, ones)[0] == pytest.approx(skm.brier_score_loss(y, p), abs=1e-12)
+    kwargs = {"threshold": 0.5, "bootstrap_samples": 0, "confidence": 0.95, "calibration_bins": 5, "seed": 0}
+    evaluated = metrics.evaluate_predictions(y, p, **kwargs)  # type: ignore[arg-type]
+    assert evaluated.auroc.value == pytest.approx(metrics.auroc(y, p), abs=1e-12)
+    assert evaluated.auprc.value == pytest.approx(metrics.auprc(y, p), abs=1e-12)
 
 
 def test_bootstrap_weights_equal_explicit_resamples() -> None:

@@ -14,6 +14,7 @@ from lstm_adv.database.server import stop_server
 from lstm_adv.pipeline import DemoResult, run_demo
 from lstm_adv.reports import report_files
 from lstm_adv.results.config_file import load_config
+from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import Estimate, ModelSummary, Step
 from lstm_adv.results.workspace import Workspace
 
@@ -133,3 +134,25 @@ def test_model_line_without_intervals() -> None:
 
     summary = ModelSummary(cv=False, test={"auroc": Estimate(0.8, None, None)}, oracle_test_auroc=None)
     assert _describe_model(summary) == "test AUROC 0.800"
+
+
+def test_an_interrupted_stage_stops_the_demo(tmp_path: Path) -> None:
+    """A stage whose new run is interrupted (Ctrl-C inside tune-model) stops the main job: no later stage uses it."""
+    from lstm_adv.domain.errors import RunInterruptedError
+    from lstm_adv.pipeline import _Context, _Silent
+    from lstm_adv.results.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+
+    def interrupted() -> Run:
+        with store.create("tune-model") as writer:
+            return writer.commit(status="interrupted")
+
+    context = _Context(store, load_config(), fresh=True, listen=_Silent())
+    with pytest.raises(RunInterruptedError) as info:
+        context.stage("tune-model", parents=(), make=interrupted)
+    (run,) = store.list("tune-model")
+    assert str(info.value) == (
+        f"the demo stopped: tune-model was interrupted (run {run.id} keeps what it finished); run `lstm-adv demo` "
+        "again to redo that stage and go on"
+    )

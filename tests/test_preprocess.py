@@ -380,7 +380,8 @@ def test_cli_preprocess_and_runs_show(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["--home", str(tmp_path), "preprocess", "--data", str(parent.id), "--folds", "2"])
     assert result.exit_code == 0, result.output
-    run_id = result.output.strip().splitlines()[-1]
+    run_id = result.output.strip().splitlines()[-1].removeprefix("features run ")
+    assert "class balance" in result.output  # the stage prints its summary
     shown = runner.invoke(app, ["--home", str(tmp_path), "runs", "show", run_id])
     assert shown.exit_code == 0, shown.output
     assert "shape   (" in shown.output

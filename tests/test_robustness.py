@@ -118,6 +118,8 @@ def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, R
     assert {m: float(n) for m, n in summary.pool.items()} == attacked.to_dict()  # PGD's pool is the L1 attack's
     assert set(summary.decisions) == {str(model_run.id), str(defense.id)}
     assert summary.cells == "observed"
+    assert summary.pgd.batch_size == 1024
+    assert summary.l1.batch_size == {str(model_run.id): min(256, summary.n), str(defense.id): min(256, summary.n)}
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -132,7 +134,10 @@ def test_pgd_and_l1_attack_the_same_pool(defended: tuple[RunStore, Run, Run, Run
     entry = attrs.evolve(EvaluatedModel.from_run(model_run, device="cpu"), decision=DecisionRule("threshold", t))
     cells = np.random.default_rng(seed).random((len(rows), 48, 19)) < 0.002  # some samples get no cell at all
     pool = attack_pool(entry, x, y, cells, eval_batch_size=64)
-    result = l1_attack(entry, x, y, L1Settings(max_iterations=1, search_steps=1), batch_size=16, cells=cells)
+    result, batch_size = l1_attack(
+        entry, x, y, L1Settings(max_iterations=1, search_steps=1), batch_size=16, cells=cells
+    )
+    assert batch_size == 16
     assert np.array_equal(result.attacked, pool)
     assert np.array_equal(
         pool, (entry.decision.predict_probability(_p_death(entry, x)) == y.numpy()) & cells.any((1, 2))
@@ -314,3 +319,19 @@ def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) ->
     assert "ε (normalized units, 0–1 = p5–p95 of the training split)" in html
     worse = api.defense_made_worse(robustness)
     assert ("less robust than its original" in html) == (not worse.empty)
+
+
+def test_cli_robustness_refuses_a_model_whose_weights_changed(tmp_path: Path) -> None:
+    """A model.pt that no longer matches its manifest is named in one line; no robustness run is written."""
+    store, _features, model_run = trained_store(tmp_path / "runs")
+    weights = model_run.path / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "robustness", "--model", str(model_run.id)])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: run {model_run.id}: model.pt no longer matches the checksum in its manifest (it changed after the "
+        "run was written); restore the file or re-run the stage that wrote it\n"
+    )
+    assert store.list("robustness") == []

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
+import stat
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +17,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lstm_adv.config import Config
-from lstm_adv.domain.errors import AmbiguousRunError, DataError, RunKindError, RunNotFoundError, RunStoreError
+from lstm_adv.domain.errors import (
+    AmbiguousRunError,
+    DataError,
+    RunKindError,
+    RunNotFoundError,
+    RunStatusError,
+    RunStoreError,
+)
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.results.converter import structure, unstructure
 from lstm_adv.results.manifest import Manifest
@@ -223,3 +235,105 @@ def test_unreadable_manifest_is_skipped_not_fatal(tmp_path: Path) -> None:
     bad.mkdir()
     (bad / MANIFEST).write_text("{not json")
     assert [r.id for r in store.list()] == [good]
+
+
+def test_run_folders_and_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """Runs hold patient-level data: the store's folders are 0700 and every file 0600, the manifest included."""
+    store = _store(tmp_path)
+    with store.create("query") as writer:
+        writer.file("stays.parquet").write_bytes(b"rows")
+        writer.file("sub/deeper/x.json").write_text("{}")
+    folders = [store.root, store.root / ".tmp", writer.committed.path, *writer.committed.path.rglob("*")]
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folders}
+    assert modes == {
+        "runs": 0o700,
+        ".tmp": 0o700,
+        str(writer.id): 0o700,
+        "stays.parquet": 0o600,
+        "sub": 0o700,
+        "deeper": 0o700,
+        "x.json": 0o600,
+        MANIFEST: 0o600,
+    }
+
+
+def _interrupted(store: RunStore, second: int) -> RunId:
+    run_id = _make(store, "attack", "dddd", second)
+    path = store.root / str(run_id) / MANIFEST
+    path.write_text(path.read_text().replace('"complete"', '"interrupted"'))
+    return run_id
+
+
+def test_latest_is_the_newest_complete_run_and_an_interrupted_parent_is_refused(tmp_path: Path) -> None:
+    """latest()/resolve(None) skip interrupted runs; naming one as a parent says to resume it; get() still finds it."""
+    store = _store(tmp_path)
+    complete = _make(store, "attack", "aaaa", 1)
+    interrupted = _interrupted(store, 2)
+    assert store.latest("attack").id == complete
+    assert store.resolve(None, "attack").id == complete
+    assert store.get(str(interrupted)).manifest.status == "interrupted"
+    with pytest.raises(RunStatusError) as info:
+        store.resolve(str(interrupted), "attack")
+    assert str(info.value) == (
+        f"run {interrupted} is an interrupted attack run; only `--resume` takes it: finish it with "
+        f"`lstm-adv attack --resume {interrupted}` and use the new run"
+    )
+
+
+def test_only_interrupted_runs_of_a_kind_is_no_default(tmp_path: Path) -> None:
+    """With nothing but an interrupted run of a kind there is no default, and the message says how to finish it."""
+    store = _store(tmp_path)
+    interrupted = _interrupted(store, 2)
+    with pytest.raises(RunNotFoundError) as info:
+        store.latest("attack")
+    assert str(info.value) == (
+        f"there is no complete attack run yet; {interrupted} is interrupted: finish it with "
+        f"`lstm-adv attack --resume {interrupted}`"
+    )
+
+
+@pytest.mark.parametrize("ref", ["/elsewhere/runs/query-20260101-000001-aaaa", "../other/runs/x", ".tmp"])
+def test_a_path_is_not_a_run_id(tmp_path: Path, ref: str) -> None:
+    """Runs are found by id or prefix inside the store only: a path (even to a real run elsewhere) is refused."""
+    store = _store(tmp_path)
+    with pytest.raises(RunNotFoundError) as info:
+        store.get(ref)
+    assert str(info.value) == (
+        f"{ref!r} is not a run id; give a run id or a unique prefix of one (runs of another folder: --home "
+        "<folder>); `lstm-adv runs list` shows the runs"
+    )
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """ENOSPC inside a writer becomes one RunStoreError naming the run and the fix; no folder remains."""
+    store = _store(tmp_path)
+    with pytest.raises(RunStoreError) as info, store.create("model") as writer:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert str(info.value) == (
+        f"no space left on device while writing model run {writer.id}: nothing of it was kept; free some space "
+        f"for {store.root} and run the command again"
+    )
+    assert list(store.root.iterdir()) == [store.root / ".tmp"]
+    assert list((store.root / ".tmp").iterdir()) == []
+
+
+def test_a_killed_writer_leaves_a_stale_run_that_clean_removes(tmp_path: Path) -> None:
+    """SIGKILL leaves runs/.tmp/<id>; stale() finds it (a live writer's folder is not stale) and clean() removes it."""
+    store = _store(tmp_path)
+    script = (
+        "import os, signal, sys; from pathlib import Path; from lstm_adv.results.store import RunStore\n"
+        "w = RunStore(Path(sys.argv[1])).create('model'); w.file('model.pt').write_bytes(b'x')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, "-c", script, str(store.root)], env=env, check=False, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    live = store.create("model")
+    (stale,) = store.stale()
+    assert stale.name.startswith("model-")
+    assert stale != live.path
+    assert store.clean() == [stale.name]
+    assert not stale.exists()
+    assert store.stale() == []
+    assert live.path.is_dir()
+    live.discard()

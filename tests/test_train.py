@@ -24,6 +24,7 @@ from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import ModelSummary
 from lstm_adv.train import SplitIndices, run_training, train_model
+from tests.full_disk import assert_one_full_disk_line, full_disk
 from tests.strategies import tiny_feature_matrix
 
 PARAMS = Hyperparameters(
@@ -299,3 +300,58 @@ def test_synthetic_data_reports_the_oracle_auroc_of_the_same_test_split(tmp_path
     test = features.indices("test")
     expected = oracle_auroc(truth, features.hadm_ids[test], features.labels[test])
     assert run.summary_as(ModelSummary).oracle_test_auroc == pytest.approx(expected)
+
+
+def test_tensorboard_holds_hparams_and_test_metrics(tmp_path: Path) -> None:
+    """A model run's TensorBoard folder has per-epoch scalars, the test metrics as scalars, and an
+    HPARAMS entry with the hyperparameters, the decision rule and the test metrics."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    store = RunStore(tmp_path)
+    run = run_training(
+        store, features_run(store, tiny_feature_matrix(60)), PARAMS, attrs.evolve(load_config(), model=FAST)
+    )
+    events = EventMultiplexer().AddRunsFromDirectory(str(run.path / "tensorboard")).Reload()
+    tags = {tag for per_run in events.Runs().values() for tag in per_run["scalars"]}
+    assert {"test/auroc", "test/auprc", "test/brier", "validation/best_auroc"} <= tags
+    values = [
+        e.value
+        for name, per_run in events.Runs().items()
+        if "test/auroc" in per_run["scalars"]
+        for e in events.Scalars(name, "test/auroc")
+    ]
+    assert values == [pytest.approx(run.manifest.summary.test["auroc"].value)]
+    content = events.PluginRunToTagToContent("hparams")
+    assert content, "no hparams entry"
+    blobs = b"".join(data for tags_ in content.values() for data in tags_.values())
+    for text in (b"hidden_size", b"learning_rate", b"decision", b"test/auroc"):
+        assert text in blobs
+
+
+def test_cli_train_on_a_full_disk_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while `train` writes its weights: one error line, exit 1, no model run and no temporary folder."""
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(40))
+    config = tmp_path / "tiny.toml"
+    config.write_text('[model]\ndevice = "cpu"\nmax_epochs = 1\nbootstrap_samples = 5\n')
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    result = CliRunner().invoke(
+        app, ["--home", str(tmp_path), "--config", str(config), "train", "--data", str(parent.id)]
+    )
+    assert result.exit_code == 1
+    assert_one_full_disk_line(result.output, "model", tmp_path)
+    assert store.list("model") == []
+
+
+def test_unknown_decision_rule_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """`train --decision <unknown>` names the choices in one line (exit 1) before anything is trained."""
+    from lstm_adv.cli import app
+
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(60))
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "train", "--data", str(parent.id), "--decision", "f1"])
+    assert result.exit_code == 1
+    assert result.output == "error: configuration: key 'model.decision' must be one of threshold, argmax; got 'f1'\n"
+    assert [run.kind for run in store.list()] == ["features"]

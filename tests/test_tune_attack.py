@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -58,6 +59,7 @@ def test_three_trials_write_a_run_with_the_chosen_pareto_settings(world: World) 
     assert (summary.decision, summary.threshold, summary.cells) == ("argmax", 0.5, "all")
     complete = [t for t in summary.trials if t.state == "complete"]
     assert all(t.values == (t.success_rate, t.median_l0) for t in complete)
+    assert {t.batch_size for t in summary.trials} == {3}
     assert set(summary.pareto) <= {t.number for t in complete}
     assert summary.pareto
     for number in summary.pareto:  # no completed trial dominates a Pareto trial
@@ -257,3 +259,30 @@ def test_cli_tune_attack_then_attack(world: World) -> None:
     wrong = runner.invoke(app, [*base, "tune-attack", "--model", str(world.features.id)])
     assert wrong.exit_code == 1
     assert f"run {world.features.id} is a features run; --model needs a model run" in wrong.output
+
+
+def test_an_interrupted_and_resumed_attack_study_proposes_what_an_uninterrupted_one_proposes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C inside trial 2, then --resume: the trials' settings equal one uninterrupted study's (same seed)."""
+    from lstm_adv import tune_attack
+
+    whole = run_attack_tuning(world.store, world.model, config(**WIDE), trials=5)
+    original = tune_attack.suggest_settings
+
+    def interrupt_trial_2(trial: optuna.Trial, tune: Any) -> Any:
+        settings = original(trial, tune)
+        if trial.number == 2:
+            raise KeyboardInterrupt
+        return settings
+
+    monkeypatch.setattr(tune_attack, "suggest_settings", interrupt_trial_2)
+    first = run_attack_tuning(world.store, world.model, config(**WIDE), trials=5)
+    assert first.manifest.summary.states.get("interrupted") == 1
+    monkeypatch.setattr(tune_attack, "suggest_settings", original)
+    resumed = run_attack_tuning(world.store, None, config(**WIDE), trials=3, resume=first)
+
+    def settings(run: Any) -> list[Any]:
+        return [t.settings for t in run.manifest.summary.trials if t.state != "interrupted"]
+
+    assert settings(resumed) == settings(whole)

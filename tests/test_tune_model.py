@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,7 @@ from lstm_adv.results.store import RunStore
 from lstm_adv.studies import database_url
 from lstm_adv.train import run_training
 from lstm_adv.tune_model import run_model_tuning
+from tests.full_disk import assert_one_full_disk_line, full_disk
 from tests.strategies import tiny_feature_matrix
 from tests.test_train import features_run
 
@@ -188,3 +195,140 @@ def test_cli_tune_model_then_train_from_its_best_trial(tmp_path: Path) -> None:
     trained = CliRunner().invoke(app, [*base, "train", "--tuned-model", str(run.id)])
     assert trained.exit_code == 0, trained.output
     assert store.latest("model").manifest.parents == (parent.id, run.id)
+
+
+def test_a_fresh_study_starts_from_the_model_defaults_with_real_sizes(tmp_path: Path) -> None:
+    """Trial 0 takes the [model] hyperparameters that lie inside the search space (the sampler draws the
+    rest); the study records sizes by value (as optuna-dashboard shows them), not as exponents."""
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    config = _config(**{"model.hidden_size": 8, "model.batch_size": 16, "model.learning_rate": 0.003})
+    run = run_model_tuning(store, parent, config, trials=1)
+    first = run.manifest.summary.trials[0].params
+    assert (first.hidden_size, first.batch_size, first.learning_rate) == (8, 16, 0.003)
+    assert (first.lstm_activation, first.optimizer, first.dropout) == ("tanh", "adam", 0.2)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(run.file(STUDY_FILE))))
+    study = optuna.load_study(study_name=run.manifest.summary.study_name, storage=storage)
+    assert {"hidden_size", "fc_size", "batch_size"} <= set(study.trials[0].params)
+    assert study.trials[0].params["hidden_size"] == 8
+    assert study.metric_names == ["validation AUROC"]
+
+
+def _params(run: Any) -> list[Any]:
+    return [t.params for t in run.manifest.summary.trials if t.state != "interrupted"]
+
+
+def test_an_interrupted_and_resumed_study_proposes_what_an_uninterrupted_one_proposes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C inside trial 3, then --resume: the interrupted trial is re-run first and not counted, and the
+    trials' parameters equal those of one uninterrupted study with the same seed."""
+    from lstm_adv import tune_model
+
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    whole = run_model_tuning(store, parent, _config(), trials=7)
+
+    original, calls = tune_model.fit_model, []
+
+    def interrupt_the_fourth(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tune_model, "fit_model", interrupt_the_fourth)
+    first = run_model_tuning(store, parent, _config(), trials=7)
+    assert first.manifest.status == "interrupted"
+    assert [t.state for t in first.manifest.summary.trials][3] == "interrupted"
+    assert first.manifest.summary.states.get("interrupted") == 1
+    resumed = run_model_tuning(store, None, _config(), trials=4, resume=first)
+    trials = resumed.manifest.summary.trials
+    assert [t.number for t in trials] == list(range(8))
+    assert trials[4].params == trials[3].params  # the re-run of the interrupted trial
+    assert _params(resumed) == _params(whole)
+
+
+def test_cli_tune_model_on_a_full_disk_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while a trial saves its weights: one error line, exit 1, no tuning run and no temporary folder."""
+    from typer.testing import CliRunner
+
+    from lstm_adv.cli import app
+
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(40))
+    config = tmp_path / "tiny.toml"
+    config.write_text('[model]\ndevice = "cpu"\n[tune_model]\nepochs_per_trial = 1\nhidden_size_log2 = [2, 2]\n')
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    base = ["--home", str(tmp_path), "--config", str(config)]
+    result = CliRunner().invoke(app, [*base, "tune-model", "--data", str(parent.id), "--trials", "2"])
+    assert result.exit_code == 1
+    assert_one_full_disk_line(result.output, "tune-model", tmp_path)
+    assert store.list("tune-model") == []
+
+
+SLOW_TRIALS = {
+    **TINY,
+    "tune_model.epochs_per_trial": 10,
+    "tune_model.pruner_startup_trials": 100,  # every trial trains to its end: about half a second
+}
+
+
+def _toml(settings: dict[str, Any]) -> str:
+    sections: dict[str, list[str]] = {}
+    for key, value in settings.items():
+        section, name = key.split(".")
+        sections.setdefault(section, []).append(f"{name} = {json.dumps(value)}")
+    return "".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in sections.items())
+
+
+def _wait_for(condition: Any, *, timeout_s: float, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_tune_model_with_one_line_and_exit_code_130_and_resume_continues(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A real Ctrl-C or SIGTERM to `lstm-adv tune-model` after its first trial: exit code 130, one line naming the
+    run to resume, and resuming it proposes what one uninterrupted study with the same seed proposes."""
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(200))
+    config_file = tmp_path / "slow.toml"
+    config_file.write_text(_toml(SLOW_TRIALS))
+    command = ["--home", str(tmp_path), "--config", str(config_file), "tune-model", "--data", str(parent.id)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from lstm_adv.cli import main; main()", *command, "--trials", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    first_weights = store.root / ".tmp"
+    _wait_for(lambda: any(first_weights.glob("*/trials/0/model.pt")), timeout_s=120, process=process)
+    time.sleep(0.2)  # into the second trial
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    assert len(store.list("tune-model")) == 1, output
+    (run,) = store.list("tune-model")
+    finished = run.manifest.summary.states.get("complete", 0)
+    assert process.returncode == 130
+    assert run.manifest.status == "interrupted"
+    trials = "1 trial" if finished == 1 else f"{finished} trials"
+    assert output == f"interrupted after {trials}; resume with `lstm-adv tune-model --resume {run.id}`\n"
+    assert 1 <= finished <= 6
+    config = load_config(config_file)
+    resumed = run_model_tuning(store, None, config, trials=3, resume=run)
+    whole = run_model_tuning(store, parent, config, trials=finished + 3)
+    assert resumed.manifest.status == "complete"
+    assert _params(resumed) == _params(whole)

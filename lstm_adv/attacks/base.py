@@ -7,6 +7,11 @@ everything around it: validates the input, computes the clean logits and the dec
 rule, skips misclassified samples (and samples without a cell they may change) unless asked not to,
 cuts the rest into batches, and copies each batch's results to the host once.
 
+Batch size. ``batch_size="auto"`` sizes batches to the device (:mod:`lstm_adv.devices`): 256 on a CPU;
+on CUDA the largest batch of this attack that fits in memory with a margin, probed once per process by
+running a short attack (:meth:`Attack._memory_trial`) on random inputs. A batch size never changes
+what the L1 attack finds.
+
 Decisions. An attack flips a sample when its decision at the model's :class:`DecisionRule` changes:
 the logit difference z₁ − z₀ crosses the rule's boundary log(t/(1 − t)). :func:`margin` is the signed
 distance to that boundary, positive while the sample keeps its class; every attack's loss uses it.
@@ -25,14 +30,15 @@ import abc
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import attrs
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lstm_adv import devices
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.perturbation import AttackBatchResult
@@ -196,6 +202,8 @@ class Attack(abc.ABC, Generic[S]):
 
     The model is moved to ``device`` (default: where its parameters are) and put in the attack's mode
     for the whole run (see the module docstring; its previous modes are restored afterwards).
+    ``batch_size="auto"`` sizes batches to the device, at most ``max_batch_size`` samples (e.g. the most
+    one call to :meth:`run` attacks); :attr:`batch_size` is the size chosen.
     """
 
     settings_type: ClassVar[type[Any]]
@@ -208,11 +216,12 @@ class Attack(abc.ABC, Generic[S]):
         decision: DecisionRule | None = None,
         device: str | torch.device | None = None,
         mask: ArrayLike | None = None,
-        batch_size: int = 1024,
+        batch_size: int | Literal["auto"] = 1024,
+        max_batch_size: int = devices.MAX_BATCH_SIZE,
         include_misclassified: bool = False,
         cudnn: bool = True,
     ) -> None:
-        if batch_size < 1:
+        if batch_size != "auto" and batch_size < 1:
             raise ConfigError(f"attack batch size must be ≥ 1, got {batch_size}")
         self.settings: S = settings if settings is not None else self.settings_type()
         self.decision = decision if decision is not None else DecisionRule.argmax()
@@ -221,9 +230,9 @@ class Attack(abc.ABC, Generic[S]):
         self.model = model.to(self.device)
         mask_tensor = _check_mask(mask)
         self.mask = None if mask_tensor is None else mask_tensor.to(self.device)
-        self.batch_size = batch_size
         self.include_misclassified = include_misclassified
         self.cudnn = cudnn
+        self.batch_size: int = self._auto_batch_size(max_batch_size) if batch_size == "auto" else batch_size
 
     @property
     @abc.abstractmethod
@@ -329,6 +338,31 @@ class Attack(abc.ABC, Generic[S]):
             lower = torch.where(allowed, lower, zero)
             upper = torch.where(allowed, upper, zero)
         return lower, upper
+
+    def _auto_batch_size(self, limit: int) -> int:
+        return devices.auto_batch_size(self._memory_key(), self._memory_trial, self.device, limit=limit)
+
+    def _memory_key(self) -> Hashable:
+        """What this attack's memory per sample depends on: kind, device, kernels and the model's parameters."""
+        shapes = tuple((name, tuple(p.shape), str(p.dtype)) for name, p in self.model.named_parameters())
+        return (type(self).__name__, str(self.device), self.cudnn, shapes)
+
+    def _memory_trial(self, size: int) -> None:
+        """Attack ``size`` random samples briefly, as sizing batches to memory needs (see :meth:`_short_batch`)."""
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        x = torch.rand((size, *CELL_SHAPE), generator=generator, device=self.device)
+        target = torch.zeros(size, dtype=torch.int64, device=self.device)
+        cells = torch.ones(x.shape, dtype=torch.bool, device=self.device)  # as ``allowed`` cells would take
+        with self._attack_mode():
+            self._short_batch(x, target, cells)
+
+    def _short_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> None:
+        """A batch that allocates what :meth:`_attack_batch` does at its peak, in fewer iterations.
+
+        Memory does not grow with the iterations (each gradient's graph is freed before the next), so a
+        subclass may run two; this base runs the whole batch.
+        """
+        self._attack_batch(x, target, cells)
 
     def _attack_mode(self) -> contextlib.AbstractContextManager[None]:
         if self.device.type == "cuda" and self.cudnn:

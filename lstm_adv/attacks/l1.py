@@ -26,11 +26,15 @@ then the geometric midpoint), after a round without one it falls (÷10, or the m
 success of any round and the best (smallest L1) success over all rounds are kept; iterations are
 numbered across rounds (1 … search_steps·max_iterations). One round is today's single-λ attack.
 
-**Minimal support.** Every best example is then shrunk to the smallest set of its cells that still
-flips the decision (values kept): the k largest |δ| cells with k by a batched binary search, then
-greedy passes that drop one cell at a time (smallest |δ| first) while the flip holds, until a pass
-drops nothing — so dropping any single remaining cell un-flips the sample. This is the ``sparse``
-example. All of it runs batched on the device, one forward per round for the whole batch.
+**Minimal support.** Every best example is then pruned to a minimal support: its cells are pushed to
+the box bound in δ's direction (the most each can move the decision); the k largest-|δ| cells that
+still flip are found by a batched binary search; greedy passes drop one cell at a time (smallest |δ|
+first) while the flip holds, until a pass drops nothing; the kept values are pulled back towards the
+attack's own δ as far as the flip allows (bisection); a last drop pass follows. Here a flip means
+crossing the boundary by at least :data:`SPARSE_MARGIN` (1e-4 in logits), so the example still flips
+when the model is evaluated again in another batch; dropping any single remaining cell loses that.
+This is the ``sparse`` example. All of it runs batched on the device, one forward per round for the
+whole batch.
 
 Which iterate is checked, and what it costs. Every iterate δ_1 … δ_K is checked with the logits at
 x + δ_k itself. ``ista`` and ``adam`` need the forward at δ_k anyway for the next gradient, so the check
@@ -41,15 +45,16 @@ device inside the loop; results are copied to the host once per batch by the bas
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import ClassVar
 
 import attrs
 import torch
 from torch import Tensor
 
-from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, decide, margin
+from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, margin
 from lstm_adv.config import L1_METHODS
 from lstm_adv.domain import validators as v
 from lstm_adv.domain.shapes import N_CELLS
@@ -58,6 +63,9 @@ METHODS = L1_METHODS
 _TINY = 1e-30
 _LAMBDA_FACTOR = 10.0
 _SHRINK_ROUNDS = 12  # bisection rounds for the sparse example's values: within 2⁻¹² of the box bound
+# A sparse example must cross the boundary by this much (logit units), so that it still flips when the
+# model is evaluated again in another batch or precision (float32 kernels differ by ~1e-6).
+SPARSE_MARGIN = 1e-4
 
 
 @attrs.frozen
@@ -139,6 +147,19 @@ class L1Attack(Attack[L1Settings]):
         sparse_delta, sparse_logits = self._minimal_support(problem, tracker)
         return tracker.outcome(sparse_delta, sparse_logits)
 
+    def _memory_key(self) -> Hashable:
+        return (super()._memory_key(), self.settings.method)  # Adam and FISTA keep more state per sample
+
+    def _short_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> None:
+        """One round of two iterations of the method, without the minimal-support search (whose forwards
+        need no gradient, so less memory)."""
+        short = copy.copy(self)
+        short.settings = attrs.evolve(self.settings, max_iterations=2, search_steps=1)
+        problem = short._problem(x, target, cells)
+        lam = torch.full((len(x), 1, 1), short.settings.lam, dtype=x.dtype, device=x.device)
+        run = {"ista": short._ista, "fista": short._fista, "adam": short._adam}[short.settings.method]
+        run(problem, lam, SuccessTracker(x, self.boundary), offset=0)
+
     def _problem(self, x: Tensor, target: Tensor, cells: Tensor | None) -> _Problem:
         lower, upper = self._bounds(x, cells)
         loss = self._loss(target)
@@ -211,10 +232,11 @@ class L1Attack(Attack[L1Settings]):
     # --- minimal support ------------------------------------------------------------------------------
 
     def _flips(self, p: _Problem, delta: Tensor) -> tuple[Tensor, Tensor]:
-        """Whether x + δ leaves the target decision, and its logits. Shapes: (B,), (B, 2)."""
+        """Whether x + δ leaves the target decision by at least :data:`SPARSE_MARGIN`, and its logits.
+        Shapes: (B,), (B, 2)."""
         with torch.no_grad():
             logits = self._forward(p.x + delta).float()
-        return decide(logits, self.boundary) != p.target, logits
+        return margin(logits, p.target, self.boundary) <= -SPARSE_MARGIN, logits
 
     def _minimal_support(self, p: _Problem, tracker: SuccessTracker) -> tuple[Tensor, Tensor]:
         """The sparse example of each success (see the module docstring). Shapes: (B, 48, 19), (B, 2)."""

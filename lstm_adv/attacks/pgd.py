@@ -19,6 +19,7 @@ base class's stored-result form (first and best successful iterate, misclassifie
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
@@ -146,6 +147,13 @@ class PgdAttack(Attack[PgdSettings]):
         tracker = SuccessTracker(x, self.boundary)
         self._descend(x, target, cells, tracker)
         return tracker.outcome()
+
+    def _short_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> None:
+        """Two iterations, with a generator of their own: sizing batches never changes the random starts."""
+        short = copy.copy(self)
+        short.settings = attrs.evolve(self.settings, iterations=2)
+        short._generator = None
+        short._descend(x, target, cells, SuccessTracker(x, self.boundary))
 
     def _loss(self, y: Tensor) -> Callable[[Tensor], Tensor]:
         """Per-sample loss to ascend, measured at the decision rule's boundary. Shape: logits (B, 2) → (B,).

@@ -9,7 +9,7 @@ import typer
 
 from lstm_adv import __version__
 from lstm_adv.cli import analyze, attack, db, defend, demo, preprocess, query, report, runs, synth, train
-from lstm_adv.cli._common import CliState, ErrorBoundaryGroup, setup_logging
+from lstm_adv.cli._common import CliState, ErrorBoundaryGroup, apply_threads, setup_logging
 
 app = typer.Typer(
     cls=ErrorBoundaryGroup,
@@ -44,13 +44,23 @@ def root(
         Path | None, typer.Option("--config", help="A TOML file overriding any of the shipped defaults.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="CPU threads for torch [default: the machine's physical cores, or $OMP_NUM_THREADS]. On a busy "
+            "machine fewer threads than cores can be much faster.",
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Global options, valid before any command."""
+    """Global options, valid before or after the command."""
     setup_logging(verbose)
-    ctx.obj = CliState(home=home, config_file=config)
+    ctx.obj = CliState(home=home, config_file=config, threads=apply_threads(threads))
+    if config is not None:
+        ctx.obj.config()  # a bad --config fails every command, also those that read no setting
 
 
 # Registration order is the order `lstm-adv --help` lists the commands: the pipeline's order.

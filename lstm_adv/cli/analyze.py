@@ -29,9 +29,9 @@ def analyze(
 ) -> None:
     """Per-example norms, per-cell GMP/GPP/GANZP/GAP, feature and hour susceptibility, clinical-unit sizes.
 
-    Splits the successful examples by direction (0→1, 1→0) and into first and best examples; writes
-    Parquet tables and PNG + SVG figures into a new analysis run and prints its id.
-    `lstm-adv runs show <id>` prints the counts and the most susceptible features and hours.
+    Splits the successful examples by direction (0→1, 1→0) and into first, best and sparse examples;
+    writes Parquet tables and PNG + SVG figures into a new analysis run, prints its summary (the
+    rankings are of the sparse examples) and its id.
     """
     from lstm_adv.analysis import run_analysis
 
@@ -39,7 +39,8 @@ def analyze(
     config = cli.config({"analysis.top_k": top})
     with console.status("analysing…"):
         run = run_analysis(cli.workspace().store, attack, config)
-    console.print(str(run.id))
+    render_analysis(run, console)
+    console.print(f"analysis run {run.id}")
 
 
 def _number(value: Any, fmt: str) -> str:
@@ -48,40 +49,41 @@ def _number(value: Any, fmt: str) -> str:
 
 @register("analysis")
 def render_analysis(run: Run, out: Console) -> None:
-    """Counts and success rate per direction, mean L0/L1 of first and best examples, top features and hours."""
+    """The rule, counts and success per direction, sizes of first, best and sparse examples, the measured
+    share of changed cells, top features and hours of the sparse examples."""
     s = run.summary_as(AnalysisSummary)
     out.print(f"attack run {s.attack_run}   features run {s.features_run}")
+    rule = "argmax (t = 0.5)" if s.decision == "argmax" else f"threshold t = {s.threshold:.3f}"
+    out.print(f"decision rule: {rule}; cells the attack could change: {s.cells}", highlight=False)
     out.print(
         f"{s.n_successful} successful of {s.n_attacked} attacked ({_number(s.success_rate, '.1%')}); "
         f"{s.n_samples} samples"
     )
-    table = Table(
-        "direction",
-        "attacked",
-        "successful",
-        "success rate",
-        "mean L0 first / best",
-        "mean L1 first / best",
-        title="successful examples",
-    )
+    table = Table("direction", "attacked", "successful", "success rate", title="flips by direction")
     for code, name in _DIRECTIONS.items():
         row = s.directions.get(code)
-        l0 = [s.mean_l0.get(w, {}).get(code) for w in ("first", "best")]
-        l1 = [s.mean_l1.get(w, {}).get(code) for w in ("first", "best")]
         table.add_row(
             name,
             str(row.attacked if row else 0),
             str(row.successful if row else 0),
             _number(row.success_rate if row else None, ".1%"),
-            " / ".join(_number(v, ".1f") for v in l0),
-            " / ".join(_number(v, ".3f") for v in l1),
         )
     out.print(table)
-    tops = Table("examples", "direction", "most susceptible features", "hours", title="rankings (S_j, Sun et al.)")
-    for which in ("first", "best"):
-        for code, name in _DIRECTIONS.items():
-            features = s.top_features.get(which, {}).get(code, ())
-            hours = s.top_hours.get(which, {}).get(code, ())
-            tops.add_row(which, name, ", ".join(map(str, features)) or "—", ", ".join(map(str, hours)) or "—")
+    sizes = Table("examples", "median L0", "mean L0", "mean L1", "measured", title="size of the successful examples")
+    for which in ("first", "best", "sparse"):
+        sizes.add_row(
+            which,
+            _number(s.median_l0.get(which, {}).get("all"), ".1f"),
+            _number(s.mean_l0.get(which, {}).get("all"), ".1f"),
+            _number(s.mean_l1.get(which, {}).get("all"), ".3f"),
+            _number(s.measured_fraction.get(which, {}).get("all"), ".1%"),
+        )
+    out.print(sizes)
+    out.print("measured: share of the changed cells that held a real measurement (not an imputed value)")
+    tops = Table("direction", "most susceptible features", "hours", title="rankings of the sparse examples (S_j)")
+    for code, name in _DIRECTIONS.items():
+        features = s.top_features.get("sparse", {}).get(code, ())
+        hours = s.top_hours.get("sparse", {}).get(code, ())
+        tops.add_row(name, ", ".join(map(str, features)) or "—", ", ".join(map(str, hours)) or "—")
     out.print(tops)
     out.print(f"{len(s.figures)} figure files under {run.path / 'figures'}")

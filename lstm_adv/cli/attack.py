@@ -12,7 +12,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lstm_adv.cli._common import console, state, trial_progress
+from lstm_adv.cli._common import (
+    CELLS_HELP,
+    SPLIT_HELP,
+    STORAGE_HELP,
+    console,
+    counted,
+    dashboard_hint,
+    state,
+    stop_if_interrupted,
+    trial_progress,
+)
 from lstm_adv.cli.summaries import register
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import AttackSummary, TuneAttackSummary
@@ -46,16 +56,14 @@ def tune_attack(
         str | None,
         typer.Option(
             "--cells",
-            help="observed (each sample changes only its own measured cells) or all (every cell, Sun et al.) "
-            "[default: attack.cells].",
+            help=CELLS_HELP,
         ),
     ] = None,
     storage: Annotated[
         str | None,
         typer.Option(
             "--storage",
-            help="Optuna storage URL, e.g. postgresql://user:pw@host:5432/db, shared by "
-            "workers on many machines [default: a file inside the run].",
+            help=STORAGE_HELP,
         ),
     ] = None,
     resume: Annotated[
@@ -68,7 +76,8 @@ def tune_attack(
     By default a multi-objective study: success rate up, median L0 of the sparse examples down; the
     chosen trial is the Pareto trial with success ≥ tune_attack.min_success and the smallest median L0.
     Single objectives attack the subset in chunks and report the running value, so poor trials are
-    pruned. Ctrl-C keeps finished trials (the run is marked interrupted); --resume ID continues it.
+    pruned. Ctrl-C or SIGTERM keeps finished trials (the run is marked interrupted, exit code 130);
+    --resume ID continues the search where it stopped.
     `lstm-adv attack --tuned <id>` then uses the best trial's settings.
     """
     import optuna
@@ -79,7 +88,7 @@ def tune_attack(
     config = cli.config({"attack.device": device, "attack.cells": cells})
     store = cli.workspace().store
     resumed = store.get(resume, kind="tune-attack") if resume else None
-    model_run = (store.get(model) if model else store.latest("model")) if (model or not resumed) else None
+    model_run = (store.get_complete(model) if model else store.latest("model")) if (model or not resumed) else None
     total = trials if trials is not None else config.tune_attack.trials
     optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
     with trial_progress(total) as on_trial:
@@ -94,9 +103,9 @@ def tune_attack(
             resume=resumed,
             on_trial=on_trial,
         )
+    states = run.summary_as(TuneAttackSummary).states
+    stop_if_interrupted(run, counted(states.get("complete", 0) + states.get("pruned", 0), "trial"))
     render_tuning(run, console)
-    if run.manifest.status == "interrupted":
-        console.print(f"interrupted: finished trials kept; continue with `lstm-adv tune-attack --resume {run.id}`")
     console.print(f"tune-attack run {run.id}")
 
 
@@ -105,7 +114,7 @@ def attack(
     tuned: Annotated[
         str | None, typer.Option("--tuned", help="Tune-attack run id or prefix [default: the latest].")
     ] = None,
-    split: Annotated[str | None, typer.Option("--split", help="test, val, train or all [default: test].")] = None,
+    split: Annotated[str | None, typer.Option("--split", help=SPLIT_HELP)] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -121,8 +130,7 @@ def attack(
         str | None,
         typer.Option(
             "--cells",
-            help="observed (each sample changes only its own measured cells) or all (every cell, Sun et al.) "
-            "[default: attack.cells].",
+            help=CELLS_HELP,
         ),
     ] = None,
     include_misclassified: Annotated[
@@ -136,7 +144,8 @@ def attack(
 ) -> None:
     """Attack a split with the best settings of a tune-attack run, against the model it was tuned on.
 
-    Ctrl-C keeps the finished batches (the run is marked interrupted); --resume ID completes it.
+    Ctrl-C or SIGTERM keeps the finished batches (the run is marked interrupted, exit code 130);
+    --resume ID completes it.
     With --shard i/n only every n-th batch is attacked (run the n shards anywhere, e.g. in parallel).
     """
     from lstm_adv.attack import Shard, merge_attack_shards, run_attack
@@ -151,19 +160,21 @@ def attack(
     tuned_run = store.resolve(tuned, "tune-attack") if (tuned or not resumed) else None
     with _batch_progress() as progress:
         run = run_attack(store, tuned_run, config, split=split, shard=parsed, resume=resumed, progress=progress)
-    render_attack(run, console)
-    if run.manifest.status == "interrupted":
-        console.print(f"interrupted: finished batches kept; continue with `lstm-adv attack --resume {run.id}`")
-    console.print(f"attack run {run.id}")
     summary = run.summary_as(AttackSummary)
+    batches = summary.batches
+    stop_if_interrupted(run, f"{batches.done} of {counted(batches.total, 'batch', 'batches')}")
+    render_attack(run, console)
+    console.print(f"attack run {run.id}")
     if summary.shard and run.manifest.status == "complete":
         count = Shard.parse(summary.shard).count
         tuned_of_run = store.get(str(summary.tune_attack_run), kind="tune-attack")
         merged = merge_attack_shards(store, tuned_of_run, split=summary.split, count=count)
         if merged is None:
             console.print(f"shard {summary.shard} done; the shards are merged once all {count} have finished")
-        else:
+        elif run.id in merged.manifest.parents:
             console.print(f"all {count} shards finished: merged attack run {merged.id}")
+        else:
+            console.print(f"these {count} shards were merged before: attack run {merged.id}")
 
 
 @contextmanager
@@ -176,6 +187,7 @@ def _batch_progress() -> Iterator[Any]:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a finished transient bar still leaves a blank line in logs
     ) as progress:
         task = progress.add_task("", total=None)
 
@@ -203,6 +215,7 @@ def render_tuning(run: Run, out: Console) -> None:
         f"{s.subset_size} training samples (seed {s.subset_seed}), model {s.model_run}; decision rule "
         f"{_rule(s.decision, s.threshold)}; cells {s.cells}"
     )
+    out.print(dashboard_hint(run, s.storage), highlight=False, soft_wrap=True)
     best = s.best
     if best is None or best.settings is None:
         out.print("no completed trial yet")

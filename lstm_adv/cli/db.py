@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lstm_adv.cli._common import console, state
-from lstm_adv.database.connection import connect, describe_source
-from lstm_adv.database.demo import load_demo as load_demo_tables
-from lstm_adv.database.server import ROLE, ServerInfo, password_protected, server_status, start_server, stop_server
+
+if TYPE_CHECKING:
+    from lstm_adv.database.server import ServerInfo
 
 app = typer.Typer(
     help=(
@@ -39,6 +39,8 @@ def start(ctx: typer.Context, port: PortOption = None) -> None:
     Running it again is harmless: a running server is reused. Every login needs a password; the DSN
     names the file that holds it (`passfile=`), so it is safe to print and to paste into a command line.
     """
+    from lstm_adv.database.server import server_status, start_server
+
     cli = state(ctx)
     pg_dir = cli.workspace().pg_dir
     already = server_status(pg_dir)
@@ -52,6 +54,8 @@ def start(ctx: typer.Context, port: PortOption = None) -> None:
 @app.command("status")
 def status(ctx: typer.Context) -> None:
     """Say whether the embedded server runs, and where (port, DSN, data folder)."""
+    from lstm_adv.database.server import server_status
+
     pg_dir = state(ctx).workspace().pg_dir
     info = server_status(pg_dir)
     if info is None:
@@ -64,6 +68,8 @@ def status(ctx: typer.Context) -> None:
 
 def _protection(info: ServerInfo) -> str:
     """One line on how clients log in to the server ``info``."""
+    from lstm_adv.database.server import ROLE, password_protected
+
     if not password_protected(info.data_dir.parent):
         return "password protection: off (made by an older lstm-adv); `lstm-adv db start` turns it on"
     return (
@@ -75,6 +81,8 @@ def _protection(info: ServerInfo) -> str:
 @app.command("stop")
 def stop(ctx: typer.Context) -> None:
     """Stop the embedded server (its data stays; `lstm-adv db start` brings it back)."""
+    from lstm_adv.database.server import stop_server
+
     pg_dir = state(ctx).workspace().pg_dir
     if stop_server(pg_dir):
         console.print("embedded PostgreSQL stopped")
@@ -102,6 +110,10 @@ def load_demo(
     Starts the server if needed and replaces the demo's seven tables (patients, admissions, icustays,
     chartevents, labevents, d_items, d_labitems) in the schema.
     """
+    from lstm_adv.database.connection import connect, describe_source
+    from lstm_adv.database.demo import load_demo as load_demo_tables
+    from lstm_adv.database.server import start_server
+
     cli = state(ctx)
     config = cli.config({"database.schema": schema, "embedded.port": port})
     target = dsn or start_server(cli.workspace().pg_dir, config.embedded).dsn

@@ -113,7 +113,9 @@ def robustness(
     target: Annotated[
         int | None, typer.Option("--target", help="Targeted PGD towards this class (0: deaths → survivals).")
     ] = None,
-    split: Annotated[str | None, typer.Option("--split", help="test, validation or train [default: test].")] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="test, validation (or val) or train [default: test].")
+    ] = None,
     l1_iterations: Annotated[
         int | None,
         typer.Option(
@@ -175,6 +177,7 @@ def _progress(what: str, total: int) -> Iterator[Any]:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a finished transient bar still leaves a blank line in logs
     ) as progress:
         task = progress.add_task("", total=total)
         yield lambda description: progress.update(task, advance=1, description=description)
@@ -189,21 +192,41 @@ def render_robustness(run: Run, out: Console) -> None:
     """Per model and ε: clean / robust accuracy, robust recall of deaths, AUROC under attack; L1 before vs after."""
     summary = run.summary_as(RobustnessSummary)
     defenses = {str(m.model): m.defense for m in summary.models}
+    rules = Table("model", "defense", "decision rule", "attack pool", title="models (each judged at its own rule)")
+    rules.columns[0].no_wrap = True
+    for m in summary.models:
+        key = str(m.model)
+        rules.add_row(key, m.defense, summary.decisions.get(key, "?"), str(summary.pool.get(key, "?")))
+    out.print(rules)
+    out.print(f"cells the L1 attack may change: {summary.cells}", highlight=False)
     table = Table(
         "model", "defense", "ε", *_SHOWN, title=f"fresh {summary.attack} on the {summary.split} split (n={summary.n})"
     )
+    table.columns[0].no_wrap = True  # ids are never cut to an ambiguous prefix
     for row in summary.table:
         values = (row.clean_accuracy, row.robust_accuracy, row.robust_recall, row.robust_auroc, row.success_rate)
         table.add_row(str(row.model), defenses.get(str(row.model), "?"), f"{row.eps:g}", *map(_value, values))
     out.print(table)
     if summary.l1.by_model:
-        l1_table = Table("model", "defense", "attacked", "success rate", "mean L0", "mean L1", title="sparse L1 attack")
+        tuned = f" (settings of {summary.l1.tuned})" if summary.l1.tuned is not None else ""
+        l1_table = Table(
+            "model",
+            "defense",
+            "attacked",
+            "success rate",
+            "median L0 sparse",
+            "mean L0 best",
+            "mean L1 best",
+            title=f"tuned sparse L1 attack{tuned}",
+        )
+        l1_table.columns[0].no_wrap = True
         for model, stats in summary.l1.by_model.items():
             l1_table.add_row(
                 model,
                 defenses.get(model, "?"),
                 f"{stats.get('attacked') or 0:.0f}",
                 _value(stats.get("success_rate")),
+                _value(stats.get("median_l0_sparse")),
                 _value(stats.get("mean_l0")),
                 _value(stats.get("mean_l1")),
             )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.status import Status
 from rich.table import Table
 
 from lstm_adv.cli._common import console, state
-from lstm_adv.pipeline import StageOutcome, run_demo
-from lstm_adv.reports import report_files
+
+if TYPE_CHECKING:
+    from lstm_adv.pipeline import StageOutcome
 
 
 class _RichListener:
@@ -54,6 +55,9 @@ def demo(
     then runs each stage in order and prints the runs it made. Re-running reuses runs whose
     inputs and settings are unchanged; --fresh recomputes everything.
     """
+    from lstm_adv.pipeline import run_demo
+    from lstm_adv.reports import report_files
+
     cli = state(ctx)
     result = run_demo(cli.workspace(), cli.config(), fresh=fresh, synthetic=synthetic, listener=_RichListener())
     table = Table("stage", "run", "time", title="lstm-adv demo")
@@ -72,3 +76,8 @@ def demo(
         html, pdf = report_files(report)
         console.print(f"report: {html}\n        {pdf}", highlight=False, soft_wrap=True)
     console.print("inspect any run with `lstm-adv runs show <id>`; all runs: `lstm-adv runs list`")
+    console.print(
+        f"the embedded PostgreSQL keeps running (DSN: {result.server_dsn}); stop it with `lstm-adv db stop`",
+        highlight=False,
+        soft_wrap=True,
+    )

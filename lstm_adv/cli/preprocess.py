@@ -10,7 +10,6 @@ from rich.table import Table
 
 from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
-from lstm_adv.preprocess import run_preprocess
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import FeaturesSummary
 
@@ -53,6 +52,8 @@ def preprocess(
     Prints the new features run id; `lstm-adv runs show <id>` shows its shape, class balance, missingness and
     how much of each feature was measured rather than filled.
     """
+    from lstm_adv.preprocess import run_preprocess
+
     cli = state(ctx)
     config = cli.config(
         {
@@ -64,7 +65,8 @@ def preprocess(
     )
     with console.status("preprocessing…"):
         run = run_preprocess(cli.workspace().store, data, config)
-    console.print(str(run.id))
+    render_features(run, console)
+    console.print(f"features run {run.id}")
 
 
 @register("features")

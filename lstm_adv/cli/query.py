@@ -10,7 +10,6 @@ from rich.table import Table
 
 from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
-from lstm_adv.query import run_cohort_query
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import QuerySummary
 
@@ -47,6 +46,8 @@ def query(
     Pass the id (or nothing, for the latest) to `lstm-adv preprocess`. Needs only CONNECT, USAGE and
     SELECT on the MIMIC-III tables: nothing is written to the database.
     """
+    from lstm_adv.query import run_cohort_query
+
     cli = state(ctx)
     config = cli.config({"database.schema": schema, "cohort.features_file": features})
     dsn, source = cli.database(dsn, config)

@@ -49,7 +49,7 @@ def report(
     logging.getLogger("traitlets").setLevel(logging.ERROR)
     cli = state(ctx)
     workspace = cli.workspace()
-    run = workspace.store.get(run_id)
+    run = workspace.store.get_complete(run_id)
     with console.status(f"rendering the report of {run.id}…"):
         result = render_report(
             run,

@@ -13,6 +13,7 @@ from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import render_summary
 from lstm_adv.domain.errors import LstmAdvError
 from lstm_adv.domain.run_id import KINDS
+from lstm_adv.results.describe import headline
 from lstm_adv.results.store import Run, RunStore
 
 app = typer.Typer(
@@ -24,19 +25,51 @@ app = typer.Typer(
 def list_runs(
     ctx: typer.Context,
     kind: Annotated[str | None, typer.Option(help=f"Only runs of this kind ({', '.join(KINDS)}).")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list (each run's manifest and its headline) instead.")
+    ] = False,
 ) -> None:
-    """List finished runs, oldest first."""
-    runs = state(ctx).workspace().store.list(kind)
+    """List finished runs, oldest first, with one headline figure each (and say when killed commands left
+    temporary runs behind)."""
+    store = state(ctx).workspace().store
+    runs = store.list(kind)
+    if as_json:
+        listed = [{"headline": headline(run), "manifest": run.manifest.to_data()} for run in runs]
+        typer.echo(json.dumps(listed, indent=2))
+        return
     if not runs:
         console.print("no runs yet — start with `lstm-adv demo` or `lstm-adv query`")
+    else:
+        console.print(_table(runs))
+    stale = store.stale()
+    if stale:
+        console.print(
+            f"{len(stale)} stale temporary run(s) under {store.root / '.tmp'}, left by killed commands: "
+            f"{', '.join(p.name for p in stale)}; remove them with `lstm-adv runs clean`",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@app.command("clean")
+def clean_runs(ctx: typer.Context) -> None:
+    """Remove the temporary runs that killed commands left behind (never a run that is being written)."""
+    removed = state(ctx).workspace().store.clean()
+    if not removed:
+        console.print("no stale temporary runs")
         return
-    table = Table("id", "kind", "created (UTC)", "status", "parents")
+    console.print(f"removed {len(removed)} stale temporary run(s): {', '.join(removed)}", highlight=False)
+
+
+def _table(runs: list[Run]) -> Table:
+    table = Table("id", "kind", "created (UTC)", "status", "headline", "parents")
     table.columns[0].no_wrap = True
+    table.columns[5].overflow = "fold"  # ids are never cut to an ambiguous prefix
     for run in runs:
         parents = ", ".join(str(p) for p in run.manifest.parents) or "—"
         created = f"{run.manifest.created:%Y-%m-%d %H:%M:%S}"
-        table.add_row(str(run.id), run.kind, created, run.manifest.status, parents)
-    console.print(table)
+        table.add_row(str(run.id), run.kind, created, run.manifest.status, headline(run), parents)
+    return table
 
 
 @app.command("show")
@@ -46,11 +79,15 @@ def show_run(
     show_config: Annotated[
         bool, typer.Option("--show-config", help="Also print the run's full effective configuration.")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's manifest as JSON instead.")] = False,
 ) -> None:
     """Show one run: manifest, lineage and what it holds."""
     store = state(ctx).workspace().store
     run = store.get(run_id)
     manifest = run.manifest
+    if as_json:
+        typer.echo(json.dumps(manifest.to_data(), indent=2))
+        return
     console.print(f"[bold]{run.id}[/]  kind={run.kind}  status={manifest.status}")
     console.print(
         f"created {manifest.created:%Y-%m-%d %H:%M:%S} UTC, lstm-adv {manifest.package_version}, "

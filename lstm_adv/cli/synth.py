@@ -12,8 +12,6 @@ from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import SynthSummary
-from lstm_adv.synth import check_request, run_synth
-from lstm_adv.synth.service import check_schema_name
 
 
 def synth(
@@ -51,6 +49,9 @@ def synth(
     Each admission's true death probability goes to the synth run (truth.parquet) and to table
     `<schema>.synth_truth`, so the best achievable AUROC (oracle AUROC) of any split is known.
     """
+    from lstm_adv.synth import check_request, run_synth
+    from lstm_adv.synth.service import check_schema_name
+
     cli = state(ctx)
     config = cli.config({"synth.admissions": admissions, "synth.seed": seed, "synth.schema": schema})
     check_request(config.synth.admissions, config.synth.seed)  # before starting a server

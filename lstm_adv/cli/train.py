@@ -13,7 +13,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lstm_adv.cli._common import console, fail, state, trial_progress
+from lstm_adv.cli._common import (
+    STORAGE_HELP,
+    console,
+    counted,
+    dashboard_hint,
+    fail,
+    state,
+    stop_if_interrupted,
+    trial_progress,
+)
 from lstm_adv.cli.summaries import register
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.results.store import Run
@@ -66,7 +75,7 @@ def train(
     features_run = store.resolve(data, "features")
     extra: list[RunId] = []
     if tuned_model is not None:
-        tune_run = store.get(tuned_model, kind="tune-model")
+        tune_run = store.get_complete(tuned_model, kind="tune-model")
         number, hyper = trial_params(tune_run, trial)
         extra.append(tune_run.id)
         console.print(f"hyperparameters of trial {number} of {tune_run.id}")
@@ -96,8 +105,7 @@ def tune_model(
         str | None,
         typer.Option(
             "--storage",
-            help="Optuna storage URL, e.g. postgresql://user:pw@host:5432/db, shared by workers on many machines "
-            "[default: a file inside the run].",
+            help=STORAGE_HELP,
         ),
     ] = None,
     resume: Annotated[
@@ -108,7 +116,8 @@ def tune_model(
 ) -> None:
     """Search the BiLSTM hyperparameter space with Optuna (TPE, median pruning on validation AUROC).
 
-    Ctrl-C keeps the finished trials (the run is marked interrupted); --resume ID continues it.
+    Ctrl-C or SIGTERM keeps the finished trials (the run is marked interrupted, exit code 130);
+    --resume ID continues the search where it stopped, re-running the interrupted trial first.
     Every completed trial's weights are kept, so `train --tuned-model <id>` or an attack can use them.
     """
     import optuna
@@ -133,9 +142,9 @@ def tune_model(
             workers=workers,
             on_trial=on_trial,
         )
+    states = run.summary_as(TuneModelSummary).states
+    stop_if_interrupted(run, counted(states.get("complete", 0) + states.get("pruned", 0), "trial"))
     render_tuning(run, console)
-    if run.manifest.status == "interrupted":
-        console.print(f"interrupted: finished trials kept; continue with `lstm-adv tune-model --resume {run.id}`")
     console.print(f"tune-model run {run.id}")
 
 
@@ -149,6 +158,7 @@ def _epoch_progress(total: int) -> Iterator[Any]:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a finished transient bar still leaves a blank line in logs
     ) as progress:
         task = progress.add_task("", total=total)
 
@@ -189,9 +199,17 @@ def render_model(run: Run, out: Console) -> None:
     out.print(table)
     (tn, fp), (fn, tp) = summary.confusion_matrix or ((0, 0), (0, 0))
     n, prevalence = summary.n or {}, summary.prevalence or {}
-    out.print(
-        f"threshold {_fixed(summary.threshold)} (max F1 on validation); confusion tn={tn} fp={fp} fn={fn} tp={tp}"
+    rule = (
+        "argmax (t = 0.5)"
+        if summary.decision == "argmax"
+        else f"threshold t = {_fixed(summary.threshold)} (max F1 on validation)"
     )
+    out.print(f"decision rule: {rule}; confusion tn={tn} fp={fp} fn={fn} tp={tp}")
+    if summary.saturated is not None:
+        out.print(
+            f"[yellow]warning: this model is saturated: {summary.saturated}; attacks will refuse it. Try a "
+            "bounded activation (tanh) or a lower learning rate.[/yellow]"
+        )
     out.print(
         f"best epoch {summary.best_epoch} of {summary.epochs_run}; n train/val/test "
         f"{n.get('train')}/{n.get('validation')}/{n.get('test')}; test prevalence "
@@ -206,6 +224,7 @@ def render_tuning(run: Run, out: Console) -> None:
     summary = run.summary_as(TuneModelSummary)
     states = ", ".join(f"{count} {state}" for state, count in summary.states.items()) or "none"
     out.print(f"study {summary.study_name} in {summary.storage}: {summary.n_trials} trials ({states})")
+    out.print(dashboard_hint(run, summary.storage), highlight=False, soft_wrap=True)
     best = summary.best
     if best is None or best.params is None:
         out.print("no completed trial yet")

@@ -1,11 +1,10 @@
-"""Connecting to PostgreSQL with one clear line per failure, and DSNs that never show a password."""
+"""Connecting to PostgreSQL with one clear line per failure that never shows a password."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import re
-import urllib.parse
 from typing import Any
 
 import attrs
@@ -13,6 +12,7 @@ import psycopg
 from psycopg import conninfo
 
 from lstm_adv.domain.errors import DatabaseError
+from lstm_adv.redaction import scrub
 
 EMBEDDED_HINT = "is the server running? for the embedded server run `lstm-adv db start`"
 _MIN_TIMEOUT_S = 2  # libpq treats smaller positive values as 2
@@ -58,7 +58,7 @@ def connect(dsn: str, *, timeout_s: int = 5, autocommit: bool = False) -> psycop
     try:
         return psycopg.connect(dsn, connect_timeout=timeout_s, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(_explain(str(exc), target, timeout_s)) from None
+        raise DatabaseError(_explain(scrub(str(exc), dsn), target, timeout_s)) from None
 
 
 def _explain(text: str, target: Target, timeout_s: int) -> str:
@@ -96,20 +96,6 @@ def _reason(text: str) -> str:
     first = text.strip().splitlines()[0] if text.strip() else "no answer"
     reason = first.rsplit("failed:", 1)[-1].strip()
     return reason.removeprefix("FATAL:").strip() or "no answer"
-
-
-def redact_dsn(dsn: str) -> str:
-    """``dsn`` without its password (URL or ``key=value`` form, as given); safe for logs and manifests."""
-    if "://" in dsn:
-        parts = urllib.parse.urlsplit(dsn)
-        netloc = parts.netloc.rsplit("@", 1)
-        if len(netloc) == 2:
-            netloc[0] = netloc[0].split(":", 1)[0]
-        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
-        return urllib.parse.urlunsplit(parts._replace(netloc="@".join(netloc), query=urllib.parse.urlencode(query)))
-    params = _parse(dsn)
-    params.pop("password", None)
-    return conninfo.make_conninfo(**params)
 
 
 def describe_source(dsn: str) -> str:

@@ -46,6 +46,10 @@ class RunKindError(LstmAdvError, ValueError):
     """A run of the wrong kind was given as a parent."""
 
 
+class RunStatusError(LstmAdvError, ValueError):
+    """An interrupted run was given where a complete one is needed (only ``--resume`` takes it)."""
+
+
 class RunStoreError(LstmAdvError, OSError):
     """The run store cannot be read or written."""
 
@@ -62,5 +66,17 @@ class DataError(LstmAdvError, ValueError):
     """Input data (demo files, query results, tensors) are missing or malformed."""
 
 
+class ChecksumError(DataError):
+    """A stored file no longer matches the checksum its run's manifest recorded."""
+
+
+class RunInterruptedError(LstmAdvError):
+    """A long command stopped on Ctrl-C or SIGTERM after keeping what it finished; the CLI exits with 130."""
+
+
 class ReportError(LstmAdvError, RuntimeError):
     """A report cannot be rendered: no document for the run kind, a failing cell, a missing tool."""
+
+
+class DeviceMemoryError(LstmAdvError, MemoryError):
+    """Not even the smallest batch of a piece of work fits in the device's memory."""

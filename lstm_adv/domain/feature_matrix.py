@@ -15,12 +15,11 @@ import numpy as np
 import numpy.typing as npt
 
 from lstm_adv.domain.errors import ConfigError, DataError, ValidationError
-from lstm_adv.domain.shapes import N_FEATURES
+from lstm_adv.domain.shapes import N_FEATURES, SPLIT_ALIASES
 from lstm_adv.domain.shapes import N_HOURS as WINDOW_HOURS
 
 SPLITS = ("train", "validation", "test")
 #: Other names accepted for a split (``val`` = ``validation``); ``all`` selects every sample.
-SPLIT_ALIASES = {"val": "validation"}
 SELECTIONS = (*SPLITS, "all")
 
 

@@ -1,4 +1,4 @@
-"""The shapes every model input and perturbation shares, defined once.
+"""The shapes every model input and perturbation shares (and the split names' aliases), defined once.
 
 A sample is 48 hourly steps of 19 features; the model scores 2 classes (0 survived, 1 died).
 """
@@ -10,3 +10,5 @@ N_FEATURES = 19
 N_CLASSES = 2
 CELL_SHAPE = (N_HOURS, N_FEATURES)
 N_CELLS = N_HOURS * N_FEATURES
+#: Short names accepted for a split wherever one is named (``val`` → ``validation``).
+SPLIT_ALIASES = {"val": "validation"}

@@ -7,10 +7,14 @@ naming the run and the fix. torch is imported only by the functions that need it
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Mapping
+import pickle
+import shutil
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import numpy as np
@@ -24,7 +28,7 @@ from lstm_adv.domain.perturbation import AttackBatchResult
 from lstm_adv.domain.stay import Stay
 from lstm_adv.models.hyperparameters import Hyperparameters
 from lstm_adv.resources import read_feature_definitions
-from lstm_adv.results.converter import structure, unstructure
+from lstm_adv.results.converter import describe_error, structure, unstructure
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import (
     FeaturesSummary,
@@ -39,6 +43,10 @@ if TYPE_CHECKING:
     import torch
 
     from lstm_adv.models.bilstm import BiLSTM
+
+T = TypeVar("T")
+# What reading a damaged or truncated file raises (npz files are zip archives; torch files too).
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
 
 # query runs: one Parquet table each
 QUERY_TABLES = ("stays", "admissions", "vitals", "labs", "bloodgas")
@@ -100,15 +108,44 @@ def jsonable(data: Any) -> Any:
     return data
 
 
+def copy_stored(run: Run, folder: str, destination: Path) -> None:
+    """Copy every file of ``run`` under ``folder`` to the same place under ``destination``, each checked first."""
+    prefix = folder.rstrip("/") + "/"
+    for name in sorted(run.manifest.checksums):
+        if name.startswith(prefix):
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run.file(name), target)
+
+
 def write_json(path: Path, data: Any) -> None:
     """JSON with non-finite numbers as null."""
     path.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False), encoding="utf-8")
 
 
+def read_stored(run: Run, name: str, read: Callable[[Path], T], *, what: str) -> T:
+    """``read(path)`` of file ``name`` of ``run`` (checked against its checksum); a damaged file is one line."""
+    path = run.file(name)
+    try:
+        return read(path)
+    except DataError:  # the reader's own message (e.g. missing arrays)
+        raise
+    except UNREADABLE as exc:
+        raise DataError(
+            f"run {run.id}: {name} cannot be read as {what} ({_first_line(exc)}); re-run the stage that wrote it"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def read_json(run: Run, name: str) -> Any:
     """A JSON file of ``run``; a missing or malformed file is a :class:`DataError`."""
+    path = run.file(name)  # outside the try: a checksum mismatch is its own message
     try:
-        return json.loads(run.file(name).read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DataError(f"run {run.id}: {name} is not valid JSON ({exc}); re-run the stage") from None
 
@@ -117,8 +154,9 @@ def read_table(run: Run, name: str, columns: list[str] | None = None) -> pd.Data
     """A stored Parquet table of ``run`` (some ``columns`` only); unreadable is a :class:`DataError`."""
     import pyarrow.parquet as pq
 
+    path = run.file(name)  # outside the try: a checksum mismatch is its own message
     try:
-        frame: pd.DataFrame = pq.read_table(run.file(name), columns=columns).to_pandas()
+        frame: pd.DataFrame = pq.read_table(path, columns=columns).to_pandas()
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"run {run.id}: {name} cannot be read ({exc}); re-run the stage") from None
     return frame
@@ -164,7 +202,7 @@ def load_truth(run: Run) -> pd.DataFrame:
     """The ``truth.parquet`` of a synth run: hadm_id, death_probability, label, severity per admission."""
     if run.kind != "synth":
         raise DataError(f"run {run.id} is a {run.kind} run; the synthetic truth is stored by synth runs")
-    truth = pd.read_parquet(run.file(TRUTH_FILE))
+    truth = read_table(run, TRUTH_FILE)
     missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
     if missing:
         raise DataError(f"run {run.id}: {TRUTH_FILE} lacks column(s) {', '.join(missing)}; regenerate it")
@@ -195,7 +233,7 @@ def find_synth_run(store: RunStore, query_run: Run) -> Run | None:
 
 def load_features(run: Run) -> FeatureMatrix:
     """The FeatureMatrix stored in a features run."""
-    return FeatureMatrix.from_npz(run.file(FEATURES_FILE))
+    return read_stored(run, FEATURES_FILE, FeatureMatrix.from_npz, what="a feature matrix")
 
 
 def save_features(folder: Path, matrix: FeatureMatrix) -> None:
@@ -228,7 +266,10 @@ def save_model(folder: Path, model: BiLSTM) -> None:
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / MODEL_FILE)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    # written by Python, so a full disk is an OSError (torch's own writer reports it as a RuntimeError)
+    (folder / MODEL_FILE).write_bytes(buffer.getvalue())
     write_json(folder / PARAMS_FILE, model.params.to_dict())
 
 
@@ -237,7 +278,9 @@ def load_params(path: Path) -> Hyperparameters:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path} cannot be read as hyperparameters ({exc}); re-run the stage that wrote it") from None
+        raise DataError(
+            f"{path} cannot be read as hyperparameters ({_first_line(exc)}); re-run the stage that wrote it"
+        ) from None
     if not isinstance(data, dict):
         raise DataError(f"{path} must hold a table of hyperparameters")
     return Hyperparameters.from_mapping(data, origin=str(path))
@@ -245,15 +288,40 @@ def load_params(path: Path) -> Hyperparameters:
 
 def load_model(folder: Path, *, device: str | torch.device = "cpu") -> BiLSTM:
     """A trained BiLSTM from a folder holding ``params.json`` and ``model.pt`` (a model run or a tuning trial)."""
+    params_path, weights_path = folder / PARAMS_FILE, folder / MODEL_FILE
+    if not params_path.is_file() or not weights_path.is_file():
+        raise DataError(f"{folder} holds no trained model ({PARAMS_FILE} and {MODEL_FILE}); train one first")
+    return _build_model(params_path, weights_path, device=device, origin=str(folder))
+
+
+def load_run_model(run: Run, trial: int | None = None, *, device: str | torch.device = "cpu") -> BiLSTM:
+    """The BiLSTM of a model run, or of trial ``trial`` of a tune-model run; its files are checked first."""
+    prefix = "" if trial is None else f"{TRIALS_DIR}/{trial}/"
+    params_path, weights_path = run.file(prefix + PARAMS_FILE), run.file(prefix + MODEL_FILE)
+    return _build_model(params_path, weights_path, device=device, origin=f"run {run.id}: {prefix}")
+
+
+def _build_model(params_path: Path, weights_path: Path, *, device: str | torch.device, origin: str) -> BiLSTM:
     import torch
 
     from lstm_adv.models.bilstm import BiLSTM
 
-    params_path, weights_path = folder / PARAMS_FILE, folder / MODEL_FILE
-    if not params_path.is_file() or not weights_path.is_file():
-        raise DataError(f"{folder} holds no trained model ({PARAMS_FILE} and {MODEL_FILE}); train one first")
     model = BiLSTM(load_params(params_path))
-    model.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
+    try:
+        state = torch.load(weights_path, map_location=device, weights_only=True)
+    except (*UNREADABLE, RuntimeError) as exc:
+        # torch's unpickling message advises weights_only=False, which would run code from the file: not shown
+        reason = "not a weights file" if isinstance(exc, pickle.UnpicklingError) else _first_line(exc)
+        raise DataError(
+            f"{origin}{MODEL_FILE} cannot be read as model weights ({reason}); re-run the stage that wrote it"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):
+        raise DataError(
+            f"{origin}{MODEL_FILE} does not hold weights of the network in {PARAMS_FILE}; re-run the stage that "
+            "wrote them"
+        ) from None
     return model.to(device).eval()
 
 
@@ -267,7 +335,7 @@ def load_trained_model(run: Run, *, device: str | torch.device = "cpu") -> BiLST
     """The BiLSTM of a model run (not a cross-validation run: those hold one model per fold)."""
     if is_cv_run(run):
         raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
-    return load_model(run.path, device=device)
+    return load_run_model(run, device=device)
 
 
 @attrs.frozen
@@ -327,7 +395,7 @@ def trial_params(run: Run, number: int | None = None) -> tuple[int, Hyperparamet
 
 def load_attack_result(run: Run) -> AttackBatchResult:
     """The per-sample results of an attack run."""
-    return AttackBatchResult.from_npz(run.file(RESULTS_FILE))
+    return read_stored(run, RESULTS_FILE, AttackBatchResult.from_npz, what="attack results")
 
 
 def save_attack_result(folder: Path, result: AttackBatchResult) -> None:
@@ -347,5 +415,8 @@ def load_tuned_settings(run: Run) -> TunedAttackSettings | None:
     data = read_json(run, BEST_PARAMS_FILE)
     try:
         return structure(data, TunedAttackSettings)
-    except Exception:  # cattrs raises exception groups
-        raise DataError(f"run {run.id}: {BEST_PARAMS_FILE} does not hold attack settings; re-run the tuning") from None
+    except Exception as exc:  # cattrs raises exception groups
+        raise DataError(
+            f"run {run.id}: {BEST_PARAMS_FILE} does not hold attack settings "
+            f"({describe_error(exc, TunedAttackSettings)}); re-run the tuning"
+        ) from None

@@ -2,18 +2,28 @@
 
 A run is written into ``runs/.tmp/<id>`` and renamed into place only after its manifest
 (with the checksums of every file) is on disk, so a crash or Ctrl-C never leaves a folder
-that looks complete.
+that looks complete. While a run is written its process holds a lock on ``runs/.tmp/<id>.lock``;
+a temporary folder whose lock nobody holds was left by a killed process (:meth:`RunStore.stale`,
+removed by :meth:`RunStore.clean`).
+
+Runs hold credentialed, patient-level data: run folders are readable by their owner only (0700,
+files 0600). A stored file is checked against its manifest's checksum when a stage reads it
+(:meth:`Run.file`; each file is hashed once per process). Only complete runs are parents:
+:meth:`RunStore.resolve` and :meth:`RunStore.latest` never pick an interrupted run.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -26,10 +36,13 @@ import attrs
 import lstm_adv
 from lstm_adv.domain.errors import (
     AmbiguousRunError,
+    ChecksumError,
     DataError,
+    LstmAdvError,
     RunIdError,
     RunKindError,
     RunNotFoundError,
+    RunStatusError,
     RunStoreError,
 )
 from lstm_adv.domain.run_id import KINDS, RunId
@@ -41,6 +54,9 @@ T = TypeVar("T")
 
 MANIFEST = "manifest.json"
 _TMP = ".tmp"
+_LOCK = ".lock"
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
 
 
 @attrs.frozen
@@ -68,11 +84,25 @@ class Run:
             raise DataError(f"run {self.id} ({self.kind}) holds {what}, not a {kind.__name__}; re-run its stage")
         return summary
 
+    @property
+    def complete(self) -> bool:
+        """Whether the run finished (an interrupted run is only good for ``--resume``)."""
+        return self.manifest.status == "complete"
+
     def file(self, name: str) -> Path:
-        """Path of a stored file; a missing file is a :class:`DataError` naming the run."""
+        """Path of a stored file, checked against the manifest's checksum.
+
+        A missing file is a :class:`DataError`, a changed one a :class:`ChecksumError`, both naming the run.
+        """
         path = self.path / name
         if not path.exists():
             raise DataError(f"run {self.id} has no file {name!r}; the run folder {self.path} is incomplete")
+        expected = self.manifest.checksums.get(name)
+        if expected is not None and path.is_file() and cached_sha256(path) != expected:
+            raise ChecksumError(
+                f"run {self.id}: {name} no longer matches the checksum in its manifest (it changed after the run "
+                "was written); restore the file or re-run the stage that wrote it"
+            )
         return path
 
     def verify(self) -> list[str]:
@@ -80,17 +110,27 @@ class Run:
         bad = []
         for name, expected in self.manifest.checksums.items():
             path = self.path / name
-            if not path.exists() or sha256_file(path) != expected:
+            if not path.is_file() or cached_sha256(path) != expected:
                 bad.append(name)
         return bad
+
+    def check_complete(self) -> Run:
+        """This run if it is complete; an interrupted run is a :class:`RunStatusError` saying how to resume it."""
+        if self.complete:
+            return self
+        raise RunStatusError(
+            f"run {self.id} is an {self.manifest.status} {self.kind} run; only `--resume` takes it: "
+            f"finish it with `lstm-adv {self.kind} --resume {self.id}` and use the new run"
+        )
 
 
 class RunWriter:
     """Collects a run's files in a temporary folder; :meth:`commit` publishes them atomically."""
 
-    def __init__(self, store: RunStore, manifest: Manifest) -> None:
+    def __init__(self, store: RunStore, manifest: Manifest, lock: int) -> None:
         self._store = store
         self._manifest = manifest
+        self._lock: int | None = lock
         self.path = store.root / _TMP / str(manifest.id)
         self.summary: RunSummary | None = manifest.summary
         self.committed: Run | None = None
@@ -107,9 +147,10 @@ class RunWriter:
         return path
 
     def commit(self, *, status: str = "complete") -> Run:
-        """Checksum every file, write the manifest, and rename the folder into place."""
+        """Close the files to others, checksum them, write the manifest, and rename the folder into place."""
+        _owner_only(self.path)
         checksums = {
-            str(p.relative_to(self.path)): sha256_file(p)
+            p.relative_to(self.path).as_posix(): sha256_file(p)
             for p in sorted(self.path.rglob("*"))
             if p.is_file() and p.name != MANIFEST
         }
@@ -119,11 +160,20 @@ class RunWriter:
         os.replace(self.path, final)
         _fsync_dir(self._store.root)
         self.committed = Run(manifest=manifest, path=final)
+        self._unlock()
         return self.committed
 
     def discard(self) -> None:
         """Remove the temporary folder; nothing of the run remains."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self.path.with_name(self.path.name + _LOCK).unlink()
+            os.close(self._lock)  # closing releases the lock
+            self._lock = None
 
     def __enter__(self) -> RunWriter:
         return self
@@ -132,9 +182,24 @@ class RunWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is None and self.committed is None:
-            self.commit()
+            try:
+                self.commit()
+            except OSError as error:
+                self.discard()
+                raise self._not_written(error) from None
         elif exc_type is not None:
             self.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, LstmAdvError):
+                raise self._not_written(exc) from None
+
+    def _not_written(self, error: OSError) -> RunStoreError:
+        """One line for an operating-system error that stopped the run (disk full, read-only, name too long)."""
+        reason = (error.strerror or str(error) or type(error).__name__).lower()
+        where = f" ({error.filename})" if error.filename else ""
+        return RunStoreError(
+            f"{reason}{where} while writing {self._manifest.kind} run {self.id}: nothing of it was kept; "
+            f"{_fix(error.errno, self._store.root)}"
+        )
 
 
 class RunStore:
@@ -172,10 +237,52 @@ class RunStore:
             summary=summary,
         )
         try:
-            (self.root / _TMP / str(run_id)).mkdir(parents=True)
+            temporary = self._temporary_root()
+            lock = _lock(temporary / f"{run_id}{_LOCK}", wait=True)
+            (temporary / str(run_id)).mkdir(mode=FOLDER_MODE)
         except OSError as exc:
-            raise RunStoreError(f"cannot create a run under {self.root}: {exc.strerror}") from None
-        return RunWriter(self, manifest)
+            raise RunStoreError(
+                f"cannot create a run under {self.root}: {exc.strerror}; {_fix(exc.errno, self.root)}"
+            ) from None
+        assert lock is not None
+        return RunWriter(self, manifest, lock)
+
+    def _temporary_root(self) -> Path:
+        """``runs/.tmp``, made (owner only) when missing."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.root / _TMP):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=FOLDER_MODE)
+        return self.root / _TMP
+
+    def stale(self) -> builtins.list[Path]:
+        """Temporary run folders that no process is writing (left by a killed command), oldest first."""
+        temporary = self.root / _TMP
+        if not temporary.is_dir():
+            return []
+        found = []
+        for folder in sorted(p for p in temporary.iterdir() if p.is_dir()):
+            lock = _lock(temporary / f"{folder.name}{_LOCK}", wait=False)
+            if lock is not None:
+                os.close(lock)
+                found.append(folder)
+        return found
+
+    def clean(self) -> builtins.list[str]:
+        """Remove the stale temporary runs (see :meth:`stale`); returns their names."""
+        removed = []
+        for folder in self.stale():
+            lock = _lock(folder.with_name(folder.name + _LOCK), wait=False)
+            if lock is None:  # a writer took it meanwhile
+                continue
+            try:
+                shutil.rmtree(folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    folder.with_name(folder.name + _LOCK).unlink()
+            finally:
+                os.close(lock)
+            removed.append(folder.name)
+        return removed
 
     def list(self, kind: str | None = None) -> list[Run]:
         """Finished runs, oldest first, optionally of one kind."""
@@ -199,8 +306,13 @@ class RunStore:
         ref = ref.strip()
         if not ref:
             raise RunNotFoundError("an empty run id matches nothing; `lstm-adv runs list` shows the runs")
+        if ref.startswith(".") or "/" in ref or os.sep in ref or (os.altsep and os.altsep in ref):
+            raise RunNotFoundError(
+                f"{ref!r} is not a run id; give a run id or a unique prefix of one (runs of another folder: "
+                "--home <folder>); `lstm-adv runs list` shows the runs"
+            )
         exact = self.root / ref
-        if (exact / MANIFEST).is_file() and not ref.startswith("."):
+        if (exact / MANIFEST).is_file():
             run = self._load(exact)
         else:
             candidates = [r for r in self.list() if str(r.id).startswith(ref)]
@@ -215,18 +327,29 @@ class RunStore:
             raise RunKindError(f"run {run.id} is a {run.kind} run; this needs a {kind} run")
         return run
 
+    def get_complete(self, ref: str, *, kind: str | None = None) -> Run:
+        """Like :meth:`get`, for a run used as a parent: an interrupted run is a :class:`RunStatusError`."""
+        return self.get(ref, kind=kind).check_complete()
+
     def latest(self, kind: str) -> Run:
-        """The newest finished run of ``kind``."""
+        """The newest complete run of ``kind`` (interrupted runs are never a default)."""
         if kind not in KINDS:
             raise RunIdError(f"unknown run kind {kind!r}; kinds: {', '.join(KINDS)}")
         runs = self.list(kind)
-        if not runs:
-            raise RunNotFoundError(f"there is no {kind} run yet; create one first (see `lstm-adv --help`)")
-        return runs[-1]
+        complete = [run for run in runs if run.complete]
+        if complete:
+            return complete[-1]
+        if runs:
+            last = runs[-1]
+            raise RunNotFoundError(
+                f"there is no complete {kind} run yet; {last.id} is {last.manifest.status}: finish it with "
+                f"`lstm-adv {kind} --resume {last.id}`"
+            )
+        raise RunNotFoundError(f"there is no {kind} run yet; create one first (see `lstm-adv --help`)")
 
     def resolve(self, ref: str | None, kind: str) -> Run:
-        """``ref`` (id or prefix) if given, else the latest run of ``kind``."""
-        return self.get(ref, kind=kind) if ref else self.latest(kind)
+        """``ref`` (id or prefix) if given, else the latest run of ``kind``; either way a complete run."""
+        return self.get_complete(ref, kind=kind) if ref else self.latest(kind)
 
     def lineage(self, run: Run) -> builtins.list[Run]:
         """``run`` and its ancestors, breadth first; missing ancestors are skipped."""
@@ -257,6 +380,18 @@ class RunStore:
         return Run(manifest=manifest, path=folder)
 
 
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def cached_sha256(path: Path) -> str:
+    """:func:`sha256_file`, computed once per process for each version of a file (path, inode, size, times)."""
+    info = path.stat()
+    key = (str(path.absolute()), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -266,8 +401,40 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _owner_only(folder: Path) -> None:
+    """Make ``folder`` and everything in it readable by its owner only (folders 0700, files 0600)."""
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = FOLDER_MODE if path.is_dir() else FILE_MODE
+        if stat.S_IMODE(path.stat().st_mode) != mode:
+            path.chmod(mode)
+
+
+def _lock(path: Path, *, wait: bool) -> int | None:
+    """An open descriptor holding an exclusive lock on ``path`` (made owner-only), or None when it is held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _fix(code: int | None, root: Path) -> str:
+    """What to do about an operating-system error while writing under ``root``."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"free some space for {root} and run the command again"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {root} writable for you, or choose another --home"
+    if code == errno.ENAMETOOLONG:
+        return "choose a shorter --home"
+    return "run the command again"
+
+
 def _write_json(path: Path, data: Any) -> None:
-    with path.open("w", encoding="utf-8") as handle:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())

@@ -189,6 +189,7 @@ class DefenseSummary:
     regenerate: str
     regenerations: int
     original_model: RunId
+    batch_size: int | None = None  # PGD samples attacked at once (None in runs made before it was recorded)
 
 
 @attrs.frozen
@@ -218,6 +219,7 @@ class ModelSummary:
     defense: DefenseSummary | None = None
     features_run: RunId | None = None
     decision: str | None = None
+    saturated: str | None = None
 
 
 # --- attack -----------------------------------------------------------------------------------------------
@@ -248,6 +250,7 @@ class AttackTrial:
     last_step: int | None
     success_rate: float | None = None
     median_l0: float | None = None
+    batch_size: int | None = None  # samples attacked at once (None in runs made before it was recorded)
 
     @property
     def value(self) -> float | None:
@@ -393,6 +396,7 @@ class PgdRecord:
     random_start: bool
     loss: str
     seed: int
+    batch_size: int | None = None  # samples attacked at once (None in runs made before it was recorded)
 
 
 @attrs.frozen
@@ -420,6 +424,7 @@ class L1Record:
     settings: dict[str, Any]
     by_model: dict[str, dict[str, float | None]]
     tuned: RunId | None = None
+    batch_size: dict[str, int] = attrs.Factory(dict)  # per model: samples attacked at once
 
 
 @attrs.frozen

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import attrs
 
+from lstm_adv.domain.errors import ConfigError
 from lstm_adv.results.store import RunStore
 
 HOME_ENV = "LSTM_ADV_HOME"
 DEFAULT_HOME = ".lstm-adv"
+# Room for what lives inside the home: runs/.tmp/<run id>/trials/<n>/model.pt and the like.
+_INSIDE_BYTES = 128
 
 
 @attrs.frozen
@@ -23,7 +26,9 @@ class Workspace:
     def locate(cls, explicit: Path | None = None) -> Workspace:
         """``explicit``, else ``$LSTM_ADV_HOME``, else ``./.lstm-adv``."""
         home = explicit or Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
-        return cls(home=home.expanduser().absolute())
+        home = home.expanduser().absolute()
+        check_home_length(home)
+        return cls(home=home)
 
     @property
     def store(self) -> RunStore:
@@ -34,6 +39,44 @@ class Workspace:
     def pg_dir(self) -> Path:
         """The embedded PostgreSQL server's folder."""
         return self.home / "pg"
+
+
+def check_home_length(home: Path) -> None:
+    """A home whose path, or one of whose folder names, is longer than the system allows is a :class:`ConfigError`."""
+    name_max, path_max = _limits(home)
+    shown = _shorten(str(home))
+    for part in home.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ConfigError(
+                f"home folder {shown}: the folder name {_shorten(part, 24)} is {len(os.fsencode(part))} bytes long, "
+                f"this system allows {name_max}; choose a shorter --home (or $LSTM_ADV_HOME)"
+            )
+    size = len(os.fsencode(str(home)))
+    if size > path_max - _INSIDE_BYTES:
+        raise ConfigError(
+            f"home folder {shown} is {size} bytes long, this system allows {path_max - _INSIDE_BYTES} (leaving room "
+            "for the runs inside it); choose a shorter --home (or $LSTM_ADV_HOME)"
+        )
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    """NAME_MAX and PATH_MAX of the file system holding ``path`` (its nearest existing folder)."""
+    existing = next((p for p in (path, *path.parents) if _is_dir(p)), Path("/"))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # e.g. a name too long to look up
+        return False
+
+
+def _shorten(text: str, keep: int = 60) -> str:
+    return text if len(text) <= keep else f"{text[: keep // 2]}…{text[-keep // 2 :]}"
 
 
 def locate_home(home: str | Path | None = None) -> Path:
