@@ -284,6 +284,9 @@ class AnalysisConfig:
     top_k: int = attrs.field(default=5, validator=v.at_least(1, owner="analysis"))
     histogram_bins: int = attrs.field(default=30, validator=v.at_least(1, owner="analysis"))
     figure_dpi: int = attrs.field(default=150, validator=v.at_least(10, owner="analysis"))
+    dense_l0_share: float = attrs.field(
+        default=0.25, validator=v.number(low=0, high=1, low_strict=True, owner="analysis")
+    )
 
 
 def _step(instance: Any, attribute: attrs.Attribute[Any], value: float | str) -> None:

@@ -74,7 +74,8 @@ def _figures(tables: Mapping[str, pd.DataFrame], config: AnalysisConfig) -> Iter
 
 
 def _new(ncols: int, *, width: float = 10.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
-    figure = Figure(figsize=(width, height), layout="constrained")
+    """A figure of ``ncols`` panels side by side; ``width`` is that of two panels (one panel gets 60 % of it)."""
+    figure = Figure(figsize=(width * (0.6 if ncols == 1 else ncols / 2), height), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, ncols, squeeze=False)[0]
     return figure, list(axes)
@@ -88,19 +89,33 @@ def _empty(ax: Axes) -> None:
     ax.text(0.5, 0.5, _EMPTY, ha="center", va="center", transform=ax.transAxes)
 
 
+def _directions(table: pd.DataFrame, which: str | None = None) -> tuple[list[str], str]:
+    """The directions with successful examples in ``table`` (of one ``which``) and a note naming the others.
+
+    A direction without successes gets no panel of its own (an empty panel reads as a drawing error); the
+    note, added to the figure's title, says that it had none.
+    """
+    rows = table if which is None else table[table["which"] == which]
+    present = [d for d in DIRECTIONS if (rows["direction"] == d).any()]
+    missing = [DIRECTION_LABELS[d] for d in DIRECTIONS if d not in present]
+    note = f"\n({', '.join(missing)}: {_EMPTY})" if missing else ""
+    return present or [DIRECTIONS[0]], note
+
+
 def norm_histograms(examples: pd.DataFrame, column: str, label: str, config: AnalysisConfig) -> Figure:
     """Histogram of one per-example norm, one panel per direction, first and best examples overlaid."""
-    figure, axes = _new(len(DIRECTIONS))
+    directions, note = _directions(examples)
+    figure, axes = _new(len(directions))
     values = examples[column].to_numpy(dtype=np.float64)
     edges = np.histogram_bin_edges(values if values.size else np.zeros(1), bins=config.histogram_bins).tolist()
-    for ax, direction in zip(axes, DIRECTIONS, strict=True):
+    for ax, direction in zip(axes, directions, strict=True):
         for which in WHICH:
             data = _rows(examples, which, direction)[column]
             style = {"histtype": "step", "linewidth": 1.5} if which == "first" else {"alpha": 0.6}
             ax.hist(data, bins=edges, color=_COLORS[which], label=f"{which} (n = {len(data)})", **style)
         ax.set(title=f"{DIRECTION_LABELS[direction]} flips", xlabel=label, ylabel="examples")
         ax.legend()
-    figure.suptitle(f"{column.upper()} of successful perturbations")
+    figure.suptitle(f"{column.upper()} of successful perturbations{note}")
     return figure
 
 
@@ -109,9 +124,12 @@ def discovery_curves(discovery: pd.DataFrame, examples: pd.DataFrame, config: An
     figure, (left, right) = _new(2)
     budget = int(discovery["iteration"].max()) if len(discovery) else 1
     edges = np.linspace(0.5, budget + 0.5, min(config.histogram_bins, budget) + 1).tolist()
+    directions, note = _directions(examples, "best")
     for direction in DIRECTIONS:
         rows = discovery[discovery["direction"] == direction]
         attacked = int(rows["n_attacked"].iloc[0]) if len(rows) else 0
+        if attacked == 0:
+            continue
         left.step(
             rows["iteration"],
             rows["cumulative_first_fraction"],
@@ -119,6 +137,8 @@ def discovery_curves(discovery: pd.DataFrame, examples: pd.DataFrame, config: An
             color=_COLORS[direction],
             label=f"{DIRECTION_LABELS[direction]} ({attacked} attacked)",
         )
+        if direction not in directions:
+            continue
         best = _rows(examples, "best", direction)["iteration"]
         right.hist(
             best,
@@ -131,13 +151,16 @@ def discovery_curves(discovery: pd.DataFrame, examples: pd.DataFrame, config: An
     right.set(title="best (smallest L1) success", xlabel="iteration found", ylabel="examples")
     left.legend()
     right.legend()
+    if note:
+        figure.suptitle(f"Discovery of successes{note}")
     return figure
 
 
 def heatmaps(cells: pd.DataFrame, metric: str, which: str, label: str) -> Figure:
     """Hour × feature heatmap of one per-cell statistic, one panel per direction (features on the y axis)."""
-    figure, axes = _new(len(DIRECTIONS), width=12.0, height=5.0)
-    for ax, direction in zip(axes, DIRECTIONS, strict=True):
+    directions, note = _directions(cells, which)
+    figure, axes = _new(len(directions), width=12.0, height=5.0)
+    for ax, direction in zip(axes, directions, strict=True):
         rows = _rows(cells, which, direction)
         ax.set(title=f"{DIRECTION_LABELS[direction]} flips", xlabel="hour of the window")
         if rows.empty:
@@ -149,14 +172,15 @@ def heatmaps(cells: pd.DataFrame, metric: str, which: str, label: str) -> Figure
         ax.set_xticks(range(0, N_HOURS, 6))
         figure.colorbar(image, ax=ax, label=label)
         ax.set_title(f"{DIRECTION_LABELS[direction]} flips (n = {int(rows['n_examples'].iloc[0])})")
-    figure.suptitle(f"{metric.upper()} per hour and feature, {which} examples")
+    figure.suptitle(f"{metric.upper()} per hour and feature, {which} examples{note}")
     return figure
 
 
 def feature_ranking(features: pd.DataFrame, which: str) -> Figure:
     """Horizontal bars of feature susceptibility S_j, most susceptible on top, one panel per direction."""
-    figure, axes = _new(len(DIRECTIONS), height=5.0)
-    for ax, direction in zip(axes, DIRECTIONS, strict=True):
+    directions, note = _directions(features, which)
+    figure, axes = _new(len(directions), height=5.0)
+    for ax, direction in zip(axes, directions, strict=True):
         rows = _rows(features, which, direction).sort_values("rank")
         ax.set(title=f"{DIRECTION_LABELS[direction]} flips", xlabel="S_j = Σ_i GMP_ij·GPP_ij (scaled units)")
         if rows.empty:
@@ -164,14 +188,15 @@ def feature_ranking(features: pd.DataFrame, which: str) -> Figure:
             continue
         ax.barh(rows["feature"], rows["susceptibility"], color=_COLORS[direction])
         ax.invert_yaxis()
-    figure.suptitle(f"Feature susceptibility (Sun et al.), {which} examples")
+    figure.suptitle(f"Feature susceptibility (Sun et al.), {which} examples{note}")
     return figure
 
 
 def hour_susceptibility(hours: pd.DataFrame, which: str) -> Figure:
     """Bars of hour susceptibility Σ_j GMP_ij·GPP_ij over the window, one panel per direction."""
-    figure, axes = _new(len(DIRECTIONS))
-    for ax, direction in zip(axes, DIRECTIONS, strict=True):
+    directions, note = _directions(hours, which)
+    figure, axes = _new(len(directions))
+    for ax, direction in zip(axes, directions, strict=True):
         rows = _rows(hours, which, direction)
         ax.set(
             title=f"{DIRECTION_LABELS[direction]} flips",
@@ -182,5 +207,5 @@ def hour_susceptibility(hours: pd.DataFrame, which: str) -> Figure:
             _empty(ax)
             continue
         ax.bar(rows["hour"], rows["susceptibility"], color=_COLORS[direction])
-    figure.suptitle(f"Hour susceptibility, {which} examples")
+    figure.suptitle(f"Hour susceptibility, {which} examples{note}")
     return figure

@@ -42,8 +42,12 @@ _OPTION = re.compile(r"^#\|\s?(.*)$")
 _PREFIX = {"fig": "Figure", "tbl": "Table"}
 # Pipe tables wider than --columns get fixed relative widths (and wrapped cells); let them size themselves.
 _WIDE = ["--columns=400"]
-# Typst numbers figures itself; the captions already carry "Figure N", shared with the HTML.
-_TYPST_HEADER = "#show figure.caption: it => it.body\n#set image(width: 90%)\n#set text(size: 10pt)\n"
+# Typst numbers figures itself; the captions already carry "Figure N", shared with the HTML. Tables are set
+# smaller, ragged and unhyphenated: a column typst has to squeeze must not split a header ("exam-ple").
+TYPST_HEADER = (
+    "#show figure.caption: it => it.body\n#set image(width: 90%)\n#set text(size: 10pt)\n"
+    "#show table: set text(size: 9pt, hyphenate: false)\n#show table: set par(justify: false)\n"
+)
 
 
 @attrs.frozen
@@ -281,18 +285,36 @@ def notebook_to_markdown(notebook: Any, settings: Mapping[str, Any], work: Path,
 
 
 def _number_labels(notebook: Any, origin: str) -> dict[str, str]:
-    """``fig-…``/``tbl-…`` labels in order of appearance → "Figure N"/"Table N"."""
+    """``fig-…``/``tbl-…`` labels in order of appearance → "Figure N"/"Table N".
+
+    Only a cell that drew its figure (a PNG) or showed its table gets a number: a cell that printed a note
+    instead (e.g. a figure a run cannot have) leaves no gap in the numbering, and a reference to it fails.
+    """
     numbers: dict[str, str] = {}
+    seen: set[str] = set()
     counts = {"fig": 0, "tbl": 0}
     for cell in notebook.cells:
         label = Cell.parse(cell.source, origin=origin).label if cell.cell_type == "code" else None
         kind = label.split("-", 1)[0] if label else None
         if label and kind in counts:
-            if label in numbers:
+            if label in seen:
                 raise ReportError(f"{origin}: label {label!r} is used by two cells; labels must be unique")
-            counts[kind] += 1
-            numbers[label] = f"{_PREFIX[kind]} {counts[kind]}"
+            seen.add(label)
+            if _shows(cell, kind):
+                counts[kind] += 1
+                numbers[label] = f"{_PREFIX[kind]} {counts[kind]}"
     return numbers
+
+
+def _shows(cell: Any, kind: str) -> bool:
+    """Whether an executed cell shows a figure (``fig``: a PNG) or a table (``tbl``: Markdown with a pipe)."""
+    for output in cell.get("outputs", []):
+        data = output.get("data", {})
+        if kind == "fig" and "image/png" in data:
+            return True
+        if kind == "tbl" and "|" in str(data.get("text/markdown", "")):
+            return True
+    return False
 
 
 def _resolve_refs(text: str, numbers: Mapping[str, str], origin: str) -> str:
@@ -386,14 +408,20 @@ def _pandoc_html(work: Path, html: Path, *, css: Path, toc: bool) -> None:
     _pandoc(work / "report.md", "html5", html, args)
 
 
+def write_typst(work: Path, *, header: str = TYPST_HEADER) -> Path:
+    """The Typst source ``work/report.typ`` of ``work/report.md`` (pandoc), with ``header`` in its preamble."""
+    header_file = work / "header.typ"
+    header_file.write_text(header, encoding="utf-8")
+    source = work / "report.typ"
+    _pandoc(work / "report.md", "typst", source, ["--standalone", f"--include-in-header={header_file}", *_WIDE])
+    return source
+
+
 def _pandoc_pdf(work: Path, pdf: Path) -> None:
     """Markdown → Typst source (pandoc) → PDF (the typst bindings, with their bundled fonts)."""
     import typst
 
-    header = work / "header.typ"
-    header.write_text(_TYPST_HEADER, encoding="utf-8")
-    source = work / "report.typ"
-    _pandoc(work / "report.md", "typst", source, ["--standalone", f"--include-in-header={header}", *_WIDE])
+    source = write_typst(work)
     try:
         typst.compile(str(source), output=str(pdf), root=str(work))
     except Exception as exc:  # typst raises its own TypstError (and RuntimeError) with the diagnostics
@@ -414,16 +442,19 @@ def _pandoc(source: Path, to: str, output: Path, args: list[str]) -> None:
 # --- helpers for documents -----------------------------------------------------------------------
 
 
-def markdown_table(frame: pd.DataFrame, *, formats: Mapping[str, str] | None = None) -> Any:
+def markdown_table(
+    frame: pd.DataFrame, *, formats: Mapping[str, str] | None = None, names: Mapping[str, str] | None = None
+) -> Any:
     """``frame`` as a Markdown pipe table, displayed as Markdown in a report (numbers right-aligned).
 
     ``formats`` maps a column to a format spec (``{"prevalence": ".1%"}``); missing values show as —.
+    ``names`` gives columns the header a reader sees (``{"success_rate": "success rate"}``).
     """
     import pandas as pd
 
     display: Any = importlib.import_module("IPython.display")
-    formats = dict(formats or {})
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    formats, names = dict(formats or {}), dict(names or {})
+    header = "| " + " | ".join(_cell(names.get(str(c), str(c)), "") for c in frame.columns) + " |"
     align = "|" + "|".join("--:" if pd.api.types.is_numeric_dtype(frame[c]) else ":--" for c in frame.columns) + "|"
     columns = [_formatted(frame[c], formats.get(str(c), "")) for c in frame.columns]
     body = pd.concat(columns, axis=1).agg(" | ".join, axis=1) if len(frame) else pd.Series([], dtype=str)

@@ -29,6 +29,8 @@ DOCUMENTS: dict[str, str] = {
     "attack": "attack",
     "analysis": "attack",
     "robustness": "robustness",
+    "tune-model": "tuning",
+    "tune-attack": "tuning",
 }
 #: The document of a whole pipeline, rendered for its last run (``render_report(run, document=PIPELINE)``).
 PIPELINE = "pipeline"

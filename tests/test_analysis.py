@@ -26,7 +26,14 @@ from lstm_adv.config import AnalysisConfig
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix, ScalingStats
 from lstm_adv.domain.perturbation import AttackBatchResult, Perturbation
-from lstm_adv.figures import feature_ranking, heatmaps, save_figure, write_figures
+from lstm_adv.figures import (
+    feature_ranking,
+    heatmaps,
+    hour_susceptibility,
+    norm_histograms,
+    save_figure,
+    write_figures,
+)
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from tests.full_disk import assert_one_full_disk_line, full_disk
@@ -343,6 +350,25 @@ def test_figures_cope_with_a_direction_without_successes(tmp_path: Path) -> None
     names = write_figures(tables.as_dict(), tmp_path / "figures", AnalysisConfig(figure_dpi=30))
     assert len(names) == 2 * 15  # 3 norm and discovery figures, 4 maps for each of first, best, sparse
     assert all((tmp_path / name).stat().st_size > 0 for name in names)
+
+
+def test_a_direction_without_successes_gets_no_empty_panel() -> None:
+    """With no 1→0 success, each figure draws only the 0→1 panel and its title says 1→0 had no successful example."""
+    result = analysis_attack_result(5, 10)
+    found = result.found & (result.predicted == 0)
+    result = attrs.evolve(result, found=found, **_zero_unfound(result, found))
+    tables = analyse_attack(result, _scaling(np.ones(19)))
+    config = AnalysisConfig(figure_dpi=30)
+    drawn = {
+        "ranking": feature_ranking(tables.features, "sparse"),
+        "hours": hour_susceptibility(tables.hours, "best"),
+        "l0": norm_histograms(tables.examples, "l0", "L0", config),
+    }
+    for name, figure in drawn.items():
+        assert len(figure.axes) == 1, name
+        assert figure.get_suptitle().endswith("\n(1→0: no successful examples)"), name
+    heatmap = heatmaps(tables.cells, "gpp", "first", "GPP")
+    assert [ax.get_title() for ax in heatmap.axes if ax.get_title()] == ["0→1 flips (n = " + f"{int(found.sum())})"]
 
 
 def _zero_unfound(result: AttackBatchResult, found: np.ndarray) -> dict[str, np.ndarray]:

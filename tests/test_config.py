@@ -120,6 +120,7 @@ def test_manifest_form_equals_its_json_round_trip() -> None:
         ("[embedded]\nport = 70000\n", "embedded.port must be a TCP port in 0..65535 (0 picks a free one), got 70000"),
         ("[attack]\nhours = [5, 2]\n", "attack.hours must be [first, last) with 0 <= first < last <= 48; got [5, 2]"),
         ("[robustness]\neps = [0.1, nan]\n", "robustness.eps values must be finite numbers ≥ 0, got nan"),
+        ("[analysis]\ndense_l0_share = 1.5\n", "analysis.dense_l0_share must be finite and in (0, 1], got 1.5"),
         ("[pgd]\nstep_size = nan\n", 'pgd.step_size must be a finite number > 0 or "auto" (2.5·ε/iterations), got nan'),
         (
             "[tune_model]\ndropout = [0.1, nan]\n",

@@ -6,13 +6,23 @@ AttackBatchResult) → analysis (the real analysis stage).
 
 from __future__ import annotations
 
+import shutil
+
+import pandas as pd
 import pytest
 
 from lstm_adv.domain.errors import DataError, RunKindError
 from lstm_adv.reports import PIPELINE, document_for, render_pipeline_report, render_report, report_files
 from lstm_adv.results import api
 from lstm_adv.results.store import Run
-from tests.report_checks import embedded_images, external_references, leaks, pdf_pages
+from tests.report_checks import (
+    embedded_images,
+    external_references,
+    layout_problems,
+    leaks,
+    pdf_pages,
+    raw_column_names,
+)
 from tests.report_runs import Pipeline, make_full_pipeline
 from tests.strategies import analysis_attack_result
 from tests.summaries import attack_summary
@@ -99,6 +109,56 @@ def test_pipeline_runs_follow_lineage_and_summary_references(pipeline: Pipeline)
     assert runs["query"].id == pipeline.query.id
 
 
+def dense_copy(pipeline: Pipeline, *, dense_l0_share: float = 0.25) -> Run:
+    """A copy of the analysis run (not a child of the attack) whose best examples are the first ones and change
+    800 of the 912 cells, as an attack that stops improving after its first, dense success."""
+    assert pipeline.analysis is not None
+    source = pipeline.analysis
+    config = source.manifest.config | {
+        "analysis": source.manifest.config["analysis"] | {"dense_l0_share": dense_l0_share}
+    }
+    with pipeline.store.create("analysis", config=config) as writer:
+        for path in source.path.iterdir():
+            if path.name not in ("manifest.json", "examples.parquet"):
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, writer.path / path.name)
+        examples = pd.read_parquet(source.file("examples.parquet"))
+        first = examples[examples["which"] == "first"]
+        best = examples["which"] == "best"
+        examples.loc[best, ["l0", "l1", "linf", "iteration"]] = first[["l0", "l1", "linf", "iteration"]].to_numpy()
+        examples.loc[examples["which"] != "sparse", "l0"] = 800
+        examples.to_parquet(writer.file("examples.parquet"))
+        writer.summary = source.manifest.summary
+    assert writer.committed is not None
+    return writer.committed
+
+
+def test_dense_warning_is_quiet_for_sparse_examples(pipeline: Pipeline) -> None:
+    """The fixture's examples change a few dozen cells and the best improves on the first: no caution."""
+    assert pipeline.analysis is not None
+    assert api.dense_warning(pipeline.analysis) is None
+    density = api.example_density(pipeline.analysis).set_index(["example", "direction"])
+    assert density.loc[("best", "all"), "first_is_best"] < 0.5
+
+
+def test_dense_warning_fires_when_first_is_best_and_l0_is_large(pipeline: Pipeline) -> None:
+    """When the best example is the first for every sample and changes 800 cells, the caution names both; the
+    pipeline report, which shows only sparse examples, stays quiet about them."""
+    warning = api.dense_warning(dense_copy(pipeline))
+    assert warning is not None
+    assert warning.startswith("**Caution — dense perturbations:** the median L0 of the shown examples exceeds 25% of")
+    assert "first 800 (88%), best 800 (88%)" in warning
+    assert "for 100% of the successful samples the best example is the first successful iterate" in warning
+    assert api.dense_warning(dense_copy(pipeline), ("sparse",)) is None
+
+
+def test_dense_share_setting_moves_the_limit(pipeline: Pipeline) -> None:
+    """With analysis.dense_l0_share = 0.95 an L0 of 800 cells is not dense; first = best still is."""
+    warning = api.dense_warning(dense_copy(pipeline, dense_l0_share=0.95))
+    assert warning is not None
+    assert "median L0" not in warning
+    assert "best example is the first successful iterate" in warning
+
+
 @pytest.fixture(scope="module")
 def rendered(pipeline: Pipeline) -> dict[str, Run]:
     """The attack report (from the attack run) and the pipeline report (from the analysis run)."""
@@ -119,8 +179,11 @@ def test_attack_report_is_self_contained_with_the_stored_figures(rendered: dict[
     html = report_files(report)[0].read_text(encoding="utf-8")
     assert external_references(html) == []
     assert embedded_images(html) == 11
-    assert "on P(death)" in html or "argmax" in html
+    assert "threshold t = 0.500 on P(death), chosen on the validation split (max F1)" in html
     assert "held a real measurement" in html
+    assert "Caution — dense" not in html
+    assert raw_column_names(html) == []
+    assert layout_problems(report, "attack") == []
     for label in (
         "fig-l0",
         "fig-l1",
@@ -148,6 +211,9 @@ def test_pipeline_report_has_a_section_per_stage(rendered: dict[str, Run]) -> No
     assert "This pipeline has no" not in html
     assert embedded_images(html) == 1
     assert pdf_pages(report) >= 2
+    assert "It predicts death by its decision rule, <strong>threshold t = " in html
+    assert raw_column_names(html) == []
+    assert layout_problems(report, PIPELINE) == []
 
 
 @pytest.mark.slow

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError
 from lstm_adv.reports import document_for, render_report, report_files
 from lstm_adv.results import api
+from lstm_adv.results.artifacts import METRICS_FILE
 from lstm_adv.results.store import Run
-from tests.report_checks import embedded_images, external_references, leaks, pdf_pages
+from lstm_adv.results.summaries import ModelSummary
+from tests.report_checks import (
+    embedded_images,
+    external_references,
+    layout_problems,
+    leaks,
+    pdf_pages,
+    raw_column_names,
+)
 from tests.report_runs import Pipeline, make_model_pipeline, without_curves
 
 
@@ -43,7 +54,7 @@ def test_metrics_table_has_every_metric_with_its_interval(pipeline: Pipeline) ->
         "precision",
         "recall",
         "Brier score",
-        "threshold (max F1 on validation)",
+        "decision threshold t",
     ]
     ranked = table.iloc[:6]
     assert ((ranked["low"] <= ranked["value"] + 1e-12) & (ranked["value"] <= ranked["high"] + 1e-12)).all()
@@ -78,6 +89,28 @@ def test_curves_are_none_without_curve_points(pipeline: Pipeline, uncurved: Run)
     assert set(curves.columns) == {"curve", "x", "y"}
 
 
+def test_model_decision_describes_the_stored_rule(pipeline: Pipeline) -> None:
+    """The model's decision rule in words is the stored rule's description, with its t."""
+    summary = pipeline.model.manifest.summary
+    assert api.model_decision(pipeline.model) == DecisionRule(summary.decision, summary.threshold).describe()
+    assert f"t = {summary.threshold:.3f}" in api.model_decision(pipeline.model)
+
+
+def test_model_decision_of_a_cv_run_gives_each_folds_t(pipeline: Pipeline) -> None:
+    """A cross-validation run states the threshold rule and the range of the folds' thresholds."""
+    config = pipeline.model.manifest.config | {
+        "model": pipeline.model.manifest.config["model"] | {"decision": "threshold"}
+    }
+    with pipeline.store.create("model", parents=list(pipeline.model.manifest.parents), config=config) as writer:
+        folds = [{"fold": k, "threshold": t} for k, t in enumerate((0.31, 0.18, 0.42))]
+        writer.file(METRICS_FILE).write_text(json.dumps({"folds": folds}), encoding="utf-8")
+        writer.summary = ModelSummary(cv=True, n_folds=3)
+    assert writer.committed is not None
+    assert api.model_decision(writer.committed) == (
+        "threshold on P(death), chosen per fold on that fold's validation part (max F1): t = 0.180–0.420 over the folds"
+    )
+
+
 def test_holdout_only_tables_refuse_a_cv_run(pipeline: Pipeline) -> None:
     """Asking a holdout run for cross-validation fold metrics names the rule."""
     with pytest.raises(DataError) as info:
@@ -105,6 +138,14 @@ def test_model_report_is_self_contained_with_its_figures(rendered: Run) -> None:
     assert "AUROC" in html
     assert "stores no curve points" not in html
     assert pdf_pages(rendered) >= 3
+    assert f"by its decision rule, <strong>{api.model_decision(rendered_model(rendered))}</strong>" in html
+    assert raw_column_names(html) == []
+    assert layout_problems(rendered, "model") == []
+
+
+def rendered_model(report: Run) -> Run:
+    """The model run a report run reports."""
+    return api.load_run(str(report.manifest.parents[0]), report.path.parent.parent)
 
 
 @pytest.mark.slow
@@ -113,9 +154,9 @@ def test_model_report_shows_no_cohort_id_or_time(pipeline: Pipeline, rendered: R
     assert leaks(rendered, pipeline.query, "model") == []
 
 
-@pytest.mark.parametrize("document", ["model", "attack", "pipeline"])
+@pytest.mark.parametrize("document", ["model", "attack", "pipeline", "robustness", "tuning"])
 def test_report_documents_take_a_run_id(document: str) -> None:
-    """The model, attack and pipeline documents each have a parameters cell taking run_id."""
+    """Every report document has a parameters cell taking run_id."""
     text = (Path(__file__).resolve().parents[1] / "reports" / f"{document}.qmd").read_text(encoding="utf-8")
     assert "#| tags: [parameters]" in text
     assert "run_id = None" in text

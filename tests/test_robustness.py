@@ -226,6 +226,35 @@ def test_results_api_gives_curves_and_confusion(defended: tuple[RunStore, Run, R
     assert set(api.robustness_l1(run)["label"]) == set(curves["label"])
 
 
+def with_robust_accuracy(store: RunStore, run: Run, defended: float, original: float) -> Run:
+    """A copy of ``run`` whose defended model's robust accuracy at every ε > 0 is ``defended`` and its
+    original's is ``original``."""
+    curves = _curve(run)
+    baseline = {str(m.model) for m in run.manifest.summary.models if m.defense == "baseline"}
+    at = (curves["metric"] == "robust_accuracy") & (curves["eps"] > 0)
+    curves.loc[at, "value"] = np.where(curves.loc[at, "model"].isin(baseline), original, defended)
+    with store.create("robustness", parents=list(run.manifest.parents), config=run.manifest.config) as writer:
+        for name in (CONFUSION_FILE, L1_FILE):
+            writer.file(name).write_bytes(run.file(name).read_bytes())
+        curves.to_parquet(writer.file(CURVES_FILE))
+        writer.summary = run.manifest.summary
+    assert writer.committed is not None
+    return writer.committed
+
+
+def test_defense_made_worse_lists_each_eps_where_the_defense_lost(
+    defended: tuple[RunStore, Run, Run, Run], robustness_run: Run
+) -> None:
+    """A defended model below its original at every ε > 0 is listed at each of them; one at or above is not."""
+    store, _features, model, defense = defended
+    worse = api.defense_made_worse(with_robust_accuracy(store, robustness_run, defended=0.4, original=0.7))
+    assert worse["eps"].tolist() == [0.05, 0.2]
+    assert worse["defended"].tolist() == [f"adaptive ({defense.id.token})"] * 2
+    assert worse["original"].tolist() == [f"baseline ({model.id.token})"] * 2
+    assert worse[["defended_value", "original_value"]].to_numpy().tolist() == [[0.4, 0.7]] * 2
+    assert api.defense_made_worse(with_robust_accuracy(store, robustness_run, defended=0.7, original=0.7)).empty
+
+
 def test_cli_robustness_prints_the_run_and_shows_it(defended: tuple[RunStore, Run, Run, Run]) -> None:
     """`lstm-adv robustness` prints the table and the run id; `runs show` renders the same table."""
     store, _features, model_run, _defense = defended
@@ -262,7 +291,7 @@ def test_cli_robustness_prints_the_run_and_shows_it(defended: tuple[RunStore, Ru
 def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) -> None:
     """robustness.qmd renders offline to HTML (figures embedded, nothing fetched) and a PDF, with no sample id."""
     from lstm_adv.reports import render_report, report_files
-    from tests.report_checks import embedded_images, external_references, pdf_pages
+    from tests.report_checks import embedded_images, external_references, layout_problems, pdf_pages, raw_column_names
     from tests.strategies import tiny_feature_matrix
     from tests.test_reports import leaked, visible_text
 
@@ -284,6 +313,12 @@ def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) ->
     assert pdf_pages(report) >= 1
     needles = {str(i) for i in np.concatenate([features.subject_ids, features.hadm_ids, features.icustay_ids])}
     assert leaked(visible_text(html), needles) == []
+    assert raw_column_names(html) == []
+    assert layout_problems(report, "robustness") == []
+    assert f"threshold, t = {model.manifest.summary.threshold:.3f}" in html
+    assert "ε (normalized units, 0–1 = p5–p95 of the training split)" in html
+    worse = api.defense_made_worse(robustness)
+    assert ("less robust than its original" in html) == (not worse.empty)
 
 
 def test_cli_robustness_refuses_a_model_whose_weights_changed(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The read-only results API that reports use: a run's stored tables and metrics, as aggregates.
 
 One module per report document (:mod:`.data`, :mod:`.model`, :mod:`.attack`, :mod:`.robustness`,
-:mod:`.pipeline`) over :mod:`.common`; everything is importable from here
+:mod:`.pipeline`, :mod:`.tuning`) over :mod:`.common`; everything is importable from here
 (``from lstm_adv.results import api``; ``api.model_metrics(run)``). Nothing returns a patient-level
 row, an identifier or a time (:func:`aggregates_only`).
 """
@@ -18,5 +18,7 @@ from lstm_adv.results.api.pipeline import *  # noqa: F403
 from lstm_adv.results.api.pipeline import __all__ as _pipeline
 from lstm_adv.results.api.robustness import *  # noqa: F403
 from lstm_adv.results.api.robustness import __all__ as _robustness
+from lstm_adv.results.api.tuning import *  # noqa: F403
+from lstm_adv.results.api.tuning import __all__ as _tuning
 
-__all__ = [*_common, *_data, *_model, *_attack, *_pipeline, *_robustness]
+__all__ = [*_common, *_data, *_model, *_attack, *_pipeline, *_robustness, *_tuning]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from lstm_adv.config import AnalysisConfig
 from lstm_adv.domain.errors import DataError, RunKindError
+from lstm_adv.domain.perturbation import EXAMPLES
+from lstm_adv.domain.shapes import N_CELLS
 from lstm_adv.results import artifacts
-from lstm_adv.results.api.common import aggregates_only, parent_of, text
+from lstm_adv.results.api.common import aggregates_only, decision_rule_text, parent_of, text
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import AnalysisSummary, AttackSummary
 
@@ -23,8 +28,10 @@ __all__ = [
     "attack_rule",
     "attack_settings",
     "attack_success",
-    "decision_rule_text",
+    "dense_l0_share",
+    "dense_warning",
     "discovery_curve",
+    "example_density",
     "feature_ranking",
     "latest_analysis",
     "perturbation_norms",
@@ -60,7 +67,7 @@ def attack_settings(attack: Run) -> pd.DataFrame:
     """The attack's settings (``params.json``) and what it attacked. Columns: ``setting``, ``value``."""
     has_params = (attack.path / artifacts.ATTACK_PARAMS_FILE).is_file()
     params = artifacts.read_json(attack, artifacts.ATTACK_PARAMS_FILE) if has_params else {}
-    rows = [(str(k), text(v)) for k, v in params.items()]
+    rows = [(SETTING_NAMES.get(str(k), str(k).replace("_", " ")), text(v)) for k, v in params.items()]
     summary = attack.manifest.summary
     if isinstance(summary, AttackSummary):
         rows += [
@@ -77,17 +84,20 @@ def attack_settings(attack: Run) -> pd.DataFrame:
     return aggregates_only(pd.DataFrame(rows, columns=["setting", "value"]))
 
 
+#: Attack settings (``params.json``) → the name a reader sees; λ and the step size are scale-free.
+SETTING_NAMES = {
+    "kappa": "κ (confidence margin)",
+    "lam": "λ (L1 weight, relative to the gradient scale)",
+    "step_size": "step size (relative)",
+    "max_iterations": "iterations per λ round",
+    "search_steps": "λ search rounds",
+    "adam_eps": "Adam ε",
+}
+
 CELLS_TEXT = {
     "all": "all (measured and imputed)",
     "observed": "observed (only cells that held a real measurement)",
 }
-
-
-def decision_rule_text(decision: str, threshold: float) -> str:
-    """How the attacked model decides: ``threshold t = 0.231 (chosen on validation)`` or ``argmax``."""
-    if decision == "argmax":
-        return "argmax of the two class probabilities (t = 0.5)"
-    return f"threshold t = {threshold:.3g} on p(death) (chosen on the validation split)"
 
 
 def attack_rule(analysis: Run) -> dict[str, str]:
@@ -192,3 +202,79 @@ def discovery_curve(analysis: Run) -> pd.DataFrame:
     ``cumulative_first_fraction``.
     """
     return aggregates_only(artifacts.read_table(analysis, "discovery.parquet"))
+
+
+def dense_l0_share(analysis: Run) -> float:
+    """The analysis run's ``analysis.dense_l0_share`` (the default for runs made before the setting existed)."""
+    stored = analysis.manifest.config.get("analysis", {}).get("dense_l0_share")
+    return float(stored) if isinstance(stored, int | float) else AnalysisConfig().dense_l0_share
+
+
+def example_density(analysis: Run) -> pd.DataFrame:
+    """How dense the successful perturbations are, per example kind and direction (``0→1``, ``1→0``, ``all``).
+
+    Columns: ``example``, ``direction``, ``n``, ``l0_median``, ``l0_share`` (the median L0 as a share of the
+    912 cells), ``first_is_best`` (share of the successful samples whose best example is their first
+    successful iterate: the same L0 and L1; the same value for every example kind).
+    """
+    examples = artifacts.read_table(analysis, "examples.parquet")
+    rows = []
+    for direction in (*DIRECTION_NAMES, "all"):
+        group = examples if direction == "all" else examples[examples["direction"] == direction]
+        same = _first_is_best(group)
+        for which in EXAMPLES:
+            l0 = group.loc[group["which"] == which, "l0"]
+            median = float(l0.median()) if len(l0) else float("nan")
+            rows.append((which, _arrow(direction), len(l0), median, median / N_CELLS, same))
+    columns = ["example", "direction", "n", "l0_median", "l0_share", "first_is_best"]
+    return aggregates_only(pd.DataFrame(rows, columns=columns))
+
+
+def _first_is_best(group: pd.DataFrame) -> float:
+    """Share of samples whose first and best examples agree (NaN without examples).
+
+    The analysis stage writes each kind's rows in the same sample order per direction, so the i-th first
+    and the i-th best row of a direction belong to the same sample.
+    """
+    same, total = 0, 0
+    for _, rows in group.groupby("direction", sort=False):
+        first, best = rows[rows["which"] == "first"], rows[rows["which"] == "best"]
+        if len(first) != len(best):
+            raise DataError("analysis run: first and best examples differ in number; re-run `lstm-adv analyze`")
+        equal = (first["l0"].to_numpy() == best["l0"].to_numpy()) & np.isclose(
+            first["l1"].to_numpy(), best["l1"].to_numpy(), rtol=1e-6, atol=0.0
+        )
+        same, total = same + int(equal.sum()), total + len(first)
+    return same / total if total else float("nan")
+
+
+def dense_warning(analysis: Run, examples: Sequence[str] = EXAMPLES) -> str | None:
+    """A caution (Markdown) when the successful perturbations shown are dense rather than sparse, else None.
+
+    Dense: the median L0 of a shown kind of example (over both directions) exceeds ``analysis.dense_l0_share``
+    of the 912 cells, or (when best examples are shown) the best example is the first successful iterate for
+    most samples.
+    """
+    limit = dense_l0_share(analysis)
+    density = example_density(analysis)
+    overall = density[(density["direction"] == "all") & density["example"].isin(list(examples))]
+    reasons = []
+    dense = overall[overall["l0_share"] > limit]
+    if not dense.empty:
+        sizes = ", ".join(f"{r.example} {r.l0_median:.0f} ({r.l0_share:.0%})" for r in dense.itertuples())
+        reasons.append(
+            f"the median L0 of the shown examples exceeds {limit:.0%} of the {N_CELLS} cells "
+            f"(the setting analysis.dense_l0_share): {sizes}"
+        )
+    same = float(overall["first_is_best"].iloc[0]) if len(overall) else float("nan")
+    if "best" in examples and same > 0.5:
+        reasons.append(
+            f"for {same:.0%} of the successful samples the best example is the first successful iterate — the "
+            "attack found no smaller perturbation after its first success"
+        )
+    if not reasons:
+        return None
+    return (
+        "**Caution — dense perturbations:** " + "; ".join(reasons) + ". These examples change a large part of the "
+        "record rather than a few cells; tune the attack (`lstm-adv tune-attack`) before reading them as sparse."
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError, RunKindError
 from lstm_adv.results import artifacts
 from lstm_adv.results.store import Run, RunStore
@@ -22,7 +23,18 @@ from lstm_adv.results.workspace import locate_home
 _FORBIDDEN = ("subject_id", "hadm_id", "icustay_id", "row_id")
 _TIME_WORDS = ("time", "intime", "outtime", "date", "window_start")
 
-__all__ = ["aggregates_only", "load_run", "locate_home", "parent_of", "run_overview"]
+__all__ = [
+    "EPS_UNIT",
+    "aggregates_only",
+    "decision_rule_text",
+    "load_run",
+    "locate_home",
+    "parent_of",
+    "run_overview",
+]
+
+#: What ε and δ are measured in: every feature is scaled to [0, 1] between its training-split p5 and p95.
+EPS_UNIT = "normalized units, 0–1 = p5–p95 of the training split"
 
 
 def load_run(run_id: str, home: str | Path | None = None, *, kinds: Sequence[str] | None = None) -> Run:
@@ -59,6 +71,15 @@ def run_overview(run: Run) -> pd.DataFrame:
     if isinstance(summary, FeaturesSummary):
         rows.append(("tensor shape (N, hours, features)", " × ".join(str(n) for n in summary.shape)))
     return aggregates_only(pd.DataFrame(rows, columns=["property", "value"]))
+
+
+def decision_rule_text(decision: str | None, threshold: float | None) -> str:
+    """A model's decision rule and its t in words (:meth:`DecisionRule.describe`), also for older runs."""
+    if decision is None:
+        if threshold is None:
+            return "not recorded by this run (made by an older toolkit version)"
+        return f"threshold t = {threshold:.3f} on P(death) (the run does not record how t was chosen)"
+    return DecisionRule(decision, 0.5 if threshold is None else threshold).describe()
 
 
 def aggregates_only(frame: pd.DataFrame) -> pd.DataFrame:

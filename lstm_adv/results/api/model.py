@@ -8,7 +8,7 @@ import pandas as pd
 from lstm_adv.domain.errors import DataError
 from lstm_adv.domain.feature_matrix import SPLITS
 from lstm_adv.results import artifacts
-from lstm_adv.results.api.common import aggregates_only, text
+from lstm_adv.results.api.common import aggregates_only, decision_rule_text, text
 from lstm_adv.results.artifacts import is_cv_run
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import ModelSummary
@@ -23,6 +23,7 @@ METRIC_NAMES = {
     "brier": "Brier score",
 }
 CURVE_COLUMNS = ("curve", "x", "y")
+THRESHOLD_ROW = "decision threshold t"
 
 __all__ = [
     "METRIC_NAMES",
@@ -32,6 +33,7 @@ __all__ = [
     "cv_metrics",
     "is_cv_run",
     "model_curves",
+    "model_decision",
     "model_facts",
     "model_hyperparameters",
     "model_metrics",
@@ -68,9 +70,23 @@ def model_metrics(run: Run) -> pd.DataFrame:
     for key, label in METRIC_NAMES.items():
         estimate = test.get(key)
         rows.append((label, *((estimate.value, estimate.low, estimate.high) if estimate else (None, None, None))))
-    rows.append(("threshold (max F1 on validation)", summary.threshold, None, None))
+    rows.append((THRESHOLD_ROW, summary.threshold, None, None))
     frame = pd.DataFrame(rows, columns=["metric", "value", "low", "high"])
     return aggregates_only(frame.astype({"value": "float64", "low": "float64", "high": "float64"}))
+
+
+def model_decision(run: Run) -> str:
+    """The model's decision rule and its t in words (a cross-validation run: the rule and each fold's t)."""
+    summary = run.summary_as(ModelSummary)
+    if not summary.cv:
+        return decision_rule_text(summary.decision, summary.threshold)
+    rule = run.manifest.config.get("model", {}).get("decision")
+    if rule == "argmax":
+        return decision_rule_text("argmax", 0.5)
+    folds = artifacts.read_json(run, artifacts.METRICS_FILE).get("folds", [])
+    ts = [float(f["threshold"]) for f in folds if isinstance(f.get("threshold"), int | float)]
+    spread = f": t = {min(ts):.3f}–{max(ts):.3f} over the folds" if ts else ""
+    return f"threshold on P(death), chosen per fold on that fold's validation part (max F1){spread}"
 
 
 def model_facts(run: Run) -> pd.DataFrame:

@@ -16,7 +16,8 @@ from lstm_adv.results.summaries import (
     TuneModelSummary,
 )
 
-PIPELINE_STAGES = ("query", "features", "model", "tune-attack", "attack", "analysis")
+#: The stages in pipeline order; the pipeline report lists its runs in this order.
+PIPELINE_STAGES = ("synth", "query", "features", "tune-model", "model", "tune-attack", "attack", "analysis")
 
 __all__ = ["PIPELINE_STAGES", "pipeline_overview", "pipeline_runs"]
 

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import pandas as pd
 
+from lstm_adv.domain.errors import RunNotFoundError
 from lstm_adv.results import artifacts
 from lstm_adv.results.api.common import aggregates_only
-from lstm_adv.results.store import Run
-from lstm_adv.results.summaries import RobustnessSummary
+from lstm_adv.results.store import Run, RunStore
+from lstm_adv.results.summaries import ModelSummary, RobustnessSummary
 
 ROBUSTNESS_KINDS = ("robustness",)
+BASELINE = "baseline"
 
-__all__ = ["ROBUSTNESS_KINDS", "robustness_confusion", "robustness_curves", "robustness_l1", "robustness_models"]
+__all__ = [
+    "ROBUSTNESS_KINDS",
+    "defense_made_worse",
+    "robustness_confusion",
+    "robustness_curves",
+    "robustness_l1",
+    "robustness_models",
+]
 
 
 def _model_labels(run: Run) -> dict[str, str]:
-    """Model run id → "defense · id" (e.g. "adaptive · model-20261121-120455-a3f9"), in the run's order."""
-    return {str(m.model): f"{m.defense} · {m.model}" for m in run.summary_as(RobustnessSummary).models}
+    """Model run id → a short label "defense (token)", e.g. "adaptive (a3f9)", in the run's order.
+
+    The token is the last part of the run id; the full id stands in for it when two models share a label.
+    """
+    models = run.summary_as(RobustnessSummary).models
+    labels = {str(m.model): f"{m.defense} ({m.model.token})" for m in models}
+    if len(set(labels.values())) < len(labels):
+        return {str(m.model): f"{m.defense} ({m.model})" for m in models}
+    return labels
 
 
 def _robustness_table(run: Run, name: str) -> pd.DataFrame:
@@ -26,16 +42,36 @@ def _robustness_table(run: Run, name: str) -> pd.DataFrame:
     return frame
 
 
+def _model_summary(run: Run, model: str) -> ModelSummary | None:
+    """The summary of one evaluated model run (None when it was deleted)."""
+    try:
+        found = RunStore(run.path.parent).get(model, kind="model")
+    except RunNotFoundError:
+        return None
+    summary = found.manifest.summary
+    return summary if isinstance(summary, ModelSummary) else None
+
+
+def _short_rule(run: Run, model: str, stored: str) -> str:
+    """``threshold, t = 0.231`` or ``argmax, t = 0.5`` from the model run; the stored text without it."""
+    summary = _model_summary(run, model)
+    if summary is None or summary.decision is None or summary.threshold is None:
+        return stored
+    return f"{summary.decision}, t = {summary.threshold:.3f}"
+
+
 def robustness_models(run: Run) -> pd.DataFrame:
-    """Per model: its decision rule and the size of the attack pool (correct at that rule, with a cell the
-    L1 attack may change). Columns: label, decision, pool."""
+    """Per model: its short label, run id, decision rule with its t, and the size of the attack pool (correct
+    at that rule, with a cell the L1 attack may change). Columns: model, run, decision rule, attack pool."""
     summary = run.summary_as(RobustnessSummary)
     labels = _model_labels(run)
-    rows = [
-        (labels[str(m.model)], summary.decisions.get(str(m.model), "?"), summary.pool.get(str(m.model)))
-        for m in summary.models
-    ]
-    return aggregates_only(pd.DataFrame(rows, columns=["label", "decision", "pool"]))
+    rows = []
+    for m in summary.models:
+        model = str(m.model)
+        rule = _short_rule(run, model, summary.decisions.get(model, "?"))
+        rows.append((labels[model], model, rule, summary.pool.get(model)))
+    frame = pd.DataFrame(rows, columns=["model", "run", "decision rule", "attack pool"])
+    return aggregates_only(frame.astype({"attack pool": "Int64"}))
 
 
 def robustness_curves(run: Run) -> pd.DataFrame:
@@ -54,3 +90,36 @@ def robustness_l1(run: Run) -> pd.DataFrame:
     Columns: label, model, defense, metric, value.
     """
     return aggregates_only(_robustness_table(run, artifacts.L1_FILE))
+
+
+def _original_of(run: Run, model: str, baselines: list[str]) -> str | None:
+    """The model a defended model was made from: its summary's original, else the run's only baseline."""
+    summary = _model_summary(run, model)
+    if summary is not None and summary.defense is not None:
+        return str(summary.defense.original_model)
+    return baselines[0] if len(baselines) == 1 else None
+
+
+def defense_made_worse(run: Run, metric: str = "robust_accuracy") -> pd.DataFrame:
+    """Where a defended model is *less* robust than its original: every ε > 0 at which its ``metric`` is lower.
+
+    Columns: ``defended``, ``original`` (labels), ``eps``, ``defended_value``, ``original_value``; empty when
+    every defense held its original's level or improved on it (or the run has no original to compare with).
+    """
+    summary = run.summary_as(RobustnessSummary)
+    labels = _model_labels(run)
+    curves = robustness_curves(run)
+    values = curves[curves["metric"] == metric].set_index(["model", "eps"])["value"]
+    baselines = [str(m.model) for m in summary.models if m.defense == BASELINE]
+    rows = []
+    for m in summary.models:
+        model = str(m.model)
+        original = None if m.defense == BASELINE else _original_of(run, model, baselines)
+        if original is None or original not in labels:
+            continue
+        for eps in sorted(e for e in summary.eps if e > 0):
+            mine, theirs = values.get((model, eps)), values.get((original, eps))
+            if mine is not None and theirs is not None and mine < theirs - 1e-12:
+                rows.append((labels[model], labels[original], eps, float(mine), float(theirs)))
+    columns = ["defended", "original", "eps", "defended_value", "original_value"]
+    return aggregates_only(pd.DataFrame(rows, columns=columns))
