@@ -86,10 +86,16 @@ def check_binary(y_true: NDArray[Any], scores: NDArray[Any], *, what: str) -> tu
 
 
 def auroc(y_true: NDArray[Any], scores: NDArray[Any]) -> float:
-    """Area under the ROC curve (ties count one half): ``sklearn.metrics.roc_auc_score``."""
-    from sklearn.metrics import roc_auc_score
+    """Area under the ROC curve (ties count one half): ``sklearn.metrics.roc_auc_score``.
 
+    Where scikit-learn is not installed (the training loop also runs on GPU machines without it), the
+    bootstrap's own implementation of the same definition gives the value.
+    """
     y, s = check_binary(y_true, scores, what="auroc")
+    try:
+        from sklearn.metrics import roc_auc_score
+    except ImportError:
+        return float(_auroc(s, y, np.ones((1, y.size)))[0])
     return float(roc_auc_score(y, s))
 
 

@@ -117,7 +117,7 @@ def test_best_params_with_a_string_for_a_number_is_one_line(tmp_path: Path) -> N
     """best_params.json with "kappa": "high" names the file and the key."""
     store = RunStore(tmp_path / "runs")
     with store.create("tune-attack") as writer:
-        settings = TunedAttackSettings(kappa=0.1, lam=1e-3, step_size=0.05, method="ista", batch_size=4)
+        settings = TunedAttackSettings(kappa=0.1, lam=1e-3, step_size=0.05, method="ista")
         artifacts.save_tuned_settings(writer.path, settings)
         data = json.loads((writer.path / artifacts.BEST_PARAMS_FILE).read_text())
         (writer.path / artifacts.BEST_PARAMS_FILE).write_text(json.dumps({**data, "kappa": "high"}))

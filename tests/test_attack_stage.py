@@ -406,7 +406,9 @@ def test_cli_interrupted_attack_is_one_line_and_exit_code_130(world: World, monk
     """Ctrl-C after the first batch: the CLI prints only how to resume and exits with 130, not 0."""
     _interrupt_second_batch(monkeypatch)
     runner = CliRunner(env={"COLUMNS": "200"})
-    base = ["--home", str(world.store.root.parent)]
+    blocks = world.store.root.parent / "blocks.toml"
+    blocks.write_text("[attack]\nblock_size = 4\nmax_iterations = 10\n")
+    base = ["--home", str(world.store.root.parent), "--config", str(blocks)]
     before = runs_in(world.store)
     result = runner.invoke(app, [*base, "attack", "--tuned", str(world.tuned.id), "--device", "cpu"])
     (new,) = set(runs_in(world.store)) - set(before)
@@ -414,7 +416,7 @@ def test_cli_interrupted_attack_is_one_line_and_exit_code_130(world: World, monk
     assert result.exit_code == 130
     assert interrupted.manifest.status == "interrupted"
     assert result.output == (
-        f"interrupted after 1 of 4 batches; resume with `lstm-adv attack --resume {interrupted.id}`\n"
+        f"interrupted after 4 of 13 samples; resume with `lstm-adv attack --resume {interrupted.id}`\n"
     )
 
 

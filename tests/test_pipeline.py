@@ -130,7 +130,7 @@ def test_cli_demo_prints_the_report_paths(first: DemoResult, workspace: Workspac
 
 def test_model_line_without_intervals() -> None:
     """A model run scored without bootstrap (no interval bounds) is still described, without brackets."""
-    from lstm_adv.pipeline import _describe_model
+    from lstm_adv.results.describe import _describe_model
 
     summary = ModelSummary(cv=False, test={"auroc": Estimate(0.8, None, None)}, oracle_test_auroc=None)
     assert _describe_model(summary) == "test AUROC 0.800"

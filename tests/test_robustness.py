@@ -328,7 +328,9 @@ def test_cli_robustness_refuses_a_model_whose_weights_changed(tmp_path: Path) ->
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
-    result = CliRunner().invoke(app, ["--home", str(tmp_path), "robustness", "--model", str(model_run.id)])
+    result = CliRunner().invoke(
+        app, ["--home", str(tmp_path), "robustness", "--model", str(model_run.id), "--l1-iterations", "0"]
+    )
     assert result.exit_code == 1
     assert result.output == (
         f"error: run {model_run.id}: model.pt no longer matches the checksum in its manifest (it changed after the "

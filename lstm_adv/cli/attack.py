@@ -162,7 +162,7 @@ def attack(
         run = run_attack(store, tuned_run, config, split=split, shard=parsed, resume=resumed, progress=progress)
     summary = run.summary_as(AttackSummary)
     batches = summary.batches
-    stop_if_interrupted(run, f"{batches.done} of {counted(batches.total, 'batch', 'batches')}")
+    stop_if_interrupted(run, f"{batches.done} of {counted(batches.total, 'sample')}")
     render_attack(run, console)
     console.print(f"attack run {run.id}")
     if summary.shard and run.manifest.status == "complete":
