@@ -69,6 +69,7 @@ from lstm_adv.train import (
     write_trained,
 )
 from lstm_adv.training_loop import (
+    BatchTransform,
     EpochCallback,
     EpochRecord,
     SplitTensors,
@@ -187,7 +188,7 @@ class _Trainer:
         # Fresh per batch: each batch's examples are made against the weights of that very step.
         return self._train(order, lambda x, y, rows: self.adversarial(x, y, chosen[rows], rows))
 
-    def _train(self, order: torch.Tensor, source: Any) -> float:
+    def _train(self, order: torch.Tensor, source: BatchTransform) -> float:
         """One pass of the model stage's loop on the examples ``source(x, y, rows)`` gives per batch."""
         batch_size, clip = self.model.params.batch_size, self.config.model.grad_clip_norm
         model, optimizer, criterion = self.model, self.optimizer, self.criterion

@@ -9,6 +9,12 @@ validation, from its model run), so ε = 0 gives exactly the model run's clean t
 sparse L1 attack is also run against every model: its success rate and the mean L0 / L1 of its
 best examples, before vs after defense.
 
+Gradient-obfuscation check (as ART's security curve): per model, the sweep's PGD with a budget that
+covers the whole box and ``robustness.obfuscation_iterations`` steps must drive robust accuracy to
+about 0; a model where it does not is named in the summary (its evaluation may be unreliable:
+masked or saturated gradients make a bounded attack look weak). The summary also stores every
+feature's unit and scale (p5, p95), so reports give each ε in clinical units, ε · (p95 − p5).
+
 ``run_robustness`` writes a run of kind ``robustness`` (parents: the evaluated model runs) with
 ``curves.parquet`` (model, defense, eps, metric, value), ``confusion.parquet`` (model, defense, eps,
 true_label, predicted_label, count), ``l1.parquet`` (model, defense, metric, value) and a summary.

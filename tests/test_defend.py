@@ -416,3 +416,16 @@ def test_cli_defend_l1_and_trades(tmp_path: Path) -> None:
     result = runner.invoke(app, [*common, "--loss", "trades", "--beta", "3"])
     assert result.exit_code == 0, result.output
     assert "TRADES β=3.0" in result.output
+
+
+def test_a_defended_model_is_an_attack_target_like_any_model(tmp_path: Path) -> None:
+    """tune-attack and attack take a defended model run: its features run is found through its original."""
+    from lstm_adv.results.artifacts import load_decision
+    from lstm_adv.targets import resolve_target
+
+    store, features_run, model_run = trained_store(tmp_path)
+    run = run_defense(store, model_run, config(epochs=1))
+    target = resolve_target(store, run)
+    assert target.features_run.id == features_run.id
+    _model, decision = target.load(load_features(features_run), torch.device("cpu"))
+    assert decision == load_decision(run)
