@@ -29,7 +29,9 @@ Decision = Literal["threshold", "argmax"]
 Cells = Literal["observed", "all"]
 PgdAttackName = Literal["pgd-linf", "pgd-l2"]
 PgdLoss = Literal["ce", "margin"]
-DefenseMethod = Literal["static", "adaptive"]
+DefenseMethod = Literal["static", "adaptive", "l1"]
+DefenseLoss = Literal["ce", "trades"]
+SparseExample = Literal["sparse", "best", "first"]
 Regenerate = Literal["epoch", "batch"]
 SplitName = Literal["train", "validation", "test"]
 AttackSplit = Literal["test", "validation", "val", "train", "all"]
@@ -325,6 +327,19 @@ class DefendConfig:
     mix: float = attrs.field(default=0.5, validator=v.number(low=0, high=1, owner="defend"))
     regenerate: Regenerate = _choice("defend", Regenerate, "batch")
     learning_rate: float = attrs.field(default=0.0, validator=v.number(low=0, high=10, owner="defend"))
+    loss: DefenseLoss = _choice("defend", DefenseLoss, "ce")
+    beta: float = attrs.field(default=6.0, validator=v.number(low=0, owner="defend"))
+    l1_iterations: int = attrs.field(default=20, validator=v.at_least(1, owner="defend"))
+    l1_search_steps: int = attrs.field(default=1, validator=v.at_least(1, owner="defend"))
+    l1_example: SparseExample = _choice("defend", SparseExample, "sparse")
+    monitor_samples: int = attrs.field(default=512, validator=v.at_least(0, owner="defend"))
+
+    def __attrs_post_init__(self) -> None:
+        if self.loss == "trades" and self.method != "adaptive":
+            raise ConfigError(
+                f"defend.loss = trades needs defend.method = adaptive (TRADES makes its examples against the current "
+                f"weights); got method {self.method!r}"
+            )
 
 
 def _sweep(instance: Any, attribute: attrs.Attribute[tuple[float, ...]], value: tuple[float, ...]) -> None:
@@ -346,6 +361,8 @@ class RobustnessConfig:
     )
     include_original: bool = True
     l1_max_iterations: int = attrs.field(default=200, validator=v.at_least(0, owner="robustness"))
+    obfuscation_iterations: int = attrs.field(default=100, validator=v.at_least(0, owner="robustness"))
+    obfuscation_tolerance: float = attrs.field(default=0.02, validator=v.number(low=0, high=1, owner="robustness"))
 
     @property
     def sweep(self) -> tuple[float, ...]:

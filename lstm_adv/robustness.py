@@ -9,6 +9,12 @@ validation, from its model run), so ε = 0 gives exactly the model run's clean t
 sparse L1 attack is also run against every model: its success rate and the mean L0 / L1 of its
 best examples, before vs after defense.
 
+Gradient-obfuscation check (as ART's security curve): per model, the sweep's PGD with a budget that
+covers the whole box and ``robustness.obfuscation_iterations`` steps must drive robust accuracy to
+about 0; a model where it does not is named in the summary (its evaluation may be unreliable:
+masked or saturated gradients make a bounded attack look weak). The summary also stores every
+feature's unit and scale (p5, p95), so reports give each ε in clinical units, ε · (p95 − p5).
+
 ``run_robustness`` writes a run of kind ``robustness`` (parents: the evaluated model runs) with
 ``curves.parquet`` (model, defense, eps, metric, value), ``confusion.parquet`` (model, defense, eps,
 true_label, predicted_label, count), ``l1.parquet`` (model, defense, metric, value) and a summary.
@@ -34,26 +40,30 @@ from lstm_adv.config import Config
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
+from lstm_adv.domain.features import FeatureSpec
 from lstm_adv.domain.perturbation import AttackBatchResult
 from lstm_adv.domain.run_id import RunId
+from lstm_adv.domain.shapes import N_CELLS
 from lstm_adv.models import BiLSTM
 from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import EvaluatedModel as ModelEntry
 from lstm_adv.results.summaries import (
+    FeatureScale,
     L1Record,
     ModelSummary,
+    ObfuscationCheck,
     PgdRecord,
     RobustnessRow,
     RobustnessSummary,
-    TuneAttackSummary,
 )
 from lstm_adv.targets import (
     allowed_cells,
     attack_mask,
     check_model_run,
     features_run_of,
+    tuned_attack_of,
     tuned_settings,
 )
 from lstm_adv.training_loop import predict_logits, probabilities, resolve_device
@@ -74,6 +84,8 @@ CURVE_METRICS = (
 )
 
 Progress = Callable[[str], None]
+#: A budget that covers the whole box [0, 1]^(48×19): every input is reachable (the obfuscation check).
+UNBOUNDED_EPS = {"linf": 1.0, "l2": math.sqrt(N_CELLS)}
 
 
 @attrs.frozen
@@ -98,9 +110,12 @@ class EvaluatedModel:
 
 
 def defense_of(run: Run) -> str:
-    """``baseline`` for a model of ``lstm-adv train``, else the defense method (static, adaptive)."""
+    """``baseline`` for a model of ``lstm-adv train``, else the defense: its method (static, adaptive, l1), or
+    ``trades`` for adaptive training with the TRADES loss."""
     defense = run.summary_as(ModelSummary).defense
-    return "baseline" if defense is None else defense.method
+    if defense is None:
+        return "baseline"
+    return "trades" if defense.loss == "trades" else defense.method
 
 
 def attacked_rows(y: torch.Tensor, settings: PgdSettings) -> torch.Tensor:
@@ -163,6 +178,67 @@ def curve_point(
         "mean_linf": float(flat.abs().amax(dim=1).mean()) if len(flat) else 0.0,
         "mean_l2": float(torch.linalg.vector_norm(flat, dim=1).mean()) if len(flat) else 0.0,
     }
+
+
+def obfuscation_check(
+    entry: EvaluatedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: PgdSettings,
+    *,
+    iterations: int,
+    tolerance: float,
+    batch_size: int,
+    eval_batch_size: int,
+    pool: NDArray[np.bool_] | None = None,
+) -> ObfuscationCheck:
+    """The gradient-obfuscation check of one model (as ART's security curve): the sweep's PGD, untargeted, with
+    a budget that covers the whole box (L∞ ε = 1; L2 ε = √912) and ``iterations`` steps (α = 2.5·ε/iterations).
+
+    Inside the box every input is allowed, so a gradient attack that works drives robust accuracy to
+    about 0; where it stays above ``tolerance`` the gradients do not lead the attack (masked,
+    saturated or shattered) and the bounded sweep may overstate the model's robustness. The success
+    rate is taken over ``pool`` (default: the samples correct at the model's rule).
+    Shape: x (n, 48, 19), y (n,).
+    """
+    unbounded = attrs.evolve(
+        settings, eps=UNBOUNDED_EPS[settings.norm], iterations=iterations, target=None, step_size=None
+    )
+    delta = fresh_perturbation(entry.model, x, y, unbounded, batch_size=batch_size, decision=entry.decision)
+    labels = y.cpu().numpy()
+    p_clean = probabilities(predict_logits(entry.model, x, eval_batch_size))
+    p_adv = probabilities(predict_logits(entry.model, x + delta, eval_batch_size))
+    clean, adv = entry.decision.predict_probability(p_clean), entry.decision.predict_probability(p_adv)
+    correct = clean == labels if pool is None else pool
+    robust = float(np.mean(adv == labels))
+    flipped = float(np.mean(adv[correct] != clean[correct])) if correct.any() else 0.0
+    if robust > tolerance:
+        log.warning(
+            "model %s: unbounded PGD (%d steps) leaves robust accuracy %.3f > %.3f; gradients may be masked and "
+            "its robustness evaluation may be unreliable",
+            entry.run_id,
+            iterations,
+            robust,
+            tolerance,
+        )
+    return ObfuscationCheck(
+        eps=unbounded.eps,
+        iterations=iterations,
+        robust_accuracy=robust,
+        success_rate=flipped,
+        tolerance=tolerance,
+        reliable=robust <= tolerance,
+    )
+
+
+def feature_scales(features: FeatureMatrix, spec: FeatureSpec) -> tuple[FeatureScale, ...]:
+    """Each feature's unit and the features run's p5 / p95 (ε in clinical units is ε · (p95 − p5))."""
+    units = {f.name: f.unit for f in spec.features}
+    s = features.scaling
+    return tuple(
+        FeatureScale(feature=name, unit=units.get(name, ""), p5=float(p5), p95=float(p95))
+        for name, p5, p95 in zip(s.feature_names, s.p5, s.p95, strict=True)
+    )
 
 
 def attack_pool(
@@ -243,19 +319,6 @@ def l1_statistics(entry: EvaluatedModel, result: AttackBatchResult) -> list[dict
     return [{"model": entry.run_id, "defense": entry.defense, "metric": k, "value": v} for k, v in values.items()]
 
 
-def tuned_attack_of(store: RunStore, model_run: Run) -> Run | None:
-    """The newest complete tune-attack run tuned against ``model_run`` (None when there is none)."""
-    tuned = [
-        run
-        for run in store.list("tune-attack")
-        if run.manifest.status == "complete"
-        and isinstance(run.manifest.summary, TuneAttackSummary)
-        and run.manifest.summary.model_run == model_run.id
-        and run.manifest.summary.best is not None
-    ]
-    return tuned[-1] if tuned else None
-
-
 def evaluation_runs(store: RunStore, model_runs: Sequence[Run], *, include_original: bool) -> list[Run]:
     """The runs to evaluate: as given (duplicates dropped), each defended one preceded by its original."""
     chosen: dict[str, Run] = {}
@@ -307,41 +370,81 @@ def run_robustness(
     settings = [PgdSettings.from_config(config.pgd, attack=config.robustness.attack, eps=e) for e in sweep]
     l1, tuned = _l1_settings(store, runs[0], config, tuned)
     cells = allowed_cells(config.attack, features, rows) if l1 is not None else None
-    mask = attack_mask(config.attack, artifacts.feature_definitions(features_run).to_spec())
+    spec = artifacts.feature_definitions(features_run).to_spec()
+    mask = attack_mask(config.attack, spec)
     parents = [run.id for run in runs] + ([tuned.id] if tuned is not None else [])
     with store.create("robustness", parents=parents, config=config_as_dict(config)) as writer:
-        curves, confusion, l1_rows, pools, l1_batches = [], [], [], {}, {}
+        tables = _Tables()
         for run in runs:
             entry = EvaluatedModel.from_run(run, device=device)
-            pool = attack_pool(entry, x, y, cells, eval_batch_size=config.model.eval_batch_size)
-            pools[str(run.id)] = int(pool.sum())
-            if progress is not None:
-                progress(f"PGD sweep on {run.id}")
-            c, m = robustness_curve(
-                entry,
-                x,
-                y,
-                settings,
-                batch_size=config.pgd.batch_size,
-                eval_batch_size=config.model.eval_batch_size,
-                pool=pool,
-            )
-            curves += c
-            confusion += m
-            if l1 is not None:
-                if progress is not None:
-                    progress(f"L1 attack on {run.id}")
-                result, l1_batches[str(run.id)] = l1_attack(
-                    entry, x, y, l1, batch_size=config.attack.batch_size, cells=cells, mask=mask
-                )
-                l1_rows += l1_statistics(entry, result)
-        frames = (pd.DataFrame(curves), pd.DataFrame(confusion), _l1_frame(l1_rows))
+            _evaluate(tables, entry, x, y, settings, config, l1=l1, cells=cells, mask=mask, progress=progress)
+        frames = (pd.DataFrame(tables.curves), pd.DataFrame(tables.confusion), _l1_frame(tables.l1))
         names = (artifacts.ROBUSTNESS_CURVES_FILE, artifacts.CONFUSION_FILE, artifacts.L1_FILE)
         for frame, name in zip(frames, names, strict=True):
             artifacts.write_table(writer.file(name), frame)
-        writer.summary = _summary(frames, runs, features_run, config, settings[0], l1, len(x), tuned, pools, l1_batches)
+        summary = _summary(
+            frames, runs, features_run, config, settings[0], l1, len(x), tuned, tables.pools, tables.l1_batches
+        )
+        writer.summary = attrs.evolve(summary, scales=feature_scales(features, spec), obfuscation=tables.obfuscation)
     assert writer.committed is not None
     return writer.committed
+
+
+@attrs.define
+class _Tables:
+    """What a robustness run collects over its models: table rows, pool sizes, obfuscation checks and the L1
+    attack's batch sizes."""
+
+    curves: list[dict[str, Any]] = attrs.Factory(list)
+    confusion: list[dict[str, Any]] = attrs.Factory(list)
+    l1: list[dict[str, Any]] = attrs.Factory(list)
+    pools: dict[str, int] = attrs.Factory(dict)
+    obfuscation: dict[str, ObfuscationCheck] = attrs.Factory(dict)
+    l1_batches: dict[str, int] = attrs.Factory(dict)
+
+
+def _evaluate(
+    tables: _Tables,
+    entry: EvaluatedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: Sequence[PgdSettings],
+    config: Config,
+    *,
+    l1: L1Settings | None,
+    cells: NDArray[np.bool_] | None,
+    mask: NDArray[np.bool_] | None,
+    progress: Progress | None,
+) -> None:
+    """One model: its pool, the PGD sweep, the obfuscation check and the L1 attack, into ``tables``."""
+    say = progress or (lambda text: None)
+    batch_size, eval_batch_size = config.pgd.batch_size, config.model.eval_batch_size
+    pool = attack_pool(entry, x, y, cells, eval_batch_size=eval_batch_size)
+    tables.pools[entry.run_id] = int(pool.sum())
+    say(f"PGD sweep on {entry.run_id}")
+    c, m = robustness_curve(entry, x, y, settings, batch_size=batch_size, eval_batch_size=eval_batch_size, pool=pool)
+    tables.curves += c
+    tables.confusion += m
+    r = config.robustness
+    if r.obfuscation_iterations > 0:
+        say(f"obfuscation check on {entry.run_id}")
+        tables.obfuscation[entry.run_id] = obfuscation_check(
+            entry,
+            x,
+            y,
+            settings[-1],
+            iterations=r.obfuscation_iterations,
+            tolerance=r.obfuscation_tolerance,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            pool=pool,
+        )
+    if l1 is not None:
+        say(f"L1 attack on {entry.run_id}")
+        result, tables.l1_batches[entry.run_id] = l1_attack(
+            entry, x, y, l1, batch_size=config.attack.batch_size, cells=cells, mask=mask
+        )
+        tables.l1 += l1_statistics(entry, result)
 
 
 def _l1_settings(

@@ -20,7 +20,7 @@ from lstm_adv.domain.features import FeatureSpec
 from lstm_adv.domain.run_id import RunId
 from lstm_adv.results import artifacts
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.results.summaries import TuneModelSummary
+from lstm_adv.results.summaries import TuneAttackSummary, TuneModelSummary
 
 if TYPE_CHECKING:
     import torch
@@ -97,7 +97,7 @@ def resolve_target(store: RunStore, run: Run, trial: int | None = None) -> Attac
             raise ConfigError(f"--trial selects a trial of a tune-model run; run {run.id} is a model run")
         if artifacts.is_cv_run(run):
             raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
-        return AttackTarget(run, None, store.get(str(run.manifest.parents[0]), kind="features"))
+        return AttackTarget(run, None, features_run_of(store, run))  # a defended model: through its original
     if run.kind == "tune-model":
         number, _params = artifacts.trial_params(run, trial)
         features_run = store.get(str(run.summary_as(TuneModelSummary).features_run), kind="features")
@@ -142,6 +142,19 @@ def features_run_of(store: RunStore, model_run: Run) -> Run:
         if parent.kind == "model":
             return features_run_of(store, store.get(str(parent), kind="model"))
     raise DataError(f"model run {model_run.id} names no features run among its parents; retrain it with lstm-adv train")
+
+
+def tuned_attack_of(store: RunStore, model_run: Run) -> Run | None:
+    """The newest complete tune-attack run tuned against ``model_run`` (None when there is none)."""
+    tuned = [
+        run
+        for run in store.list("tune-attack")
+        if run.manifest.status == "complete"
+        and isinstance(run.manifest.summary, TuneAttackSummary)
+        and run.manifest.summary.model_run == model_run.id
+        and run.manifest.summary.best is not None
+    ]
+    return tuned[-1] if tuned else None
 
 
 def check_model_run(run: Run) -> None:

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # (inputs, labels, row indices into the split) → the inputs to train on. Shape: (B, 48, 19).
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (inputs, labels, row indices into the split) → the batch's loss to minimize (a scalar), computed in
+# training mode; replaces ``criterion(model(x), y)`` (TRADES adds a term on adversarial inputs).
+BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @attrs.frozen
@@ -147,7 +150,7 @@ def fit_model(
     generator = torch.Generator().manual_seed(config.seed)
     model = BiLSTM(params).to(device)
     state = _LoopState(model, build_optimizer(params, model), loss_function(train.y, config.imbalance))
-    writer = _summary_writer(tensorboard_dir)
+    writer = summary_writer(tensorboard_dir)
     try:
         for epoch in range(1, (max_epochs or config.max_epochs) + 1):
             record = _run_epoch(state, train, validation, params, config, generator, epoch)
@@ -222,11 +225,13 @@ def train_epoch(
     order: torch.Tensor,
     clip: float,
     transform: BatchTransform | None = None,
+    batch_loss: BatchLoss | None = None,
 ) -> float:
     """One pass over ``order`` (indices into the on-device split) in batches of index slices; mean loss.
 
     ``transform(x, y, rows)`` may replace a batch's inputs just before its step (adversarial training
-    makes its examples there, against the weights of that very step).
+    makes its examples there, against the weights of that very step); ``batch_loss(x, y, rows)``, if
+    given, is the loss of the step instead of ``criterion(model(x), y)``.
     """
     order = order.to(train.x.device)
     model.train()
@@ -236,7 +241,7 @@ def train_epoch(
         x, y = train.x[batch], train.y[batch]
         if transform is not None:
             x = transform(x, y, batch)
-        loss = criterion(model(x), y)
+        loss = criterion(model(x), y) if batch_loss is None else batch_loss(x, y, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip > 0:
@@ -256,7 +261,8 @@ def validation_scores(model: nn.Module, split: SplitTensors, batch_size: int) ->
     return loss, metrics.auroc(split.y.cpu().numpy(), scores)
 
 
-def _summary_writer(folder: Path | None) -> Any:
+def summary_writer(folder: Path | None) -> Any:
+    """A TensorBoard ``SummaryWriter`` logging to ``folder`` (None: no writer)."""
     if folder is None:
         return None
     from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run is written
@@ -267,7 +273,7 @@ def _summary_writer(folder: Path | None) -> Any:
 def write_hparams(folder: Path, hparams: dict[str, Any], results: dict[str, float]) -> None:
     """Record a finished run's hyperparameters and results for TensorBoard's HPARAMS tab (the results also
     as scalars), in the run's own log folder."""
-    writer = _summary_writer(folder)
+    writer = summary_writer(folder)
     try:
         values = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()}
         finite = {k: float(v) for k, v in results.items() if math.isfinite(v)}
@@ -287,7 +293,15 @@ def _log_epoch(writer: Any, record: EpochRecord) -> None:
     )
     if writer is None:
         return
-    writer.add_scalar("loss/train", record.train_loss, record.epoch)
-    writer.add_scalar("loss/validation", record.val_loss, record.epoch)
-    writer.add_scalar("auroc/validation", record.val_auroc, record.epoch)
-    writer.add_scalar("seconds/epoch", record.seconds, record.epoch)
+    for tag, value in epoch_scalars(record).items():
+        writer.add_scalar(tag, value, record.epoch)
+
+
+def epoch_scalars(record: EpochRecord) -> dict[str, float]:
+    """The TensorBoard scalars of one epoch (tag → value), the same for trained and defended models."""
+    return {
+        "loss/train": record.train_loss,
+        "loss/validation": record.val_loss,
+        "auroc/validation": record.val_auroc,
+        "seconds/epoch": record.seconds,
+    }

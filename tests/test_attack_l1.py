@@ -376,3 +376,22 @@ def test_adam_moves_only_cells_whose_gradient_beats_the_threshold_in_its_metric(
     strong = np.abs(gradient) / np.abs(gradient).max() > 0.5
     assert moved.any()
     assert not (moved & ~strong).any()
+
+
+def test_perturb_returns_the_chosen_examples_and_zero_where_none_was_found() -> None:
+    """``perturb`` (what adversarial training uses) gives each sample its sparse, best or first δ from ``run`` on
+    x's device, and δ = 0 for a sample that was not attacked or not flipped; the cells limit it as in ``run``."""
+    x, y = _inputs(6, seed=2)
+    attack = L1Attack(MODEL, SETTINGS["ista"])
+    result = attack.run(x, y)
+    assert result.found.any()
+    assert (~result.found).any()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for example in ("sparse", "best", "first"):
+        delta = attack.perturb(xt, yt, example=example)
+        assert delta.device == xt.device
+        np.testing.assert_array_equal(delta.numpy(), result.deltas(example))
+        assert not bool(delta[torch.from_numpy(~result.found)].any())
+    cells = torch.from_numpy(np.random.default_rng(0).random((6, 48, 19)) < 0.5)
+    limited = attack.perturb(xt, yt, cells)
+    assert not bool(limited[~cells].any())

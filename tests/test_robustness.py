@@ -12,21 +12,29 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import nn
 from typer.testing import CliRunner
 
-from lstm_adv.attacks import L1Settings
-from lstm_adv.attacks.pgd import PgdAttack
+from lstm_adv.attacks import L1Attack, L1Settings
+from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
 from lstm_adv.cli import app
 from lstm_adv.config import Config, PgdConfig, RobustnessConfig
 from lstm_adv.defend import run_defense
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.results import api
-from lstm_adv.results.artifacts import CONFUSION_FILE, L1_FILE, load_features, load_trained_model
+from lstm_adv.results.artifacts import (
+    CONFUSION_FILE,
+    L1_FILE,
+    feature_definitions,
+    load_features,
+    load_trained_model,
+)
 from lstm_adv.results.artifacts import ROBUSTNESS_CURVES_FILE as CURVES_FILE
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.robustness import EvaluatedModel, attack_pool, l1_attack, run_robustness
+from lstm_adv.results.summaries import RobustnessSummary
+from lstm_adv.robustness import EvaluatedModel, attack_pool, l1_attack, obfuscation_check, run_robustness
 from lstm_adv.train import run_training
 from lstm_adv.tune_attack import run_attack_tuning
 from tests.test_defend import config as defend_config
@@ -149,22 +157,129 @@ def _p_death(entry: EvaluatedModel, x: torch.Tensor) -> np.ndarray:
         return torch.softmax(entry.model(x).double(), dim=1)[:, 1].numpy()
 
 
-def test_defense_is_judged_by_fresh_attacks_on_its_final_weights(
+@pytest.fixture(scope="module")
+def defenses(defended: tuple[RunStore, Run, Run, Run]) -> dict[str, Run]:
+    """Every defense method of the same baseline: static, adaptive, l1 (its tuned attack) and TRADES."""
+    store, _features, model_run, adaptive = defended
+    return {
+        "static": run_defense(store, model_run, defend_config(method="static", epochs=1)),
+        "adaptive": adaptive,
+        "l1": run_defense(store, model_run, defend_config(method="l1", epochs=1, l1_iterations=3)),
+        "trades": run_defense(store, model_run, defend_config(loss="trades", epochs=1)),
+    }
+
+
+@pytest.mark.parametrize("method", ["static", "adaptive", "l1", "trades"])
+def test_each_defense_is_judged_by_fresh_attacks_on_its_final_weights(
+    defended: tuple[RunStore, Run, Run, Run], defenses: dict[str, Run], method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever examples a defense trained on, the robustness stage attacks anew: every ε > 0 and the obfuscation
+    check run a new PGD, and the L1 attack a new sparse attack, against exactly the stored final weights of the
+    defended model and of its original."""
+    store, _features, model_run, _adaptive = defended
+    defense = defenses[method]
+    pgd_seen: list[str] = []
+    l1_seen: list[str] = []
+    pgd, l1 = PgdAttack.perturb, L1Attack.run
+
+    def pgd_spy(self: PgdAttack, x: torch.Tensor, y: torch.Tensor, cells: Any = None) -> torch.Tensor:
+        pgd_seen.append(weights_hash(self.model))
+        return pgd(self, x, y, cells)
+
+    def l1_spy(self: L1Attack, x: Any, y: Any, **options: Any) -> Any:
+        l1_seen.append(weights_hash(self.model))
+        return l1(self, x, y, **options)
+
+    monkeypatch.setattr(PgdAttack, "perturb", pgd_spy)
+    monkeypatch.setattr(L1Attack, "run", l1_spy)
+    run = run_robustness(store, [defense], config(eps=(0.0, 0.05, 0.2), l1_max_iterations=2))
+    final = [weights_hash(load_trained_model(r)) for r in (model_run, defense)]
+    assert final[0] != final[1]
+    assert sorted(pgd_seen) == sorted(h for h in final for _ in range(3))  # two ε > 0 and the obfuscation check
+    assert sorted(l1_seen) == sorted(final)
+    models = {str(m.model): m.defense for m in run.summary_as(RobustnessSummary).models}
+    assert models == {str(model_run.id): "baseline", str(defense.id): method}
+
+
+class _Rounding(nn.Module):
+    """A model that rounds its input to quarters first: its input gradient is 0 almost everywhere (masked)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(torch.round(x * 4) / 4)
+        return out
+
+
+def _test_split(features_run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    features = load_features(features_run)
+    rows = features.indices("test")
+    return torch.from_numpy(features.values[rows]), torch.from_numpy(features.labels[rows])
+
+
+@pytest.mark.parametrize("random_start", [True, False])
+def test_obfuscation_check_fires_on_masked_gradients_and_stays_quiet_on_a_normal_model(
+    defended: tuple[RunStore, Run, Run, Run], random_start: bool
+) -> None:
+    """Unbounded PGD with many steps drives a normal model's robust accuracy to 0 (the check passes); behind an
+    input-rounding wrapper its gradients are masked, PGD stalls and the check fails."""
+    _store, features_run, model_run, _defense = defended
+    x, y = _test_split(features_run)
+    normal = EvaluatedModel.from_run(model_run, device="cpu")
+    masked = attrs.evolve(normal, model=_Rounding(normal.model))
+    settings = PgdSettings(eps=0.05, iterations=10, random_start=random_start)
+    options = {"iterations": 100, "tolerance": 0.02, "batch_size": 64, "eval_batch_size": 64}
+    quiet = obfuscation_check(normal, x, y, settings, **options)
+    fired = obfuscation_check(masked, x, y, settings, **options)
+    assert (quiet.reliable, quiet.robust_accuracy, quiet.eps) == (True, 0.0, 1.0)
+    assert not fired.reliable
+    assert fired.robust_accuracy > 0.02
+
+
+def test_robustness_stage_says_which_model_may_be_unreliable(
     defended: tuple[RunStore, Run, Run, Run], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every ε > 0 of every model runs a new PGD attack against exactly the stored final weights of that model."""
+    """The stage runs the check on every model; a model with masked gradients is named in the summary, the results
+    API and `runs show`, the others pass."""
     store, _features, model_run, defense = defended
-    seen: list[str] = []
-    original = PgdAttack.perturb
+    loaded = EvaluatedModel.from_run
 
-    def spy(self: PgdAttack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        seen.append(weights_hash(self.model))
-        return original(self, x, y)
+    def masking(cls: type[EvaluatedModel], run: Run, *, device: Any) -> EvaluatedModel:
+        entry = loaded(run, device=device)
+        return attrs.evolve(entry, model=_Rounding(entry.model)) if run.id == defense.id else entry
 
-    monkeypatch.setattr(PgdAttack, "perturb", spy)
-    run_robustness(store, [defense], config(eps=(0.0, 0.05, 0.2), l1_max_iterations=0))
-    final = {weights_hash(load_trained_model(run)) for run in (model_run, defense)}
-    assert sorted(seen) == sorted([h for h in final for _ in range(2)])  # two ε > 0 per model; ε = 0 needs none
+    monkeypatch.setattr(EvaluatedModel, "from_run", classmethod(masking))
+    run = run_robustness(store, [defense], config(l1_max_iterations=0))
+    summary = run.summary_as(RobustnessSummary)
+    assert set(summary.obfuscation) == {str(model_run.id), str(defense.id)}
+    assert summary.unreliable() == (str(defense.id),)
+    verdicts = api.robustness_obfuscation(run).set_index("label")["verdict"].to_dict()
+    assert verdicts == {f"baseline · {model_run.id}": "ok", f"adaptive · {defense.id}": "may be unreliable"}
+    shown = CliRunner().invoke(app, ["--home", str(store.root.parent), "runs", "show", str(run.id)])
+    assert "the evaluation may be unreliable" in " ".join(shown.output.split())  # rich wraps lines
+    skipped = run_robustness(store, [model_run], config(l1_max_iterations=0, obfuscation_iterations=0))
+    assert skipped.summary_as(RobustnessSummary).obfuscation == {}
+
+
+def test_clinical_eps_is_eps_times_the_features_runs_scale(
+    defended: tuple[RunStore, Run, Run, Run], robustness_run: Run
+) -> None:
+    """Beside each ε > 0 of the sweep the report's table gives ε · (p95 − p5) per feature, from the features run's
+    stored statistics, in the unit of its feature definitions."""
+    _store, features_run, _model, _defense = defended
+    table = api.robustness_clinical_eps(robustness_run)
+    scaling = load_features(features_run).scaling
+    assert table["feature"].tolist() == list(scaling.feature_names)
+    assert list(table.columns) == ["feature", "unit", "span", "ε = 0.05", "ε = 0.2"]
+    np.testing.assert_allclose(table["span"], scaling.p95 - scaling.p5)
+    for eps in (0.05, 0.2):
+        np.testing.assert_allclose(table[f"ε = {eps:g}"], eps * (scaling.p95 - scaling.p5))
+        np.testing.assert_allclose(table[f"ε = {eps:g}"], scaling.to_clinical(np.full(19, eps)))
+    units = {f.name: f.unit for f in feature_definitions(features_run).to_spec().features}
+    assert table["unit"].tolist() == [units[name] for name in scaling.feature_names]
+    assert table.set_index("feature").loc["sysbp", "unit"] == "mmHg"
 
 
 def _runs(root: Path) -> list[str]:
@@ -289,7 +404,8 @@ def test_cli_robustness_prints_the_run_and_shows_it(defended: tuple[RunStore, Ru
 
 @pytest.mark.slow
 def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) -> None:
-    """robustness.qmd renders offline to HTML (figures embedded, nothing fetched) and a PDF, with no sample id."""
+    """robustness.qmd renders offline to HTML (figures embedded, nothing fetched) and a PDF, with no sample id,
+    and shows the sweep's ε in clinical units and the gradient-obfuscation check."""
     from lstm_adv.reports import render_report, report_files
     from tests.report_checks import embedded_images, external_references, layout_problems, pdf_pages, raw_column_names
     from tests.strategies import tiny_feature_matrix
@@ -312,13 +428,16 @@ def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) ->
     assert embedded_images(html) >= 2  # the metric-vs-ε curves and the confusion matrices
     assert pdf_pages(report) >= 1
     needles = {str(i) for i in np.concatenate([features.subject_ids, features.hadm_ids, features.icustay_ids])}
-    assert leaked(visible_text(html), needles) == []
+    text = visible_text(html)
+    assert leaked(text, needles) == []
     assert raw_column_names(html) == []
     assert layout_problems(report, "robustness") == []
     assert f"threshold, t = {model.manifest.summary.threshold:.3f}" in html
     assert "ε (normalized units, 0–1 = p5–p95 of the training split)" in html
     worse = api.defense_made_worse(robustness)
     assert ("less robust than its original" in html) == (not worse.empty)
+    for section in ("ε in clinical units", "ε · (p95 − p5)", "Gradient-obfuscation check", "unbounded budget"):
+        assert section in text, section
 
 
 def test_cli_robustness_refuses_a_model_whose_weights_changed(tmp_path: Path) -> None:

@@ -129,6 +129,17 @@ class L1Attack(Attack[L1Settings]):
         """The iteration budget per sample (every round of the λ search)."""
         return self.settings.total_iterations
 
+    def perturb(self, x: Tensor, y: Tensor, cells: Tensor | None = None, *, example: str = "sparse") -> Tensor:
+        """δ of the ``example`` kind (sparse, best or first) for every sample, 0 where none was found.
+
+        :meth:`Attack.run` on these samples (misclassified ones, and ones without an allowed cell, are
+        skipped and keep δ = 0), its chosen deltas copied back to x's device: adversarial training
+        uses it as it uses :meth:`PgdAttack.perturb`. Shape: x (N, 48, 19), y (N,), cells (N, 48, 19)
+        → δ (N, 48, 19).
+        """
+        result = self.run(x, y, allowed=None if cells is None else cells.cpu())
+        return torch.from_numpy(result.deltas(example)).to(device=x.device, dtype=x.dtype)
+
     def _loss(self, target: Tensor) -> Callable[[Tensor], Tensor]:
         kappa, boundary = self.settings.kappa, self.boundary
         return lambda logits: margin(logits, target, boundary).clamp(min=-kappa)

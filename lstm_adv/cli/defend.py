@@ -27,8 +27,9 @@ def defend(
         str | None,
         typer.Option(
             "--method",
-            help="static (examples made once) or adaptive (Madry: fresh examples against "
-            "the current weights) [default: defend.method].",
+            help="static (PGD examples made once), adaptive (Madry: fresh PGD examples against the current "
+            "weights) or l1 (fresh sparse L1 examples, the tuned attack with a bounded budget) "
+            "[default: defend.method].",
         ),
     ] = None,
     attack: Annotated[str | None, typer.Option("--attack", help="pgd-linf or pgd-l2 [default: defend.attack].")] = None,
@@ -53,9 +54,33 @@ def defend(
         str | None,
         typer.Option("--regenerate", help="Adaptive: fresh examples every batch (Madry) or epoch [default: batch]."),
     ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option(
+            "--loss",
+            help="Adaptive: ce (cross-entropy on the mix) or trades (CE on clean + β·KL to the adversarial "
+            "prediction) [default: defend.loss].",
+        ),
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option("--beta", help="TRADES weight β of the KL term [default: defend.beta].")
+    ] = None,
+    tuned: Annotated[
+        str | None,
+        typer.Option(
+            "--tuned",
+            help="l1: tune-attack run whose settings make the examples [default: the newest one tuned against "
+            "the model].",
+        ),
+    ] = None,
+    cells: Annotated[
+        str | None,
+        typer.Option("--cells", help="l1: cells the examples may change, observed or all [default: attack.cells]."),
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
 ) -> None:
-    """Fine-tune a trained model on a mix of clean and PGD examples (static or adaptive adversarial training).
+    """Fine-tune a trained model on adversarial examples: static or adaptive PGD training (optionally TRADES),
+    or training against the sparse L1 attack.
 
     The result is a new model run (parent: the original model) that every later stage accepts;
     judge it with `lstm-adv robustness --model <new id>`, which attacks its final weights afresh.
@@ -70,22 +95,37 @@ def defend(
         "defend.epochs": epochs,
         "defend.mix": mix,
         "defend.regenerate": regenerate,
+        "defend.loss": loss,
+        "defend.beta": beta,
+        "attack.cells": cells,
         "pgd.target": target,
         "model.device": device,
     }
     config = cli.config(overrides)
     store = cli.workspace().store
     model_run = store.resolve(model, "model")
+    tuned_run = store.get(tuned, kind="tune-attack") if tuned else None
     with _progress("fine-tuning", config.defend.epochs) as advance:
-        run = run_defense(store, model_run, config, on_epoch=lambda r: advance(f"clean val AUROC {r.val_auroc:.4f}"))
+        run = run_defense(
+            store,
+            model_run,
+            config,
+            tuned=tuned_run,
+            on_epoch=lambda r: advance(f"clean val AUROC {r.val_auroc:.4f}"),
+        )
     from lstm_adv.cli.train import render_model
 
     render_model(run, console)
     defense = run.summary_as(ModelSummary).defense
     if defense is not None:
+        budget = "" if defense.eps is None else f" ε={defense.eps}"
+        loss_text = f", TRADES β={defense.beta}" if defense.loss == "trades" else ""
+        robust = (
+            "" if defense.robust_validation is None else f"; robust validation accuracy {defense.robust_validation:.3f}"
+        )
         console.print(
-            f"{defense.method} defense with {defense.attack} ε={defense.eps}: "
-            f"{defense.regenerations} example generation(s)"
+            f"{defense.method} defense with {defense.attack}{budget}{loss_text}: "
+            f"{defense.regenerations} example generation(s) in {defense.seconds or 0:.0f} s{robust}"
         )
     console.print(f"model run {run.id}")
 
@@ -136,6 +176,14 @@ def robustness(
         str | None,
         typer.Option("--cells", help="Cells the L1 attack may change: observed or all [default: attack.cells]."),
     ] = None,
+    obfuscation_iterations: Annotated[
+        int | None,
+        typer.Option(
+            "--obfuscation-iterations",
+            help="Steps of the unbounded PGD of the gradient-obfuscation check (0 skips it) "
+            "[default: robustness.obfuscation_iterations].",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
 ) -> None:
     """Fresh PGD attacks against each model's final weights across an ε sweep, plus the tuned sparse L1 attack.
@@ -152,6 +200,7 @@ def robustness(
         "robustness.attack": attack,
         "robustness.split": split,
         "robustness.l1_max_iterations": l1_iterations,
+        "robustness.obfuscation_iterations": obfuscation_iterations,
         "attack.cells": cells,
         "pgd.target": target,
         "model.device": device,
@@ -231,3 +280,9 @@ def render_robustness(run: Run, out: Console) -> None:
                 _value(stats.get("mean_l1")),
             )
         out.print(l1_table)
+    for model, check in summary.obfuscation.items():
+        verdict = "ok" if check.reliable else "[red]the evaluation may be unreliable (gradients may be masked)[/red]"
+        out.print(
+            f"obfuscation check, {defenses.get(model, '?')} {model}: unbounded PGD ({check.iterations} steps) leaves "
+            f"robust accuracy {check.robust_accuracy:.3f} (≤ {check.tolerance:g} expected): {verdict}"
+        )

@@ -179,17 +179,32 @@ class TuneModelSummary:
 
 @attrs.frozen
 class DefenseSummary:
-    """How a defended model was made (``lstm-adv defend``)."""
+    """How a defended model was made (``lstm-adv defend``).
+
+    ``attack`` is the attack that made the training examples (``pgd-linf``, ``pgd-l2`` or ``l1``);
+    ``loss`` ``ce`` or ``trades`` (with ``beta``); ``tuned`` the tune-attack run whose settings made
+    the sparse examples of method ``l1`` (on ``cells``); ``seconds`` the wall time of the whole
+    fine-tuning (example generation included); ``robust_validation`` the robust accuracy of the
+    final weights on the monitored validation samples under that attack, at the original model's
+    rule (``None`` where not monitored). Fields after ``original_model`` are ``None`` (or ``ce``) in
+    runs made before they were recorded.
+    """
 
     method: str
     attack: str
-    eps: float
+    eps: float | None
     epochs: int
     mix: float
     regenerate: str
     regenerations: int
     original_model: RunId
     batch_size: int | None = None  # PGD samples attacked at once (None in runs made before it was recorded)
+    loss: str = "ce"
+    beta: float | None = None
+    tuned: RunId | None = None
+    cells: str | None = None
+    seconds: float | None = None
+    robust_validation: float | None = None
 
 
 @attrs.frozen
@@ -428,8 +443,44 @@ class L1Record:
 
 
 @attrs.frozen
+class FeatureScale:
+    """One feature's scale: its clinical unit and the training split's p5 and p95 (one normalized unit is
+    p95 − p5 of that unit), as the features run stored them."""
+
+    feature: str
+    unit: str
+    p5: float
+    p95: float
+
+    @property
+    def span(self) -> float:
+        """p95 − p5: what a normalized change of 1 means in the feature's unit."""
+        return self.p95 - self.p5
+
+
+@attrs.frozen
+class ObfuscationCheck:
+    """The gradient-obfuscation check of one model: the sweep's PGD with an unbounded budget (``eps`` covers
+    the whole box) for ``iterations`` steps. ``robust_accuracy`` over the split must be at most
+    ``tolerance``; else ``reliable`` is false: gradients may be masked and a small robust-accuracy drop
+    under the bounded attacks proves little for that model."""
+
+    eps: float
+    iterations: int
+    robust_accuracy: float
+    success_rate: float
+    tolerance: float
+    reliable: bool
+
+
+@attrs.frozen
 class RobustnessSummary:
-    """A robustness run: the models, the split, the PGD sweep and its table, and the L1 attack."""
+    """A robustness run: the models, the split, the PGD sweep and its table, and the L1 attack.
+
+    ``scales`` give each feature's unit and scale (ε in clinical units is ε · (p95 − p5));
+    ``obfuscation`` the gradient-obfuscation check per model (empty when skipped). Both are empty in
+    runs made before they were recorded.
+    """
 
     models: tuple[EvaluatedModel, ...]
     features_run: RunId
@@ -443,6 +494,12 @@ class RobustnessSummary:
     decisions: dict[str, str]
     cells: str
     pool: dict[str, int]
+    scales: tuple[FeatureScale, ...] = ()
+    obfuscation: dict[str, ObfuscationCheck] = attrs.Factory(dict)
+
+    def unreliable(self) -> tuple[str, ...]:
+        """The models whose obfuscation check failed (their evaluation may be unreliable)."""
+        return tuple(model for model, check in self.obfuscation.items() if not check.reliable)
 
 
 # --- reports ----------------------------------------------------------------------------------------------

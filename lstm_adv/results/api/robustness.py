@@ -16,10 +16,12 @@ BASELINE = "baseline"
 __all__ = [
     "ROBUSTNESS_KINDS",
     "defense_made_worse",
+    "robustness_clinical_eps",
     "robustness_confusion",
     "robustness_curves",
     "robustness_l1",
     "robustness_models",
+    "robustness_obfuscation",
 ]
 
 
@@ -122,4 +124,49 @@ def defense_made_worse(run: Run, metric: str = "robust_accuracy") -> pd.DataFram
             if mine is not None and theirs is not None and mine < theirs - 1e-12:
                 rows.append((labels[model], labels[original], eps, float(mine), float(theirs)))
     columns = ["defended", "original", "eps", "defended_value", "original_value"]
+    return aggregates_only(pd.DataFrame(rows, columns=columns))
+
+
+def eps_column(eps: float) -> str:
+    """The column of :func:`robustness_clinical_eps` that holds budget ``eps``."""
+    return f"ε = {eps:g}"
+
+
+def robustness_clinical_eps(run: Run) -> pd.DataFrame:
+    """What each ε > 0 of the sweep means per feature in its clinical unit: ε · (p95 − p5), with p5 and p95 the
+    training split's percentiles the features run scaled by (one normalized unit is p95 − p5).
+
+    Columns: feature, unit, span (p95 − p5), then one per ε > 0 (:func:`eps_column`). Empty for a run made
+    before the scales were recorded.
+    """
+    summary = run.summary_as(RobustnessSummary)
+    budgets = [e for e in summary.eps if e > 0]
+    rows = [
+        {"feature": s.feature, "unit": s.unit, "span": s.span, **{eps_column(e): e * s.span for e in budgets}}
+        for s in summary.scales
+    ]
+    return aggregates_only(pd.DataFrame(rows, columns=["feature", "unit", "span", *map(eps_column, budgets)]))
+
+
+def robustness_obfuscation(run: Run) -> pd.DataFrame:
+    """The gradient-obfuscation check per model: robust accuracy under an unbounded PGD with many steps (must be
+    about 0), its success rate on the pool, and the verdict (``ok`` or ``may be unreliable``).
+
+    Columns: label, eps, iterations, robust_accuracy, success_rate, tolerance, verdict. Empty when skipped.
+    """
+    summary = run.summary_as(RobustnessSummary)
+    labels = _model_labels(run)
+    rows = [
+        (
+            labels.get(model, model),
+            c.eps,
+            c.iterations,
+            c.robust_accuracy,
+            c.success_rate,
+            c.tolerance,
+            "ok" if c.reliable else "may be unreliable",
+        )
+        for model, c in summary.obfuscation.items()
+    ]
+    columns = ["label", "eps", "iterations", "robust_accuracy", "success_rate", "tolerance", "verdict"]
     return aggregates_only(pd.DataFrame(rows, columns=columns))
