@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -348,7 +348,7 @@ def find_reusable(
         manifest = run.manifest
         if manifest.status != "complete" or tuple(manifest.parents) != tuple(parents):
             continue
-        if any(manifest.config.get(section) != wanted.get(section) for section in sections):
+        if any(_results(manifest.config, s) != _results(wanted, s) for s in sections):
             continue
         if match is not None and not match(manifest.summary):
             continue
@@ -357,6 +357,18 @@ def find_reusable(
             continue
         return run
     return None
+
+
+#: Settings that change how fast a stage runs, never its results: they do not stop a run from being reused.
+SPEED_SETTINGS: dict[str, tuple[str, ...]] = {"attack": ("device", "batch_size", "block_size", "cudnn")}
+
+
+def _results(config: dict[str, Any], section: str) -> Any:
+    """The part of a configuration section that decides a stage's results."""
+    values = config.get(section)
+    if not isinstance(values, dict):
+        return values
+    return {key: value for key, value in values.items() if key not in SPEED_SETTINGS.get(section, ())}
 
 
 def _prepare_database(

@@ -156,3 +156,23 @@ def test_an_interrupted_stage_stops_the_demo(tmp_path: Path) -> None:
         f"the demo stopped: tune-model was interrupted (run {run.id} keeps what it finished); run `lstm-adv demo` "
         "again to redo that stage and go on"
     )
+
+
+def test_speed_settings_do_not_stop_a_run_from_being_reused(tmp_path: Path) -> None:
+    """A tune-attack run made with another batch size, block size or device is reused; one made with another
+    setting that changes results (the cells) is not."""
+    from lstm_adv.pipeline import find_reusable
+    from lstm_adv.results.config_file import config_as_dict, load_config
+    from lstm_adv.results.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    with store.create("features") as parent:
+        parent.file("x").write_text("x")
+    made = load_config(overrides={"attack.batch_size": 64, "attack.block_size": 128, "attack.device": "cpu"})
+    with store.create("tune-attack", parents=[parent.id], config=config_as_dict(made)) as writer:
+        writer.file("y").write_text("y")
+    assert writer.committed is not None
+    now = load_config()
+    assert find_reusable(store, "tune-attack", now, parents=(parent.id,)) == writer.committed
+    other = load_config(overrides={"attack.cells": "all"})
+    assert find_reusable(store, "tune-attack", other, parents=(parent.id,)) is None

@@ -256,7 +256,7 @@ def test_robustness_stage_says_which_model_may_be_unreliable(
     assert set(summary.obfuscation) == {str(model_run.id), str(defense.id)}
     assert summary.unreliable() == (str(defense.id),)
     verdicts = api.robustness_obfuscation(run).set_index("label")["verdict"].to_dict()
-    assert verdicts == {f"baseline · {model_run.id}": "ok", f"adaptive · {defense.id}": "may be unreliable"}
+    assert verdicts == {f"baseline ({model_run.id.token})": "ok", f"adaptive ({defense.id.token})": "may be unreliable"}
     shown = CliRunner().invoke(app, ["--home", str(store.root.parent), "runs", "show", str(run.id)])
     assert "the evaluation may be unreliable" in " ".join(shown.output.split())  # rich wraps lines
     skipped = run_robustness(store, [model_run], config(l1_max_iterations=0, obfuscation_iterations=0))
