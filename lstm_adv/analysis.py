@@ -369,7 +369,9 @@ def _median_or_none(examples: pd.DataFrame, which: str, direction: str) -> float
 
 
 def _top(table: pd.DataFrame, which: str, direction: str, column: str, k: int) -> tuple[Any, ...]:
-    rows = table[(table["which"] == which) & (table["direction"] == direction)].sort_values("rank").head(k)
+    """The ``k`` first-ranked features (or hours) of a group that the examples changed at all (S > 0)."""
+    rows = table[(table["which"] == which) & (table["direction"] == direction) & (table["susceptibility"] > 0)]
+    rows = rows.sort_values("rank").head(k)
     return tuple(item.item() if isinstance(item, np.generic) else item for item in rows[column])
 
 

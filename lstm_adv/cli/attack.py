@@ -236,7 +236,7 @@ def render_tuning(run: Run, out: Console) -> None:
         table.add_row(
             f"{trial.number}{mark}",
             _number(trial.success_rate, ".3f"),
-            _number(trial.median_l0, ".0f"),
+            _number(trial.median_l0, ".1f"),
             settings.method,
             _number(settings.lam),
             _number(settings.step_size),
@@ -267,7 +267,7 @@ def render_attack(run: Run, out: Console) -> None:
         title="examples",
     )
     for name, entry in s.directions.items():
-        l0 = " / ".join(_number(x.median_l0, ".0f") for x in (entry.first, entry.best, entry.sparse))
+        l0 = " / ".join(_number(x.median_l0, ".1f") for x in (entry.first, entry.best, entry.sparse))
         l1 = " / ".join(_number(x.mean_l1, ".3f") for x in (entry.best, entry.sparse))
         table.add_row(
             name.replace("to", "→"),

@@ -70,7 +70,7 @@ def _describe_attack_tuning(summary: TuneAttackSummary) -> str:
     if summary.objective != "pareto":
         return f"{states}; best {summary.objective} {best.value:.3f}"
     rate = "—" if best.success_rate is None else f"{best.success_rate:.0%}"
-    median = "—" if best.median_l0 is None else f"{best.median_l0:.0f}"
+    median = "—" if best.median_l0 is None else f"{best.median_l0:g}"
     return (
         f"{states}; {len(summary.pareto)} on the Pareto front; chosen trial {best.number}: success {rate}, "
         f"median L0 of the sparse examples {median}"
@@ -119,7 +119,7 @@ def headline(run: Run) -> str:
 
 
 def _median(value: float | None) -> str:
-    return "—" if value is None else f"{value:.0f}"
+    return "—" if value is None else f"{value:g}"
 
 
 def _headline_model(summary: ModelSummary) -> str:
