@@ -69,6 +69,11 @@ def _strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     return simple[tp]
 
 
+def _default_value(default: Any) -> Any:
+    """A field's default as a value (an ``attrs.Factory`` is called)."""
+    return default.factory() if isinstance(default, attrs.Factory) else default
+
+
 def attrs_instances(cls: type[Any]) -> st.SearchStrategy[Any]:
     """Instances of an attrs class with every field drawn from its annotated type (or its default).
 
@@ -78,7 +83,7 @@ def attrs_instances(cls: type[Any]) -> st.SearchStrategy[Any]:
     fields = {
         f.name: _strategy_for(hints[f.name])
         if f.default is attrs.NOTHING
-        else st.just(f.default) | _strategy_for(hints[f.name])
+        else st.just(_default_value(f.default)) | _strategy_for(hints[f.name])
         for f in attrs.fields(cls)
     }
     has_defaults = all(f.default is not attrs.NOTHING for f in attrs.fields(cls))
