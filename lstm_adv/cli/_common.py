@@ -259,24 +259,33 @@ def setup_logging(verbose: bool) -> None:
 
 
 @contextmanager
-def trial_progress(total: int) -> Iterator[Callable[[Any, Any], None]]:
-    """A progress bar over ``total`` Optuna trials; yields the callback to pass as ``on_trial``."""
+def step_progress(what: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """A transient progress bar named ``what`` over ``total`` steps (None: unknown); yields
+    ``advance(description="", steps=1)``. Off when the output is not a terminal (a finished bar leaves a
+    blank line in logs)."""
     with Progress(
-        TextColumn("trials"),
+        TextColumn(what),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,  # a finished transient bar still leaves a blank line in logs
+        disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task("", total=total)
 
-        def on_trial(study: Any, trial: Any) -> None:  # optuna Study, FrozenTrial
-            progress.update(task, advance=1, description=f"trial {trial.number} {trial.state.name.lower()}")
+        def advance(description: str = "", steps: int = 1) -> None:
+            progress.update(task, advance=steps, description=description)
 
-        yield on_trial
+        yield advance
+
+
+@contextmanager
+def trial_progress(total: int) -> Iterator[Callable[[Any, Any], None]]:
+    """A progress bar over ``total`` Optuna trials; yields the callback to pass as ``on_trial``."""
+    with step_progress("trials", total) as advance:
+        yield lambda study, trial: advance(f"trial {trial.number} {trial.state.name.lower()}")  # Study, FrozenTrial
 
 
 def physical_cores() -> int:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lstm_adv.cli._common import (
@@ -20,6 +17,7 @@ from lstm_adv.cli._common import (
     counted,
     dashboard_hint,
     state,
+    step_progress,
     stop_if_interrupted,
     trial_progress,
 )
@@ -158,8 +156,16 @@ def attack(
     parsed = Shard.parse(shard) if shard is not None else None
     resumed = store.get(resume, kind="attack") if resume else None
     tuned_run = store.resolve(tuned, "tune-attack") if (tuned or not resumed) else None
-    with _batch_progress() as progress:
-        run = run_attack(store, tuned_run, config, split=split, shard=parsed, resume=resumed, progress=progress)
+    with step_progress("attack", None) as advance:
+        run = run_attack(
+            store,
+            tuned_run,
+            config,
+            split=split,
+            shard=parsed,
+            resume=resumed,
+            progress=lambda n: advance("samples", n),
+        )
     summary = run.summary_as(AttackSummary)
     batches = summary.batches
     stop_if_interrupted(run, f"{batches.done} of {counted(batches.total, 'sample')}")
@@ -175,26 +181,6 @@ def attack(
             console.print(f"all {count} shards finished: merged attack run {merged.id}")
         else:
             console.print(f"these {count} shards were merged before: attack run {merged.id}")
-
-
-@contextmanager
-def _batch_progress() -> Iterator[Any]:
-    with Progress(
-        TextColumn("attack"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("samples"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,  # a finished transient bar still leaves a blank line in logs
-    ) as progress:
-        task = progress.add_task("", total=None)
-
-        def on_batch(n: int) -> None:
-            progress.update(task, advance=n)
-
-        yield on_batch
 
 
 def _number(value: Any, fmt: str = ".3g") -> str:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lstm_adv.cli._common import console, fail, state
+from lstm_adv.cli._common import console, fail, state, step_progress
 from lstm_adv.cli.summaries import register
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import ModelSummary, RobustnessSummary
@@ -105,7 +102,7 @@ def defend(
     store = cli.workspace().store
     model_run = store.resolve(model, "model")
     tuned_run = store.get(tuned, kind="tune-attack") if tuned else None
-    with _progress("fine-tuning", config.defend.epochs) as advance:
+    with step_progress("fine-tuning", config.defend.epochs) as advance:
         run = run_defense(
             store,
             model_run,
@@ -214,22 +211,6 @@ def robustness(
         run = run_robustness(store, runs, config, tuned=tuned_run, progress=lambda text: status.update(text))
     render_robustness(run, console)
     console.print(f"robustness run {run.id}")
-
-
-@contextmanager
-def _progress(what: str, total: int) -> Iterator[Any]:
-    with Progress(
-        TextColumn(what),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,  # a finished transient bar still leaves a blank line in logs
-    ) as progress:
-        task = progress.add_task("", total=total)
-        yield lambda description: progress.update(task, advance=1, description=description)
 
 
 def _value(value: Any) -> str:

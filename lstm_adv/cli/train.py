@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lstm_adv.cli._common import (
@@ -20,6 +17,7 @@ from lstm_adv.cli._common import (
     dashboard_hint,
     fail,
     state,
+    step_progress,
     stop_if_interrupted,
     trial_progress,
 )
@@ -82,8 +80,16 @@ def train(
     else:
         hyper = load_params_file(params) if params is not None else params_from_config(config.model)
     folds = features_run_folds(features_run) if cv else 1
-    with _epoch_progress(config.model.max_epochs * folds) as on_epoch:
-        run = run_training(store, features_run, hyper, config, cv=cv, extra_parents=extra, on_epoch=on_epoch)
+    with step_progress("training", config.model.max_epochs * folds) as advance:
+        run = run_training(
+            store,
+            features_run,
+            hyper,
+            config,
+            cv=cv,
+            extra_parents=extra,
+            on_epoch=lambda record: advance(f"val AUROC {record.val_auroc:.4f}"),
+        )
     render_model(run, console)
     console.print(f"model run {run.id}")
 
@@ -146,26 +152,6 @@ def tune_model(
     stop_if_interrupted(run, counted(states.get("complete", 0) + states.get("pruned", 0), "trial"))
     render_tuning(run, console)
     console.print(f"tune-model run {run.id}")
-
-
-@contextmanager
-def _epoch_progress(total: int) -> Iterator[Any]:
-    with Progress(
-        TextColumn("training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,  # a finished transient bar still leaves a blank line in logs
-    ) as progress:
-        task = progress.add_task("", total=total)
-
-        def on_epoch(record: Any) -> None:  # an EpochRecord
-            progress.update(task, advance=1, description=f"val AUROC {record.val_auroc:.4f}")
-
-        yield on_epoch
 
 
 def _interval(entry: Estimate | None) -> str:
