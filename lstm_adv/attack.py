@@ -10,8 +10,11 @@ Design:
 
 - **The model's decision rule** (its threshold t, stored in the model run) decides which samples are
   correctly classified (the ones attacked) and what counts as a flip.
-- **Cells.** ``attack.cells = observed`` lets each sample change only its own measured cells (the
-  FeatureMatrix's observation mask): the data-entry-error model. ``all`` is Sun et al.'s setting.
+- **Threat.** ``attack.cells = record`` (the default) alters each sample's measurements — its measured
+  hourly values and the pre-window bin — and the model sees the input preprocessing makes from the
+  altered record: the data-entry-error model (L0 counts altered measurements; the results store the
+  record change beside the model input's change). ``observed`` changes measured model-input cells
+  alone (not producible from a record; a comparison); ``all`` is Sun et al.'s setting.
 - **Blocks.** The split's samples, in ascending row order, are cut into blocks of ``attack.block_size`` rows.
   A block is the unit of progress and sharding; within it, samples are attacked in batches of
   ``attack.batch_size`` (a speed setting: every sample has its own state, so results do not depend on
@@ -49,7 +52,7 @@ from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.converter import structure
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import AttackSummary, Batches, DirectionStats, NormMeans, TuneAttackSummary
-from lstm_adv.targets import AttackTarget, allowed_cells, attack_mask, target_from, tuned_settings
+from lstm_adv.targets import AttackSurface, AttackTarget, attack_surface, l1_attack, target_from, tuned_settings
 from lstm_adv.training_loop import resolve_device
 
 log = logging.getLogger(__name__)
@@ -124,8 +127,7 @@ class _Plan:
     n_samples: int
     previous: AttackBatchResult | None = attrs.field(eq=False)
     parents: tuple[RunId, ...]
-    features: FeatureMatrix = attrs.field(eq=False)
-    mask: np.ndarray | None = attrs.field(eq=False)
+    surface: AttackSurface = attrs.field(eq=False)
 
 
 def run_attack(
@@ -146,18 +148,16 @@ def run_attack(
     """
     plan = _plan(store, tuned, config, split=split, shard=shard, resume=resume)
     device = resolve_device(plan.config.attack.device)
-    model, decision = plan.target.load(plan.features, device)
+    model, decision = plan.target.load(plan.surface.features, device)
     cfg = plan.config.attack
-    attack = L1Attack(
+    attack = l1_attack(
         model,
         plan.settings,
         decision=decision,
+        surface=plan.surface,
+        config=cfg,
         device=device,
-        mask=plan.mask,
-        batch_size=cfg.batch_size,
         max_batch_size=block_size(cfg, device),  # every call attacks one block
-        include_misclassified=cfg.include_misclassified,
-        cudnn=cfg.cudnn,
     )
     batch_size = attack.batch_size
     with store.create("attack", parents=plan.parents, config=config_as_dict(plan.config)) as writer:
@@ -198,10 +198,9 @@ def _plan(
     summary = tuned.summary_as(TuneAttackSummary)
     target = target_from(store, summary.model_run, summary.model_trial, summary.features_run)
     spec = artifacts.feature_definitions(target.features_run).to_spec()
-    mask = attack_mask(config.attack, spec)  # a bad mask fails before anything is written
     split = split_name(split or "test")
     features = artifacts.load_features(target.features_run)
-    allowed_cells(config.attack, features, np.zeros(0, dtype=np.int64))  # no mask for --cells observed: fail now
+    surface = attack_surface(config.attack, features, spec)  # a bad mask or threat fails before anything is written
     rows = split_indices(features, split, origin=f"features run {target.features_run.id}")
     block = block_size(config.attack, resolve_device(config.attack.device))
     blocks = blocks_of(rows, block, shard)
@@ -215,7 +214,7 @@ def _plan(
     todo = [b for b in todo if b.size]
     n_samples = sum(b.size for b in blocks)
     return _Plan(
-        tuned, target, config, settings, split, shard, todo, n_samples, previous, (tuned.id, *parents), features, mask
+        tuned, target, config, settings, split, shard, todo, n_samples, previous, (tuned.id, *parents), surface
     )
 
 
@@ -251,11 +250,9 @@ def _resume_inputs(
 def _attack_blocks(attack: L1Attack, plan: _Plan, progress: Progress | None) -> tuple[list[AttackBatchResult], str]:
     """Attack the plan's remaining blocks; Ctrl-C stops after the finished ones (none finished: re-raised)."""
     parts = [] if plan.previous is None else [plan.previous]
-    features, cfg = plan.features, plan.config.attack
     try:
         for rows in plan.todo:
-            allowed = allowed_cells(cfg, features, rows)
-            parts.append(attack.run(features.values[rows], features.labels[rows], sample_index=rows, allowed=allowed))
+            parts.append(plan.surface.attack(attack, rows))
             if progress is not None:
                 progress(len(rows))
     except KeyboardInterrupt:
@@ -277,6 +274,8 @@ def _params(plan: _Plan, batch_size: int) -> dict[str, object]:
         **attrs.asdict(plan.settings),
         "batch_size": batch_size,
         "cells": cfg.cells,
+        "record_prewindow": cfg.record_prewindow,
+        "max_change": dict(cfg.max_change),
         "include_misclassified": cfg.include_misclassified,
         "features": list(cfg.features),
         "hours": list(cfg.hours),

@@ -26,7 +26,7 @@ Monitor = Literal["auroc", "loss"]
 L1Method = Literal["ista", "fista", "adam"]
 AttackObjective = Literal["pareto", "sparsity", "sparse_small", "sparse_small_max", "max_num_nonzero_perts"]
 Decision = Literal["threshold", "argmax"]
-Cells = Literal["observed", "all"]
+Cells = Literal["record", "observed", "all"]
 PgdAttackName = Literal["pgd-linf", "pgd-l2"]
 PgdLoss = Literal["ce", "margin"]
 DefenseMethod = Literal["static", "adaptive", "l1"]
@@ -37,6 +37,7 @@ SplitName = Literal["train", "validation", "test"]
 AttackSplit = Literal["test", "validation", "val", "train", "all"]
 WindowStart = Literal["all", "included"]
 
+CELLS: tuple[str, ...] = get_args(Cells)
 DEVICES: tuple[str, ...] = get_args(Device)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -230,6 +231,16 @@ def _block_size(instance: Any, attribute: attrs.Attribute[Any], value: int | str
         raise ConfigError(f'attack.block_size must be an integer ≥ 1 or "auto" (by device), got {value!r}')
 
 
+def _max_change(instance: Any, attribute: attrs.Attribute[Any], value: dict[str, float]) -> None:
+    for name, bound in value.items():
+        number = isinstance(bound, int | float) and not isinstance(bound, bool)
+        if not number or math.isnan(bound) or bound < 0:
+            raise ConfigError(
+                f"attack.max_change.{name} must be a number ≥ 0 in the feature's clinical unit (inf: unbounded), "
+                f"got {bound!r}"
+            )
+
+
 #: ``attack.block_size = "auto"``: samples per block on a CPU and on a GPU (where batches can grow to it).
 AUTO_BLOCK = {"cpu": 256, "cuda": 16384}
 
@@ -241,7 +252,9 @@ class AttackConfig:
     max_iterations: int = attrs.field(default=200, validator=v.at_least(1, owner="attack"))
     search_steps: int = attrs.field(default=5, validator=v.at_least(1, owner="attack"))
     include_misclassified: bool = False
-    cells: Cells = _choice("attack", Cells, "observed")
+    cells: Cells = _choice("attack", Cells, "record")
+    record_prewindow: bool = True
+    max_change: dict[str, float] = attrs.field(factory=dict, validator=_max_change)
     features: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     hours: tuple[int, int] = attrs.field(default=(0, WINDOW_HOURS), validator=_hours)
     batch_size: int | Literal["auto"] = attrs.field(default="auto", validator=_batch_size)

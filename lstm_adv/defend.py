@@ -38,7 +38,8 @@ from numpy.typing import NDArray
 
 from lstm_adv.attacks.l1 import L1Attack, L1Settings
 from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
-from lstm_adv.attacks.trades import TradesAttack, trades_loss
+from lstm_adv.attacks.threats import SampleInputs
+from lstm_adv.attacks.trades import trades_loss
 from lstm_adv.config import DEFENSE_METHODS as METHODS
 from lstm_adv.config import Config, Decision
 from lstm_adv.domain.decision import DecisionRule
@@ -50,10 +51,13 @@ from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import DefenseSummary
 from lstm_adv.targets import (
-    allowed_cells,
-    attack_mask,
+    AttackSurface,
+    attack_surface,
     check_model_run,
     features_run_of,
+    l1_attack,
+    pgd_attack,
+    trades_attack,
     tuned_attack_of,
     tuned_settings,
 )
@@ -95,14 +99,10 @@ ExampleAttack = PgdAttack | L1Attack
 @attrs.frozen
 class SparseTraining:
     """What method ``l1`` needs besides the config: the L1 attack's settings (tuned κ, λ, step, method with the
-    bounded budget), its cell mask, and the cells each sample may change (``None``: all).
-
-    Shapes: mask (48, 19); cells (N, 48, 19), rows of the whole FeatureMatrix.
-    """
+    bounded budget) and its surface (the threat of ``[attack]`` and each row's record or measured cells)."""
 
     settings: L1Settings
-    mask: NDArray[np.bool_] | None = attrs.field(default=None, eq=False)
-    cells: NDArray[np.bool_] | None = attrs.field(default=None, eq=False)
+    surface: AttackSurface = attrs.field(eq=False)
     batch_size: int | Literal["auto"] = "auto"
 
 
@@ -138,7 +138,7 @@ class _Trainer:
     criterion: torch.nn.Module
     attack: ExampleAttack
     train: SplitTensors
-    cells: torch.Tensor | None  # (n_train, 48, 19): the cells each training sample may change (method l1)
+    inputs: SampleInputs | None  # per training sample, the L1 threat's record or allowed cells (method l1)
     eligible: torch.Tensor
     config: Config
     generator: torch.Generator
@@ -167,8 +167,8 @@ class _Trainer:
     def perturb(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """δ against the current weights: PGD (or TRADES' KL PGD), or the sparse attack on each row's cells."""
         if isinstance(self.attack, L1Attack):
-            cells = None if self.cells is None else self.cells[rows]
-            return self.attack.perturb(x, y, cells, example=self.config.defend.l1_example)
+            part = SampleInputs() if self.inputs is None else self.inputs.take(rows)
+            return self.attack.perturb(x, y, part.allowed, record=part.record, example=self.config.defend.l1_example)
         return self.attack.perturb(x, y)
 
     def epoch(self, fixed: torch.Tensor | None) -> float:
@@ -210,14 +210,15 @@ class _Monitor:
     attack: ExampleAttack
     x: torch.Tensor
     y: torch.Tensor
-    cells: torch.Tensor | None
+    inputs: SampleInputs | None
     decision: DecisionRule
     eval_batch_size: int
 
     def robust_accuracy(self, model: BiLSTM) -> float:
         """Share of the subset predicted correctly, at the rule, after a fresh attack on ``model``'s weights."""
         if isinstance(self.attack, L1Attack):
-            delta = self.attack.perturb(self.x, self.y, self.cells)
+            part = self.inputs or SampleInputs()
+            delta = self.attack.perturb(self.x, self.y, part.allowed, record=part.record)
         else:
             delta = self.attack.perturb(self.x, self.y)
         p = probabilities(predict_logits(model, self.x + delta, self.eval_batch_size))
@@ -253,7 +254,7 @@ def defend_model(
     ]
     decision = decision or DecisionRule.argmax()
     copy = _copy_model(model, device)
-    trainer = _trainer(copy, tensors[0], _cells_of(sparse, split.train, device), config, decision, sparse)
+    trainer = _trainer(copy, tensors[0], _inputs_of(sparse, split.train, device), config, decision, sparse)
     monitor = _monitor(copy, features, split.validation, config, decision, sparse, device)
     writer = summary_writer(tensorboard_dir)
     try:
@@ -330,11 +331,15 @@ def _copy_model(model: BiLSTM, device: torch.device) -> BiLSTM:
     return copy
 
 
-def _cells_of(sparse: SparseTraining | None, rows: NDArray[np.int64], device: torch.device) -> torch.Tensor | None:
-    """The allowed cells of ``rows`` on ``device`` (None: every cell, or not method l1). Shape: (n, 48, 19)."""
-    if sparse is None or sparse.cells is None:
+def _inputs_of(sparse: SparseTraining | None, rows: NDArray[np.int64], device: torch.device) -> SampleInputs | None:
+    """The L1 threat's inputs of ``rows`` on ``device`` (None: not method l1)."""
+    if sparse is None:
         return None
-    return torch.from_numpy(np.ascontiguousarray(sparse.cells[rows])).to(device)
+    arrays = sparse.surface.inputs(rows)
+    tensors = {
+        k: None if v is None else torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()
+    }
+    return SampleInputs(allowed=tensors["allowed"], record=tensors["record"])
 
 
 def _example_attack(
@@ -343,26 +348,27 @@ def _example_attack(
     """The attack that makes the training examples: PGD, TRADES' KL PGD, or the sparse L1 attack."""
     if config.defend.method == "l1":
         assert sparse is not None
-        return L1Attack(
+        return l1_attack(
             model,
             sparse.settings,
             decision=decision,
+            surface=sparse.surface,
+            config=attrs.evolve(config.attack, include_misclassified=False),
             device=device,
             batch_size=sparse.batch_size,
             max_batch_size=model.params.batch_size,  # it attacks one training batch at a time
-            mask=sparse.mask,
-            cudnn=config.attack.cudnn,
         )
     settings = defense_settings(config)
+    batch_size, cudnn = config.pgd.batch_size, config.attack.cudnn
     if config.defend.loss == "trades":
-        return TradesAttack(model, attrs.evolve(settings, target=None), device=device, batch_size=config.pgd.batch_size)
-    return PgdAttack(model, settings, decision=decision, device=device, batch_size=config.pgd.batch_size)
+        return trades_attack(model, settings, device=device, batch_size=batch_size, cudnn=cudnn)
+    return pgd_attack(model, settings, decision=decision, device=device, batch_size=batch_size, cudnn=cudnn)
 
 
 def _trainer(
     model: BiLSTM,
     train: SplitTensors,
-    cells: torch.Tensor | None,
+    inputs: SampleInputs | None,
     config: Config,
     decision: DecisionRule,
     sparse: SparseTraining | None,
@@ -374,7 +380,7 @@ def _trainer(
     eligible = train.y != target if target is not None else torch.ones_like(train.y, dtype=torch.bool)
     generator = torch.Generator().manual_seed(config.model.seed)
     criterion = loss_function(train.y, config.model.imbalance)
-    return _Trainer(model, optimizer, criterion, attack, train, cells, eligible, config, generator)
+    return _Trainer(model, optimizer, criterion, attack, train, inputs, eligible, config, generator)
 
 
 def _monitor(
@@ -398,12 +404,17 @@ def _monitor(
     if config.defend.method == "l1":
         attack: ExampleAttack = _example_attack(model, config, decision, sparse, device)
     else:
-        attack = PgdAttack(
-            model, defense_settings(config), decision=decision, device=device, batch_size=config.pgd.batch_size
+        attack = pgd_attack(
+            model,
+            defense_settings(config),
+            decision=decision,
+            device=device,
+            batch_size=config.pgd.batch_size,
+            cudnn=config.attack.cudnn,
         )
     x = torch.from_numpy(np.ascontiguousarray(features.values[picked])).to(device)
     y = torch.from_numpy(features.labels[picked]).to(device)
-    return _Monitor(attack, x, y, _cells_of(sparse, picked, device), decision, config.model.eval_batch_size)
+    return _Monitor(attack, x, y, _inputs_of(sparse, picked, device), decision, config.model.eval_batch_size)
 
 
 def sparse_training(
@@ -422,9 +433,8 @@ def sparse_training(
     settings = attrs.evolve(
         tuned_settings(tuned, config.attack), max_iterations=d.l1_iterations, search_steps=d.l1_search_steps
     )
-    mask = attack_mask(config.attack, artifacts.feature_definitions(features_run).to_spec())
-    cells = allowed_cells(config.attack, features, np.arange(features.n_samples))
-    return SparseTraining(settings, mask, cells, config.attack.batch_size), tuned
+    surface = attack_surface(config.attack, features, artifacts.feature_definitions(features_run).to_spec())
+    return SparseTraining(settings, surface, config.attack.batch_size), tuned
 
 
 def run_defense(

@@ -11,7 +11,8 @@ Everything here is re-exported by :mod:`lstm_adv` (``import lstm_adv as la``)::
 
 Runs are found in the workspace ``home`` (default: ``$LSTM_ADV_HOME``, else the nearest ``.lstm-adv``
 above the working directory), the same one the CLI uses. Attacks decide at the model run's own rule
-and, by default, change only cells that held a measurement (``cells="observed"``).
+and, by default as the CLI, alter the samples' measurements and push the altered records through the
+fill (``cells="record"``; ``"observed"`` and ``"all"`` change model-input cells).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from lstm_adv.attacks import L1Settings
 
 RunRef = str | Run
+#: The threat the Python API attacks with unless told otherwise: the CLI's default (``attack.cells``).
+DEFAULT_CELLS = "record"
 
 
 def store_of(home: str | Path | None = None) -> RunStore:
@@ -154,7 +157,8 @@ def attack_batch(
     split: str | None = None,
     limit: int | None = None,
     observed: np.ndarray | None = None,
-    cells: str = "observed",
+    record: np.ndarray | None = None,
+    cells: str = DEFAULT_CELLS,
     tuned: RunRef | None = None,
     settings: L1Settings | None = None,
     which: str = "sparse",
@@ -165,38 +169,47 @@ def attack_batch(
 ) -> AttackOutput:
     """Attack a batch with the sparse L1 attack at the model's decision rule; returns :class:`AttackOutput`.
 
-    ``data``: a FeatureMatrix (``split`` picks its rows, ``limit`` keeps the first N; its labels and
+    ``data``: a FeatureMatrix (``split`` picks its rows, ``limit`` keeps the first N; its labels, record and
     observation mask are used) or an array (N, 48, 19) in [0, 1] with ``labels`` (default: the model's
-    own decisions, so every sample is a target) and, for ``cells="observed"``, ``observed`` (N, 48, 19)
-    bool. Settings: ``tuned`` (a tune-attack run: its chosen settings), else ``settings``, else the
-    attack's defaults. ``which``: the example kind in ``x_adv``/``delta`` (first, best or sparse).
+    own decisions, so every sample is a target) and, for ``cells="record"`` (the default, as the CLI's),
+    ``record`` (N, 49, 19) — the records the inputs were filled from, in the model's features run's units —
+    or for ``cells="observed"`` ``observed`` (N, 48, 19) bool. Settings: ``tuned`` (a tune-attack run: its
+    chosen settings), else ``settings``, else the attack's defaults. ``which``: the example kind in
+    ``x_adv``/``delta`` (first, best or sparse).
     """
-    from lstm_adv.attacks import L1Attack, L1Settings
-    from lstm_adv.config import AttackConfig
-    from lstm_adv.targets import tuned_settings
+    import torch
+
+    from lstm_adv.attacks import L1Settings
+    from lstm_adv.config import CELLS, AttackConfig
+    from lstm_adv.targets import attack_surface, l1_attack, tuned_settings
 
     if which not in EXAMPLES:
         raise ConfigError(f"which must be one of {', '.join(EXAMPLES)}; got {which!r}")
-    if cells not in ("observed", "all"):
-        raise ConfigError(f"cells must be observed or all; got {cells!r}")
+    if cells not in CELLS:
+        raise ConfigError(f"cells must be one of {', '.join(CELLS)}; got {cells!r}")
     loaded = load_model(model, home, device=device)
-    x, y, mask, index = _batch(loaded, data, labels, observed, split, limit, cells)
+    matrix, rows = _batch(loaded, data, labels, observed, record, split, limit, cells)
+    config = AttackConfig(cells=cells, include_misclassified=include_misclassified, batch_size=batch_size)  # type: ignore[arg-type]
     if tuned is not None:
-        chosen = tuned_settings(load_run(tuned, home, kind="tune-attack"), AttackConfig())
+        chosen = tuned_settings(load_run(tuned, home, kind="tune-attack"), config)
     else:
         chosen = settings or L1Settings()
-    engine = L1Attack(
+    spec = artifacts.feature_definitions(loaded.features_run).to_spec()
+    surface = attack_surface(config, matrix, spec)
+    engine = l1_attack(
         loaded.network,
         chosen,
         decision=loaded.decision,
-        device=device,
-        batch_size=batch_size,
-        include_misclassified=include_misclassified,
+        surface=surface,
+        config=config,
+        device=torch.device(device),
+        max_batch_size=max(rows.size, 1),
     )
-    result = engine.run(x, y, sample_index=index, allowed=mask)
+    result = surface.attack(engine, rows)
+    x = matrix.values[rows]
     delta = np.where(result.found[:, None, None], result.deltas(which), 0.0).astype(np.float32)
     x_adv = np.clip(x + delta, 0.0, 1.0).astype(np.float32)
-    table = _table(loaded, x, x_adv, delta, result)
+    table = _table(loaded, x, x_adv, delta, result, which)
     return AttackOutput(x_adv, delta, table, result, which, loaded.decision)
 
 
@@ -205,34 +218,55 @@ def _batch(
     data: FeatureMatrix | np.ndarray,
     labels: np.ndarray | None,
     observed: np.ndarray | None,
+    record: np.ndarray | None,
     split: str | None,
     limit: int | None,
     cells: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Inputs, labels, allowed cells (None: all) and sample indices of the batch."""
+) -> tuple[FeatureMatrix, np.ndarray]:
+    """The batch as a FeatureMatrix (arrays: one built around them, with the model's features run's scaling)
+    and its rows."""
     if isinstance(data, FeatureMatrix):
         rows = data.indices(split_name(split)) if split else np.arange(data.n_samples)
-        rows = rows[:limit] if limit is not None else rows
-        x, y = data.values[rows], data.labels[rows]
-        mask = data.observation_mask()[rows] if cells == "observed" else None
-        return x, y, mask, rows
+        return data, rows[:limit] if limit is not None else rows
     x = np.asarray(data, dtype=np.float32)
     if x.ndim != 3 or x.shape[1:] != (48, 19):
         raise DataError(f"attack: inputs must have shape (N, 48, 19); got {x.shape}")
-    if limit is not None:
-        x = x[:limit]
+    x = x[:limit] if limit is not None else x
     y = model.predict(x) if labels is None else np.asarray(labels, dtype=np.int64)[: len(x)]
-    if cells == "observed":
-        if observed is None:
-            raise DataError("cells='observed' needs the inputs' observation mask (observed=…), or use cells='all'")
-        mask = np.asarray(observed, dtype=bool)[: len(x)]
-    else:
-        mask = None
-    return x, y, mask, np.arange(len(x))
+    if cells == "observed" and observed is None:
+        raise DataError("cells='observed' needs the inputs' observation mask (observed=…), or use cells='all'")
+    if cells == "record" and record is None:
+        raise DataError(
+            "cells='record' needs the records the inputs were filled from (record=…, e.g. a FeatureMatrix's "
+            "record), or pass the FeatureMatrix itself; or use cells='observed' or 'all'"
+        )
+    return _wrap(model, x, y, observed, record), np.arange(len(x))
+
+
+def _wrap(
+    model: Model, x: np.ndarray, y: np.ndarray, observed: np.ndarray | None, record: np.ndarray | None
+) -> FeatureMatrix:
+    """A FeatureMatrix around bare inputs (ids are positions; one train split), for the attack's threat."""
+    n = len(x)
+    scaling = artifacts.load_features(model.features_run).scaling
+    ids = np.arange(n, dtype=np.int64)
+    return FeatureMatrix(
+        values=x,
+        labels=y,
+        subject_ids=ids,
+        hadm_ids=ids,
+        icustay_ids=ids,
+        feature_names=scaling.feature_names,
+        split=np.zeros(n, dtype=np.int8),
+        fold=np.zeros(n, dtype=np.int8),
+        scaling=scaling,
+        observed=None if observed is None else np.asarray(observed, dtype=bool)[:n],
+        record=None if record is None else np.asarray(record, dtype=np.float32)[:n],
+    )
 
 
 def _table(
-    model: Model, x: np.ndarray, x_adv: np.ndarray, delta: np.ndarray, result: AttackBatchResult
+    model: Model, x: np.ndarray, x_adv: np.ndarray, delta: np.ndarray, result: AttackBatchResult, which: str
 ) -> pd.DataFrame:
     reasons = ["" if result.attacked[i] else result.not_completed_reason(i) for i in range(result.n)]
     return pd.DataFrame(
@@ -245,7 +279,8 @@ def _table(
             "success": result.found,
             "p_before": model.predict_proba(x),
             "p_after": model.predict_proba(x_adv),
-            "l0": np.count_nonzero(delta, axis=(1, 2)),
+            "l0": np.where(result.found, result.l0(which), 0),
+            "input_l0": np.count_nonzero(delta, axis=(1, 2)),
             "l1": np.abs(delta).sum(axis=(1, 2), dtype=np.float64),
             "linf": np.abs(delta).max(axis=(1, 2)),
             "reason": reasons,
@@ -268,16 +303,26 @@ class SparseAttack:
     model: Model = attrs.field(converter=_as_model)
     tuned: RunRef | None = None
     settings: L1Settings | None = None
-    cells: str = "all"
+    cells: str = DEFAULT_CELLS
     which: str = "sparse"
     device: str = "cpu"
 
-    def __call__(self, x: np.ndarray, y: np.ndarray | None = None, *, observed: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        *,
+        observed: np.ndarray | None = None,
+        record: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Adversarial inputs for ``x`` (N, 48, 19); ``record`` (N, 49, 19) for ``cells="record"``, ``observed``
+        (N, 48, 19) for ``cells="observed"``."""
         out = attack_batch(
             self.model,
             x,
             y,
             observed=observed,
+            record=record,
             cells=self.cells,
             tuned=self.tuned,
             settings=self.settings,

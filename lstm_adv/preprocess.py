@@ -19,11 +19,16 @@ Steps, all vectorized over measurement rows (no Python loop over admissions or r
    also stratified (round robin over patients sorted by label and a seeded key).
 4. **Statistics** come from the training split only, over the observed hourly bin means in the
    window (clinical units): per feature p5, median and p95.
-5. **Fill** each (sample, feature) series along time, never looking past the window: linear
-   interpolation between observed bins; carry the last observed bin forward to the end; before the
-   first observed bin use the last pre-window bin if there is one, else the first observed bin; a
-   series with no observation in the window uses the last pre-window bin, else the training median.
-6. **Scale.** Winsorize at p5/p95 and map ``(x - p5) / (p95 - p5)`` to [0, 1] (0 when p95 == p5).
+5. **Record.** The last pre-window bin and the 48 in-window bins of each (sample, feature), scaled
+   ``(x - p5) / (p95 - p5)`` (0 when p95 == p5) but not winsorized, NaN where nothing was measured:
+   the sample's record (:mod:`lstm_adv.domain.record`), stored with the matrix so that an attack can
+   alter measurements and recompute the model input exactly as here.
+6. **Fill and winsorize** each (sample, feature) series of the record along time, never looking past
+   the window: linear interpolation between observed bins; carry the last observed bin forward to the
+   end; before the first observed bin use the last pre-window bin if there is one, else the first
+   observed bin; a series with no observation in the window uses the last pre-window bin, else the
+   training median; then clip to [0, 1] (winsorizing at p5/p95). The fill is affine in the values, so
+   this equals filling in clinical units, winsorizing and scaling.
 7. **Coverage.** The observation mask (cells whose hour held a measurement) is stored with the
    matrix; the summary gives per feature the measured share of cells and the samples whose series
    was never measured (window and look-back empty: all 48 hours are the training median).
@@ -46,6 +51,7 @@ from lstm_adv.config import Config, PreprocessConfig
 from lstm_adv.domain.errors import ConfigError, DataError, FeatureSpecError
 from lstm_adv.domain.feature_matrix import SPLITS, FeatureMatrix, ScalingStats
 from lstm_adv.domain.features import FeatureDefinitions, FeatureSpec
+from lstm_adv.domain.record import fill_record
 from lstm_adv.domain.shapes import N_HOURS as WINDOW_HOURS
 from lstm_adv.query.run import window_start_rule
 from lstm_adv.query.tables import QueryTables, nanoseconds
@@ -193,8 +199,9 @@ def build_feature_matrix(
     subjects = kept["subject_id"].to_numpy(dtype=np.int64)
     split, fold = assign_splits(subjects, labels, config, origin=tables.origin)
     scaling = _training_statistics(grid.window[split == 0], spec, origin=tables.origin)
+    record = scaled_record(grid.window, grid.last_before(), scaling)
     matrix = FeatureMatrix(
-        values=fill_and_scale(grid.window, grid.last_before(), scaling),
+        values=fill_and_scale(record, scaling),
         labels=labels,
         subject_ids=subjects,
         hadm_ids=kept["hadm_id"].to_numpy(dtype=np.int64),
@@ -204,6 +211,7 @@ def build_feature_matrix(
         fold=fold,
         scaling=scaling,
         observed=~np.isnan(grid.window),
+        record=record,
     )
     flow += tuple((f"positives in {name}", int(labels[split == code].sum())) for code, name in enumerate(SPLITS))
     unmeasured = grid.unmeasured()
@@ -415,39 +423,25 @@ def _training_statistics(window: F64, spec: FeatureSpec, *, origin: str) -> Scal
 FILL_CHUNK = 4096  # samples filled at once: bounds the temporaries to ~30 MB each
 
 
-def fill_and_scale(window: F64, before: F64, scaling: ScalingStats) -> npt.NDArray[np.float32]:
-    """Fill (:func:`fill_series`) and scale the in-window bin means, a chunk of samples at a time.
+def scaled_record(window: F64, before: F64, scaling: ScalingStats) -> npt.NDArray[np.float32]:
+    """The record of each sample (:mod:`lstm_adv.domain.record`): the pre-window bin, then the in-window bin
+    means, scaled but not winsorized, NaN where nothing was measured.
 
-    Shape: window (N, 48, F), before (N, F) → (N, 48, F) float32.
+    Shape: window (N, 48, F), before (N, F) → (N, 49, F) float32.
     """
-    values = np.empty(window.shape, dtype=np.float32)
-    for first in range(0, window.shape[0], FILL_CHUNK):  # chunks of samples bound the memory
+    bins = np.concatenate([before[:, None, :], window], axis=1)
+    return scaling.scale_unwinsorized(bins).astype(np.float32)
+
+
+def fill_and_scale(record: npt.NDArray[np.float32], scaling: ScalingStats) -> npt.NDArray[np.float32]:
+    """The model input of each record (:func:`~lstm_adv.domain.record.fill_record`), a chunk of samples at a
+    time. Shape: record (N, 49, F) → (N, 48, F) float32 in [0, 1]."""
+    values = np.empty((record.shape[0], WINDOW_HOURS, record.shape[2]), dtype=np.float32)
+    median = scaling.scaled_median
+    for first in range(0, record.shape[0], FILL_CHUNK):  # chunks of samples bound the memory
         part = slice(first, first + FILL_CHUNK)
-        values[part] = scaling.scale(fill_series(window[part], before[part], scaling.median))
+        values[part] = fill_record(record[part], median)
     return values
-
-
-def fill_series(observed: F64, before: F64, median: F64) -> F64:
-    """Fill NaN gaps along time without look-ahead past the window (module docstring, step 5).
-
-    Shape: observed (N, T, F), before (N, F), median (F,) → (N, T, F).
-    """
-    n, n_hours, f = observed.shape
-    hours = np.arange(n_hours)[None, :, None]
-    seen = ~np.isnan(observed)
-    prev = np.maximum.accumulate(np.where(seen, hours, -1), axis=1)  # last observed hour <= t, -1 if none
-    nxt = np.minimum.accumulate(np.where(seen, hours, n_hours)[:, ::-1], axis=1)[:, ::-1]  # first >= t, T if none
-    has_prev, has_next = prev >= 0, nxt < n_hours
-    # flat positions instead of take_along_axis: one gather per array
-    flat = observed.reshape(-1)
-    base = np.arange(n)[:, None, None] * (n_hours * f) + np.arange(f)[None, None, :]
-    prev_value = flat[base + np.maximum(prev, 0) * f]
-    next_value = flat[base + np.minimum(nxt, n_hours - 1) * f]
-    weight = (hours - prev) / np.maximum(nxt - prev, 1)
-    start = np.where(np.isnan(before), median[None, :], before)[:, None, :]
-    start = np.where(has_next & np.isnan(before)[:, None, :], next_value, start)
-    result = np.where(has_prev, np.where(has_next, prev_value + (next_value - prev_value) * weight, prev_value), start)
-    return np.where(seen, observed, result)
 
 
 # --- the run ------------------------------------------------------------------------------------

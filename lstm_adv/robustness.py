@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import numpy as np
@@ -34,8 +34,8 @@ import torch
 from numpy.typing import NDArray
 
 from lstm_adv import metrics
-from lstm_adv.attacks.l1 import L1Attack, L1Settings
-from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
+from lstm_adv.attacks.l1 import L1Settings
+from lstm_adv.attacks.pgd import PgdSettings
 from lstm_adv.config import Config
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError
@@ -59,13 +59,15 @@ from lstm_adv.results.summaries import (
     RobustnessSummary,
 )
 from lstm_adv.targets import (
-    allowed_cells,
-    attack_mask,
+    AttackSurface,
+    attack_surface,
     check_model_run,
     features_run_of,
+    pgd_attack,
     tuned_attack_of,
     tuned_settings,
 )
+from lstm_adv.targets import l1_attack as build_l1_attack
 from lstm_adv.training_loop import predict_logits, probabilities, resolve_device
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,9 @@ def fresh_perturbation(
         return delta
     rows = attacked_rows(y, settings).nonzero()[:, 0]
     if rows.numel():
-        attack = PgdAttack(model, settings, decision=decision, device=x.device, batch_size=batch_size)
+        attack = pgd_attack(
+            model, settings, decision=decision or DecisionRule.argmax(), device=x.device, batch_size=batch_size
+        )
         delta[rows] = attack.perturb(x[rows], y[rows])
     return delta
 
@@ -242,14 +246,14 @@ def feature_scales(features: FeatureMatrix, spec: FeatureSpec) -> tuple[FeatureS
 
 
 def attack_pool(
-    entry: EvaluatedModel, x: torch.Tensor, y: torch.Tensor, cells: NDArray[np.bool_] | None, *, eval_batch_size: int
+    entry: EvaluatedModel, x: torch.Tensor, y: torch.Tensor, editable: NDArray[np.bool_] | None, *, eval_batch_size: int
 ) -> NDArray[np.bool_]:
-    """The samples both attacks of a robustness run target: correct at the model's rule, with a cell the L1
-    attack may change. Shape: (n,) bool."""
+    """The samples both attacks of a robustness run target: correct at the model's rule, with something the L1
+    attack may change (``editable``: per sample, what its threat may change; None: anything). Shape: (n,) bool."""
     p_clean = probabilities(predict_logits(entry.model, x, eval_batch_size))
     pool: NDArray[np.bool_] = entry.decision.predict_probability(p_clean) == y.cpu().numpy()
-    if cells is not None:
-        pool &= cells.reshape(len(cells), -1).any(axis=1)
+    if editable is not None:
+        pool &= editable.reshape(len(editable), -1).any(axis=1)
     return pool
 
 
@@ -284,26 +288,24 @@ def robustness_curve(
 
 def l1_attack(
     entry: EvaluatedModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    surface: AttackSurface,
+    rows: NDArray[np.int64],
     settings: L1Settings,
-    *,
-    batch_size: int | Literal["auto"],
-    cells: NDArray[np.bool_] | None = None,
-    mask: NDArray[np.bool_] | None = None,
+    config: Config,
+    device: torch.device,
 ) -> tuple[AttackBatchResult, int]:
-    """The tuned sparse L1 attack against one model at its decision rule (the pool of :func:`attack_pool`),
-    and the batch size it ran with ("auto": sized to the device)."""
-    attack = L1Attack(
+    """The tuned sparse L1 attack against one model at its decision rule on the features run's ``rows`` (the
+    pool of :func:`attack_pool`), and the batch size it ran with ("auto": sized to the device)."""
+    attack = build_l1_attack(
         entry.model,
         settings,
         decision=entry.decision,
-        device=x.device,
-        batch_size=batch_size,
-        max_batch_size=len(x),
-        mask=mask,
+        surface=surface,
+        config=attrs.evolve(config.attack, include_misclassified=False),
+        device=device,
+        max_batch_size=len(rows),
     )
-    return attack.run(x.cpu().numpy(), y.cpu().numpy(), allowed=cells), attack.batch_size
+    return surface.attack(attack, rows), attack.batch_size
 
 
 def l1_statistics(entry: EvaluatedModel, result: AttackBatchResult) -> list[dict[str, Any]]:
@@ -369,15 +371,14 @@ def run_robustness(
     x, y = _split_tensors(features, config.robustness.split, device)
     settings = [PgdSettings.from_config(config.pgd, attack=config.robustness.attack, eps=e) for e in sweep]
     l1, tuned = _l1_settings(store, runs[0], config, tuned)
-    cells = allowed_cells(config.attack, features, rows) if l1 is not None else None
     spec = artifacts.feature_definitions(features_run).to_spec()
-    mask = attack_mask(config.attack, spec)
+    surface = attack_surface(config.attack, features, spec) if l1 is not None else None
     parents = [run.id for run in runs] + ([tuned.id] if tuned is not None else [])
     with store.create("robustness", parents=parents, config=config_as_dict(config)) as writer:
         tables = _Tables()
         for run in runs:
             entry = EvaluatedModel.from_run(run, device=device)
-            _evaluate(tables, entry, x, y, settings, config, l1=l1, cells=cells, mask=mask, progress=progress)
+            _evaluate(tables, entry, x, y, settings, config, l1=l1, surface=surface, rows=rows, progress=progress)
         frames = (pd.DataFrame(tables.curves), pd.DataFrame(tables.confusion), _l1_frame(tables.l1))
         names = (artifacts.ROBUSTNESS_CURVES_FILE, artifacts.CONFUSION_FILE, artifacts.L1_FILE)
         for frame, name in zip(frames, names, strict=True):
@@ -412,14 +413,15 @@ def _evaluate(
     config: Config,
     *,
     l1: L1Settings | None,
-    cells: NDArray[np.bool_] | None,
-    mask: NDArray[np.bool_] | None,
+    surface: AttackSurface | None,
+    rows: NDArray[np.int64],
     progress: Progress | None,
 ) -> None:
     """One model: its pool, the PGD sweep, the obfuscation check and the L1 attack, into ``tables``."""
     say = progress or (lambda text: None)
     batch_size, eval_batch_size = config.pgd.batch_size, config.model.eval_batch_size
-    pool = attack_pool(entry, x, y, cells, eval_batch_size=eval_batch_size)
+    editable = None if surface is None else surface.editable(rows)
+    pool = attack_pool(entry, x, y, editable, eval_batch_size=eval_batch_size)
     tables.pools[entry.run_id] = int(pool.sum())
     say(f"PGD sweep on {entry.run_id}")
     c, m = robustness_curve(entry, x, y, settings, batch_size=batch_size, eval_batch_size=eval_batch_size, pool=pool)
@@ -439,11 +441,9 @@ def _evaluate(
             eval_batch_size=eval_batch_size,
             pool=pool,
         )
-    if l1 is not None:
+    if l1 is not None and surface is not None:
         say(f"L1 attack on {entry.run_id}")
-        result, tables.l1_batches[entry.run_id] = l1_attack(
-            entry, x, y, l1, batch_size=config.attack.batch_size, cells=cells, mask=mask
-        )
+        result, tables.l1_batches[entry.run_id] = l1_attack(entry, surface, rows, l1, config, x.device)
         tables.l1 += l1_statistics(entry, result)
 
 

@@ -1,12 +1,18 @@
 """What an attack is aimed at: the model (a model run, or a trial of a tune-model run), the features
-run it was trained on, and the cells it may change.
+run it was trained on, what it may change, and the one place attacks are built.
 
-Shared by the stages that attack a model (tune-attack, attack), so none of them imports another.
+:func:`attack_surface` turns ``[attack]`` settings and a features run into an :class:`AttackSurface`
+(the threat — ``cells = record | observed | all`` with the features/hours mask and the bounds — and
+each row's record or measured cells), with every check that must pass before a run is written.
+:func:`l1_attack`, :func:`pgd_attack` and :func:`trades_attack` build every attack a stage or the
+Python API uses; nothing else constructs one. Shared by the stages that attack a model (tune-attack,
+attack, robustness, defend), so none of them imports another.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import numpy as np
@@ -26,7 +32,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from lstm_adv.attacks import L1Settings
+    from lstm_adv.attacks import L1Attack, L1Settings, PgdAttack, PgdSettings, Threat
+    from lstm_adv.attacks.trades import TradesAttack
+    from lstm_adv.domain.perturbation import AttackBatchResult
 
 # Stored and recomputed probabilities agree to float32 rounding on one machine; other CPUs and GPUs differ
 # by ~1e-6. A larger gap means other weights or other features.
@@ -165,23 +173,159 @@ def check_model_run(run: Run) -> None:
         raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
 
 
-def allowed_cells(config: AttackConfig, features: FeatureMatrix, rows: np.ndarray) -> np.ndarray | None:
-    """The cells each sample of ``rows`` may change: its measured cells (``cells = observed``), else all.
+#: What each threat means, in the words of summaries and reports.
+THREATS = {
+    "record": "altered measurements of the record, pushed through the fill (a data-entry error)",
+    "observed": "measured model-input cells, each alone (not producible from a record)",
+    "all": "every model-input cell (Sun et al.)",
+}
 
-    A features run without an observation mask is one line saying to re-run preprocess.
-    Shape: (len(rows), 48, 19) or ``None`` (every cell).
+
+@attrs.frozen(eq=False)
+class AttackSurface:
+    """What attacks on a features run may change: the threat (shared by every row) and each row's inputs —
+    its record (``cells = record``), its measured cells (``observed``) or nothing (``all``)."""
+
+    threat: Threat
+    features: FeatureMatrix
+
+    @property
+    def cells(self) -> str:
+        """The threat's name: ``record``, ``observed`` or ``all``."""
+        return self.threat.name
+
+    def inputs(self, rows: np.ndarray) -> dict[str, np.ndarray | None]:
+        """The per-row inputs of the threat for ``rows``, as :meth:`Attack.run` takes them."""
+        if self.cells == "record":
+            return {"allowed": None, "record": self.features.record_values()[rows]}
+        if self.cells == "observed":
+            return {"allowed": self.features.observation_mask()[rows], "record": None}
+        return {"allowed": None, "record": None}
+
+    def editable(self, rows: np.ndarray) -> np.ndarray | None:
+        """Per row, what the threat may change (None: every cell of every row). Shape: (len(rows), 48 or 49, 19)."""
+        inputs = self.inputs(rows)
+        editable = self.threat.editable(self.threat.inputs(rows.size, **inputs))
+        return None if editable is None else editable.cpu().numpy()
+
+    def attack(
+        self, attack: L1Attack, rows: np.ndarray, *, progress: Callable[[int], None] | None = None
+    ) -> AttackBatchResult:
+        """``attack`` on the features run's ``rows`` (values, labels and the threat's inputs)."""
+        return attack.run(
+            self.features.values[rows],
+            self.features.labels[rows],
+            sample_index=rows,
+            progress=progress,
+            **self.inputs(rows),
+        )
+
+
+def attack_surface(config: AttackConfig, features: FeatureMatrix, spec: FeatureSpec) -> AttackSurface:
+    """The threat of ``[attack]`` on ``features``: every check before a run is written, one line each.
+
+    A bad features/hours mask, an unknown feature in ``max_change``, a features run without the record
+    (``record``) or observation mask (``observed``) are :class:`ConfigError` / :class:`DataError` lines.
     """
+    from lstm_adv.attacks import CellThreat, RecordThreat
+
+    mask = attack_mask(config, spec)
+    if config.max_change and config.cells != "record":
+        raise ConfigError(
+            f"attack.max_change bounds altered measurements, which only --cells record makes; got --cells "
+            f"{config.cells}"
+        )
     if config.cells == "all":
-        return None
-    try:
-        observed = features.observation_mask()
-    except DataError:
+        return AttackSurface(CellThreat("all", mask=mask), features)
+    if config.cells == "observed":
+        if features.observed is None:
+            raise DataError(
+                "--cells observed needs the features run's observation mask, which this features run does not "
+                "have (it was built before the toolkit recorded one); re-run `lstm-adv preprocess`, or use "
+                "--cells all"
+            )
+        return AttackSurface(CellThreat("observed", mask=mask), features)
+    if features.record is None:
         raise DataError(
-            "--cells observed needs the features run's observation mask, which this features run does not have "
-            "(it was built before the toolkit recorded one); re-run `lstm-adv preprocess`, or use --cells all"
-        ) from None
-    cells: np.ndarray = observed[rows]
-    return cells
+            "--cells record needs the features run's record (the hourly measurements its values were filled "
+            "from), which this features run does not have (it was built before the toolkit kept one); re-run "
+            "`lstm-adv preprocess`, or use --cells observed or all"
+        )
+    bounds = _max_change(config.max_change, features, spec)
+    threat = RecordThreat(
+        features.scaling.scaled_median, mask=mask, max_change=bounds, prewindow=config.record_prewindow
+    )
+    return AttackSurface(threat, features)
+
+
+def _max_change(clinical: dict[str, float], features: FeatureMatrix, spec: FeatureSpec) -> np.ndarray | None:
+    """``attack.max_change`` in scaled units per feature (inf: unbounded). A feature whose p5 equals its p95
+    has no room to change (its box is one value): bound 0. Shape: (19,) or None."""
+    unknown = sorted(set(clinical) - set(spec.names))
+    if unknown:
+        raise ConfigError(
+            f"attack.max_change: unknown feature {unknown[0]!r}; use names from the feature definitions "
+            f"({', '.join(spec.names)})"
+        )
+    span = features.scaling.span
+    if not clinical and (span > 0).all():
+        return None
+    given = np.array([clinical.get(name, np.inf) for name in spec.names], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = np.where(span > 0, given / np.where(span > 0, span, 1.0), 0.0)
+    return scaled
+
+
+def l1_attack(
+    model: nn.Module,
+    settings: L1Settings,
+    *,
+    decision: DecisionRule,
+    surface: AttackSurface,
+    config: AttackConfig,
+    device: torch.device,
+    max_batch_size: int,
+    batch_size: int | Literal["auto"] | None = None,
+) -> L1Attack:
+    """The sparse L1 attack on ``surface``'s threat, with ``[attack]``'s batch size (or ``batch_size``),
+    misclassified-sample rule and cuDNN setting. ``max_batch_size``: the most samples one call attacks."""
+    from lstm_adv.attacks import L1Attack
+
+    return L1Attack(
+        model,
+        settings,
+        decision=decision,
+        device=device,
+        threat=surface.threat,
+        batch_size=config.batch_size if batch_size is None else batch_size,
+        max_batch_size=max_batch_size,
+        include_misclassified=config.include_misclassified,
+        cudnn=config.cudnn,
+    )
+
+
+def pgd_attack(
+    model: nn.Module,
+    settings: PgdSettings,
+    *,
+    decision: DecisionRule,
+    device: torch.device,
+    batch_size: int,
+    cudnn: bool = True,
+) -> PgdAttack:
+    """PGD on every model-input cell at the model's decision rule."""
+    from lstm_adv.attacks import PgdAttack
+
+    return PgdAttack(model, settings, decision=decision, device=device, batch_size=batch_size, cudnn=cudnn)
+
+
+def trades_attack(
+    model: nn.Module, settings: PgdSettings, *, device: torch.device, batch_size: int, cudnn: bool = True
+) -> TradesAttack:
+    """TRADES' inner attack (untargeted KL PGD) on every model-input cell."""
+    from lstm_adv.attacks.trades import TradesAttack
+
+    return TradesAttack(model, attrs.evolve(settings, target=None), device=device, batch_size=batch_size, cudnn=cudnn)
 
 
 def tuned_settings(tuned: Run, config: AttackConfig) -> L1Settings:

@@ -37,7 +37,6 @@ from lstm_adv.attacks import L1Attack, L1Settings
 from lstm_adv.config import OBJECTIVES, AttackObjective, Config, TuneAttackConfig
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
-from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.domain.perturbation import AttackBatchResult
 from lstm_adv.domain.shapes import N_CELLS
 from lstm_adv.results import artifacts
@@ -45,7 +44,7 @@ from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import AttackTrial, TuneAttackSummary, TunedAttackSettings
 from lstm_adv.studies import StudyPlace, TrialCallback
-from lstm_adv.targets import AttackTarget, allowed_cells, attack_mask, resolve_target, target_from
+from lstm_adv.targets import AttackSurface, AttackTarget, attack_surface, l1_attack, resolve_target, target_from
 from lstm_adv.training_loop import resolve_device
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,9 @@ PARETO_METRICS = ("success rate", "median L0 of sparse examples")
 def objective_value(result: AttackBatchResult, objective: str, *, max_nonzero: int) -> float:
     """A single objective summed over the best example of each successful sample (0 without successes)."""
     found = result.found
-    delta = result.best_delta[found].astype(np.float64)
+    delta = result.variables("best")[found].astype(np.float64)
     n = np.count_nonzero(delta, axis=(1, 2))
-    sparsity = 1.0 - n / N_CELLS
+    sparsity = 1.0 - n / (delta[0].size if delta.size else N_CELLS)
     if objective == "sparsity":
         return float(sparsity.sum())
     if objective == "sparse_small":
@@ -75,7 +74,8 @@ def objective_value(result: AttackBatchResult, objective: str, *, max_nonzero: i
 
 
 def pareto_values(result: AttackBatchResult) -> tuple[float, float]:
-    """(success rate, median L0 of the sparse examples; 912 cells without any success)."""
+    """(success rate, median L0 of the sparse examples in the attack's unit — altered measurements for the
+    record threat; 912 without any success)."""
     l0 = result.l0("sparse")[result.found]
     return result.success_rate, float(np.median(l0)) if l0.size else float(N_CELLS)
 
@@ -136,11 +136,10 @@ def run_attack_tuning(
     rows = tuning_subset(features.indices("train"), tune.subset_size, tune.subset_seed)
     if rows.size == 0:
         raise DataError(f"features run {target.features_run.id}: the train split is empty; nothing to tune on")
-    mask = attack_mask(config.attack, artifacts.feature_definitions(target.features_run).to_spec())
-    allowed_cells(config.attack, features, rows)  # --cells observed without a mask: fail before writing
+    surface = attack_surface(config.attack, features, artifacts.feature_definitions(target.features_run).to_spec())
     previous = resume.summary_as(TuneAttackSummary) if resume is not None else None
     parents = [target.model_run.id, *([resume.id] if resume else [])]
-    objective_fn = _Objective(target, features, rows, config, mask)
+    objective_fn = _Objective(target, surface, rows, config)
     with store.create("tune-attack", parents=parents, config=config_as_dict(config)) as writer:
         place = studies.study_place(
             writer.path, str(writer.id), url, resume, study_name=previous.study_name if previous else None
@@ -267,31 +266,26 @@ def default_trial(tune: TuneAttackConfig) -> dict[str, Any] | None:
 class _Objective:
     """One trial: attack the subset (by chunks for a single objective, reporting the running value)."""
 
-    def __init__(
-        self, target: AttackTarget, features: FeatureMatrix, rows: np.ndarray, config: Config, mask: np.ndarray | None
-    ) -> None:
+    def __init__(self, target: AttackTarget, surface: AttackSurface, rows: np.ndarray, config: Config) -> None:
         self.device = resolve_device(config.attack.device)
-        self.model, self.decision = target.load(features, self.device)
-        self.mask = mask
+        self.model, self.decision = target.load(surface.features, self.device)
+        self.surface = surface
         self.config = config
         self.chunks = np.array_split(np.arange(rows.size), min(config.tune_attack.chunks, rows.size))
-        self.x, self.y, self.rows = features.values[rows], features.labels[rows], rows
-        self.allowed = allowed_cells(config.attack, features, rows)
+        self.rows = rows
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         tune, cfg = self.config.tune_attack, self.config.attack
         settings = suggest_settings(trial, self.config)
         trial.set_user_attr("settings", _settings_record(settings))
-        attack = L1Attack(
+        attack = l1_attack(
             self.model,
             settings,
             decision=self.decision,
+            surface=self.surface,
+            config=cfg,
             device=self.device,
-            mask=self.mask,
-            batch_size=cfg.batch_size,
             max_batch_size=self.rows.size if tune.objective == PARETO else max(c.size for c in self.chunks),
-            include_misclassified=cfg.include_misclassified,
-            cudnn=cfg.cudnn,
         )
         trial.set_user_attr("batch_size", attack.batch_size)
         if tune.objective == PARETO:
@@ -304,8 +298,7 @@ class _Objective:
         return self._chunked(trial, attack, tune)
 
     def _attack(self, attack: L1Attack, chunk: np.ndarray) -> AttackBatchResult:
-        allowed = None if self.allowed is None else self.allowed[chunk]
-        return attack.run(self.x[chunk], self.y[chunk], sample_index=self.rows[chunk], allowed=allowed)
+        return self.surface.attack(attack, self.rows[chunk])
 
     def _chunked(self, trial: optuna.Trial, attack: L1Attack, tune: TuneAttackConfig) -> float:
         total, successes, parts = 0.0, 0, []

@@ -211,18 +211,26 @@ def tiny_feature_matrix(
 ) -> Any:
     """A small FeatureMatrix whose label shows in feature 0 (higher when 1); 60/20/20 split, folds over train+val.
 
-    Every split is stratified by label, so each holds both classes.
+    Its values are filled from a record as preprocessing does (feature 0 measured every hour, the others in
+    about every third hour, some before the window; a few values outside p5–p95). Every split is stratified
+    by label, so each holds both classes.
     """
     import numpy as np
 
     from lstm_adv.domain.feature_matrix import FeatureMatrix, ScalingStats
+    from lstm_adv.domain.record import fill_record
     from lstm_adv.resources import load_feature_spec
 
     rng = np.random.default_rng(seed)
     labels = (rng.random(n) < prevalence).astype(np.int64)
     labels[:2] = (0, 1)
-    values = rng.uniform(0.0, 0.5, size=(n, 48, 19)).astype(np.float32)
-    values[:, :, 0] += np.float32(signal) * labels[:, None].astype(np.float32)
+    record = rng.uniform(0.0, 0.5, size=(n, 49, 19)).astype(np.float32)
+    record[:, :, 0] += np.float32(signal) * labels[:, None].astype(np.float32)
+    record[rng.random(record.shape) < 0.02] = np.float32(1.2)  # above p95: kept as it is in the record
+    present = rng.random(record.shape) < 0.3  # every third cell or so held a measurement
+    present[:, 0] &= rng.random((n, 19)) < 0.5
+    present[:, 1:, 0] = True
+    record[~present] = np.nan
     split = np.zeros(n, dtype=np.int8)
     for label in (0, 1):  # stratified 60/20/20 by label
         idx = np.flatnonzero(labels == label)
@@ -233,7 +241,7 @@ def tiny_feature_matrix(
     ids = np.arange(1, n + 1, dtype=np.int64)
     scaling = ScalingStats(feature_names=names, p5=np.zeros(19), p95=np.ones(19), median=np.full(19, 0.5))
     return FeatureMatrix(
-        values=np.clip(values, 0.0, 1.0),
+        values=fill_record(record, scaling.scaled_median).astype(np.float32),
         labels=labels,
         subject_ids=ids,
         hadm_ids=ids + 100_000,
@@ -242,7 +250,8 @@ def tiny_feature_matrix(
         split=split,
         fold=fold,
         scaling=scaling,
-        observed=rng.random((n, 48, 19)) < 0.3,  # every third cell or so held a measurement
+        observed=present[:, 1:].copy(),
+        record=record,
     )
 
 

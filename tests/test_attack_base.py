@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lstm_adv.attacks import L1Attack, L1Settings, SuccessTracker, cell_mask
+from lstm_adv.attacks import CellThreat, L1Attack, L1Settings, RecordThreat, SampleInputs, SuccessTracker, cell_mask
 from lstm_adv.attacks.base import lstm_kernel_mode
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.models import BiLSTM, Hyperparameters
@@ -35,14 +35,14 @@ def test_cell_mask_allows_the_product_of_features_and_hours() -> None:
 def test_mask_that_excludes_every_cell_is_an_error() -> None:
     """An all-False mask is refused with a message saying what to allow."""
     with pytest.raises(ConfigError) as info:
-        L1Attack(LinearModel(), mask=np.zeros((48, 19), dtype=bool))
+        L1Attack(LinearModel(), threat=CellThreat(mask=np.zeros((48, 19), dtype=bool)))
     assert str(info.value) == "attack mask excludes every cell (48 × 19); allow at least one feature and hour"
 
 
 def test_mask_of_wrong_shape_is_an_error() -> None:
     """A mask must be bool (48, 19)."""
     with pytest.raises(ConfigError) as info:
-        L1Attack(LinearModel(), mask=np.ones(19, dtype=bool))
+        L1Attack(LinearModel(), threat=CellThreat(mask=np.ones(19, dtype=bool)))
     assert str(info.value) == (
         "attack mask must be a bool array of shape (48, 19), got bool (19,); "
         "build one with lstm_adv.attacks.cell_mask(features=..., hours=...)"
@@ -158,7 +158,7 @@ def test_attack_loop_never_synchronises_with_the_host() -> None:
     target = torch.zeros(16, dtype=torch.int64, device="cuda")
     for method in ("ista", "fista", "adam"):
         attack = L1Attack(model, L1Settings(method=method, max_iterations=5, search_steps=2), device="cuda")
-        problem = attack._problem(x, target, None)
+        problem = attack._problem(target, attack.threat.batch(x, SampleInputs()))
         tracker = SuccessTracker(x, attack.boundary)
         lam = torch.full((16, 1, 1), 0.05, device="cuda")
         run = {"ista": attack._ista, "fista": attack._fista, "adam": attack._adam}[method]
@@ -221,15 +221,20 @@ def test_lstm_kernel_mode_gives_eval_logits_and_gradients_and_restores_modes(lay
     assert not model.lstm.training
 
 
-def test_the_attacks_iteration_loop_makes_no_device_to_host_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No .item(), .cpu(), bool() or .tolist() of a tensor inside the iteration loops of any method."""
+@pytest.mark.parametrize("threat_name", ["all", "record"])
+def test_the_attacks_iteration_loop_makes_no_device_to_host_copy(monkeypatch: pytest.MonkeyPatch, threat_name: str) -> None:
+    """No .item(), .cpu(), bool() or .tolist() of a tensor inside the iteration loops of any method, for a cell
+    threat and for the record threat (whose fill runs in the loop)."""
     model = TinyLSTM(hidden=8)
     x = torch.rand(6, 48, 19)
     target = torch.zeros(6, dtype=torch.int64)
+    record = torch.rand(6, 49, 19).masked_fill(torch.rand(6, 49, 19) < 0.7, float("nan"))
+    threat = CellThreat() if threat_name == "all" else RecordThreat(torch.full((19,), 0.5))
     for method in ("ista", "fista", "adam"):
-        attack = L1Attack(model, L1Settings(method=method, max_iterations=4, search_steps=1))
-        problem = attack._problem(x, target, None)
-        tracker = SuccessTracker(x, attack.boundary)
+        attack = L1Attack(model, L1Settings(method=method, max_iterations=4, search_steps=1), threat=threat)
+        batch = attack.threat.batch(x, SampleInputs(record=record if threat_name == "record" else None))
+        problem = attack._problem(target, batch)
+        tracker = SuccessTracker(batch.zeros(), attack.boundary)
         lam = torch.full((6, 1, 1), 0.05)
         run = {"ista": attack._ista, "fista": attack._fista, "adam": attack._adam}[method]
         with host_copies(monkeypatch) as copies, attack._attack_mode():

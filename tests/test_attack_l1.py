@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from lstm_adv.attacks import L1Attack, L1Settings, prox_l1_box, soft_threshold
+from lstm_adv.attacks import CellThreat, L1Attack, L1Settings, prox_l1_box, soft_threshold
 from lstm_adv.attacks.base import margin
 from lstm_adv.attacks.l1 import _SHRINK_ROUNDS, SPARSE_MARGIN
 from lstm_adv.domain.errors import ConfigError
@@ -180,7 +180,7 @@ def test_every_point_evaluated_stays_in_the_box_and_masked_cells_never_change(
     """Every x + δ the model sees (iterates and FISTA's extrapolated points) is in [0, 1] and equals x off the mask."""
     x, y = inputs
     model = _Recording(MODEL)
-    result = L1Attack(model, SETTINGS[method], mask=mask, include_misclassified=True).run(x, y)
+    result = L1Attack(model, SETTINGS[method], threat=CellThreat(mask=mask), include_misclassified=True).run(x, y)
     xt = torch.from_numpy(x)
     assert model.inputs  # the model saw every iterate
     for seen in model.inputs:

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lstm_adv.attacks import PgdAttack, PgdSettings, SuccessTracker
+from lstm_adv.attacks import CellThreat, PgdAttack, PgdSettings, SuccessTracker
 from lstm_adv.config import PgdConfig
 from lstm_adv.domain.errors import ConfigError
 from lstm_adv.domain.perturbation import AttackBatchResult
@@ -49,7 +49,7 @@ def test_output_lies_in_the_ball_the_box_and_the_mask(
     """x + δ stays in [0, 1], δ in the ε-ball of its norm, and masked cells are untouched."""
     x, y = (torch.from_numpy(a) for a in data)
     settings = PgdSettings(eps=eps, norm=norm, iterations=4, step_size=eps / 2, random_start=start, seed=3)
-    delta = PgdAttack(MODEL, settings, mask=mask).perturb(x, y)
+    delta = PgdAttack(MODEL, settings, threat=CellThreat(mask=mask)).perturb(x, y)
     adv = x + delta
     assert bool(((adv >= 0) & (adv <= 1)).all())
     size = delta.abs().flatten(1).amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(delta.flatten(1), dim=1)
@@ -184,8 +184,9 @@ def test_the_pgd_loop_makes_no_device_to_host_copy(norm: str, monkeypatch: pytes
     for iterations in (2, 6):
         attack = PgdAttack(TinyLSTM(hidden=8), PgdSettings(eps=0.1, iterations=iterations, norm=norm))
         with host_copies(monkeypatch) as copies, attack._attack_mode():
-            attack._descend(x, y, None)
-            attack._descend(x, y, None, SuccessTracker(x, attack.boundary))
+            threat = attack._batch_threat(x, None)
+            attack._descend(x, y, threat)
+            attack._descend(x, y, threat, SuccessTracker(x, attack.boundary))
         assert copies == [], iterations
 
 
@@ -200,7 +201,7 @@ def test_the_pgd_loop_never_synchronises_with_the_host(norm: str) -> None:
     with attack._attack_mode():
         torch.cuda.set_sync_debug_mode("error")
         try:
-            delta = attack._descend(x, y, None, SuccessTracker(x, attack.boundary))
+            delta = attack._descend(x, y, attack._batch_threat(x, None), SuccessTracker(x, attack.boundary))
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert delta.shape == x.shape

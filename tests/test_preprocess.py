@@ -18,7 +18,8 @@ from lstm_adv.cli import app
 from lstm_adv.config import PreprocessConfig
 from lstm_adv.domain.errors import ConfigError, DataError, FeatureSpecError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
-from lstm_adv.preprocess import build_feature_matrix, fill_series, run_preprocess
+from lstm_adv.domain.record import fill_series
+from lstm_adv.preprocess import build_feature_matrix, run_preprocess
 from lstm_adv.query import QueryTables
 from lstm_adv.resources import load_feature_spec
 from lstm_adv.results.config_file import load_config

@@ -12,6 +12,11 @@ on CUDA the largest batch of this attack that fits in memory with a margin, prob
 running a short attack (:meth:`Attack._memory_trial`) on random inputs. A batch size never changes
 what the L1 attack finds.
 
+Threats. What δ is — a change of the model input's cells, or of the sample's record pushed through the
+fill (altered measurements) — is the attack's :class:`~lstm_adv.attacks.threats.Threat`; the base
+builds each batch's :class:`~lstm_adv.attacks.threats.BatchThreat` (bounds, the map δ → input) and
+stores, per example, the model input's change and, for the record threat, the record's change.
+
 Decisions. An attack flips a sample when its decision at the model's :class:`DecisionRule` changes:
 the logit difference z₁ − z₀ crosses the rule's boundary log(t/(1 − t)). :func:`margin` is the signed
 distance to that boundary, positive while the sample keeps its class; every attack's loss uses it.
@@ -39,9 +44,10 @@ import torch
 from torch import Tensor, nn
 
 from lstm_adv import devices
+from lstm_adv.attacks.threats import BatchThreat, CellThreat, RecordThreat, SampleInputs, Threat
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError
-from lstm_adv.domain.perturbation import AttackBatchResult
+from lstm_adv.domain.perturbation import EXAMPLES, AttackBatchResult
 from lstm_adv.domain.shapes import CELL_SHAPE, N_CLASSES, N_FEATURES, N_HOURS
 
 log = logging.getLogger(__name__)
@@ -55,8 +61,9 @@ _SKIP_MISCLASSIFIED, _SKIP_NO_CELL = 1, 2
 class BatchOutcome:
     """What a subclass returns for one batch, still on the device.
 
-    Shapes: found, first_iteration, best_iteration (B,); deltas (B, 48, 19); logits (B, 2).
-    Iterations are 1-based and 0 where nothing was found.
+    Shapes: found, first_iteration, best_iteration (B,); deltas (B, *variable shape): the attack variable
+    δ of the threat (:mod:`lstm_adv.attacks.threats`; the model input's change for a cell threat, the record's
+    for the record threat); logits (B, 2). Iterations are 1-based and 0 where nothing was found.
     """
 
     found: Tensor
@@ -69,9 +76,15 @@ class BatchOutcome:
     sparse_delta: Tensor
     sparse_logits: Tensor
 
-    def to_host(self) -> dict[str, np.ndarray]:
-        """Every field as a numpy array: the one device→host copy of a batch."""
-        return {name: getattr(self, name).detach().cpu().numpy() for name in attrs.fields_dict(BatchOutcome)}
+    def to_host(self, threat: BatchThreat) -> dict[str, np.ndarray]:
+        """Every field as a numpy array, the deltas as model-input changes (and, for the record threat, the
+        record changes as ``<which>_record_delta``): the one device→host copy of a batch."""
+        fields = {name: getattr(self, name) for name in attrs.fields_dict(BatchOutcome)}
+        if threat.record_space:
+            for which in EXAMPLES:
+                fields[f"{which}_record_delta"] = fields[f"{which}_delta"]
+                fields[f"{which}_delta"] = threat.input_delta(fields[f"{which}_delta"])
+        return {name: value.detach().cpu().numpy() for name, value in fields.items()}
 
 
 def decide(logits: Tensor, boundary: float) -> Tensor:
@@ -90,7 +103,10 @@ def margin(logits: Tensor, target: Tensor, boundary: float = 0.0) -> Tensor:
 
 
 class SuccessTracker:
-    """First and best (smallest L1) iterate whose decision left the target class, updated on the device."""
+    """First and best (smallest L1) iterate whose decision left the target class, updated on the device.
+
+    ``x`` gives the shape of δ (B, ...): the model input for a cell threat, the record for the record threat.
+    """
 
     def __init__(self, x: Tensor, boundary: float = 0.0) -> None:
         b = len(x)
@@ -148,20 +164,6 @@ def cell_mask(*, features: Sequence[int] | None = None, hours: Sequence[int] | N
     return np.outer(by_hour, by_feature)
 
 
-def _check_mask(mask: ArrayLike | None) -> Tensor | None:
-    if mask is None:
-        return None
-    tensor = torch.as_tensor(mask)
-    if tensor.dtype != torch.bool or tuple(tensor.shape) != CELL_SHAPE:
-        raise ConfigError(
-            f"attack mask must be a bool array of shape (48, 19), got {str(tensor.dtype).removeprefix('torch.')} "
-            f"{tuple(tensor.shape)}; build one with lstm_adv.attacks.cell_mask(features=..., hours=...)"
-        )
-    if not bool(tensor.any()):
-        raise ConfigError("attack mask excludes every cell (48 × 19); allow at least one feature and hour")
-    return tensor
-
-
 def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
     if device is None:
         first = next(iter(model.parameters()), None)
@@ -200,10 +202,12 @@ class Attack(abc.ABC, Generic[S]):
     """Base of every attack. Subclasses set :attr:`settings_type` and implement :meth:`_attack_batch`
     and :attr:`iterations`; ``settings`` defaults to ``settings_type()``, ``decision`` to the argmax rule.
 
-    The model is moved to ``device`` (default: where its parameters are) and put in the attack's mode
-    for the whole run (see the module docstring; its previous modes are restored afterwards).
-    ``batch_size="auto"`` sizes batches to the device, at most ``max_batch_size`` samples (e.g. the most
-    one call to :meth:`run` attacks); :attr:`batch_size` is the size chosen.
+    ``threat`` (:mod:`lstm_adv.attacks.threats`; default: every cell of the model input) says what the
+    attack may change and how a change reaches the model. The model is moved to ``device`` (default:
+    where its parameters are) and put in the attack's mode for the whole run (see the module docstring;
+    its previous modes are restored afterwards). ``batch_size="auto"`` sizes batches to the device, at
+    most ``max_batch_size`` samples (e.g. the most one call to :meth:`run` attacks); :attr:`batch_size`
+    is the size chosen.
     """
 
     settings_type: ClassVar[type[Any]]
@@ -215,7 +219,7 @@ class Attack(abc.ABC, Generic[S]):
         *,
         decision: DecisionRule | None = None,
         device: str | torch.device | None = None,
-        mask: ArrayLike | None = None,
+        threat: Threat | None = None,
         batch_size: int | Literal["auto"] = 1024,
         max_batch_size: int = devices.MAX_BATCH_SIZE,
         include_misclassified: bool = False,
@@ -228,11 +232,14 @@ class Attack(abc.ABC, Generic[S]):
         self.boundary = self.decision.boundary
         self.device = _resolve_device(model, device)
         self.model = model.to(self.device)
-        mask_tensor = _check_mask(mask)
-        self.mask = None if mask_tensor is None else mask_tensor.to(self.device)
+        self.threat: Threat = (threat if threat is not None else CellThreat()).to(self.device)
+        self._check_threat()
         self.include_misclassified = include_misclassified
         self.cudnn = cudnn
         self.batch_size: int = self._auto_batch_size(max_batch_size) if batch_size == "auto" else batch_size
+
+    def _check_threat(self) -> None:
+        """Refuse a threat this attack does not support (every threat is supported here)."""
 
     @property
     @abc.abstractmethod
@@ -240,9 +247,9 @@ class Attack(abc.ABC, Generic[S]):
         """The iteration budget per sample."""
 
     @abc.abstractmethod
-    def _attack_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> BatchOutcome:
+    def _attack_batch(self, x: Tensor, target: Tensor, threat: BatchThreat) -> BatchOutcome:
         """Attack one batch. ``x``: (B, 48, 19) on the device; ``target``: (B,) the decision to move away
-        from; ``cells``: (B, 48, 19) the cells each sample may change (``None``: all)."""
+        from; ``threat``: the batch's bounds of δ and its map to the model input."""
 
     def run(
         self,
@@ -251,57 +258,47 @@ class Attack(abc.ABC, Generic[S]):
         *,
         sample_index: ArrayLike | None = None,
         allowed: ArrayLike | None = None,
+        record: ArrayLike | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> AttackBatchResult:
         """Attack every sample of ``x`` (labels ``y``); ``progress(n)`` is called after each batch of n.
 
-        ``allowed`` (N, 48, 19) limits each sample to its own cells (e.g. its measured cells), on top of
-        the attack's mask; a sample left without any cell is skipped with that reason, never an error.
+        The threat's per-sample inputs: ``allowed`` (N, 48, 19) limits each sample of a cell threat to its
+        own cells (e.g. its measured cells), on top of the threat's mask; ``record`` (N, 49, 19) is each
+        sample's record for the record threat. A sample left without anything it may change is skipped
+        with that reason, never an error.
         Shape: x (N, 48, 19) float32 in [0, 1]; y (N,) in {0, 1}; sample_index (N,) (default 0..N-1).
         """
         xs, ys, index = _check_input(x, y, sample_index)
-        cells = self._cells(allowed, xs.shape[0])
+        inputs = self.threat.inputs(xs.shape[0], allowed=allowed, record=record)
+        editable = self.threat.editable(inputs)
         with self._attack_mode():
             logits_before = self._clean_logits(xs)
         predicted = decide(logits_before, self.boundary)
         skip = torch.zeros(len(xs), dtype=torch.int8)
-        if cells is not None:
-            skip[~cells.flatten(1).any(dim=1)] = _SKIP_NO_CELL
+        if editable is not None:
+            skip[~editable.flatten(1).any(dim=1).cpu()] = _SKIP_NO_CELL
         if not self.include_misclassified:
             skip[predicted != ys] = _SKIP_MISCLASSIFIED
         attacked = skip == 0
         with self._attack_mode():
-            chosen = None if cells is None else cells[attacked]
-            outcome = self._attack_selected(xs[attacked], predicted[attacked], chosen, progress)
+            outcome = self._attack_selected(xs[attacked], predicted[attacked], inputs.take(attacked), progress)
         log.info("attacked %d of %d samples", int(attacked.sum()), len(xs))
         return _assemble(self.iterations, self.decision.threshold, index, ys, logits_before, predicted, skip, outcome)
 
-    def _cells(self, allowed: ArrayLike | None, n: int) -> Tensor | None:
-        """Per-sample allowed cells (the attack's mask and ``allowed``), on the host. Shape: (N, 48, 19)."""
-        if allowed is None:
-            return None
-        cells = torch.as_tensor(allowed)
-        if cells.dtype != torch.bool or tuple(cells.shape) != (n, *CELL_SHAPE):
-            raise DataError(
-                f"attack allowed cells must be a bool array of shape ({n}, 48, 19), got {tuple(cells.shape)}"
-            )
-        if self.mask is not None:
-            cells = cells & self.mask.cpu()
-        return cells
-
     def _attack_selected(
-        self, x: Tensor, target: Tensor, cells: Tensor | None, progress: Callable[[int], None] | None
+        self, x: Tensor, target: Tensor, inputs: SampleInputs, progress: Callable[[int], None] | None
     ) -> dict[str, np.ndarray]:
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, len(x), self.batch_size):
             part = slice(start, start + self.batch_size)
             xb, tb = x[part].to(self.device), target[part].to(self.device)
-            cb = None if cells is None else cells[part].to(self.device)
-            parts.append(self._attack_batch(xb, tb, cb).to_host())
+            threat = self.threat.batch(xb, inputs.take(part).to(self.device))
+            parts.append(self._attack_batch(xb, tb, threat).to_host(threat))
             if progress is not None:
                 progress(len(xb))
         if not parts:
-            return _empty_outcome()
+            return _empty_outcome(self.threat)
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _clean_logits(self, x: Tensor) -> Tensor:
@@ -329,15 +326,16 @@ class Attack(abc.ABC, Generic[S]):
             (grad,) = torch.autograd.grad(loss_fn(logits).sum(), point)
         return logits.detach(), grad
 
-    def _bounds(self, x: Tensor, cells: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Per-cell bounds on δ: ``x + δ ∈ [0, 1]``, and δ = 0 off the allowed cells. Shape: 2 × (B, 48, 19)."""
-        lower, upper = -x, 1.0 - x
-        allowed = self.mask if cells is None else cells
-        if allowed is not None:
-            zero = torch.zeros((), dtype=x.dtype, device=x.device)
-            lower = torch.where(allowed, lower, zero)
-            upper = torch.where(allowed, upper, zero)
-        return lower, upper
+    def _gradient_through(
+        self, threat: BatchThreat, delta: Tensor, loss_fn: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Logits at the threat's input for δ and the gradient of Σ_i loss_i w.r.t. δ (through the threat's map;
+        for a cell threat it equals :meth:`_gradient`'s at ``x + δ``). Shape: δ → (B, 2), δ's shape."""
+        point = delta.detach().requires_grad_(True)
+        with self._cudnn_handled():
+            logits = self.model(threat.apply(point))
+            (grad,) = torch.autograd.grad(loss_fn(logits).sum(), point)
+        return logits.detach(), grad
 
     def _auto_batch_size(self, limit: int) -> int:
         return devices.auto_batch_size(self._memory_key(), self._memory_trial, self.device, limit=limit)
@@ -352,17 +350,17 @@ class Attack(abc.ABC, Generic[S]):
         generator = torch.Generator(device=self.device).manual_seed(0)
         x = torch.rand((size, *CELL_SHAPE), generator=generator, device=self.device)
         target = torch.zeros(size, dtype=torch.int64, device=self.device)
-        cells = torch.ones(x.shape, dtype=torch.bool, device=self.device)  # as ``allowed`` cells would take
+        threat = self.threat.batch(x, self.threat.trial_inputs(x))  # every entry changeable, as inputs would take
         with self._attack_mode():
-            self._short_batch(x, target, cells)
+            self._short_batch(x, target, threat)
 
-    def _short_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> None:
+    def _short_batch(self, x: Tensor, target: Tensor, threat: BatchThreat) -> None:
         """A batch that allocates what :meth:`_attack_batch` does at its peak, in fewer iterations.
 
         Memory does not grow with the iterations (each gradient's graph is freed before the next), so a
         subclass may run two; this base runs the whole batch.
         """
-        self._attack_batch(x, target, cells)
+        self._attack_batch(x, target, threat)
 
     def _attack_mode(self) -> contextlib.AbstractContextManager[None]:
         if self.device.type == "cuda" and self.cudnn:
@@ -404,11 +402,15 @@ def _check_input(x: ArrayLike, y: ArrayLike, sample_index: ArrayLike | None) -> 
     return xs.detach().cpu(), ys.detach().cpu().long(), index
 
 
-def _empty_outcome() -> dict[str, np.ndarray]:
+def _empty_outcome(threat: Threat) -> dict[str, np.ndarray]:
     deltas = np.zeros((0, *CELL_SHAPE), dtype=np.float32)
     logits = np.zeros((0, N_CLASSES), dtype=np.float32)
     iterations = np.zeros(0, dtype=np.int64)
+    extra = {}
+    if isinstance(threat, RecordThreat):
+        extra = {f"{which}_record_delta": np.zeros((0, *threat.variable_shape), dtype=np.float32) for which in EXAMPLES}
     return {
+        **extra,
         "found": np.zeros(0, dtype=bool),
         "first_iteration": iterations,
         "first_delta": deltas,
@@ -436,6 +438,11 @@ def _assemble(
     full = {name: np.zeros((len(rows), *value.shape[1:]), dtype=value.dtype) for name, value in outcome.items()}
     for name, value in outcome.items():
         full[name][rows] = value
+    records = {
+        f"{which}_record_delta": full[f"{which}_record_delta"].astype(np.float32)
+        for which in EXAMPLES
+        if f"{which}_record_delta" in full
+    }
     return AttackBatchResult(
         iterations,
         threshold,
@@ -453,4 +460,5 @@ def _assemble(
         best_logits=full["best_logits"].astype(np.float32),
         sparse_delta=full["sparse_delta"].astype(np.float32),
         sparse_logits=full["sparse_logits"].astype(np.float32),
+        **records,
     )

@@ -26,6 +26,12 @@ then the geometric midpoint), after a round without one it falls (÷10, or the m
 success of any round and the best (smallest L1) success over all rounds are kept; iterations are
 numbered across rounds (1 … search_steps·max_iterations). One round is today's single-λ attack.
 
+**Threats.** δ is the attack's variable (:mod:`lstm_adv.attacks.threats`): the change of the model
+input's cells (``all``, ``observed``), or of the sample's record pushed through the fill (``record``:
+one entry is one altered measurement, and the box is each value's feasible set). The gradient is
+taken through the threat's map, and the L1 penalty, the λ search and the minimal support all count
+entries of δ, so for the record threat they count **altered measurements**.
+
 **Minimal support.** Every best example is then pruned to a minimal support: its cells are pushed to
 the box bound in δ's direction (the most each can move the decision); the k largest-|δ| cells that
 still flip are found by a batched binary search; greedy passes drop one cell at a time (smallest |δ|
@@ -55,9 +61,11 @@ import torch
 from torch import Tensor
 
 from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, margin
+from lstm_adv.attacks.threats import BatchThreat, prox_l1_box, soft_threshold
 from lstm_adv.config import L1_METHODS
 from lstm_adv.domain import validators as v
-from lstm_adv.domain.shapes import N_CELLS
+
+__all__ = ["METHODS", "SPARSE_MARGIN", "L1Attack", "L1Settings", "prox_l1_box", "soft_threshold"]
 
 METHODS = L1_METHODS
 _TINY = 1e-30
@@ -92,31 +100,24 @@ class L1Settings:
         return self.max_iterations * self.search_steps
 
 
-def soft_threshold(u: Tensor, threshold: float | Tensor) -> Tensor:
-    """sign(u)·max(|u| − threshold, 0), element-wise (threshold a number or a broadcastable tensor)."""
-    if isinstance(threshold, Tensor):
-        return u - torch.maximum(torch.minimum(u, threshold), -threshold)
-    return u - u.clamp(-threshold, threshold)
-
-
-def prox_l1_box(u: Tensor, threshold: float | Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """argmin_d ½(d − u)² + threshold·|d| subject to lower ≤ d ≤ upper, element-wise.
-
-    Both terms are separable and the box contains 0, so the prox is the soft-threshold projected to the box.
-    """
-    return torch.minimum(torch.maximum(soft_threshold(u, threshold), lower), upper)
-
-
 @attrs.define
 class _Problem:
-    """One batch's fixed quantities: inputs, targets, the box, the loss and the gradient scale."""
+    """One batch's fixed quantities: targets, the threat (bounds of δ, δ → input), the loss and the gradient scale."""
 
-    x: Tensor
     target: Tensor
-    lower: Tensor
-    upper: Tensor
+    threat: BatchThreat
     loss: Callable[[Tensor], Tensor]
     scale: Tensor  # (B, 1, 1): 1 / G per sample
+
+    @property
+    def lower(self) -> Tensor:
+        """Lower bounds of δ."""
+        return self.threat.lower
+
+    @property
+    def upper(self) -> Tensor:
+        """Upper bounds of δ."""
+        return self.threat.upper
 
 
 class L1Attack(Attack[L1Settings]):
@@ -129,26 +130,37 @@ class L1Attack(Attack[L1Settings]):
         """The iteration budget per sample (every round of the λ search)."""
         return self.settings.total_iterations
 
-    def perturb(self, x: Tensor, y: Tensor, cells: Tensor | None = None, *, example: str = "sparse") -> Tensor:
-        """δ of the ``example`` kind (sparse, best or first) for every sample, 0 where none was found.
+    def perturb(
+        self,
+        x: Tensor,
+        y: Tensor,
+        cells: Tensor | None = None,
+        *,
+        record: Tensor | None = None,
+        example: str = "sparse",
+    ) -> Tensor:
+        """The model input's change of the ``example`` kind (sparse, best or first) for every sample, 0 where
+        none was found.
 
-        :meth:`Attack.run` on these samples (misclassified ones, and ones without an allowed cell, are
-        skipped and keep δ = 0), its chosen deltas copied back to x's device: adversarial training
+        :meth:`Attack.run` on these samples (misclassified ones, and ones without anything they may change,
+        are skipped and keep δ = 0), its chosen deltas copied back to x's device: adversarial training
         uses it as it uses :meth:`PgdAttack.perturb`. Shape: x (N, 48, 19), y (N,), cells (N, 48, 19)
-        → δ (N, 48, 19).
+        (cell threats), record (N, 49, 19) (record threat) → δ (N, 48, 19).
         """
-        result = self.run(x, y, allowed=None if cells is None else cells.cpu())
+        result = self.run(
+            x, y, allowed=None if cells is None else cells.cpu(), record=None if record is None else record.cpu()
+        )
         return torch.from_numpy(result.deltas(example)).to(device=x.device, dtype=x.dtype)
 
     def _loss(self, target: Tensor) -> Callable[[Tensor], Tensor]:
         kappa, boundary = self.settings.kappa, self.boundary
         return lambda logits: margin(logits, target, boundary).clamp(min=-kappa)
 
-    def _attack_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> BatchOutcome:
+    def _attack_batch(self, x: Tensor, target: Tensor, threat: BatchThreat) -> BatchOutcome:
         """The λ search over fresh rounds of the configured method, then minimal support. Shape: x (B, 48, 19)."""
         s = self.settings
-        problem = self._problem(x, target, cells)
-        tracker = SuccessTracker(x, self.boundary)
+        problem = self._problem(target, threat)
+        tracker = SuccessTracker(threat.zeros(), self.boundary)
         lam = torch.full((len(x), 1, 1), s.lam, dtype=x.dtype, device=x.device)
         low, high = torch.zeros_like(lam), torch.full_like(lam, math.inf)
         run = {"ista": self._ista, "fista": self._fista, "adam": self._adam}[s.method]
@@ -161,31 +173,29 @@ class L1Attack(Attack[L1Settings]):
     def _memory_key(self) -> Hashable:
         return (super()._memory_key(), self.settings.method)  # Adam and FISTA keep more state per sample
 
-    def _short_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> None:
+    def _short_batch(self, x: Tensor, target: Tensor, threat: BatchThreat) -> None:
         """One round of two iterations of the method, without the minimal-support search (whose forwards
         need no gradient, so less memory)."""
         short = copy.copy(self)
         short.settings = attrs.evolve(self.settings, max_iterations=2, search_steps=1)
-        problem = short._problem(x, target, cells)
+        problem = short._problem(target, threat)
         lam = torch.full((len(x), 1, 1), short.settings.lam, dtype=x.dtype, device=x.device)
         run = {"ista": short._ista, "fista": short._fista, "adam": short._adam}[short.settings.method]
-        run(problem, lam, SuccessTracker(x, self.boundary), offset=0)
+        run(problem, lam, SuccessTracker(threat.zeros(), self.boundary), offset=0)
 
-    def _problem(self, x: Tensor, target: Tensor, cells: Tensor | None) -> _Problem:
-        lower, upper = self._bounds(x, cells)
+    def _problem(self, target: Tensor, threat: BatchThreat) -> _Problem:
         loss = self._loss(target)
-        _, grad = self._gradient(x, loss)
-        allowed = upper - lower > 0
-        scale = torch.where(allowed, grad.abs(), torch.zeros_like(grad)).amax(dim=(1, 2)).clamp(min=_TINY)
-        return _Problem(x, target, lower, upper, loss, (1.0 / scale)[:, None, None])
+        _, grad = self._gradient_through(threat, threat.zeros(), loss)
+        scale = torch.where(threat.allowed, grad.abs(), torch.zeros_like(grad)).amax(dim=(1, 2)).clamp(min=_TINY)
+        return _Problem(target, threat, loss, (1.0 / scale)[:, None, None])
 
     def _ista(self, p: _Problem, lam: Tensor, tracker: SuccessTracker, *, offset: int) -> Tensor:
         return self._smooth_step_loop(p, lam, tracker, offset, lambda grad, iteration: (grad, None))
 
     def _adam(self, p: _Problem, lam: Tensor, tracker: SuccessTracker, *, offset: int) -> Tensor:
         s = self.settings
-        first_moment = torch.zeros_like(p.x)
-        second_moment = torch.zeros_like(p.x)
+        first_moment = p.threat.zeros()
+        second_moment = p.threat.zeros()
 
         def direction(grad: Tensor, iteration: int) -> tuple[Tensor, Tensor]:
             first_moment.mul_(s.adam_beta1).add_(grad, alpha=1 - s.adam_beta1)
@@ -210,32 +220,32 @@ class L1Attack(Attack[L1Settings]):
         threshold. Returns which samples succeeded in this round. Shape: (B,) bool.
         """
         s = self.settings
-        delta = torch.zeros_like(p.x)
-        found = torch.zeros(len(p.x), dtype=torch.bool, device=p.x.device)
+        delta = p.threat.zeros()
+        found = torch.zeros(len(delta), dtype=torch.bool, device=delta.device)
         for iteration in range(1, s.max_iterations + 1):
-            logits, grad = self._gradient(p.x + delta, p.loss)
+            logits, grad = self._gradient_through(p.threat, delta, p.loss)
             if iteration > 1:
                 found |= tracker.update(offset + iteration - 1, delta, logits, p.target)
             step, metric = direction(grad * p.scale, iteration)
             threshold = s.step_size * lam if metric is None else s.step_size * lam / metric
-            delta = prox_l1_box(torch.add(delta, step, alpha=-s.step_size), threshold, p.lower, p.upper)
+            delta = p.threat.prox(torch.add(delta, step, alpha=-s.step_size), threshold)
         with torch.no_grad():
-            found |= tracker.update(offset + s.max_iterations, delta, self._forward(p.x + delta), p.target)
+            found |= tracker.update(offset + s.max_iterations, delta, self._forward(p.threat.apply(delta)), p.target)
         return found
 
     def _fista(self, p: _Problem, lam: Tensor, tracker: SuccessTracker, *, offset: int) -> Tensor:
         """FISTA: gradient at y_k = δ_k + β_k(δ_k − δ_{k−1}), projected to the box; δ_k checked by its own forward."""
         s = self.settings
-        delta = previous = torch.zeros_like(p.x)
-        found = torch.zeros(len(p.x), dtype=torch.bool, device=p.x.device)
+        delta = previous = p.threat.zeros()
+        found = torch.zeros(len(delta), dtype=torch.bool, device=delta.device)
         t, beta = 1.0, 0.0  # Beck & Teboulle: t_1 = 1, y_1 = δ_0, β_k = (t_k − 1) / t_{k+1}
         for iteration in range(1, s.max_iterations + 1):
-            point = torch.minimum(torch.maximum(delta + beta * (delta - previous), p.lower), p.upper)
-            _, grad = self._gradient(p.x + point, p.loss)
+            point = p.threat.project(delta + beta * (delta - previous))
+            _, grad = self._gradient_through(p.threat, point, p.loss)
             step = point - s.step_size * grad * p.scale
-            previous, delta = delta, prox_l1_box(step, s.step_size * lam, p.lower, p.upper)
+            previous, delta = delta, p.threat.prox(step, s.step_size * lam)
             with torch.no_grad():
-                found |= tracker.update(offset + iteration, delta, self._forward(p.x + delta), p.target)
+                found |= tracker.update(offset + iteration, delta, self._forward(p.threat.apply(delta)), p.target)
             t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
             t, beta = t_next, (t - 1.0) / t_next
         return found
@@ -246,7 +256,7 @@ class L1Attack(Attack[L1Settings]):
         """Whether x + δ leaves the target decision by at least :data:`SPARSE_MARGIN`, and its logits.
         Shapes: (B,), (B, 2)."""
         with torch.no_grad():
-            logits = self._forward(p.x + delta).float()
+            logits = self._forward(p.threat.apply(delta)).float()
         return margin(logits, p.target, self.boundary) <= -SPARSE_MARGIN, logits
 
     def _minimal_support(self, p: _Problem, tracker: SuccessTracker) -> tuple[Tensor, Tensor]:
@@ -269,11 +279,12 @@ class L1Attack(Attack[L1Settings]):
     def _top_cells(self, p: _Problem, values: Tensor, magnitude: Tensor) -> Tensor:
         """The fewest cells, largest |δ| first, whose ``values`` flip: k by a binary search of fixed rounds."""
         order = magnitude.argsort(dim=1, descending=True)
-        ranks = torch.arange(N_CELLS, device=values.device).expand_as(order)
+        entries = magnitude.shape[1]
+        ranks = torch.arange(entries, device=values.device).expand_as(order)
         rank = torch.empty_like(order).scatter_(1, order, ranks)
         low = torch.zeros(len(values), dtype=torch.int64, device=values.device)
         high = (magnitude > 0).sum(dim=1)
-        for _ in range(math.ceil(math.log2(N_CELLS + 1))):
+        for _ in range(math.ceil(math.log2(entries + 1))):
             mid = (low + high) // 2
             flips, _ = self._flips(p, torch.where((rank < mid[:, None]).view_as(values), values, 0.0))
             open_ = low + 1 < high
@@ -285,7 +296,7 @@ class L1Attack(Attack[L1Settings]):
         """Passes over each sample's kept cells, smallest |δ| first, dropping a cell while the flip holds,
         until a pass drops nothing: then removing any single kept cell un-flips the sample."""
         flat = kept.flatten(1)
-        for _ in range(N_CELLS):  # passes
+        for _ in range(flat.shape[1]):  # passes
             candidates = torch.where(flat, magnitude, torch.full_like(magnitude, math.inf)).argsort(dim=1)
             rounds = int(flat.sum(dim=1).max())  # one host sync per pass, outside the iteration loops
             dropped = torch.zeros(len(values), dtype=torch.bool, device=values.device)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, margin
+from lstm_adv.attacks.threats import BatchThreat, CellThreat, SampleInputs
 from lstm_adv.config import PgdAttackName, PgdConfig, PgdLoss
 from lstm_adv.domain import validators as v
 from lstm_adv.domain.errors import ConfigError, DataError
@@ -97,6 +98,14 @@ class PgdAttack(Attack[PgdSettings]):
         """The iteration budget per sample."""
         return self.settings.iterations
 
+    def _check_threat(self) -> None:
+        """PGD's ε-ball lives in the model input: a cell threat only."""
+        if not isinstance(self.threat, CellThreat):
+            raise ConfigError(
+                f"PGD perturbs the model input within an ε-ball; it takes cells 'all' or 'observed', not "
+                f"{self.threat.name!r}"
+            )
+
     def perturb(self, x: Tensor, y: Tensor, cells: Tensor | None = None) -> Tensor:
         """δ for every sample (untargeted: away from label ``y``; targeted: towards ``settings.target``).
 
@@ -110,17 +119,17 @@ class PgdAttack(Attack[PgdSettings]):
             return torch.zeros(x.shape, dtype=x.dtype, device=self.device)
         step = self.batch_size
         with self._attack_mode():
-            parts = [
-                self._descend(
-                    x[i : i + step].to(self.device),
-                    y[i : i + step].to(self.device),
-                    None if cells is None else cells[i : i + step].to(self.device),
-                )
-                for i in range(0, x.shape[0], step)
-            ]
+            parts = []
+            for i in range(0, x.shape[0], step):
+                xb = x[i : i + step].to(self.device)
+                allowed = None if cells is None else cells[i : i + step].to(self.device)
+                parts.append(self._descend(xb, y[i : i + step].to(self.device), self._batch_threat(xb, allowed)))
         return torch.cat(parts)
 
-    def _descend(self, x: Tensor, y: Tensor, cells: Tensor | None, tracker: SuccessTracker | None = None) -> Tensor:
+    def _batch_threat(self, x: Tensor, cells: Tensor | None) -> BatchThreat:
+        return self.threat.batch(x, SampleInputs(allowed=cells))
+
+    def _descend(self, x: Tensor, y: Tensor, threat: BatchThreat, tracker: SuccessTracker | None = None) -> Tensor:
         """The PGD iterations for one batch; returns the last iterate δ_K. Shape: (B, 48, 19).
 
         With a ``tracker``, iterate k is checked with the logits of the next gradient step (one extra
@@ -128,7 +137,7 @@ class PgdAttack(Attack[PgdSettings]):
         """
         s = self.settings
         away = torch.full_like(y, 1 - s.target) if s.target is not None else y
-        lower, upper = self._ball_and_box(x, cells)
+        lower, upper = self._ball_and_box(threat)
         allowed = upper > lower
         loss = self._loss(y)
         delta = self._start(x, lower, upper)
@@ -142,18 +151,18 @@ class PgdAttack(Attack[PgdSettings]):
                 tracker.update(s.iterations, delta, self._forward(x + delta), away)
         return delta.detach()
 
-    def _attack_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> BatchOutcome:
+    def _attack_batch(self, x: Tensor, target: Tensor, threat: BatchThreat) -> BatchOutcome:
         """Base-class form: ``target`` is the decision to move away from (or, targeted, ``1 − t``)."""
         tracker = SuccessTracker(x, self.boundary)
-        self._descend(x, target, cells, tracker)
+        self._descend(x, target, threat, tracker)
         return tracker.outcome()
 
-    def _short_batch(self, x: Tensor, target: Tensor, cells: Tensor | None) -> None:
+    def _short_batch(self, x: Tensor, target: Tensor, threat: BatchThreat) -> None:
         """Two iterations, with a generator of their own: sizing batches never changes the random starts."""
         short = copy.copy(self)
         short.settings = attrs.evolve(self.settings, iterations=2)
         short._generator = None
-        short._descend(x, target, cells, SuccessTracker(x, self.boundary))
+        short._descend(x, target, threat, SuccessTracker(x, self.boundary))
 
     def _loss(self, y: Tensor) -> Callable[[Tensor], Tensor]:
         """Per-sample loss to ascend, measured at the decision rule's boundary. Shape: logits (B, 2) → (B,).
@@ -170,9 +179,9 @@ class PgdAttack(Attack[PgdSettings]):
         shift = torch.tensor([0.0, boundary], device=y.device)
         return lambda logits: sign * nn.functional.cross_entropy(logits.float() - shift, goal, reduction="none")
 
-    def _ball_and_box(self, x: Tensor, cells: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Per-cell bounds on δ: the box (and cells) of the base, cut to [−ε, ε] for L∞. Shape: 2 × (B, 48, 19)."""
-        lower, upper = self._bounds(x, cells)
+    def _ball_and_box(self, threat: BatchThreat) -> tuple[Tensor, Tensor]:
+        """Per-cell bounds on δ: the threat's box (and cells), cut to [−ε, ε] for L∞. Shape: 2 × (B, 48, 19)."""
+        lower, upper = threat.lower, threat.upper
         if self.settings.norm == "linf":
             eps = self.settings.eps
             lower, upper = lower.clamp(min=-eps), upper.clamp(max=eps)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lstm_adv.attacks.base import SuccessTracker
 from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
+from lstm_adv.attacks.threats import BatchThreat
 
 
 def kl_per_sample(reference_log_p: Tensor, logits: Tensor) -> Tensor:
@@ -38,12 +39,12 @@ class TradesAttack(PgdAttack):
         # at δ = 0 the KL loss and its gradient are 0: the start is always random
         self.settings = attrs.evolve(self.settings, random_start=True)
 
-    def _descend(self, x: Tensor, y: Tensor, cells: Tensor | None, tracker: SuccessTracker | None = None) -> Tensor:
+    def _descend(self, x: Tensor, y: Tensor, threat: BatchThreat, tracker: SuccessTracker | None = None) -> Tensor:
         """The clean prediction of this batch is the reference of the KL loss; then PGD's iterations."""
         with torch.no_grad():
             self._reference = torch.log_softmax(self._forward(x).float(), dim=1)
         try:
-            return super()._descend(x, y, cells, tracker)
+            return super()._descend(x, y, threat, tracker)
         finally:
             self._reference = None
 

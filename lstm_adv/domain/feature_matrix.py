@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lstm_adv.domain.errors import ConfigError, DataError, ValidationError
+from lstm_adv.domain.record import PREWINDOW, RECORD_ROWS, record_present
 from lstm_adv.domain.shapes import N_FEATURES, SPLIT_ALIASES
 from lstm_adv.domain.shapes import N_HOURS as WINDOW_HOURS
 
@@ -34,6 +35,9 @@ def split_name(name: str) -> str:
 TEST_FOLD = -1
 
 _array_eq = attrs.cmp_using(eq=np.array_equal)
+_nan_array_eq = attrs.cmp_using(
+    eq=lambda a, b: a is b or (a is not None and b is not None and np.array_equal(a, b, equal_nan=True))
+)
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -94,6 +98,25 @@ class ScalingStats:
         result: npt.NDArray[np.float64] = np.clip((clipped - self.p5) / span, 0.0, 1.0)
         return result
 
+    def scale_unwinsorized(self, clinical: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``(x - p5) / (p95 - p5)`` without winsorizing (a value outside p5–p95 stays outside [0, 1]); 0 for a
+        constant feature, as :meth:`scale` gives. The units of a record (:mod:`lstm_adv.domain.record`).
+        Shape: (..., 19)."""
+        positive = self.span > 0
+        shifted = np.asarray(clinical, dtype=np.float64) - self.p5
+        # shifted * 0 keeps NaN (not measured) as NaN for a constant feature
+        result: npt.NDArray[np.float64] = np.where(
+            positive, shifted / np.where(positive, self.span, 1.0), shifted * 0.0
+        )
+        return result
+
+    @property
+    def scaled_median(self) -> npt.NDArray[np.float64]:
+        """The training median in scaled units (in [0, 1]): what a never-measured series is filled with.
+
+        Shape: (19,)."""
+        return self.scale_unwinsorized(self.median)
+
 
 def _check_values(instance: FeatureMatrix, attribute: attrs.Attribute[Any], value: npt.NDArray[Any]) -> None:
     if value.ndim != 3 or value.shape[1:] != (WINDOW_HOURS, N_FEATURES):
@@ -140,6 +163,11 @@ class FeatureMatrix:
     ``observed`` (N, 48, 19) marks the cells whose hour bin held at least one real measurement (before
     any filling); ``None`` only for a matrix stored before masks were recorded.
 
+    ``record`` (N, 49, 19) float32 is what ``values`` were filled from (:mod:`lstm_adv.domain.record`): the
+    pre-window bin and the 48 hourly bin means, scaled but not winsorized, NaN where nothing was measured;
+    ``values`` equal :func:`~lstm_adv.domain.record.fill_record` of it. ``None`` only for a matrix stored
+    before records were kept.
+
     ``split`` codes index :data:`SPLITS` (0 train, 1 validation, 2 test); ``fold`` is the
     cross-validation fold in [0, K) of train and validation samples and -1 for test samples.
     """
@@ -154,6 +182,7 @@ class FeatureMatrix:
     fold: npt.NDArray[np.int8] = attrs.field(converter=_int8, validator=_check_vector(np.int8), eq=_array_eq)
     scaling: ScalingStats = attrs.field(validator=attrs.validators.instance_of(ScalingStats))
     observed: npt.NDArray[np.bool_] | None = attrs.field(default=None, eq=_array_eq)
+    record: npt.NDArray[np.float32] | None = attrs.field(default=None, eq=_nan_array_eq)
 
     def __attrs_post_init__(self) -> None:
         n = self.values.shape[0]
@@ -171,6 +200,23 @@ class FeatureMatrix:
                 f"FeatureMatrix.observed must be a bool array of the values' shape {self.values.shape}, got "
                 f"{self.observed.dtype} {self.observed.shape}"
             )
+        self._check_record()
+
+    def _check_record(self) -> None:
+        if self.record is None:
+            return
+        want = (self.values.shape[0], RECORD_ROWS, N_FEATURES)
+        if self.record.shape != want or self.record.dtype != np.float32:
+            raise ValidationError(
+                f"FeatureMatrix.record must be a float32 array of shape {want}, got {self.record.dtype} "
+                f"{self.record.shape}"
+            )
+        if np.isinf(self.record).any():
+            raise ValidationError("FeatureMatrix.record must hold finite values or NaN (not measured), got infinity")
+        if self.observed is not None and not np.array_equal(
+            record_present(self.record)[:, PREWINDOW + 1 :], self.observed
+        ):
+            raise ValidationError("FeatureMatrix.record must be measured exactly where FeatureMatrix.observed is true")
 
     def _check_codes(self) -> None:
         if not np.isin(self.labels, (0, 1)).all():
@@ -233,11 +279,14 @@ class FeatureMatrix:
             split=self.split[idx],
             fold=fold,
             observed=None if self.observed is None else self.observed[idx],
+            record=None if self.record is None else self.record[idx],
         )
 
     def to_npz(self, path: Path) -> None:
         """Write the stored form (an uncompressed ``.npz`` without pickled objects)."""
         extra: dict[str, Any] = {} if self.observed is None else {"observed": np.packbits(self.observed, axis=None)}
+        if self.record is not None:
+            extra["record"] = self.record
         with Path(path).open("wb") as handle:
             np.savez(
                 handle,
@@ -281,6 +330,7 @@ class FeatureMatrix:
             fold=arrays["fold"],
             scaling=scaling,
             observed=_unpacked(arrays.get("observed"), arrays["values"].shape, path),
+            record=arrays.get("record"),
         )
 
     def observation_mask(self) -> npt.NDArray[np.bool_]:
@@ -294,6 +344,18 @@ class FeatureMatrix:
                 "re-run `lstm-adv preprocess` to use --cells observed"
             )
         return self.observed
+
+    def record_values(self) -> npt.NDArray[np.float32]:
+        """The record the values were filled from, or a :class:`DataError` saying how to get one.
+
+        Shape: (N, 49, 19) float32, NaN where nothing was measured (see :mod:`lstm_adv.domain.record`).
+        """
+        if self.record is None:
+            raise DataError(
+                "this feature matrix has no record (it was built before the toolkit kept the hourly measurements "
+                "the fill was computed from); re-run `lstm-adv preprocess` to use --cells record"
+            )
+        return self.record
 
     def measured_fraction(self) -> npt.NDArray[np.float64]:
         """Per feature, the share of (sample, hour) cells that held a measurement. Shape: (19,)."""

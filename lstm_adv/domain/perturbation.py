@@ -1,10 +1,13 @@
 """Attack outcomes: the perturbation of one sample and what an attack found for it.
 
 ``Perturbation`` is δ for one sample in normalized units (the model sees ``x + δ`` with both in
-``[0, 1]``). ``AttackResult`` holds, per sample, the first, the best (smallest L1) and the sparse
-(minimal-support) success, or a not-completed value with its reason. ``AttackBatchResult`` is the
-columnar form of many results, the one that is stored (``to_npz`` / ``from_npz``) and merged across
-shards (``concatenate``). Predictions and flips are decisions at the model's rule (its threshold t).
+``[0, 1]``) and, for the record threat, the change of the sample's record that made it (altered
+measurements, :mod:`lstm_adv.domain.record`); its L0 counts the attack's unit (altered measurements
+for the record threat, changed cells otherwise). ``AttackResult`` holds, per sample, the first, the
+best (smallest L1) and the sparse (minimal-support) success, or a not-completed value with its
+reason. ``AttackBatchResult`` is the columnar form of many results, the one that is stored
+(``to_npz`` / ``from_npz``) and merged across shards (``concatenate``). Predictions and flips are
+decisions at the model's rule (its threshold t).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError, ValidationError
+from lstm_adv.domain.record import RECORD_SHAPE
 from lstm_adv.domain.shapes import CELL_SHAPE, N_CLASSES, N_FEATURES
 
 MISCLASSIFIED = "misclassified"
@@ -61,15 +65,33 @@ def _check_delta(instance: Perturbation, attribute: attrs.Attribute[np.ndarray],
         )
 
 
+def _check_record_delta(instance: Perturbation, attribute: attrs.Attribute[Any], value: np.ndarray | None) -> None:
+    if value is not None:
+        _check_array("Perturbation", "record_delta", value, RECORD_SHAPE, np.float32)
+
+
+def _optional_copy(value: Any) -> np.ndarray | None:
+    return None if value is None else _readonly_copy(value)
+
+
 @attrs.frozen
 class Perturbation:
-    """δ for one sample in normalized units. Shape: (48, 19) float32, |δ| ≤ 1."""
+    """δ for one sample in normalized units. Shape: (48, 19) float32, |δ| ≤ 1; ``record_delta`` (49, 19)
+    float32: the record change that made δ (record threat only; the pre-window bin, then hours 0 … 47)."""
 
     delta: np.ndarray = attrs.field(converter=_readonly_copy, validator=_check_delta, eq=_ARRAY_EQ)
+    record_delta: np.ndarray | None = attrs.field(
+        default=None, converter=_optional_copy, validator=_check_record_delta, eq=_ARRAY_EQ
+    )
 
     @property
     def l0(self) -> int:
-        """Number of changed cells."""
+        """Size in the attack's unit: altered measurements (record threat), else changed cells."""
+        return int(np.count_nonzero(self.delta if self.record_delta is None else self.record_delta))
+
+    @property
+    def input_l0(self) -> int:
+        """Number of changed cells of the model input."""
         return int(np.count_nonzero(self.delta))
 
     @property
@@ -216,6 +238,10 @@ _COLUMNS: dict[str, tuple[tuple[str, ...], type]] = {
 }
 
 
+#: The record threat's columns: first, best and sparse record change. Shape: (N, 49, 19) float32.
+RECORD_COLUMNS = tuple(f"{which}_record_delta" for which in EXAMPLES)
+
+
 def _check_batch(result: AttackBatchResult) -> None:
     n = result.sample_index.shape[0] if result.sample_index.ndim == 1 else -1
     sizes = {"n": n, "c": N_CLASSES, "h": CELL_SHAPE[0], "f": CELL_SHAPE[1]}
@@ -236,6 +262,14 @@ def _check_batch(result: AttackBatchResult) -> None:
     for name in ("first_delta", "best_delta", "sparse_delta"):
         if (np.abs(getattr(result, name)) > 1).any():
             raise ValidationError(f"{owner}.{name} must lie in [-1, 1]")
+    records = [getattr(result, name) for name in RECORD_COLUMNS]
+    if any(r is None for r in records) and any(r is not None for r in records):
+        raise ValidationError(
+            f"{owner}: {', '.join(RECORD_COLUMNS)} must be given together (record threat) or not at all"
+        )
+    for name, value in zip(RECORD_COLUMNS, records, strict=True):
+        if value is not None:
+            _check_array(owner, name, value, (n, *RECORD_SHAPE), np.float32)
 
 
 def _check_iterations(result: AttackBatchResult) -> None:
@@ -277,9 +311,22 @@ class AttackBatchResult:
     best_logits: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     sparse_delta: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
     sparse_logits: np.ndarray = attrs.field(converter=np.asarray, eq=_ARRAY_EQ)
+    first_record_delta: np.ndarray | None = attrs.field(default=None, eq=_ARRAY_EQ)
+    best_record_delta: np.ndarray | None = attrs.field(default=None, eq=_ARRAY_EQ)
+    sparse_record_delta: np.ndarray | None = attrs.field(default=None, eq=_ARRAY_EQ)
 
     def __attrs_post_init__(self) -> None:
         _check_batch(self)
+
+    @property
+    def record_space(self) -> bool:
+        """Whether the attack altered records (the record threat): then L0 counts altered measurements."""
+        return self.first_record_delta is not None
+
+    @property
+    def unit(self) -> str:
+        """What L0 counts: ``measurement`` (altered measurements, record threat) or ``cell``."""
+        return "measurement" if self.record_space else "cell"
 
     @property
     def n(self) -> int:
@@ -310,14 +357,33 @@ class AttackBatchResult:
         deltas: np.ndarray = getattr(self, f"{which}_delta")
         return deltas
 
+    def record_deltas(self, which: str = "best") -> np.ndarray:
+        """The first, best or sparse record change per sample (record threat only). Shape: (N, 49, 19)."""
+        self.deltas(which)  # checks ``which``
+        deltas: np.ndarray | None = getattr(self, f"{which}_record_delta")
+        if deltas is None:
+            raise ValidationError("this attack changed model-input cells, not records: it has no record deltas")
+        return deltas
+
+    def variables(self, which: str = "best") -> np.ndarray:
+        """What the attack changed: record deltas (record threat), else the input deltas. Shape: (N, 48 or 49, 19)."""
+        return self.record_deltas(which) if self.record_space else self.deltas(which)
+
     def l0(self, which: str = "best") -> np.ndarray:
-        """Non-zero cells of the first, best or sparse δ per sample (0 where not found). Shape: (N,) int64."""
+        """Size of the first, best or sparse example in the attack's unit (altered measurements for the record
+        threat, changed cells otherwise; 0 where not found). Shape: (N,) int64."""
+        counts: np.ndarray = np.count_nonzero(self.variables(which), axis=(1, 2)).astype(np.int64)
+        return counts
+
+    def input_l0(self, which: str = "best") -> np.ndarray:
+        """Changed cells of the model input per sample (0 where not found). Shape: (N,) int64."""
         counts: np.ndarray = np.count_nonzero(self.deltas(which), axis=(1, 2)).astype(np.int64)
         return counts
 
     def l1(self, which: str = "best") -> np.ndarray:
-        """Σ|δ| of the first, best or sparse δ per sample (0 where not found). Shape: (N,) float64."""
-        sums: np.ndarray = np.abs(self.deltas(which), dtype=np.float64).sum(axis=(1, 2))
+        """Σ|δ| of the first, best or sparse example in the attack's variable (the record change for the
+        record threat; 0 where not found). Shape: (N,) float64."""
+        sums: np.ndarray = np.abs(self.variables(which), dtype=np.float64).sum(axis=(1, 2))
         return sums
 
     def not_completed_reason(self, row: int) -> str:
@@ -336,7 +402,9 @@ class AttackBatchResult:
                 ("sparse", self.best_iteration[row]),
             ):
                 delta, logits = getattr(self, f"{which}_delta")[row], getattr(self, f"{which}_logits")[row]
-                outcomes.append(AttackSucceeded(int(iteration), Perturbation(delta), before, logits, self.threshold))
+                record = self.record_deltas(which)[row] if self.record_space else None
+                perturbation = Perturbation(delta, record)
+                outcomes.append(AttackSucceeded(int(iteration), perturbation, before, logits, self.threshold))
         else:
             outcomes = [AttackNotCompleted(self.not_completed_reason(row), before)] * 3
         first, best, sparse = outcomes
@@ -353,10 +421,15 @@ class AttackBatchResult:
         """Every row as an :class:`AttackResult`."""
         return [self.result(row) for row in range(self.n)]
 
+    def _arrays(self) -> dict[str, Any]:
+        names = _ARRAY_NAMES + (RECORD_COLUMNS if self.record_space else ())
+        return {name: getattr(self, name) for name in names}
+
     def to_npz(self, path: Path) -> None:
         """Write every column to a compressed ``.npz`` (deltas are sparse and compress well)."""
-        arrays = {name: getattr(self, name) for name in _ARRAY_NAMES}
-        np.savez_compressed(path, iterations=np.int64(self.iterations), threshold=np.float64(self.threshold), **arrays)
+        np.savez_compressed(
+            path, iterations=np.int64(self.iterations), threshold=np.float64(self.threshold), **self._arrays()
+        )
 
     @classmethod
     def from_npz(cls, path: Path) -> AttackBatchResult:
@@ -364,12 +437,14 @@ class AttackBatchResult:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
             expected = {"iterations", "threshold", *_ARRAY_NAMES}
+            if keys & set(RECORD_COLUMNS):
+                expected |= set(RECORD_COLUMNS)
             if keys != expected:
                 raise DataError(
                     f"{path} is not an attack result file of this version: missing {sorted(expected - keys)}, "
                     f"unexpected {sorted(keys - expected)}; re-run the attack"
                 )
-            arrays = {name: data[name] for name in _ARRAY_NAMES}
+            arrays = {name: data[name] for name in sorted(expected - {"iterations", "threshold"})}
             return cls(int(data["iterations"]), float(data["threshold"]), **arrays)
 
     @classmethod
@@ -382,12 +457,15 @@ class AttackBatchResult:
             raise ValidationError(
                 f"AttackBatchResult parts must share one iteration budget and threshold, got {sorted(budgets)}"
             )
-        arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in _ARRAY_NAMES}
+        if len({p.unit for p in parts}) != 1:
+            raise ValidationError("AttackBatchResult parts must share one threat (records or model-input cells)")
+        names = parts[0]._arrays()
+        arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
         return cls(parts[0].iterations, parts[0].threshold, **arrays)
 
     def take(self, rows: np.ndarray) -> AttackBatchResult:
         """The rows ``rows`` (e.g. sorted by sample index)."""
-        arrays = {name: getattr(self, name)[rows] for name in _ARRAY_NAMES}
+        arrays = {name: value[rows] for name, value in self._arrays().items()}
         return AttackBatchResult(self.iterations, self.threshold, **arrays)
 
 
