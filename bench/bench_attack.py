@@ -42,7 +42,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lstm_adv.attacks import L1Attack, L1Settings, SuccessTracker
+from lstm_adv.attacks import L1Attack, L1Settings, SampleInputs, SuccessTracker
 from lstm_adv.attacks.base import lstm_kernel_mode
 from lstm_adv.attacks.l1 import margin
 
@@ -175,16 +175,18 @@ def cost_ratio(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, devi
     return out
 
 
-def iteration_loop(attack: L1Attack, x: torch.Tensor) -> Callable[[], None]:
+def iteration_loop(attack: L1Attack, x: torch.Tensor, inputs: SampleInputs | None = None) -> Callable[[], None]:
     """One round of the attack's iterations alone (its method's loop), without the minimal-support search,
-    whose cost varies with what the iterations found."""
+    whose cost varies with what the iterations found. ``inputs``: the threat's per-sample inputs (a record
+    for the record threat), on x's device."""
     target = torch.zeros(len(x), dtype=torch.int64, device=x.device)
     lam = torch.full((len(x), 1, 1), attack.settings.lam, device=x.device)
     run = {"ista": attack._ista, "fista": attack._fista, "adam": attack._adam}[attack.settings.method]
 
     def loop() -> None:
         with attack._attack_mode():
-            run(attack._problem(x, target, None), lam, SuccessTracker(x, attack.boundary), offset=0)
+            threat = attack.threat.batch(x, inputs or SampleInputs())
+            run(attack._problem(target, threat), lam, SuccessTracker(threat.zeros(), attack.boundary), offset=0)
 
     return loop
 

@@ -16,8 +16,19 @@ Per cell (hour i, feature j), over the n examples of one group:
 - feature susceptibility S_j = Σ_i GMP_ij · GPP_ij (Sun et al. 2018) and hour susceptibility
   Σ_j GMP_ij · GPP_ij, ranked descending (ties keep feature / hour order).
 
-Every statistic is in the scaled units of the FeatureMatrix except ``clinical.parquet`` and
-``mean_clinical_abs_delta``, which are |δ| · (p95 − p5) in the feature's clinical unit. Groups without
+Per-cell statistics and S_j are taken on the change of the **model input** (for the record threat:
+``fill(record + δ) − fill(record)``); per-example L0, L1, L∞ count the attack's own unit — altered
+measurements for the record threat, changed cells otherwise — and ``input_l0`` the input cells moved.
+For the record threat, ``measurements.parquet`` gives per feature the share of altered measurements,
+altered ÷ available measurements (per-opportunity rate), leverage and the median change in clinical
+units, and ``measurement_hours.parquet`` the hour of each altered measurement
+(:mod:`lstm_adv.measurements`); both are empty for the cell threats. S_j, success rates, median L0 and
+the measurement scores carry 95 % percentile-bootstrap intervals over the examples
+(``analysis.bootstrap_samples``).
+
+Every statistic is in the scaled units of the FeatureMatrix except ``clinical.parquet``,
+``mean_clinical_abs_delta`` and the measurements' changes, which are |δ| · (p95 − p5) in the feature's
+clinical unit. Groups without
 examples (e.g. no ``1to0`` success) have no rows in the per-cell, feature, hour and clinical tables.
 The tables carry no sample, subject or admission ids; only per-example norms and aggregates.
 """
@@ -32,22 +43,34 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from lstm_adv.config import Config
+from lstm_adv import uncertainty
+from lstm_adv.config import AnalysisConfig, AttackConfig, Config
 from lstm_adv.domain.errors import DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix, ScalingStats
+from lstm_adv.domain.features import FeatureSpec
 from lstm_adv.domain.perturbation import DIRECTION_LABELS, DIRECTIONS, AttackBatchResult
 from lstm_adv.domain.perturbation import EXAMPLES as WHICH
 from lstm_adv.domain.shapes import N_FEATURES, N_HOURS
+from lstm_adv.measurements import (
+    MEASUREMENT_COLUMNS,
+    measurement_hours_table,
+    measurements_table,
+    rank_descending,
+    susceptibility_interval,
+)
 from lstm_adv.resources import load_feature_spec
 from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
+from lstm_adv.results.converter import structure
 from lstm_adv.results.store import Run, RunStore
-from lstm_adv.results.summaries import AnalysisSummary, AttackSummary, DirectionCounts
+from lstm_adv.results.summaries import AnalysisSummary, AttackSummary, DirectionCounts, Estimate
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DIRECTIONS", "DIRECTION_LABELS", "WHICH", "AnalysisTables", "analyse_attack", "run_analysis"]
-TABLES = ("examples", "cells", "features", "hours", "clinical", "discovery")
+TABLES = ("examples", "cells", "features", "hours", "clinical", "discovery", "measurements", "measurement_hours")
+#: Tables an analysis run made before the record threat lacks (read as empty tables).
+RECORD_TABLES = ("measurements", "measurement_hours")
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -123,15 +146,6 @@ def cell_stats(deltas: npt.NDArray[np.floating[Any]]) -> CellStats:
     )
 
 
-def rank_descending(scores: npt.ArrayLike) -> IntArray:
-    """1-based rank of each score, largest first; equal scores keep their input order. Shape: as scores."""
-    values = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-values, kind="stable")
-    ranks = np.empty(values.shape[0], dtype=np.int64)
-    ranks[order] = np.arange(1, values.shape[0] + 1)
-    return ranks
-
-
 @attrs.frozen
 class ClinicalStats:
     """|δ| in clinical units over the non-zero cells of each feature (0 where none). Shape of each: (19,)."""
@@ -164,18 +178,27 @@ def clinical_stats(deltas: npt.NDArray[np.floating[Any]], scaling: ScalingStats)
 
 @attrs.frozen
 class Group:
-    """The successful examples of one (which, direction). Shapes: deltas (n, 48, 19), iterations (n,)."""
+    """The successful examples of one (which, direction). Shapes: deltas (n, 48, 19) (the model input's change),
+    iterations (n,); for the record threat record_deltas (n, 49, 19) and available (n, 49, 19): the entries
+    the threat could alter."""
 
     which: str
     direction: str
     deltas: npt.NDArray[np.float32]
     iterations: IntArray
     observed: npt.NDArray[np.bool_] | None = None
+    record_deltas: npt.NDArray[np.float32] | None = None
+    available: npt.NDArray[np.bool_] | None = None
 
     @property
     def n(self) -> int:
         """Number of examples."""
         return int(self.deltas.shape[0])
+
+    @property
+    def variables(self) -> npt.NDArray[np.float32]:
+        """What the attack changed: the record change (record threat), else the input change."""
+        return self.deltas if self.record_deltas is None else self.record_deltas
 
 
 def direction_codes(result: AttackBatchResult) -> npt.NDArray[np.str_]:
@@ -183,18 +206,28 @@ def direction_codes(result: AttackBatchResult) -> npt.NDArray[np.str_]:
     return np.where(result.predicted == 0, DIRECTIONS[0], DIRECTIONS[1])
 
 
-def split_groups(result: AttackBatchResult, observed: npt.NDArray[np.bool_] | None = None) -> list[Group]:
+def split_groups(
+    result: AttackBatchResult,
+    observed: npt.NDArray[np.bool_] | None = None,
+    available: npt.NDArray[np.bool_] | None = None,
+) -> list[Group]:
     """The six groups (first, best, sparse) × (0to1, 1to0) of successful examples, in that order; some may be
-    empty. ``observed`` (the result's rows' observation masks, (N, 48, 19)) marks the measured cells."""
+    empty. ``observed`` (the result's rows' observation masks, (N, 48, 19)) marks the measured cells;
+    ``available`` (N, 49, 19), for the record threat, the entries it could alter."""
     directions = direction_codes(result)
     groups = []
     for which in WHICH:
         deltas = result.deltas(which)
+        records = result.record_deltas(which) if result.record_space else None
         iterations = result.first_iteration if which == "first" else result.best_iteration
         for direction in DIRECTIONS:
             rows = result.found & (directions == direction)
             masks = None if observed is None else observed[rows]
-            groups.append(Group(which, direction, deltas[rows], iterations[rows], masks))
+            group = Group(which, direction, deltas[rows], iterations[rows], masks)
+            if records is not None:
+                chances = available[rows] if available is not None else np.ones(records[rows].shape, dtype=bool)
+                group = attrs.evolve(group, record_deltas=records[rows], available=chances)
+            groups.append(group)
     return groups
 
 
@@ -211,6 +244,8 @@ class AnalysisTables:
     hours: pd.DataFrame
     clinical: pd.DataFrame
     discovery: pd.DataFrame
+    measurements: pd.DataFrame
+    measurement_hours: pd.DataFrame
 
     def as_dict(self) -> dict[str, pd.DataFrame]:
         """Table name → DataFrame, in :data:`TABLES` order."""
@@ -222,9 +257,10 @@ def _keys(group: Group, length: int) -> dict[str, Any]:
 
 
 def examples_table(group: Group) -> pd.DataFrame:
-    """One row per example: which, direction, l0, l1, linf, mean_nonzero, iteration, measured (changed cells
-    that held a real measurement; NA without an observation mask)."""
-    stats = example_stats(group.deltas)
+    """One row per example: which, direction, l0, l1, linf, mean_nonzero (in the attack's unit: altered
+    measurements for the record threat), input_l0 (model-input cells moved), iteration, measured (moved
+    input cells that held a real measurement; NA without an observation mask)."""
+    stats = example_stats(group.variables)
     measured = (
         pd.array([pd.NA] * group.n, dtype="Int64")
         if group.observed is None
@@ -233,6 +269,7 @@ def examples_table(group: Group) -> pd.DataFrame:
     return pd.DataFrame(
         _keys(group, group.n)
         | {"l0": stats.l0, "l1": stats.l1, "linf": stats.linf, "mean_nonzero": stats.mean_nonzero}
+        | {"input_l0": np.count_nonzero(group.deltas, axis=(1, 2)).astype(np.int64)}
         | {"iteration": group.iterations.astype(np.int64), "measured": measured}
     )
 
@@ -251,13 +288,23 @@ def cells_table(group: Group, stats: CellStats, names: tuple[str, ...]) -> pd.Da
 
 
 def features_table(
-    group: Group, stats: CellStats, clinical: ClinicalStats, units: tuple[str, ...], names: tuple[str, ...]
+    group: Group,
+    stats: CellStats,
+    clinical: ClinicalStats,
+    units: tuple[str, ...],
+    names: tuple[str, ...],
+    config: AnalysisConfig,
 ) -> pd.DataFrame:
-    """One row per feature in model order: S_j, its rank, mean GPP over hours, mean clinical |δ| and unit."""
+    """One row per feature in model order: S_j with its bootstrap interval, its rank, mean GPP over hours, mean
+    clinical |δ| and unit."""
     susceptibility = stats.feature_susceptibility
+    low, high = susceptibility_interval(
+        group.deltas, samples=config.bootstrap_samples, seed=config.seed, confidence=config.confidence
+    )
     return pd.DataFrame(
         _keys(group, N_FEATURES)
         | {"feature": list(names), "unit": list(units), "susceptibility": susceptibility}
+        | {"susceptibility_low": low, "susceptibility_high": high}
         | {"rank": rank_descending(susceptibility), "mean_gpp": stats.gpp.mean(axis=0)}
         | {"mean_clinical_abs_delta": clinical.mean}
     )
@@ -323,27 +370,50 @@ def analyse_attack(
     *,
     units: tuple[str, ...] | None = None,
     observed: npt.NDArray[np.bool_] | None = None,
+    available: npt.NDArray[np.bool_] | None = None,
+    config: AnalysisConfig | None = None,
 ) -> AnalysisTables:
     """All tables of one attack's successful examples (pure; no I/O). Needs at least one success.
 
     ``units``: the features' clinical units (default: the shipped definitions'); ``observed``: the
-    observation masks of the result's rows (N, 48, 19), to count the changed cells that were measured.
+    observation masks of the result's rows (N, 48, 19), to count the changed cells that were measured;
+    ``available`` (N, 49, 19): for the record threat, the entries of each row's record it could alter
+    (default: every entry); ``config``: the bootstrap settings (default: ``[analysis]``'s defaults).
     """
     if not result.found.any():
         raise DataError("an attack result without successful examples has nothing to analyse")
+    config = config or AnalysisConfig()
     names = scaling.feature_names
     units = units or _feature_units(names)
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES if name != "discovery"}
-    for group in split_groups(result, observed):
+    for group in split_groups(result, observed, available):
         parts["examples"].append(examples_table(group))
         if group.n == 0:
             continue
         stats, clinical = cell_stats(group.deltas), clinical_stats(group.deltas, scaling)
         parts["cells"].append(cells_table(group, stats, names))
-        parts["features"].append(features_table(group, stats, clinical, units, names))
+        parts["features"].append(features_table(group, stats, clinical, units, names, config))
         parts["hours"].append(hours_table(group, stats))
         parts["clinical"].append(clinical_table(group, clinical, scaling, units))
-    tables = {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+        if group.record_deltas is not None and group.available is not None:
+            table = measurements_table(
+                group.record_deltas,
+                group.deltas,
+                group.available,
+                scaling,
+                units,
+                samples=config.bootstrap_samples,
+                seed=config.seed,
+                confidence=config.confidence,
+            )
+            parts["measurements"].append(pd.DataFrame(_keys(group, N_FEATURES)).join(table))
+            hours = measurement_hours_table(group.record_deltas)
+            parts["measurement_hours"].append(pd.DataFrame(_keys(group, len(hours))).join(hours))
+    empty = {
+        "measurements": pd.DataFrame(columns=["which", "direction", *MEASUREMENT_COLUMNS]),
+        "measurement_hours": pd.DataFrame(columns=["which", "direction", "hour", "altered", "share"]),
+    }
+    tables = {name: pd.concat(frames, ignore_index=True) if frames else empty[name] for name, frames in parts.items()}
     return AnalysisTables(discovery=discovery_table(result), **tables)
 
 
@@ -355,9 +425,9 @@ def _mean_or_none(values: pd.Series) -> float | None:
 
 
 def _measured_share(examples: pd.DataFrame, which: str, direction: str) -> float | None:
-    """Share of the changed cells of one group that held a real measurement (None without a mask or examples)."""
+    """Share of the moved input cells of one group that held a real measurement (None without a mask or examples)."""
     rows = examples[(examples["which"] == which) & ((examples["direction"] == direction) | (direction == "all"))]
-    changed = int(rows["l0"].sum())
+    changed = int(rows["input_l0"].sum())
     if changed == 0 or rows["measured"].isna().any():
         return None
     return float(rows["measured"].sum()) / changed
@@ -375,6 +445,24 @@ def _top(table: pd.DataFrame, which: str, direction: str, column: str, k: int) -
     return tuple(item.item() if isinstance(item, np.generic) else item for item in rows[column])
 
 
+def _top_per_opportunity(table: pd.DataFrame, direction: str, k: int) -> tuple[str, ...]:
+    """The ``k`` features of the sparse examples with the highest per-opportunity rate (altered at all)."""
+    rows = table[(table["which"] == "sparse") & (table["direction"] == direction) & (table["altered"] > 0)]
+    return tuple(str(name) for name in rows.sort_values("per_opportunity_rank").head(k)["feature"])
+
+
+def _intervals(result: AttackBatchResult, config: AnalysisConfig) -> tuple[Estimate, Estimate]:
+    """Success rate and median L0 of the sparse examples, each with its bootstrap interval."""
+    samples, seed, confidence = config.bootstrap_samples, config.seed, config.confidence
+    success = uncertainty.rate_estimate(
+        int(result.found.sum()), int(result.attacked.sum()), samples=samples, seed=seed, confidence=confidence
+    )
+    median = uncertainty.median_estimate(
+        result.l0("sparse")[result.found], samples=samples, seed=seed, confidence=confidence
+    )
+    return success, median
+
+
 def summarize(
     result: AttackBatchResult,
     tables: AnalysisTables,
@@ -383,8 +471,10 @@ def summarize(
     attack: Run,
     features_run: Run,
     figures: tuple[str, ...] = (),
+    config: AnalysisConfig | None = None,
 ) -> AnalysisSummary:
-    """The run summary: counts and success rate per direction, mean L0/L1, top features and hours."""
+    """The run summary: counts and success rate per direction (with intervals), mean L0/L1, top features and
+    hours; for the record threat the leverage and the features with the highest per-opportunity rate."""
     directions = direction_codes(result)
     per_direction = {}
     for direction in DIRECTIONS:
@@ -406,6 +496,9 @@ def summarize(
     decision, threshold = (
         (summary.decision, summary.threshold) if isinstance(summary, AttackSummary) else (result.rule.rule, 0.5)
     )
+    success, median_l0 = _intervals(result, config or AnalysisConfig())
+    sparse = examples[examples["which"] == "sparse"]
+    leverage = float((sparse["input_l0"] / sparse["l0"]).median()) if result.record_space and len(sparse) else None
     return AnalysisSummary(
         attack_run=attack.id,
         features_run=features_run.id,
@@ -424,6 +517,13 @@ def summarize(
         top_features={w: {d: _top(tables.features, w, d, "feature", top_k) for d in DIRECTIONS} for w in WHICH},
         top_hours={w: {d: _top(tables.hours, w, d, "hour", top_k) for d in DIRECTIONS} for w in WHICH},
         figures=figures,
+        unit=result.unit,
+        success=success,
+        median_l0_sparse=median_l0,
+        leverage=leverage,
+        top_per_opportunity={d: _top_per_opportunity(tables.measurements, d, top_k) for d in DIRECTIONS}
+        if result.record_space
+        else {},
     )
 
 
@@ -449,6 +549,18 @@ def load_attack_inputs(store: RunStore, attack: Run) -> tuple[AttackBatchResult,
     return result, matrix, features_run
 
 
+def _available(
+    attack: Run, matrix: FeatureMatrix, spec: FeatureSpec, result: AttackBatchResult
+) -> npt.NDArray[np.bool_]:
+    """The record entries the attack's threat could alter in each result row (its ``[attack]`` settings)."""
+    from lstm_adv.targets import attack_surface
+
+    settings = structure(attack.manifest.config.get("attack", {}), AttackConfig)
+    editable = attack_surface(settings, matrix, spec).editable(result.sample_index)
+    assert editable is not None  # the record threat always says what each row may alter
+    return editable
+
+
 def run_analysis(store: RunStore, attack_ref: str | None, config: Config) -> Run:
     """Analyse attack run ``attack_ref`` (id, prefix, or the latest) into a new analysis run.
 
@@ -467,7 +579,10 @@ def run_analysis(store: RunStore, attack_ref: str | None, config: Config) -> Run
     definitions = artifacts.feature_definitions(features_run).to_spec()
     units = tuple(definitions.features[definitions.index(name)].unit for name in matrix.feature_names)
     observed = None if matrix.observed is None else matrix.observed[result.sample_index]
-    tables = analyse_attack(result, matrix.scaling, units=units, observed=observed)
+    available = _available(attack, matrix, definitions, result) if result.record_space else None
+    tables = analyse_attack(
+        result, matrix.scaling, units=units, observed=observed, available=available, config=config.analysis
+    )
     with store.create("analysis", parents=[attack.id], config=config_as_dict(config)) as writer:
         for name, table in tables.as_dict().items():
             artifacts.write_table(writer.file(f"{name}.parquet"), table)
@@ -479,6 +594,7 @@ def run_analysis(store: RunStore, attack_ref: str | None, config: Config) -> Run
             attack=attack,
             features_run=features_run,
             figures=tuple(figures),
+            config=config.analysis,
         )
         run = writer.commit()
     log.info("analysis run %s: %d successful examples of attack %s", run.id, int(result.found.sum()), attack.id)

@@ -40,6 +40,7 @@ import attrs
 import numpy as np
 import torch
 
+from lstm_adv import uncertainty
 from lstm_adv.attacks import L1Attack, L1Settings
 from lstm_adv.config import AUTO_BLOCK, AttackConfig, Config
 from lstm_adv.domain.decision import DecisionRule
@@ -320,6 +321,10 @@ def attack_summary(
         cells=cells,
         n_no_cell=int((result.skip == 2).sum()),
         median_l0_sparse=float(np.median(result.l0("sparse")[found])) if found.any() else None,
+        unit=result.unit,
+        median_input_l0_sparse=float(np.median(result.input_l0("sparse")[found])) if found.any() else None,
+        success=uncertainty.rate_estimate(int(found.sum()), int(result.attacked.sum())),
+        median_l0_interval=uncertainty.median_estimate(result.l0("sparse")[found]),
     )
 
 

@@ -38,6 +38,12 @@ AttackSplit = Literal["test", "validation", "val", "train", "all"]
 WindowStart = Literal["all", "included"]
 
 CELLS: tuple[str, ...] = get_args(Cells)
+#: What each threat (``attack.cells``) means, in the words of the CLI, summaries and reports.
+THREATS = {
+    "record": "altered measurements of the record, pushed through the fill (a data-entry error)",
+    "observed": "measured model-input cells, each changed alone (not producible from a record)",
+    "all": "every model-input cell, measured or imputed (Sun et al.)",
+}
 DEVICES: tuple[str, ...] = get_args(Device)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -302,6 +308,11 @@ class AnalysisConfig:
     dense_l0_share: float = attrs.field(
         default=0.25, validator=v.number(low=0, high=1, low_strict=True, owner="analysis")
     )
+    bootstrap_samples: int = attrs.field(default=1000, validator=v.at_least(1, owner="analysis"))
+    confidence: float = attrs.field(
+        default=0.95, validator=v.number(low=0, high=1, low_strict=True, high_strict=True, owner="analysis")
+    )
+    seed: int = attrs.field(default=0, validator=v.at_least(0, owner="analysis"))
 
 
 def _step(instance: Any, attribute: attrs.Attribute[Any], value: float | str) -> None:

@@ -334,8 +334,9 @@ class SparseAttack:
 
 def analysis_tables(ref: RunRef, home: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """The tables of an analysis run (or the newest analysis of an attack run), by name: examples,
-    cells, features, hours, clinical, discovery."""
-    from lstm_adv.analysis import TABLES
+    cells, features, hours, clinical, discovery, measurements and measurement_hours (the record threat's;
+    empty for the cell threats)."""
+    from lstm_adv.analysis import RECORD_TABLES, TABLES
 
     run = load_run(ref, home)
     if run.kind == "attack":
@@ -345,7 +346,13 @@ def analysis_tables(ref: RunRef, home: str | Path | None = None) -> dict[str, pd
         run = children[-1]
     elif run.kind != "analysis":
         raise DataError(f"run {run.id} is a {run.kind} run; analysis_tables needs an analysis or attack run")
-    return {name: artifacts.read_table(run, f"{name}.parquet") for name in TABLES}
+    tables = {}
+    for name in TABLES:
+        if name in RECORD_TABLES and not (run.path / f"{name}.parquet").is_file():
+            tables[name] = pd.DataFrame()  # an analysis made before the record threat's tables existed
+            continue
+        tables[name] = artifacts.read_table(run, f"{name}.parquet")
+    return tables
 
 
 __all__ = [

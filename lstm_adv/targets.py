@@ -173,14 +173,6 @@ def check_model_run(run: Run) -> None:
         raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
 
 
-#: What each threat means, in the words of summaries and reports.
-THREATS = {
-    "record": "altered measurements of the record, pushed through the fill (a data-entry error)",
-    "observed": "measured model-input cells, each alone (not producible from a record)",
-    "all": "every model-input cell (Sun et al.)",
-}
-
-
 @attrs.frozen(eq=False)
 class AttackSurface:
     """What attacks on a features run may change: the threat (shared by every row) and each row's inputs —

@@ -226,7 +226,9 @@ def tiny_feature_matrix(
     labels[:2] = (0, 1)
     record = rng.uniform(0.0, 0.5, size=(n, 49, 19)).astype(np.float32)
     record[:, :, 0] += np.float32(signal) * labels[:, None].astype(np.float32)
-    record[rng.random(record.shape) < 0.02] = np.float32(1.2)  # above p95: kept as it is in the record
+    outlier = rng.random(record.shape) < 0.005
+    outlier[:, :, 0] = False  # feature 0 carries the label
+    record[outlier] = np.float32(1.2)  # above p95: kept as it is in the record
     present = rng.random(record.shape) < 0.3  # every third cell or so held a measurement
     present[:, 0] &= rng.random((n, 19)) < 0.5
     present[:, 1:, 0] = True

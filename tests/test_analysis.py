@@ -12,6 +12,7 @@ from hypothesis import given
 from typer.testing import CliRunner
 
 from lstm_adv.analysis import (
+    RECORD_TABLES,
     TABLES,
     analyse_attack,
     cell_stats,
@@ -247,8 +248,8 @@ def test_analysis_run_writes_every_table_and_figure(analysed: tuple[RunStore, Ru
     _, attack, run, _ = analysed
     assert run.kind == "analysis"
     assert run.manifest.parents == (attack.id,)
-    for name in TABLES:
-        assert not pd.read_parquet(run.file(f"{name}.parquet")).empty
+    for name in TABLES:  # the record threat's tables are empty for a cell threat's attack
+        assert pd.read_parquet(run.file(f"{name}.parquet")).empty == (name in RECORD_TABLES)
     figures = run.manifest.summary.figures
     stems = {Path(name).stem for name in figures}
     assert {
@@ -293,6 +294,7 @@ def test_analysis_tables_have_the_documented_columns(analysed: tuple[RunStore, R
         "l1",
         "linf",
         "mean_nonzero",
+        "input_l0",
         "iteration",
         "measured",
     ]
@@ -494,3 +496,79 @@ def test_cli_analyze_on_a_full_disk_is_one_line_and_writes_nothing(
     assert result.exit_code == 1
     assert_one_full_disk_line(result.output, "analysis", tmp_path)
     assert store.list("analysis") == []
+
+
+# --- the record threat ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def record_analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, AttackBatchResult, FeatureMatrix]:
+    """An analysis of a real record-threat attack on the tiny features matrix."""
+    from lstm_adv.attacks import L1Attack, L1Settings, RecordThreat
+    from tests.attack_models import TinyLSTM
+
+    matrix = _features_matrix()
+    threat = RecordThreat(matrix.scaling.scaled_median)
+    attack = L1Attack(TinyLSTM(hidden=8, seed=3), L1Settings(max_iterations=30, search_steps=2), threat=threat)
+    rows = np.arange(N_SAMPLES)
+    result = attack.run(matrix.values, matrix.labels, sample_index=rows, record=matrix.record_values())
+    store = RunStore(tmp_path_factory.mktemp("record") / "runs")
+    _, attack_run = make_runs(store, result)
+    config = load_config(overrides={"analysis.figure_dpi": 50, "analysis.bootstrap_samples": 200})
+    return run_analysis(store, str(attack_run.id), config), result, matrix
+
+
+def test_record_measurements_agree_with_an_independent_count(
+    record_analysed: tuple[Run, AttackBatchResult, FeatureMatrix],
+) -> None:
+    """Per feature: altered and available measurements, share, per-opportunity rate, leverage and the median
+    clinical change equal a direct count over the sparse examples; intervals are ordered and in [0, 1]."""
+    run, result, matrix = record_analysed
+    table = pd.read_parquet(run.file("measurements.parquet"))
+    direction = "0to1" if (result.found & (result.predicted == 0)).any() else "1to0"
+    rows = result.found & (result.predicted == (0 if direction == "0to1" else 1))
+    change = result.sparse_record_delta[rows]
+    moved = result.sparse_delta[rows] != 0
+    present = ~np.isnan(matrix.record_values()[result.sample_index[rows]])
+    got = table[(table["which"] == "sparse") & (table["direction"] == direction)].set_index("feature")
+    altered = np.count_nonzero(change, axis=1)  # (n, 19)
+    for j, name in enumerate(matrix.feature_names):
+        assert got.loc[name, "altered"] == altered[:, j].sum()
+        assert got.loc[name, "available"] == present[:, :, j].sum()
+        assert got.loc[name, "per_opportunity"] == pytest.approx(altered[:, j].sum() / present[:, :, j].sum())
+        assert got.loc[name, "share"] == pytest.approx(altered[:, j].sum() / altered.sum())
+        some = altered[:, j] > 0
+        if some.any():
+            expected = np.median(moved[some, :, j].sum(axis=1) / altered[some, j])
+            assert got.loc[name, "leverage"] == pytest.approx(expected)
+            clinical = change[:, :, j][change[:, :, j] != 0] * matrix.scaling.span[j]
+            assert got.loc[name, "median_change"] == pytest.approx(np.median(clinical))
+    for score in ("share", "per_opportunity"):
+        assert (got[f"{score}_low"] <= got[f"{score}_high"] + 1e-12).all()
+        assert ((got[f"{score}_low"] >= 0) & (got[f"{score}_high"] <= 1)).all()
+    hours = pd.read_parquet(run.file("measurement_hours.parquet"))
+    sparse_hours = hours[(hours["which"] == "sparse") & (hours["direction"] == direction)]
+    assert sparse_hours["altered"].sum() == altered.sum()
+    assert sparse_hours["hour"].tolist() == list(range(-1, 48))
+
+
+def test_record_summary_counts_altered_measurements_with_intervals(
+    record_analysed: tuple[Run, AttackBatchResult, FeatureMatrix],
+) -> None:
+    """The summary's unit is the altered measurement, L0 counts them, the leverage is the median input cells per
+    altered measurement, and success and median L0 carry intervals around their values."""
+    run, result, _ = record_analysed
+    summary = run.manifest.summary
+    found = result.found
+    assert summary.unit == "measurement"
+    assert summary.median_l0["sparse"]["all"] == pytest.approx(np.median(result.l0("sparse")[found]))
+    examples = pd.read_parquet(run.file("examples.parquet"))
+    sparse = examples[examples["which"] == "sparse"]
+    assert sorted(sparse["l0"]) == sorted(np.count_nonzero(result.sparse_record_delta[found], axis=(1, 2)))
+    assert sorted(sparse["input_l0"]) == sorted(np.count_nonzero(result.sparse_delta[found], axis=(1, 2)))
+    assert summary.leverage == pytest.approx(float(np.median(sparse["input_l0"] / sparse["l0"])))
+    for estimate in (summary.success, summary.median_l0_sparse):
+        assert estimate.low <= estimate.value <= estimate.high
+    features = pd.read_parquet(run.file("features.parquet"))
+    assert (features["susceptibility_low"] <= features["susceptibility_high"]).all()
+    assert set(summary.top_per_opportunity) == {"0to1", "1to0"}

@@ -222,7 +222,9 @@ def test_lstm_kernel_mode_gives_eval_logits_and_gradients_and_restores_modes(lay
 
 
 @pytest.mark.parametrize("threat_name", ["all", "record"])
-def test_the_attacks_iteration_loop_makes_no_device_to_host_copy(monkeypatch: pytest.MonkeyPatch, threat_name: str) -> None:
+def test_the_attacks_iteration_loop_makes_no_device_to_host_copy(
+    monkeypatch: pytest.MonkeyPatch, threat_name: str
+) -> None:
     """No .item(), .cpu(), bool() or .tolist() of a tensor inside the iteration loops of any method, for a cell
     threat and for the record threat (whose fill runs in the loop)."""
     model = TinyLSTM(hidden=8)

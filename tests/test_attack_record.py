@@ -53,7 +53,8 @@ def test_stored_input_changes_are_the_fill_of_the_record_change_and_reflip(seed:
     the numpy fill."""
     x, y, record, median = _samples(6, seed)
     result = _attack(MODEL, x, y, record, median, settings=attrs.evolve(FAST, method=method))
-    assert result.record_space and result.unit == "measurement"
+    assert result.record_space
+    assert result.unit == "measurement"
     for which in ("first", "best", "sparse"):
         change = result.record_deltas(which)
         assert not change[np.isnan(record)].any()
@@ -73,7 +74,8 @@ def test_the_record_attack_flips_with_few_altered_measurements_that_move_more_ce
     found = result.found
     assert found.sum() >= 6
     l0, cells = result.l0("sparse")[found], result.input_l0("sparse")[found]
-    assert (l0 >= 1).all() and (cells >= l0 - (result.sparse_record_delta[found][:, PREWINDOW] != 0).sum(1)).all()
+    assert (l0 >= 1).all()
+    assert (cells >= l0 - (result.sparse_record_delta[found][:, PREWINDOW] != 0).sum(1)).all()
     assert cells.sum() > l0.sum()
 
 
@@ -113,7 +115,8 @@ def test_altered_values_stay_in_the_box_or_keep_their_value_within_max_change(se
         value = np.nan_to_num(record) + change
         assert ((value[altered] >= -1e-6) & (value[altered] <= 1 + 1e-6)).all()
         assert (np.abs(change[..., 0]) <= 0.15 + 1e-6).all()
-        assert not change[:, 1 + 40 :].any() and not change[:, :, 12:].any()
+        assert not change[:, 1 + 40 :].any()
+        assert not change[:, :, 12:].any()
         if not prewindow:
             assert not change[:, PREWINDOW].any()
 
@@ -157,13 +160,14 @@ def test_a_batch_gives_the_same_results_as_each_sample_alone() -> None:
 
 def test_a_sample_without_a_measurement_it_may_alter_is_skipped_with_that_reason() -> None:
     """A record whose present entries all lie outside the mask is skipped (no cell it may change), not attacked."""
-    x, y, record, median = _samples(3)
+    _x, y, record, median = _samples(3)
     record = record.copy()
     record[0, :, 5:] = np.nan
     mask = cell_mask(features=range(5, 19))
     values = fill_record(record, median).astype(np.float32)
     result = _attack(MODEL, values, y, record, median, mask=mask)
-    assert result.skip[0] == 2 and not result.found[0]
+    assert result.skip[0] == 2
+    assert not result.found[0]
 
 
 def test_missing_or_malformed_records_and_pgd_on_records_are_one_line() -> None:

@@ -174,7 +174,7 @@ def test_help_shows_default_values_and_no_password() -> None:
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.replace("│", " ").split())
     assert "[default: 30; tune_attack.trials]" in text
-    assert "[default: observed; attack.cells]" in text
+    assert "[default: record; attack.cells]" in text
     for command in ("query", "synth", "tune-model", "tune-attack", "db load-demo"):
         shown = runner.invoke(app, [*command.split(), "--help"])
         assert shown.exit_code == 0, shown.output

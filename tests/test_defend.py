@@ -17,15 +17,17 @@ from lstm_adv.attacks import L1Attack, L1Settings
 from lstm_adv.attacks.pgd import PgdAttack
 from lstm_adv.attacks.trades import TradesAttack
 from lstm_adv.cli import app
-from lstm_adv.config import Config, DefendConfig, ModelConfig, PgdConfig
+from lstm_adv.config import AttackConfig, Config, DefendConfig, ModelConfig, PgdConfig
 from lstm_adv.defend import SparseTraining, defend_model, run_defense
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix, ScalingStats
 from lstm_adv.models import Hyperparameters
+from lstm_adv.resources import load_feature_spec
 from lstm_adv.results.artifacts import DEFENSE_FILE, load_features, load_trained_model
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import ModelSummary
+from lstm_adv.targets import attack_surface
 from lstm_adv.train import run_training
 from lstm_adv.tune_attack import run_attack_tuning
 from tests.strategies import tiny_feature_matrix
@@ -240,30 +242,38 @@ def l1_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, torch.Tensor | 
 
     def spy(self: L1Attack, x: torch.Tensor, y: torch.Tensor, cells: Any = None, **options: Any) -> torch.Tensor:
         delta = original(self, x, y, cells, **options)
-        calls.append((weights_hash(self.model), None if cells is None else cells.clone(), delta.clone()))
+        allowed = cells if cells is not None else options.get("record")
+        calls.append((weights_hash(self.model), None if allowed is None else allowed.clone(), delta.clone()))
         return delta
 
     monkeypatch.setattr(L1Attack, "perturb", spy)
     return calls
 
 
+@pytest.mark.parametrize("threat", ["observed", "record"])
 def test_l1_training_makes_fresh_sparse_examples_every_batch_on_allowed_cells(
-    trained: tuple[RunStore, Run, Run], l1_calls: list[Any]
+    trained: tuple[RunStore, Run, Run], l1_calls: list[Any], threat: str
 ) -> None:
-    """Method l1 attacks the current weights once per batch with the sparse attack; its examples change only the
-    cells each sample may change (here: its measured cells), and some of them are adversarial."""
+    """Method l1 attacks the current weights once per batch with the sparse attack; its examples change only what
+    each sample may change (its measured cells; for the record threat, the cells its measurements fill), and
+    some of them are adversarial."""
     _store, features_run, model_run = trained
     features = load_features(features_run)
-    sparse = SparseTraining(SPARSE, cells=features.observation_mask())
+    surface = attack_surface(AttackConfig(cells=threat), features, load_feature_spec())  # type: ignore[arg-type]
+    sparse = SparseTraining(SPARSE, surface)
     result = defend_model(
         load_trained_model(model_run), features, config(method="l1", epochs=2, mix=1.0), sparse=sparse
     )
     batches = -(-features.indices("train").size // PARAMS.batch_size)
     assert result.regenerations == 2 * batches == len(l1_calls)
     assert len({call[0] for call in l1_calls}) == len(l1_calls)  # every batch: other weights
-    for _hash, cells, delta in l1_calls:
-        assert cells is not None
-        assert not bool((delta[~cells] != 0).any())
+    for _hash, allowed, delta in l1_calls:
+        assert allowed is not None
+        if threat == "observed":
+            assert not bool((delta[~allowed] != 0).any())
+        else:  # a series without any measurement (window or before) has nothing to alter: it stays the median
+            never = torch.isnan(allowed).all(dim=1)  # (B, 19)
+            assert not bool((delta.abs().sum(dim=1)[never] != 0).any())
     assert any(bool((call[2] != 0).any()) for call in l1_calls)
     assert result.settings == SPARSE
 
@@ -309,7 +319,7 @@ def test_l1_defense_run_uses_the_tuned_attack_of_its_model(tmp_path: Path) -> No
         "l1",
         None,
         tuned.id,
-        "observed",
+        "record",
     )
     stored = json.loads(run.file(DEFENSE_FILE).read_text())
     assert (stored["l1"]["max_iterations"], stored["l1"]["search_steps"]) == (4, 2)

@@ -53,7 +53,7 @@ def test_attack_returns_adversarial_inputs_that_flip_the_decision(home: Home) ->
     δ only on measured cells, and a table that agrees with both."""
     model = la.load_model(str(home.model.id)[:-2], home.home)
     features = la.load_features(model, home.home)
-    out = la.attack_batch(model, features, split="all", tuned=home.tuned, home=home.home)
+    out = la.attack_batch(model, features, split="all", cells="observed", tuned=home.tuned, home=home.home)
     table = out.table
     assert list(table.columns) == [
         "row",
@@ -65,6 +65,7 @@ def test_attack_returns_adversarial_inputs_that_flip_the_decision(home: Home) ->
         "p_before",
         "p_after",
         "l0",
+        "input_l0",
         "l1",
         "linf",
         "reason",
@@ -79,6 +80,7 @@ def test_attack_returns_adversarial_inputs_that_flip_the_decision(home: Home) ->
     mask = features.observation_mask()
     assert not (out.delta != 0)[~mask].any()
     assert np.array_equal(table["l0"].to_numpy(), out.result.l0("sparse") * success)
+    assert np.array_equal(table["input_l0"].to_numpy(), np.count_nonzero(out.delta, axis=(1, 2)))
     assert (table.loc[~table["attacked"], "reason"] != "").all()
     assert out.decision == model.decision
 
@@ -92,8 +94,26 @@ def test_attack_on_plain_arrays_uses_the_models_own_decisions(home: Home) -> Non
     assert np.array_equal(out.table["predicted"], model.predict(x))
     flipped = out.table["success"].to_numpy()
     assert np.array_equal(model.predict(out.x_adv[flipped]), 1 - model.predict(x[flipped]))
-    x_adv = la.SparseAttack(home.model, settings=la.L1Settings(max_iterations=40, search_steps=2))(x)
+    x_adv = la.SparseAttack(home.model, cells="all", settings=la.L1Settings(max_iterations=40, search_steps=2))(x)
     assert np.array_equal(x_adv, out.x_adv)  # the callable is the same attack
+
+
+def test_the_api_attacks_records_by_default_as_the_cli_does(home: Home) -> None:
+    """attack_batch and SparseAttack default to the record threat: arrays come with their records, and every
+    success is an input that the numpy fill makes from the altered record."""
+    from lstm_adv.domain.record import fill_record
+
+    model = la.load_model(home.model)
+    features = la.load_features(home.model)
+    x, record = features.values[:12], features.record_values()[:12]
+    settings = la.L1Settings(max_iterations=40, search_steps=2)
+    out = la.attack_batch(model, x, record=record, settings=settings)
+    assert out.result.record_space
+    change = out.result.record_deltas("sparse")
+    altered = np.where(np.isnan(record), np.nan, np.nan_to_num(record) + change)
+    np.testing.assert_allclose(fill_record(altered, features.scaling.scaled_median), out.x_adv, atol=1e-6)
+    assert np.array_equal(la.SparseAttack(home.model, settings=settings)(x, record=record), out.x_adv)
+    assert la.SparseAttack(home.model).cells == "record"
 
 
 def test_bad_api_input_is_one_clear_error(home: Home) -> None:
@@ -102,10 +122,12 @@ def test_bad_api_input_is_one_clear_error(home: Home) -> None:
     x = np.zeros((2, 48, 19), dtype=np.float32)
     with pytest.raises(ConfigError, match="which must be one of first, best, sparse; got 'worst'"):
         la.attack_batch(model, x, which="worst")
-    with pytest.raises(ConfigError, match="cells must be observed or all; got 'some'"):
+    with pytest.raises(ConfigError, match="cells must be one of record, observed, all; got 'some'"):
         la.attack_batch(model, x, cells="some")
-    with pytest.raises(DataError, match=r"cells='observed' needs the inputs' observation mask"):
+    with pytest.raises(DataError, match=r"cells='record' needs the records the inputs were filled from"):
         la.attack_batch(model, x)
+    with pytest.raises(DataError, match=r"cells='observed' needs the inputs' observation mask"):
+        la.attack_batch(model, x, cells="observed")
     with pytest.raises(DataError, match=r"inputs must have shape \(N, 48, 19\); got \(2, 19\)"):
         la.attack_batch(model, x[:, 0, :], cells="all")
 

@@ -14,13 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lstm_adv.attacks.record import FillPlan
-from lstm_adv.config import PreprocessConfig
 from lstm_adv.attacks.record import fill_record as torch_fill
+from lstm_adv.config import PreprocessConfig
 from lstm_adv.domain.errors import DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.domain.record import PREWINDOW, fill_record
-from lstm_adv.query.tables import QueryTables
 from lstm_adv.preprocess import build_feature_matrix
+from lstm_adv.query.tables import QueryTables
 from lstm_adv.resources import load_feature_spec
 from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import RunStore
@@ -70,8 +70,10 @@ def test_torch_fill_equals_the_reference_on_the_edge_cases() -> None:
     assert (reference[1, :, 0] == np.float32(0.3)).all()
     assert (reference[2, :, 0] == np.float32(0.9)).all()
     np.testing.assert_allclose(reference[3, :, 0], np.linspace(0.1, 0.57, 48), atol=1e-6)
-    assert (reference[4, :10, 0] == np.float32(0.2)).all() and (reference[4, 10:, 0] == 1.0).all()
-    assert (reference[5, :31, 0] == 0.0).all() and reference[5, 35, 0] == pytest.approx(0.0)
+    assert (reference[4, :10, 0] == np.float32(0.2)).all()
+    assert (reference[4, 10:, 0] == 1.0).all()
+    assert (reference[5, :31, 0] == 0.0).all()
+    assert reference[5, 35, 0] == pytest.approx(0.0)
     assert reference[5, 38, 0] == pytest.approx(-0.6 + 1.0 * 8 / 10, abs=1e-6)
 
 
@@ -80,7 +82,8 @@ def test_the_twin_equals_the_reference_and_stays_in_the_box(record: np.ndarray) 
     """For any record the torch fill equals the numpy reference within 1e-6, and both lie in [0, 1]."""
     reference, twin = _both(record)
     np.testing.assert_allclose(twin, reference, atol=1e-6)
-    assert reference.min() >= 0.0 and reference.max() <= 1.0
+    assert reference.min() >= 0.0
+    assert reference.max() <= 1.0
 
 
 @given(records(), st.integers(0, 2**32 - 1))
@@ -156,7 +159,8 @@ def _runs_fill_equal(store: RunStore, features_run: Any) -> None:
     twin = torch_fill(torch.from_numpy(record), torch.from_numpy(~np.isnan(record)), torch.from_numpy(median).float())
     assert float(np.abs(twin.numpy() - matrix.values).max()) <= 1e-6
     # the record keeps values outside p5–p95 as they are (not winsorized)
-    assert np.nanmax(record) > 1.0 and np.nanmin(record) < 0.0
+    assert np.nanmax(record) > 1.0
+    assert np.nanmin(record) < 0.0
 
 
 @pytest.mark.db

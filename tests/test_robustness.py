@@ -22,6 +22,7 @@ from lstm_adv.config import Config, PgdConfig, RobustnessConfig
 from lstm_adv.defend import run_defense
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
+from lstm_adv.resources import load_feature_spec
 from lstm_adv.results import api
 from lstm_adv.results.artifacts import (
     CONFUSION_FILE,
@@ -35,6 +36,7 @@ from lstm_adv.results.config_file import load_config
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import RobustnessSummary
 from lstm_adv.robustness import EvaluatedModel, attack_pool, l1_attack, obfuscation_check, run_robustness
+from lstm_adv.targets import attack_surface
 from lstm_adv.train import run_training
 from lstm_adv.tune_attack import run_attack_tuning
 from tests.test_defend import config as defend_config
@@ -125,30 +127,42 @@ def test_run_compares_original_and_defense(defended: tuple[RunStore, Run, Run, R
     attacked = l1[l1["metric"] == "attacked"].set_index("model")["value"]
     assert {m: float(n) for m, n in summary.pool.items()} == attacked.to_dict()  # PGD's pool is the L1 attack's
     assert set(summary.decisions) == {str(model_run.id), str(defense.id)}
-    assert summary.cells == "observed"
+    assert summary.cells == "record"
     assert summary.pgd.batch_size == 1024
     assert summary.l1.batch_size == {str(model_run.id): min(256, summary.n), str(defense.id): min(256, summary.n)}
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(t=st.floats(0.05, 0.95), seed=st.integers(0, 2**16))
-def test_pgd_and_l1_attack_the_same_pool(defended: tuple[RunStore, Run, Run, Run], t: float, seed: int) -> None:
-    """For any decision threshold and any cell mask, the pool both attacks target (correct at the rule, with
-    a cell to change) is exactly the set of samples the L1 attack attacks."""
+@given(t=st.floats(0.05, 0.95), seed=st.integers(0, 2**16), threat=st.sampled_from(("observed", "record")))
+def test_pgd_and_l1_attack_the_same_pool(
+    defended: tuple[RunStore, Run, Run, Run], t: float, seed: int, threat: str
+) -> None:
+    """For any decision threshold and either threat, the pool both attacks target (correct at the rule, with
+    something the threat may change) is exactly the set of samples the L1 attack attacks."""
     _store, features_run, model_run, _defense = defended
     features = load_features(features_run)
     rows = features.indices("test")
     x, y = torch.from_numpy(features.values[rows]), torch.from_numpy(features.labels[rows])
     entry = attrs.evolve(EvaluatedModel.from_run(model_run, device="cpu"), decision=DecisionRule("threshold", t))
-    cells = np.random.default_rng(seed).random((len(rows), 48, 19)) < 0.002  # some samples get no cell at all
-    pool = attack_pool(entry, x, y, cells, eval_batch_size=64)
+    rng = np.random.default_rng(seed)
+    if threat == "observed":  # some samples get no cell at all
+        sparse = attrs.evolve(features, observed=rng.random(features.values.shape) < 0.002, record=None)
+    else:
+        record = features.record_values().copy()
+        record[rng.random(record.shape) < 0.995] = np.nan
+        sparse = attrs.evolve(features, observed=None, record=record)
+    config = load_config(None, {"attack.cells": threat, "attack.batch_size": 16})
+    surface = attack_surface(config.attack, sparse, load_feature_spec())
+    editable = surface.editable(rows)
+    assert editable is not None
+    pool = attack_pool(entry, x, y, editable, eval_batch_size=64)
     result, batch_size = l1_attack(
-        entry, x, y, L1Settings(max_iterations=1, search_steps=1), batch_size=16, cells=cells
+        entry, surface, rows, L1Settings(max_iterations=1, search_steps=1), config, torch.device("cpu")
     )
     assert batch_size == 16
     assert np.array_equal(result.attacked, pool)
     assert np.array_equal(
-        pool, (entry.decision.predict_probability(_p_death(entry, x)) == y.numpy()) & cells.any((1, 2))
+        pool, (entry.decision.predict_probability(_p_death(entry, x)) == y.numpy()) & editable.any((1, 2))
     )
 
 

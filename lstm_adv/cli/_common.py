@@ -49,7 +49,9 @@ STORAGE_HELP = (
     "password through PGPASSWORD or ~/.pgpass, never in the URL [default: a file inside the run]."
 )
 CELLS_HELP = (
-    "observed (each sample changes only its own measured cells) or all (every cell, Sun et al.) "
+    "The threat: record (alter a sample's measurements and push the altered record through the same fill as "
+    "preprocessing: a data-entry error; L0 counts altered measurements), observed (measured model-input cells, "
+    "each changed alone: not an input any record produces; a comparison) or all (every cell, Sun et al.) "
     "[default: attack.cells]."
 )
 SPLIT_HELP = "test, validation (or val), train or all [default: test]."

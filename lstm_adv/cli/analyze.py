@@ -10,6 +10,7 @@ from rich.table import Table
 
 from lstm_adv.cli._common import console, state
 from lstm_adv.cli.summaries import register
+from lstm_adv.config import THREATS
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import AnalysisSummary
 
@@ -54,11 +55,17 @@ def render_analysis(run: Run, out: Console) -> None:
     s = run.summary_as(AnalysisSummary)
     out.print(f"attack run {s.attack_run}   features run {s.features_run}")
     rule = "argmax (t = 0.5)" if s.decision == "argmax" else f"threshold t = {s.threshold:.3f}"
-    out.print(f"decision rule: {rule}; cells the attack could change: {s.cells}", highlight=False)
+    out.print(f"decision rule: {rule}; threat {s.cells}: {THREATS.get(s.cells, s.cells)}", highlight=False)
+    rate = s.success.text(".3f") if s.success is not None else _number(s.success_rate, ".1%")
     out.print(
-        f"{s.n_successful} successful of {s.n_attacked} attacked ({_number(s.success_rate, '.1%')}); "
-        f"{s.n_samples} samples"
+        f"{s.n_successful} successful of {s.n_attacked} attacked (success rate {rate}); {s.n_samples} samples",
+        highlight=False,
     )
+    unit = "altered measurements" if s.unit == "measurement" else "changed cells"
+    if s.median_l0_sparse is not None:
+        out.print(f"sparse examples: median {unit} {s.median_l0_sparse.text('.1f')} (95 % bootstrap)", highlight=False)
+    if s.leverage is not None:
+        out.print(f"leverage: a median of {s.leverage:.1f} model-input cells moved per altered measurement")
     table = Table("direction", "attacked", "successful", "success rate", title="flips by direction")
     for code, name in _DIRECTIONS.items():
         row = s.directions.get(code)
@@ -69,7 +76,14 @@ def render_analysis(run: Run, out: Console) -> None:
             _number(row.success_rate if row else None, ".1%"),
         )
     out.print(table)
-    sizes = Table("examples", "median L0", "mean L0", "mean L1", "measured", title="size of the successful examples")
+    sizes = Table(
+        "examples",
+        f"median L0 ({unit})",
+        "mean L0",
+        "mean L1",
+        "measured",
+        title="size of the successful examples (best: smallest L1 iterate; sparse: best pruned to a minimal support)",
+    )
     for which in ("first", "best", "sparse"):
         sizes.add_row(
             which,
@@ -79,11 +93,17 @@ def render_analysis(run: Run, out: Console) -> None:
             _number(s.measured_fraction.get(which, {}).get("all"), ".1%"),
         )
     out.print(sizes)
-    out.print("measured: share of the changed cells that held a real measurement (not an imputed value)")
-    tops = Table("direction", "most susceptible features", "hours", title="rankings of the sparse examples (S_j)")
+    out.print("measured: share of the moved model-input cells that held a real measurement (not an imputed value)")
+    columns = ["direction", "most susceptible features (S_j)", "hours"]
+    if s.top_per_opportunity:
+        columns.append("per-opportunity rate")
+    tops = Table(*columns, title=f"rankings of the sparse examples (threat: {s.cells})")
     for code, name in _DIRECTIONS.items():
         features = s.top_features.get("sparse", {}).get(code, ())
         hours = s.top_hours.get("sparse", {}).get(code, ())
-        tops.add_row(name, ", ".join(map(str, features)) or "—", ", ".join(map(str, hours)) or "—")
+        ranked = [name, ", ".join(map(str, features)) or "—", ", ".join(map(str, hours)) or "—"]
+        if s.top_per_opportunity:
+            ranked.append(", ".join(s.top_per_opportunity.get(code, ())) or "—")
+        tops.add_row(*ranked)
     out.print(tops)
     out.print(f"{len(s.figures)} figure files under {run.path / 'figures'}")

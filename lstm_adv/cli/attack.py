@@ -22,6 +22,7 @@ from lstm_adv.cli._common import (
     trial_progress,
 )
 from lstm_adv.cli.summaries import register
+from lstm_adv.config import THREATS
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import AttackSummary, TuneAttackSummary
 
@@ -237,20 +238,30 @@ def render_attack(run: Run, out: Console) -> None:
     s = run.summary_as(AttackSummary)
     shard = f", shard {s.shard}" if s.shard else ""
     skipped = s.n_samples - s.n_attacked
+    unit = "altered measurements" if s.unit == "measurement" else "changed cells"
+    rate = s.success.text(".3f") if s.success is not None else _number(s.success_rate, ".3f")
     out.print(
         f"{s.split} split{shard}: {s.n_attacked} of {s.n_samples} samples attacked ({skipped} skipped: "
-        f"misclassified at the rule, or {s.n_no_cell} without a cell to change); {s.n_successful} flipped "
-        f"(success rate {_number(s.success_rate, '.3f')}); decision rule {_rule(s.decision, s.threshold)}; "
-        f"cells {s.cells}; {s.iterations} iterations per sample; model {s.model_run}"
+        f"misclassified at the rule, or {s.n_no_cell} with nothing the threat may change); {s.n_successful} "
+        f"flipped (success rate {rate}); decision rule {_rule(s.decision, s.threshold)}; threat "
+        f"{s.cells}: {THREATS.get(s.cells, s.cells)}; {s.iterations} iterations per sample; model {s.model_run}",
+        highlight=False,
     )
+    if s.median_l0_interval is not None and s.median_l0_interval.value is not None:
+        moved = f", moving a median of {_number(s.median_input_l0_sparse, '.1f')} model-input cells"
+        out.print(
+            f"sparse examples: median {unit} {s.median_l0_interval.text('.1f')}"
+            f"{moved if s.unit == 'measurement' else ''} (95 % bootstrap intervals)",
+            highlight=False,
+        )
     table = Table(
         "direction",
         "attacked",
         "flipped",
         "rate",
-        "median L0 first / best / sparse",
+        f"median L0 ({unit}) first / best / sparse",
         "mean L1 best / sparse",
-        title="examples",
+        title="examples (best: the smallest-L1 successful iterate; sparse: best pruned to a minimal support)",
     )
     for name, entry in s.directions.items():
         l0 = " / ".join(_number(x.median_l0, ".1f") for x in (entry.first, entry.best, entry.sparse))

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from lstm_adv.cli._common import console, fail, state, step_progress
 from lstm_adv.cli.summaries import register
+from lstm_adv.config import THREATS
 from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import ModelSummary, RobustnessSummary
 
@@ -72,7 +73,7 @@ def defend(
     ] = None,
     cells: Annotated[
         str | None,
-        typer.Option("--cells", help="l1: cells the examples may change, observed or all [default: attack.cells]."),
+        typer.Option("--cells", help="l1: the examples' threat, record, observed or all [default: attack.cells]."),
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
 ) -> None:
@@ -171,7 +172,7 @@ def robustness(
     ] = None,
     cells: Annotated[
         str | None,
-        typer.Option("--cells", help="Cells the L1 attack may change: observed or all [default: attack.cells]."),
+        typer.Option("--cells", help="The L1 attack's threat: record, observed or all [default: attack.cells]."),
     ] = None,
     obfuscation_iterations: Annotated[
         int | None,
@@ -228,7 +229,7 @@ def render_robustness(run: Run, out: Console) -> None:
         key = str(m.model)
         rules.add_row(key, m.defense, summary.decisions.get(key, "?"), str(summary.pool.get(key, "?")))
     out.print(rules)
-    out.print(f"cells the L1 attack may change: {summary.cells}", highlight=False)
+    out.print(f"the L1 attack's threat: {summary.cells} ({THREATS.get(summary.cells, summary.cells)})", highlight=False)
     table = Table(
         "model", "defense", "ε", *_SHOWN, title=f"fresh {summary.attack} on the {summary.split} split (n={summary.n})"
     )

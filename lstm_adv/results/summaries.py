@@ -36,6 +36,14 @@ class Estimate:
     low: float | None = None
     high: float | None = None
 
+    def text(self, fmt: str = ".3f") -> str:
+        """``value [low, high]``, ``value`` without an interval, or ``—`` without a value."""
+        if self.value is None:
+            return "—"
+        if self.low is None or self.high is None:
+            return format(self.value, fmt)
+        return f"{self.value:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}]"
+
 
 @attrs.frozen
 class StudyTrialCounts:
@@ -354,6 +362,13 @@ class AttackSummary:
     n_no_cell: int
     median_l0_sparse: float | None
     merged_shards: tuple[RunId, ...] = ()
+    #: What L0 counts: ``measurement`` (altered measurements, the record threat) or ``cell``.
+    unit: str = "cell"
+    #: Median model-input cells the sparse examples moved (differs from L0 for the record threat).
+    median_input_l0_sparse: float | None = None
+    #: Success rate and median L0 of the sparse examples with bootstrap intervals.
+    success: Estimate | None = None
+    median_l0_interval: Estimate | None = None
 
 
 @attrs.frozen
@@ -387,6 +402,15 @@ class AnalysisSummary:
     top_features: dict[str, dict[str, tuple[str, ...]]]
     top_hours: dict[str, dict[str, tuple[int, ...]]]
     figures: tuple[str, ...]
+    #: What L0 counts: ``measurement`` (altered measurements, the record threat) or ``cell``.
+    unit: str = "cell"
+    #: Success rate and median L0 of the sparse examples (all directions) with bootstrap intervals.
+    success: Estimate | None = None
+    median_l0_sparse: Estimate | None = None
+    #: Record threat: median model-input cells moved per altered measurement (sparse examples).
+    leverage: float | None = None
+    #: Record threat: the features with the highest per-opportunity rate (sparse examples), by direction.
+    top_per_opportunity: dict[str, tuple[str, ...]] = attrs.Factory(dict)
 
 
 # --- defenses ---------------------------------------------------------------------------------------------
