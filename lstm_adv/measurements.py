@@ -161,21 +161,33 @@ def susceptibility_interval(
     deltas: npt.NDArray[np.floating[Any]], *, samples: int, seed: int, confidence: float
 ) -> tuple[FloatArray, FloatArray]:
     """Bootstrap interval of S_j = Σ_i GMP_ij · GPP_ij (Sun et al.) over resampled examples. Shape: (n, 48, 19)
-    → 2 × (19,).
+    → 2 × (19,)."""
+    counts = resample_counts(deltas.shape[0], samples, seed)
+    return percentile_interval(susceptibility_resamples(deltas, counts), confidence)
+
+
+def susceptibility_resamples(deltas: npt.NDArray[np.floating[Any]], counts: npt.NDArray[np.int64]) -> FloatArray:
+    """S_j of each resample given by ``counts`` (how often each example is drawn). Shapes: deltas (n, 48, 19),
+    counts (B, n) → (B, 19).
 
     GPP is a weighted count (resample counts × non-zero cells); GMP the largest |δ| among the examples a
-    resample drew, found per cell from the examples sorted by |δ|.
+    resample drew, over the non-zero entries (the work grows with their number, not with n × 912).
     """
     n = deltas.shape[0]
+    samples = counts.shape[0]
     magnitude = np.abs(deltas.reshape(n, -1).astype(np.float64))
-    counts = resample_counts(n, samples, seed)
     gpp = (counts @ (magnitude > 0).astype(np.float64)) / n  # (B, 912)
-    order = np.argsort(-magnitude, axis=0, kind="stable")  # per cell, examples by |δ| descending
-    ordered = np.take_along_axis(magnitude, order, axis=0)  # (n, 912)
-    gmp = np.empty_like(gpp)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, order.size))
-    for start in range(0, samples, chunk):
-        drawn = counts[start : start + chunk][:, order] > 0  # (c, n, 912): the k-th largest example drawn?
-        gmp[start : start + chunk] = np.take_along_axis(ordered, drawn.argmax(axis=1), axis=0)
-    scores = (gmp * gpp).reshape(samples, -1, N_FEATURES).sum(axis=1)
-    return percentile_interval(scores, confidence)
+    # GMP of a resample: per cell, the largest |δ| among the drawn examples, over the non-zero entries only
+    example, cell = np.nonzero(magnitude)
+    order = np.lexsort((-magnitude[example, cell], cell))
+    example, cell = example[order], cell[order]
+    values = magnitude[example, cell]
+    gmp = np.zeros_like(gpp)
+    if values.size:
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+        chunk = max(1, _CHUNK_ELEMENTS // values.size)
+        for first in range(0, samples, chunk):
+            drawn = np.where(counts[first : first + chunk][:, example] > 0, values, 0.0)  # (c, nnz)
+            gmp[first : first + chunk, cell[starts]] = np.maximum.reduceat(drawn, starts, axis=1)
+    scores: FloatArray = (gmp * gpp).reshape(samples, -1, N_FEATURES).sum(axis=1)
+    return scores

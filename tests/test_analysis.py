@@ -8,7 +8,8 @@ import attrs
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lstm_adv.analysis import (
@@ -572,3 +573,20 @@ def test_record_summary_counts_altered_measurements_with_intervals(
     features = pd.read_parquet(run.file("features.parquet"))
     assert (features["susceptibility_low"] <= features["susceptibility_high"]).all()
     assert set(summary.top_per_opportunity) == {"0to1", "1to0"}
+
+
+@given(st.integers(0, 2**16), st.integers(2, 40))
+@settings(max_examples=20, deadline=None)
+def test_resampled_susceptibility_equals_recomputing_each_resample(seed: int, n: int) -> None:
+    """S_j of each bootstrap resample (the vectorized form over non-zero entries) equals S_j recomputed from the
+    resampled examples themselves."""
+    from lstm_adv.measurements import susceptibility_resamples
+    from lstm_adv.uncertainty import resample_counts
+
+    rng = np.random.default_rng(seed)
+    deltas = np.where(rng.random((n, 48, 19)) < 0.05, rng.normal(0, 0.3, (n, 48, 19)), 0).astype(np.float32)
+    counts = resample_counts(n, 5, seed)
+    fast = susceptibility_resamples(deltas, counts)
+    for b in range(5):
+        resampled = deltas[np.repeat(np.arange(n), counts[b])]
+        np.testing.assert_allclose(fast[b], cell_stats(resampled).feature_susceptibility, atol=1e-12)

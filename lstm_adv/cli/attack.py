@@ -259,9 +259,10 @@ def render_attack(run: Run, out: Console) -> None:
         "attacked",
         "flipped",
         "rate",
-        f"median L0 ({unit}) first / best / sparse",
+        "median L0 first / best / sparse",
         "mean L1 best / sparse",
-        title="examples (best: the smallest-L1 successful iterate; sparse: best pruned to a minimal support)",
+        title=f"examples; L0 counts {unit} (best: the smallest-L1 successful iterate; sparse: best pruned to a "
+        "minimal support)",
     )
     for name, entry in s.directions.items():
         l0 = " / ".join(_number(x.median_l0, ".1f") for x in (entry.first, entry.best, entry.sparse))

@@ -82,12 +82,17 @@ def _rule(decision: str, threshold: float) -> str:
 
 
 def _describe_attack(summary: AttackSummary) -> str:
-    median = "—" if summary.median_l0_sparse is None else f"{summary.median_l0_sparse:.0f}"
+    median = "—" if summary.median_l0_sparse is None else f"{summary.median_l0_sparse:.1f}"
+    rate = "" if summary.success is None else f" (success {summary.success.text('.3f')})"
+    if summary.unit == "measurement":
+        moved = "—" if summary.median_input_l0_sparse is None else f"{summary.median_input_l0_sparse:.0f}"
+        size = f"median {median} altered measurements per sparse example (moving {moved} model-input cells)"
+    else:
+        size = f"median L0 of the sparse examples {median} of 912 cells"
     return (
-        f"{summary.n_successful} of {summary.n_attacked} attacked samples flipped at the model's rule "
+        f"{summary.n_successful} of {summary.n_attacked} attacked samples flipped{rate} at the model's rule "
         f"({_rule(summary.decision, summary.threshold)}; {summary.n_samples} in split {summary.split}, samples "
-        f"misclassified at the rule are skipped); cells {summary.cells}; median L0 of the sparse examples "
-        f"{median} of 912"
+        f"misclassified at the rule are skipped); threat {summary.cells}; {size}"
     )
 
 
@@ -95,7 +100,7 @@ def _describe_analysis(summary: AnalysisSummary) -> str:
     sparse = summary.top_features.get("sparse", {})
     parts = [f"{direction.replace('to', '→')}: {', '.join(names[:3])}" for direction, names in sparse.items() if names]
     measured = summary.measured_fraction.get("sparse", {}).get("all")
-    share = "" if measured is None else f"; {measured:.0%} of the changed cells held a measurement"
+    share = "" if measured is None else f"; {measured:.0%} of the moved input cells held a measurement"
     return ("most susceptible features (sparse examples) " + "; ".join(parts) + share) if parts else ""
 
 

@@ -22,7 +22,9 @@ DIRECTION_NAMES = {"0to1": "0→1 (survival → death)", "1to0": "1→0 (death �
 
 __all__ = [
     "ATTACK_KINDS",
+    "CELLS_TEXT",
     "DIRECTION_NAMES",
+    "UNIT_TEXT",
     "analysis_figure",
     "attack_and_analysis",
     "attack_rule",
@@ -34,8 +36,10 @@ __all__ = [
     "example_density",
     "feature_ranking",
     "latest_analysis",
+    "measurement_ranking",
     "perturbation_norms",
     "top_hours",
+    "typical_changes",
 ]
 
 
@@ -95,20 +99,33 @@ SETTING_NAMES = {
 }
 
 CELLS_TEXT = {
-    "all": "all (measured and imputed)",
-    "observed": "observed (only cells that held a real measurement)",
+    "record": "record (altered measurements pushed through the fill: inputs an altered record really produces)",
+    "all": "all (measured and imputed model-input cells, Sun et al.)",
+    "observed": "observed (measured model-input cells alone; not inputs any record produces)",
 }
+#: What L0 counts, by the analysis' unit.
+UNIT_TEXT = {"measurement": "altered measurements", "cell": "changed cells"}
 
 
 def attack_rule(analysis: Run) -> dict[str, str]:
-    """The decision rule and the cells of the analysed attack, as text: ``decision``, ``cells``, ``measured``
-    (the share of the sparse examples' changed cells that held a real measurement, or ``unknown``)."""
+    """The decision rule and the threat of the analysed attack, as text: ``decision``, ``cells`` (the threat
+    described), ``threat`` (its name), ``unit`` (what L0 counts), ``measured`` (the share of the sparse
+    examples' moved input cells that held a real measurement, or ``unknown``), ``success`` and
+    ``median_l0`` (with 95 % bootstrap intervals, or the bare value for an older run), ``leverage``."""
     summary = analysis.summary_as(AnalysisSummary)
     share = summary.measured_fraction.get("sparse", {}).get("all")
+    median = summary.median_l0.get("sparse", {}).get("all")
     return {
         "decision": decision_rule_text(summary.decision, summary.threshold),
         "cells": CELLS_TEXT.get(summary.cells, summary.cells),
+        "threat": summary.cells,
+        "unit": UNIT_TEXT.get(summary.unit, summary.unit),
         "measured": "unknown" if share is None else f"{share:.1%}",
+        "success": summary.success.text(".1%") if summary.success is not None else f"{summary.success_rate:.1%}",
+        "median_l0": summary.median_l0_sparse.text(".1f")
+        if summary.median_l0_sparse is not None
+        else ("—" if median is None else f"{median:.1f}"),
+        "leverage": "—" if summary.leverage is None else f"{summary.leverage:.1f}",
     }
 
 
@@ -168,8 +185,9 @@ def analysis_figure(analysis: Run, stem: str) -> Path | None:
 def feature_ranking(analysis: Run, which: str = "sparse", *, top: int | None = None) -> pd.DataFrame:
     """Features ranked by susceptibility S_j, per direction, with |δ| in clinical units over changed cells.
 
-    Columns: ``direction``, ``rank``, ``feature``, ``unit``, ``susceptibility``, ``mean_gpp``,
-    ``median_abs_delta``, ``max_abs_delta`` (clinical units). ``top`` keeps the first ranks.
+    Columns: ``direction``, ``rank``, ``feature``, ``unit``, ``susceptibility``, ``interval`` (its 95 %
+    bootstrap interval over the examples, as text; — for runs analysed before intervals were stored),
+    ``mean_gpp``, ``median_abs_delta``, ``max_abs_delta`` (clinical units). ``top`` keeps the first ranks.
     """
     features = artifacts.read_table(analysis, "features.parquet")
     clinical = artifacts.read_table(analysis, "clinical.parquet")
@@ -179,9 +197,73 @@ def feature_ranking(analysis: Run, which: str = "sparse", *, top: int | None = N
     if top is not None:
         merged = merged[merged["rank"] <= top]
     merged["direction"] = merged["direction"].map(_arrow)
-    columns = ["direction", "rank", "feature", "unit", "susceptibility", "mean_gpp"]
+    merged["interval"] = _interval_text(merged, "susceptibility", ".3f")
+    columns = ["direction", "rank", "feature", "unit", "susceptibility", "interval", "mean_gpp"]
     columns += ["median_abs_delta", "max_abs_delta"]
     return aggregates_only(merged[columns].reset_index(drop=True))
+
+
+def _interval_text(frame: pd.DataFrame, column: str, fmt: str) -> pd.Series:
+    """``[low, high]`` of ``column`` (its ``_low``/``_high`` columns) per row, or — where none is stored."""
+    low, high = f"{column}_low", f"{column}_high"
+    if low not in frame or high not in frame:
+        return pd.Series(["—"] * len(frame), index=frame.index, dtype=object)
+    return pd.Series(
+        [
+            f"[{a:{fmt}}, {b:{fmt}}]" if pd.notna(a) and pd.notna(b) else "—"
+            for a, b in zip(frame[low], frame[high], strict=True)
+        ],
+        index=frame.index,
+        dtype=object,
+    )
+
+
+def _measurements(analysis: Run) -> pd.DataFrame:
+    """The record threat's per-feature table (empty for cell threats and for runs analysed before it existed)."""
+    if not (analysis.path / "measurements.parquet").is_file():
+        return pd.DataFrame()
+    return artifacts.read_table(analysis, "measurements.parquet")
+
+
+def measurement_ranking(analysis: Run, which: str = "sparse", *, top: int | None = None) -> pd.DataFrame:
+    """Record threat: features ranked by their per-opportunity rate (altered ÷ available measurements), per
+    direction, with the share of altered measurements (both with 95 % bootstrap intervals as text) and the
+    leverage (median model-input cells moved per altered measurement). Empty for the cell threats.
+
+    Columns: ``direction``, ``rank``, ``feature``, ``altered``, ``available``, ``per_opportunity``,
+    ``per_opportunity_ci``, ``share``, ``share_ci``, ``leverage``.
+    """
+    table = _measurements(analysis)
+    columns = ["direction", "rank", "feature", "altered", "available", "per_opportunity", "per_opportunity_ci"]
+    columns += ["share", "share_ci", "leverage"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    rows = table[(table["which"] == which) & (table["altered"] > 0)].copy()
+    rows = rows.rename(columns={"per_opportunity_rank": "rank"}).sort_values(["direction", "rank"], kind="stable")
+    rows["rank"] = rows.groupby("direction").cumcount() + 1
+    if top is not None:
+        rows = rows[rows["rank"] <= top]
+    rows["per_opportunity_ci"] = _interval_text(rows, "per_opportunity", ".3f")
+    rows["share_ci"] = _interval_text(rows, "share", ".3f")
+    rows["direction"] = rows["direction"].map(_arrow)
+    return aggregates_only(rows[columns].reset_index(drop=True))
+
+
+def typical_changes(analysis: Run, which: str = "sparse") -> pd.DataFrame:
+    """Record threat: the typical altered measurement per feature and direction in clinical units (aggregates
+    over the examples, no patient rows). Empty for the cell threats.
+
+    Columns: ``direction``, ``feature``, ``unit``, ``altered``, ``median_change`` (signed), ``median_abs_change``.
+    """
+    table = _measurements(analysis)
+    columns = ["direction", "feature", "unit", "altered", "median_change", "median_abs_change"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    rows = table[(table["which"] == which) & (table["altered"] > 0)].sort_values(
+        ["direction", "altered"], ascending=[True, False], kind="stable"
+    )
+    rows = rows.assign(direction=rows["direction"].map(_arrow))
+    return aggregates_only(rows[columns].reset_index(drop=True))
 
 
 def top_hours(analysis: Run, which: str = "sparse", *, top: int = 5) -> pd.DataFrame:
