@@ -23,7 +23,7 @@ Activation = Literal["relu", "tanh"]
 Optimizer = Literal["adam", "rmsprop", "sgd"]
 Imbalance = Literal["weighted_sampling", "class_weighted_loss", "none"]
 Monitor = Literal["auroc", "loss"]
-L1Method = Literal["ista", "fista", "adam"]
+L1Method = Literal["ista", "fista", "adam", "greedy"]
 AttackObjective = Literal["pareto", "sparsity", "sparse_small", "sparse_small_max", "max_num_nonzero_perts"]
 Decision = Literal["threshold", "argmax"]
 Cells = Literal["record", "observed", "all"]
@@ -263,6 +263,8 @@ class AttackConfig:
     max_change: dict[str, float] = attrs.field(factory=dict, validator=_max_change)
     features: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     hours: tuple[int, int] = attrs.field(default=(0, WINDOW_HOURS), validator=_hours)
+    candidates: int = attrs.field(default=4, validator=v.at_least(1, owner="attack"))
+    swap_rounds: int = attrs.field(default=2, validator=v.at_least(0, owner="attack"))
     batch_size: int | Literal["auto"] = attrs.field(default="auto", validator=_batch_size)
     block_size: int | Literal["auto"] = attrs.field(default="auto", validator=_block_size)
     device: Device = _choice("attack", Device, "auto")
@@ -289,7 +291,9 @@ class TuneAttackConfig:
         default=(5e-3, 0.5), validator=v.ordered_range(low=0, low_strict=True, owner="tune_attack")
     )
     methods: tuple[L1Method, ...] = attrs.field(
-        default=("ista", "fista", "adam"), converter=_tuple, validator=v.some_of(L1_METHODS, owner="tune_attack")
+        default=("ista", "fista", "adam", "greedy"),
+        converter=_tuple,
+        validator=v.some_of(L1_METHODS, owner="tune_attack"),
     )
     pruner_startup_trials: int = attrs.field(default=3, validator=v.at_least(0, owner="tune_attack"))
     pruner_warmup_steps: int = attrs.field(default=0, validator=v.at_least(0, owner="tune_attack"))

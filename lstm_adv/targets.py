@@ -339,4 +339,6 @@ def tuned_settings(tuned: Run, config: AttackConfig) -> L1Settings:
         method=best.method,
         max_iterations=config.max_iterations,
         search_steps=config.search_steps,
+        candidates=config.candidates,
+        swap_rounds=config.swap_rounds,
     )

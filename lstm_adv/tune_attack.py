@@ -99,6 +99,8 @@ def suggest_settings(trial: optuna.Trial, config: Config) -> L1Settings:
         method=trial.suggest_categorical("method", list(tune.methods)),
         max_iterations=tune.max_iterations,
         search_steps=config.attack.search_steps,
+        candidates=config.attack.candidates,
+        swap_rounds=config.attack.swap_rounds,
     )
 
 
@@ -294,6 +296,7 @@ class _Objective:
             trial.set_user_attr("successes", int(result.found.sum()))
             trial.set_user_attr("success_rate", success)
             trial.set_user_attr("median_l0", median_l0)
+            _record_passes(trial, attack.passes.forward, attack.passes.backward, int(result.attacked.sum()))
             return success, median_l0
         return self._chunked(trial, attack, tune)
 
@@ -301,10 +304,11 @@ class _Objective:
         return self.surface.attack(attack, self.rows[chunk])
 
     def _chunked(self, trial: optuna.Trial, attack: L1Attack, tune: TuneAttackConfig) -> float:
-        total, successes, parts = 0.0, 0, []
+        total, successes, parts, forward, backward = 0.0, 0, [], 0, 0
         for step, chunk in enumerate(self.chunks):
             result = self._attack(attack, chunk)
             parts.append(result)
+            forward, backward = forward + attack.passes.forward, backward + attack.passes.backward
             total += objective_value(result, tune.objective, max_nonzero=tune.max_nonzero)
             successes += int(result.found.sum())
             trial.report(total, step)
@@ -314,7 +318,14 @@ class _Objective:
         trial.set_user_attr("successes", successes)
         trial.set_user_attr("success_rate", success)
         trial.set_user_attr("median_l0", median_l0)
+        _record_passes(trial, forward, backward, sum(int(p.attacked.sum()) for p in parts))
         return total
+
+
+def _record_passes(trial: optuna.Trial, forward: int, backward: int, attacked: int) -> None:
+    """The trial's model passes per attacked sample (forward, backward), as user attributes."""
+    trial.set_user_attr("forward_passes", forward / attacked if attacked else 0.0)
+    trial.set_user_attr("backward_passes", backward / attacked if attacked else 0.0)
 
 
 def _settings_record(settings: L1Settings) -> dict[str, Any]:
@@ -399,4 +410,6 @@ def _entry(trial: optuna.trial.FrozenTrial) -> AttackTrial:
         success_rate=trial.user_attrs.get("success_rate"),
         median_l0=trial.user_attrs.get("median_l0"),
         batch_size=trial.user_attrs.get("batch_size"),
+        forward_passes=trial.user_attrs.get("forward_passes"),
+        backward_passes=trial.user_attrs.get("backward_passes"),
     )

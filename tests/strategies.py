@@ -259,7 +259,7 @@ def tiny_feature_matrix(
 
 # --- attacks and perturbations ------------------------------------------------------
 
-attack_methods = st.sampled_from(("ista", "fista", "adam"))
+attack_methods = st.sampled_from(("ista", "fista", "adam", "greedy"))
 
 
 @st.composite

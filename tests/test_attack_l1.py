@@ -25,6 +25,7 @@ SETTINGS = {
     "ista": L1Settings(lam=0.01, step_size=0.2, method="ista", max_iterations=12, search_steps=1),
     "fista": L1Settings(lam=0.01, step_size=0.1, method="fista", max_iterations=12, search_steps=1),
     "adam": L1Settings(lam=0.01, step_size=0.1, method="adam", max_iterations=12, search_steps=1),
+    "greedy": L1Settings(method="greedy", max_iterations=12, search_steps=1),
 }
 MODEL = TinyLSTM(seed=1).eval()
 MLP64 = TinyMLP(seed=1).eval()
@@ -258,7 +259,7 @@ def test_unknown_method_is_a_config_error() -> None:
     """The method must be ista, fista or adam."""
     with pytest.raises(ConfigError) as info:
         L1Settings(method="sgd")
-    assert str(info.value) == "L1Settings.method must be one of ista, fista, adam; got 'sgd'"
+    assert str(info.value) == "L1Settings.method must be one of ista, fista, adam, greedy; got 'sgd'"
 
 
 def test_step_size_must_be_positive_and_lambda_non_negative() -> None:
@@ -395,3 +396,52 @@ def test_perturb_returns_the_chosen_examples_and_zero_where_none_was_found() -> 
     cells = torch.from_numpy(np.random.default_rng(0).random((6, 48, 19)) < 0.5)
     limited = attack.perturb(xt, yt, cells)
     assert not bool(limited[~cells].any())
+
+
+# --- the L0-native search ---------------------------------------------------------------------------
+
+
+def test_greedy_on_a_linear_model_finds_the_fewest_cells_that_flip() -> None:
+    """With a linear margin each cell's push to its better box end lowers it by a fixed amount, so the fewest cells
+    that flip are the largest such gains: greedy selection (and the sparse example) needs exactly that many."""
+    model = LinearModel(seed=4, scale=0.02)
+    x, _ = _inputs(6, seed=5)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+    y = (logits[:, 1] > logits[:, 0]).long().numpy()
+    result = L1Attack(model, L1Settings(method="greedy", max_iterations=200, search_steps=1, swap_rounds=0)).run(x, y)
+    w = (model.weight[1] - model.weight[0]).detach().numpy().reshape(48, 19)
+    for row in np.flatnonzero(result.found):
+        sign = 1.0 if y[row] == 1 else -1.0
+        gains = np.sort(np.maximum(sign * w * x[row], sign * w * (x[row] - 1.0)).ravel())[::-1]
+        start = sign * float(logits[row, 1] - logits[row, 0])
+        fewest = int(np.searchsorted(np.cumsum(gains), start + SPARSE_MARGIN) + 1)
+        assert result.l0("sparse")[row] == fewest
+
+
+@given(attack_inputs(max_samples=4), attack_methods)
+def test_the_swap_search_never_enlarges_a_sparse_example(inputs: tuple[np.ndarray, np.ndarray], method: str) -> None:
+    """Swap rounds keep every success and never make a sparse example larger; what they return still flips with
+    every entry needed (the float64 model)."""
+    x, y = inputs
+    settings = attrs.evolve(SETTINGS[method], search_steps=2, swap_rounds=0)
+    plain = L1Attack(MLP64, settings, include_misclassified=True).run(x, y)
+    swapped = L1Attack(MLP64, attrs.evolve(settings, swap_rounds=3), include_misclassified=True).run(x, y)
+    assert swapped.found.tolist() == plain.found.tolist()
+    assert (swapped.l0("sparse") <= plain.l0("sparse")).all()
+    for row in np.flatnonzero(swapped.found):
+        sparse = swapped.sparse_delta[row]
+        with torch.no_grad():
+            assert int(MLP64(torch.from_numpy(x[row] + sparse)[None]).argmax(1)) != swapped.predicted[row]
+
+
+def test_passes_are_counted_per_sample() -> None:
+    """An ista round of K iterations costs K forward+backward passes and K forward ones per sample (the checks
+    after each round and the pruning's forwards on top); greedy steps add the candidates' forwards."""
+    x, y = _inputs(4, seed=1)
+    settings = L1Settings(method="ista", max_iterations=10, search_steps=1, swap_rounds=0)
+    attack = L1Attack(MODEL, settings, include_misclassified=True)
+    attack.run(x, y)
+    forward, backward = attack.passes.per_sample(4)
+    assert backward == 11  # the gradient at δ = 0 (the scale) and one per iteration
+    assert forward >= backward + 1

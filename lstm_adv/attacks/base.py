@@ -102,6 +102,18 @@ def margin(logits: Tensor, target: Tensor, boundary: float = 0.0) -> Tensor:
     return torch.where(target == 1, difference, -difference)
 
 
+@attrs.define
+class PassCounts:
+    """Model passes one :meth:`Attack.run` made, summed over samples (a pass on a batch of B counts B)."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def per_sample(self, samples: int) -> tuple[float, float]:
+        """Forward and backward passes per attacked sample (0 without samples)."""
+        return (self.forward / samples, self.backward / samples) if samples else (0.0, 0.0)
+
+
 class SuccessTracker:
     """First and best (smallest L1) iterate whose decision left the target class, updated on the device.
 
@@ -236,6 +248,8 @@ class Attack(abc.ABC, Generic[S]):
         self._check_threat()
         self.include_misclassified = include_misclassified
         self.cudnn = cudnn
+        #: Passes of the last :meth:`run`'s attack (clean logits not counted).
+        self.passes = PassCounts()
         self.batch_size: int = self._auto_batch_size(max_batch_size) if batch_size == "auto" else batch_size
 
     def _check_threat(self) -> None:
@@ -281,6 +295,7 @@ class Attack(abc.ABC, Generic[S]):
         if not self.include_misclassified:
             skip[predicted != ys] = _SKIP_MISCLASSIFIED
         attacked = skip == 0
+        self.passes = PassCounts()
         with self._attack_mode():
             outcome = self._attack_selected(xs[attacked], predicted[attacked], inputs.take(attacked), progress)
         log.info("attacked %d of %d samples", int(attacked.sum()), len(xs))
@@ -302,15 +317,15 @@ class Attack(abc.ABC, Generic[S]):
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _clean_logits(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), self._cudnn_handled():
             chunks = [
-                self._forward(x[i : i + self.batch_size].to(self.device)).cpu()
-                for i in range(0, len(x), self.batch_size)
+                self.model(x[i : i + self.batch_size].to(self.device)).cpu() for i in range(0, len(x), self.batch_size)
             ]
         return torch.cat(chunks).float()
 
     def _forward(self, x: Tensor) -> Tensor:
-        """Eval-mode logits of the model at ``x``, with cuDNN handled. Shape: (B, 48, 19) → (B, 2)."""
+        """Eval-mode logits of the model at ``x``, with cuDNN handled (a counted pass). Shape: (B, 48, 19) → (B, 2)."""
+        self.passes.forward += len(x)
         with self._cudnn_handled():
             return self.model(x)  # type: ignore[no-any-return]
 
@@ -321,6 +336,8 @@ class Attack(abc.ABC, Generic[S]):
         exactly its own gradient: this is what makes a batch equal to one-at-a-time attacks.
         """
         point = x.detach().requires_grad_(True)
+        self.passes.forward += len(x)
+        self.passes.backward += len(x)
         with self._cudnn_handled():
             logits = self.model(point)
             (grad,) = torch.autograd.grad(loss_fn(logits).sum(), point)
@@ -332,6 +349,8 @@ class Attack(abc.ABC, Generic[S]):
         """Logits at the threat's input for δ and the gradient of Σ_i loss_i w.r.t. δ (through the threat's map;
         for a cell threat it equals :meth:`_gradient`'s at ``x + δ``). Shape: δ → (B, 2), δ's shape."""
         point = delta.detach().requires_grad_(True)
+        self.passes.forward += len(delta)
+        self.passes.backward += len(delta)
         with self._cudnn_handled():
             logits = self.model(threat.apply(point))
             (grad,) = torch.autograd.grad(loss_fn(logits).sum(), point)

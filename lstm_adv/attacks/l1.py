@@ -61,6 +61,7 @@ import torch
 from torch import Tensor
 
 from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, margin
+from lstm_adv.attacks.support import Search, greedy_search, swap_search
 from lstm_adv.attacks.threats import BatchThreat, prox_l1_box, soft_threshold
 from lstm_adv.config import L1_METHODS
 from lstm_adv.domain import validators as v
@@ -81,7 +82,9 @@ class L1Settings:
     """Settings of the sparse L1 attack (see the module docstring for what each means).
 
     ``lam`` and ``step_size`` are scale-free (relative to each sample's gradient scale); ``max_iterations``
-    is the budget of one λ-search round, ``search_steps`` the number of rounds.
+    is the budget of one λ-search round, ``search_steps`` the number of rounds (``greedy``: the steps are
+    their product, and λ and the step size are not used). ``candidates``: entries the greedy steps and the
+    swap search evaluate per step; ``swap_rounds``: rounds of the swap search on every minimal support.
     """
 
     kappa: float = attrs.field(default=0.0, validator=v.number(low=0))
@@ -93,6 +96,8 @@ class L1Settings:
     adam_beta1: float = attrs.field(default=0.9, validator=v.number(low=0, high=1, high_strict=True))
     adam_beta2: float = attrs.field(default=0.999, validator=v.number(low=0, high=1, high_strict=True))
     adam_eps: float = attrs.field(default=1e-8, validator=v.number(low=0, low_strict=True))
+    candidates: int = attrs.field(default=4, validator=v.at_least(1))
+    swap_rounds: int = attrs.field(default=2, validator=v.at_least(0))
 
     @property
     def total_iterations(self) -> int:
@@ -163,10 +168,13 @@ class L1Attack(Attack[L1Settings]):
         tracker = SuccessTracker(threat.zeros(), self.boundary)
         lam = torch.full((len(x), 1, 1), s.lam, dtype=x.dtype, device=x.device)
         low, high = torch.zeros_like(lam), torch.full_like(lam, math.inf)
-        run = {"ista": self._ista, "fista": self._fista, "adam": self._adam}[s.method]
-        for step in range(s.search_steps):
-            succeeded = run(problem, lam, tracker, offset=step * s.max_iterations)[:, None, None]
-            lam, low, high = _next_lambda(lam, low, high, succeeded)
+        if s.method == "greedy":
+            self._greedy(problem, tracker)
+        else:
+            run = {"ista": self._ista, "fista": self._fista, "adam": self._adam}[s.method]
+            for step in range(s.search_steps):
+                succeeded = run(problem, lam, tracker, offset=step * s.max_iterations)[:, None, None]
+                lam, low, high = _next_lambda(lam, low, high, succeeded)
         sparse_delta, sparse_logits = self._minimal_support(problem, tracker)
         return tracker.outcome(sparse_delta, sparse_logits)
 
@@ -180,6 +188,9 @@ class L1Attack(Attack[L1Settings]):
         short.settings = attrs.evolve(self.settings, max_iterations=2, search_steps=1)
         problem = short._problem(target, threat)
         lam = torch.full((len(x), 1, 1), short.settings.lam, dtype=x.dtype, device=x.device)
+        if short.settings.method == "greedy":
+            short._greedy(problem, SuccessTracker(threat.zeros(), self.boundary))
+            return
         run = {"ista": short._ista, "fista": short._fista, "adam": short._adam}[short.settings.method]
         run(problem, lam, SuccessTracker(threat.zeros(), self.boundary), offset=0)
 
@@ -250,6 +261,34 @@ class L1Attack(Attack[L1Settings]):
             t, beta = t_next, (t - 1.0) / t_next
         return found
 
+    # --- L0-native search -----------------------------------------------------------------------------
+
+    def _search(self, p: _Problem) -> Search:
+        """The batch as a search problem of :mod:`lstm_adv.attacks.support`."""
+
+        def logits(delta: Tensor) -> Tensor:
+            with torch.no_grad():
+                return self._forward(p.threat.apply(delta)).float()
+
+        return Search(
+            lower=p.lower,
+            upper=p.upper,
+            allowed=p.threat.allowed,
+            logits=logits,
+            margin_of=lambda z: margin(z, p.target, self.boundary),
+            gradient=lambda delta: self._gradient_through(p.threat, delta, p.loss),
+            crosses=-SPARSE_MARGIN,
+        )
+
+    def _greedy(self, p: _Problem, tracker: SuccessTracker) -> None:
+        """Greedy forward selection over the whole budget (``max_iterations × search_steps`` steps)."""
+        s = self.settings
+
+        def record(step: int, delta: Tensor, logits: Tensor) -> None:
+            tracker.update(step, delta, logits, p.target)
+
+        greedy_search(self._search(p), p.threat.zeros(), s.total_iterations, s.candidates, record)
+
     # --- minimal support ------------------------------------------------------------------------------
 
     def _flips(self, p: _Problem, delta: Tensor) -> tuple[Tensor, Tensor]:
@@ -267,6 +306,9 @@ class L1Attack(Attack[L1Settings]):
         saturated = torch.where(best > 0, p.upper, torch.where(best < 0, p.lower, torch.zeros_like(best)))
         kept = self._top_cells(p, saturated, magnitude) & found[:, None, None]
         kept = self._drop_cells(p, saturated, kept, magnitude)
+        if self.settings.swap_rounds:
+            saturated, kept = self._swap(p, saturated, kept & found[:, None, None])
+            magnitude = saturated.abs().flatten(1)  # a swapped-in entry shrinks towards its original value
         sparse = self._shrink_values(p, best, saturated, kept)
         kept = self._drop_cells(p, sparse, kept, magnitude)
         sparse = torch.where(kept, sparse, torch.zeros_like(sparse))
@@ -275,6 +317,13 @@ class L1Attack(Attack[L1Settings]):
         holds = flips & found
         sparse = torch.where(holds[:, None, None], sparse, best)
         return sparse, torch.where(holds[:, None], logits, tracker.best_logits)
+
+    def _swap(self, p: _Problem, saturated: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
+        """The swap search on each flipping support (at the end values), then a drop pass over the new support."""
+        values = torch.where(kept, saturated, torch.zeros_like(saturated))
+        values, kept = swap_search(self._search(p), values, kept, self.settings.swap_rounds, self.settings.candidates)
+        kept = self._drop_cells(p, values, kept, values.abs().flatten(1))
+        return torch.where(kept, values, torch.zeros_like(values)), kept
 
     def _top_cells(self, p: _Problem, values: Tensor, magnitude: Tensor) -> Tensor:
         """The fewest cells, largest |δ| first, whose ``values`` flip: k by a binary search of fixed rounds."""

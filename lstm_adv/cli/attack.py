@@ -214,7 +214,7 @@ def render_tuning(run: Run, out: Console) -> None:
         if s.pareto
         else f"best trial {best.number}: {s.objective} {_number(best.value, '.4g')}"
     )
-    table = Table("trial", "success rate", "median L0 (sparse)", "method", "λ", "step", "κ", title=title)
+    table = Table("trial", "success rate", "median L0 (sparse)", "method", "λ", "step", "κ", "passes f/b", title=title)
     for trial in sorted(rows, key=lambda t: t.number):
         settings = trial.settings
         if settings is None:
@@ -228,6 +228,7 @@ def render_tuning(run: Run, out: Console) -> None:
             _number(settings.lam),
             _number(settings.step_size),
             _number(settings.kappa),
+            f"{_number(trial.forward_passes, '.0f')}/{_number(trial.backward_passes, '.0f')}",
         )
     out.print(table)
 

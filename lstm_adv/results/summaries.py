@@ -274,6 +274,9 @@ class AttackTrial:
     success_rate: float | None = None
     median_l0: float | None = None
     batch_size: int | None = None  # samples attacked at once (None in runs made before it was recorded)
+    #: Model passes per attacked sample (None in runs made before they were recorded).
+    forward_passes: float | None = None
+    backward_passes: float | None = None
 
     @property
     def value(self) -> float | None:

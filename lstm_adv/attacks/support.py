@@ -1,0 +1,164 @@
+"""L0-native searches of the sparse attack: greedy forward selection, and a swap search on a found support.
+
+Both work on the threat's variable δ (model-input cells, or record entries: altered measurements) with
+each chosen entry pushed to an end of its feasible interval — the most one entry can move the decision.
+
+**Greedy forward selection** (the ``greedy`` method; after the forward-selection idea of VFGA, Césaire
+et al. 2021, written from the description). Each step takes the margin's gradient g at the current δ
+(one forward+backward), scores every unchosen entry e by the first-order change of the margin when it
+moves to its better end, min(g_e·lower_e, g_e·upper_e), evaluates the ``candidates`` best-scored entries
+by a forward pass each, and adds the one that lowers the margin most. A sample stops growing once it
+crosses the boundary by :data:`~lstm_adv.attacks.l1.SPARSE_MARGIN`. The loop checks whether every sample
+is done once every :data:`CHECK_EVERY` steps (one host synchronisation per check, not per step).
+
+**Swap search** ("drop two, add one"). Given a flipping support, it drops the pair of entries whose
+single removal costs the least margin and adds the best new entry at the reduced point (scored and
+evaluated as above); where the result still flips, the support is one smaller. ``rounds`` rounds, each
+trying the pairs among the four least important entries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import attrs
+import torch
+from torch import Tensor
+
+#: How often (in steps) the greedy loop asks whether every sample is done.
+CHECK_EVERY = 16
+#: Pairs of the swap search come from this many least important entries of a support.
+SWAP_POOL = 4
+
+
+@attrs.frozen(eq=False)
+class Search:
+    """One batch's search problem: bounds of δ, which entries may change, and the model's answers.
+
+    ``logits(δ)`` are the model's logits at δ (no gradient); ``margin_of(logits)`` the signed distance to the
+    boundary (positive: the decision is still the target's); ``gradient(δ)`` returns (logits, ∂loss/∂δ) of
+    the attack's loss; ``crosses`` the margin a flip needs (−SPARSE_MARGIN). Shapes: lower, upper, allowed
+    (B, ...), logits (B, 2), margins (B,).
+    """
+
+    lower: Tensor
+    upper: Tensor
+    allowed: Tensor
+    logits: Callable[[Tensor], Tensor]
+    margin_of: Callable[[Tensor], Tensor]
+    gradient: Callable[[Tensor], tuple[Tensor, Tensor]]
+    crosses: float
+
+    def margin(self, delta: Tensor) -> Tensor:
+        """The signed distance to the boundary at δ. Shape: (B,)."""
+        return self.margin_of(self.logits(delta))
+
+    def best_ends(self, grad: Tensor) -> tuple[Tensor, Tensor]:
+        """Per entry, the end of its interval that lowers the margin most to first order, and that change.
+
+        Shapes: grad (B, ...) → value (B, ...), score (B, ...) (more negative is better).
+        """
+        low, high = grad * self.lower, grad * self.upper
+        value = torch.where(low < high, self.lower, self.upper)
+        return value, torch.minimum(low, high)
+
+    def candidates(self, grad: Tensor, excluded: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """The ``count`` best-scored entries not ``excluded`` (flat indices) and their end values.
+
+        Entries that may not change or would not lower the margin get +inf and come last. Shapes: (B, count).
+        """
+        value, score = self.best_ends(grad)
+        usable = self.allowed & ~excluded & (score < 0)
+        score = torch.where(usable, score, torch.full_like(score, math.inf)).flatten(1)
+        picked = score.topk(min(count, score.shape[1]), dim=1, largest=False)
+        values = value.flatten(1).gather(1, picked.indices)
+        return picked.indices, torch.where(torch.isfinite(picked.values), values, torch.zeros_like(values))
+
+    def best_addition(self, delta: Tensor, chosen: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Among the ``count`` best-scored unchosen entries at δ, the one whose end value gives the lowest margin.
+
+        Returns δ with it added, the chosen mask with it, that margin (+inf where no entry could be added) and
+        the logits there. Shapes: as δ, as δ, (B,), (B, 2).
+        """
+        logits, grad = self.gradient(delta)
+        indices, values = self.candidates(grad, chosen, count)
+        flat, taken = delta.flatten(1), chosen.flatten(1)
+        best_margin = torch.full((len(delta),), math.inf, device=delta.device)
+        best_delta, best_chosen, best_logits = flat, taken, logits.float()
+        for k in range(indices.shape[1]):
+            index, value = indices[:, k : k + 1], values[:, k : k + 1]
+            trial = flat.scatter(1, index, value)
+            trial_logits = self.logits(trial.view_as(delta)).float()
+            margin = self.margin_of(trial_logits)
+            better = (margin < best_margin) & (value[:, 0] != 0)
+            best_margin = torch.where(better, margin, best_margin)
+            best_delta = torch.where(better[:, None], trial, best_delta)
+            best_chosen = torch.where(better[:, None], taken.scatter(1, index, True), best_chosen)
+            best_logits = torch.where(better[:, None], trial_logits, best_logits)
+        return best_delta.view_as(delta), best_chosen.view_as(chosen), best_margin, best_logits
+
+
+def greedy_search(
+    search: Search, delta: Tensor, steps: int, count: int, record: Callable[[int, Tensor, Tensor], None]
+) -> Tensor:
+    """Grow each sample's support one entry per step until it flips (see the module docstring).
+
+    ``record(step, δ, logits)`` is called after every step with the logits at δ (the success bookkeeping).
+    Returns δ.
+    """
+    chosen = torch.zeros_like(delta, dtype=torch.bool)
+    done = search.margin(delta) <= search.crosses
+    shape = (-1, *([1] * (delta.dim() - 1)))
+    for step in range(1, steps + 1):
+        grown, grown_chosen, margin, grown_logits = search.best_addition(delta, chosen, count)
+        grow = ~done & torch.isfinite(margin)
+        delta = torch.where(grow.view(shape), grown, delta)
+        chosen = torch.where(grow.view(shape), grown_chosen, chosen)
+        # a sample that did not grow keeps its δ; its logits there are the step's gradient forward's
+        record(step, delta, grown_logits)
+        done |= grow & (margin <= search.crosses)
+        if step % CHECK_EVERY == 0 and bool(done.all()):  # one host sync every CHECK_EVERY steps
+            break
+    return delta
+
+
+def swap_search(search: Search, values: Tensor, kept: Tensor, rounds: int, count: int) -> tuple[Tensor, Tensor]:
+    """Shrink flipping supports by one entry per success of "drop two, add one" (see the module docstring).
+
+    ``values`` (B, ...) holds each sample's kept entries at their end values (0 elsewhere), ``kept`` its
+    support. Returns the new values and support. Shapes: as values.
+    """
+    flat_values, flat_kept = values.flatten(1), kept.flatten(1)
+    for _ in range(rounds):
+        importance = _importance(search, flat_values, flat_kept, values.shape)
+        pool = importance.topk(min(SWAP_POOL, importance.shape[1]), dim=1, largest=False).indices
+        improved = torch.zeros(len(values), dtype=torch.bool, device=values.device)
+        for i in range(pool.shape[1]):
+            for j in range(i + 1, pool.shape[1]):
+                pair = torch.zeros_like(flat_kept).scatter(1, pool[:, [i, j]], True)
+                eligible = (pair & flat_kept).sum(dim=1) == 2
+                reduced = flat_kept & ~pair
+                start = torch.where(reduced, flat_values, torch.zeros_like(flat_values))
+                # the dropped pair may not come back: re-adding one of it is a single drop, already known to fail
+                grown, chosen, margin, _ = search.best_addition(
+                    start.view_as(values), (reduced | pair).view_as(kept), count
+                )
+                accept = eligible & ~improved & (margin <= search.crosses)
+                flat_kept = torch.where(accept[:, None], chosen.flatten(1) & ~pair, flat_kept)
+                flat_values = torch.where(accept[:, None], grown.flatten(1), flat_values)
+                improved |= accept
+    return flat_values.view_as(values), flat_kept.view_as(kept)
+
+
+def _importance(search: Search, values: Tensor, kept: Tensor, shape: torch.Size) -> Tensor:
+    """Per kept entry, the margin when it alone is dropped (lower: less needed); +inf off the support."""
+    importance = torch.full(kept.shape, math.inf, device=kept.device)
+    positions = kept.float().cumsum(dim=1) * kept  # 1-based rank of each kept entry
+    size = int(kept.sum(dim=1).max()) if kept.numel() else 0  # one host sync per round
+    for rank in range(1, size + 1):
+        drop = positions == rank
+        trial = torch.where(kept & ~drop, values, torch.zeros_like(values))
+        margin = search.margin(trial.view(shape))
+        importance = torch.where(drop, margin[:, None].expand_as(importance), importance)
+    return importance
