@@ -89,8 +89,10 @@ def reports(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: each prints a table and writes JSON under bench/results/."""
-    # The attack benchmark compares against ART's elastic-net attack: a benchmark-only dependency.
-    _install(session, "adversarial-robustness-toolbox")
+    # The benchmarks compare against the peers (extra `peers`): ART's elastic-net attack, and adv-lib's σ-zero,
+    # VFGA and FMN, installed without its dependencies (torchvision and visdom would replace torch).
+    _install(session, "adversarial-robustness-toolbox>=1.17", "tqdm>=4.65")
+    session.install("--no-deps", "adv-lib==0.2.8")
     session.run("python", "bench/run_all.py", *session.posargs)
 
 

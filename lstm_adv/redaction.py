@@ -17,8 +17,6 @@ HIDDEN = "***"
 _PASSWORD_KEY = "password"
 # One libpq key=value pair: the value is a bare word or a single-quoted string with \-escapes.
 _KEY_VALUE = re.compile(r"(?P<key>\w+)\s*=\s*(?P<value>'(?:[^'\\]|\\.)*'|\S*)")
-# A URL's userinfo as SQLAlchemy reads it: the password runs to the next "@" (it may hold / ? #).
-_USERINFO = re.compile(r"^(?P<user>[^:/@]*):(?P<password>[^@]*)@")
 
 
 def redact(dsn: str) -> str:
@@ -49,8 +47,8 @@ def scrub(text: str, dsn: str | None = None) -> str:
 def passwords(dsn: str) -> list[str]:
     """The passwords written in ``dsn`` (decoded), in every form :func:`redact` hides."""
     if "://" in dsn:
-        match, rest = _userinfo(dsn)
-        found = [urllib.parse.unquote(match["password"])] if match else []
+        _user, password, rest = _userinfo(dsn)
+        found = [urllib.parse.unquote(password)] if password is not None else []
         query = rest.partition("?")[2].partition("#")[0]
         found += [value for key, value in urllib.parse.parse_qsl(query) if key.lower() == _PASSWORD_KEY]
     else:
@@ -65,16 +63,28 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _userinfo(url: str) -> tuple[re.Match[str] | None, str]:
-    """The ``user:password@`` part of ``url`` (as SQLAlchemy reads it) and what follows it."""
+def _userinfo(url: str) -> tuple[str | None, str | None, str]:
+    """The user and password of ``url`` (None where absent) and what follows the userinfo.
+
+    The userinfo ends at the last ``@`` before the query (a user name may hold ``@``, as in Azure's
+    ``user@server``, and a password ``/``); a URL whose query starts inside the password (an unencoded
+    ``?``) ends it at its last ``@``. User and password part at the first ``:``. Wherever that ``@``
+    really is, everything before it is hidden, so a password can only be over-hidden, never shown.
+    """
     rest = url.split("://", 1)[1]
-    match = _USERINFO.match(rest)
-    return match, rest[match.end() :] if match else rest
+    query = rest.find("?")
+    end = rest.rfind("@", 0, query) if query >= 0 else -1
+    if end < 0:
+        end = rest.rfind("@")
+    if end < 0:
+        return None, None, rest
+    user, colon, password = rest[:end].partition(":")
+    return user, password if colon else None, rest[end + 1 :]
 
 
 def _redact_url(url: str) -> str:
-    match, rest = _userinfo(url)
-    head = f"{match['user']}:{HIDDEN}@" if match else ""
+    user, password, rest = _userinfo(url)
+    head = "" if user is None else f"{user}:{HIDDEN}@" if password is not None else f"{user}@"
     path, question, query = rest.partition("?")
     if question:
         query, hash_mark, fragment = query.partition("#")

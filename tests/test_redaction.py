@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
@@ -16,6 +19,60 @@ from tests.strategies import tiny_feature_matrix
 from tests.test_train import features_run
 
 runner = CliRunner(env={"COLUMNS": "200"})
+
+_name = st.text(alphabet=st.characters(codec="ascii", categories=("L", "N"), include_characters="._-"), min_size=1)
+_secret = st.text(alphabet=st.characters(codec="ascii", min_codepoint=33, max_codepoint=126), min_size=1)
+
+
+@st.composite
+def urls(draw: st.DrawFn) -> tuple[str, str, str, str]:
+    """A libpq URI with a percent-encoded user (which may hold @) and password (any printable character), a host,
+    port, database and query; and the user, password and the URI without its password as libpq reads them."""
+    user = draw(_name) + draw(st.sampled_from(("", "@server")))
+    password = draw(_secret)
+    host, db = draw(_name), draw(_name)
+    port = draw(st.integers(1, 65535))
+    query = draw(st.sampled_from(("", "?sslmode=require", "?application_name=a@b&connect_timeout=5")))
+    quoted = urllib.parse.quote
+    url = f"postgresql://{quoted(user, safe='')}:{quoted(password, safe='')}@{host}:{port}/{db}{query}"
+    return url, user, password, f"postgresql://{quoted(user, safe='')}:***@{host}:{port}/{db}{query}"
+
+
+@given(urls())
+def test_no_generated_password_survives_redaction_and_the_rest_is_what_libpq_reads(
+    case: tuple[str, str, str, str],
+) -> None:
+    """For any user, password, host, port and query, the redacted URI holds neither the password nor its
+    encoding; it is the URI with *** for the password; libpq reads the same connection from both, but the
+    password; and the password is read back decoded."""
+    url, _user, password, expected = case
+    redacted = redact(url)
+    assert redacted == expected
+    assert password not in redacted.replace("postgresql://", "").replace("***", "") or password in expected
+    assert urllib.parse.quote(password, safe="") not in redacted or urllib.parse.quote(password, safe="") in expected
+    parsed, shown = psycopg.conninfo.conninfo_to_dict(url), psycopg.conninfo.conninfo_to_dict(redacted)
+    assert parsed.pop("password") == password
+    assert shown.pop("password") == "***"
+    assert parsed == shown
+    assert passwords(url) == [password]
+
+
+def test_a_user_name_holding_at_keeps_its_password_hidden() -> None:
+    """An unencoded @ in the user name (Azure's user@server) does not expose the password: the userinfo ends at
+    the last @ before the query, as SQLAlchemy reads it."""
+    url = "postgresql+psycopg://a@b:PASSWORD@host/db"
+    assert redact(url) == "postgresql+psycopg://a@b:***@host/db"
+    assert passwords(url) == ["PASSWORD"]
+    assert scrub(f"the DSN's port must be a number: {url}", url) == (
+        "the DSN's port must be a number: postgresql+psycopg://a@b:***@host/db"
+    )
+    assert redact("postgresql://u:pw@h/db?options=a@b") == "postgresql://u:***@h/db?options=a@b"
+    from lstm_adv.database.connection import Target
+    from lstm_adv.domain.errors import DatabaseError
+
+    with pytest.raises(DatabaseError) as info:
+        Target.from_dsn("postgresql://a@b:PASSWORD@host/db")
+    assert "PASSWORD" not in str(info.value)
 
 
 def test_redact_hides_the_password_of_every_form() -> None:

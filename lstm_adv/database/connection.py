@@ -42,7 +42,8 @@ class Target:
         try:
             port = int(port_text)
         except ValueError:
-            raise DatabaseError(f"the DSN's port must be a number, got {port_text!r}") from None
+            # the port text may hold a password where an unencoded @ moved libpq's host boundary
+            raise DatabaseError(scrub(f"the DSN's port must be a number, got {port_text!r}", dsn)) from None
         dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
         return cls(host=host, port=port, user=user, dbname=dbname)
 
