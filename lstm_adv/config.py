@@ -55,6 +55,12 @@ PGD_ATTACKS: tuple[str, ...] = get_args(PgdAttackName)
 DEFENSE_METHODS: tuple[str, ...] = get_args(DefenseMethod)
 
 
+#: Bounds on sizes that would otherwise reach the allocator (a network of 10¹⁵ units) or the clock.
+MAX_WIDTH = 16384
+MAX_LAYERS = 64
+MAX_WAIT_S = 24 * 3600
+
+
 def _choice(owner: str, kind: Any, default: str) -> Any:
     """A field whose value is one of the ``Literal`` type ``kind``."""
     return attrs.field(default=default, validator=v.one_of(get_args(kind), owner=owner))
@@ -74,7 +80,7 @@ class DatabaseConfig:
     """Where the MIMIC-III tables are and how long to wait for a connection."""
 
     schema: str = "mimiciii"
-    connect_timeout_s: int = attrs.field(default=5, validator=v.at_least(1, owner="database"))
+    connect_timeout_s: int = attrs.field(default=5, validator=v.at_least(1, high=MAX_WAIT_S, owner="database"))
 
 
 @attrs.frozen
@@ -83,7 +89,7 @@ class EmbeddedConfig:
 
     port: int = attrs.field(default=0, validator=v.at_least(0, owner="embedded"))
     host: str = "127.0.0.1"
-    start_timeout_s: int = attrs.field(default=30, validator=v.at_least(1, owner="embedded"))
+    start_timeout_s: int = attrs.field(default=30, validator=v.at_least(1, high=MAX_WAIT_S, owner="embedded"))
 
     def __attrs_post_init__(self) -> None:
         if self.port > 65535:
@@ -161,11 +167,11 @@ class SynthConfig:
 class ModelConfig:
     """BiLSTM hyperparameters and training."""
 
-    hidden_size: int = attrs.field(default=64, validator=v.at_least(1, owner="model"))
-    num_layers: int = attrs.field(default=1, validator=v.at_least(1, owner="model"))
+    hidden_size: int = attrs.field(default=64, validator=v.at_least(1, high=MAX_WIDTH, owner="model"))
+    num_layers: int = attrs.field(default=1, validator=v.at_least(1, high=MAX_LAYERS, owner="model"))
     lstm_activation: Activation = _choice("model", Activation, "tanh")
     dropout: float = attrs.field(default=0.2, validator=v.number(low=0, high=1, high_strict=True, owner="model"))
-    fc_size: int = attrs.field(default=64, validator=v.at_least(1, owner="model"))
+    fc_size: int = attrs.field(default=64, validator=v.at_least(1, high=MAX_WIDTH, owner="model"))
     fc_activation: Activation = _choice("model", Activation, "relu")
     optimizer: Optimizer = _choice("model", Optimizer, "adam")
     learning_rate: float = attrs.field(default=1e-3, validator=v.number(low=0, high=10, low_strict=True, owner="model"))
@@ -193,10 +199,14 @@ class TuneModelConfig:
     trials: int = attrs.field(default=50, validator=v.at_least(1, owner="tune_model"))
     epochs_per_trial: int = attrs.field(default=20, validator=v.at_least(1, owner="tune_model"))
     hidden_size_log2: tuple[int, int] = attrs.field(
-        default=(5, 7), validator=v.ordered_range(low=0, owner="tune_model")
+        default=(5, 7), validator=v.ordered_range(low=0, high=14, owner="tune_model")
     )
-    fc_size_log2: tuple[int, int] = attrs.field(default=(4, 8), validator=v.ordered_range(low=0, owner="tune_model"))
-    batch_size_log2: tuple[int, int] = attrs.field(default=(5, 8), validator=v.ordered_range(low=0, owner="tune_model"))
+    fc_size_log2: tuple[int, int] = attrs.field(
+        default=(4, 8), validator=v.ordered_range(low=0, high=14, owner="tune_model")
+    )
+    batch_size_log2: tuple[int, int] = attrs.field(
+        default=(5, 8), validator=v.ordered_range(low=0, high=14, owner="tune_model")
+    )
     dropout: tuple[float, float] = attrs.field(
         default=(0.0, 0.5), validator=v.ordered_range(low=0, high=0.99, owner="tune_model")
     )
@@ -215,7 +225,7 @@ class TuneModelConfig:
     pruner_startup_trials: int = attrs.field(default=5, validator=v.at_least(0, owner="tune_model"))
     pruner_warmup_epochs: int = attrs.field(default=3, validator=v.at_least(0, owner="tune_model"))
     seed: int = attrs.field(default=0, validator=v.at_least(0, owner="tune_model"))
-    storage_timeout_s: int = attrs.field(default=10, validator=v.at_least(1, owner="tune_model"))
+    storage_timeout_s: int = attrs.field(default=10, validator=v.at_least(1, high=MAX_WAIT_S, owner="tune_model"))
     start_from_defaults: bool = True
 
 
@@ -298,7 +308,7 @@ class TuneAttackConfig:
     pruner_startup_trials: int = attrs.field(default=3, validator=v.at_least(0, owner="tune_attack"))
     pruner_warmup_steps: int = attrs.field(default=0, validator=v.at_least(0, owner="tune_attack"))
     seed: int = attrs.field(default=0, validator=v.at_least(0, owner="tune_attack"))
-    storage_timeout_s: int = attrs.field(default=10, validator=v.at_least(1, owner="tune_attack"))
+    storage_timeout_s: int = attrs.field(default=10, validator=v.at_least(1, high=MAX_WAIT_S, owner="tune_attack"))
     start_from_defaults: bool = True
 
 

@@ -134,6 +134,27 @@ def test_manifest_form_equals_its_json_round_trip() -> None:
             "[tune_attack]\nkappa = [0.0, nan]\n",
             "tune_attack.kappa must be [low, high] of finite numbers with 0 ≤ low ≤ high; got [0.0, nan]",
         ),
+        (
+            "[model]\nhidden_size = 1000000000000000\n",
+            "model.hidden_size must be an integer ≤ 16,384, got 1000000000000000",
+        ),
+        (
+            "[model]\nseed = 99999999999999999999\n",
+            "model.seed must be an integer ≤ 2,147,483,647, got 99999999999999999999",
+        ),
+        (
+            "[embedded]\nstart_timeout_s = 100000000000000000000000\n",
+            "embedded.start_timeout_s must be an integer ≤ 86,400, got 100000000000000000000000",
+        ),
+        ("[attack]\ncells = 'some'\n", "{user}: key 'attack.cells' must be one of record, observed, all; got 'some'"),
+        (
+            "[attack]\nmax_change = {sysbp = -3}\n",
+            "attack.max_change.sysbp must be a number ≥ 0 in the feature's clinical unit (inf: unbounded), got -3.0",
+        ),
+        (
+            "[attack]\nmax_change = {sysbp = nan}\n",
+            "attack.max_change.sysbp must be a number ≥ 0 in the feature's clinical unit (inf: unbounded), got nan",
+        ),
     ],
 )
 def test_bad_values_are_refused_when_the_config_is_loaded(tmp_path: Path, text: str, message: str) -> None:
@@ -167,3 +188,12 @@ def test_window_start_and_the_new_data_settings_are_checked_at_load() -> None:
     assert str(info.value) == (
         "configuration: key 'preprocess.drop_unmeasured_vitals' must be true or false, got 'yes'"
     )
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A config file in another encoding names the file and the byte, and says to save it as UTF-8."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("[model]\n# Größe\nhidden_size = 32\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"config file {path} is not UTF-8 text (byte 12: invalid start byte); save it as UTF-8")

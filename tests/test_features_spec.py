@@ -117,6 +117,18 @@ USER_FILE_ERRORS = [
         ("itemids = [50820]", "itemids = []"),
         "my.toml: feature #3 ('ph'): itemids is empty; list at least one itemid",
     ),
+    (
+        "a NUL in a name",
+        ('name = "ph"', 'name = "p\\u0000h"'),
+        "my.toml: feature #3 ('p\\x00h'): name must be 1–40 letters, digits or _ starting with a letter (it names a "
+        "column and a setting), got 'p\\x00h'",
+    ),
+    (
+        "an empty name",
+        ('name = "ph"', 'name = ""'),
+        "my.toml: feature #3 (''): name must be 1–40 letters, digits or _ starting with a letter (it names a column "
+        "and a setting), got ''",
+    ),
 ]
 
 

@@ -337,3 +337,17 @@ def test_a_killed_writer_leaves_a_stale_run_that_clean_removes(tmp_path: Path) -
     assert store.stale() == []
     assert live.path.is_dir()
     live.discard()
+
+
+def test_an_overlong_or_unprintable_run_id_is_one_line(tmp_path: Path) -> None:
+    """A 5,000-character id (longer than any file name) or one holding control characters is refused in one line,
+    never an OSError from the file system."""
+    store = RunStore(tmp_path / "runs")
+    with pytest.raises(RunNotFoundError) as info:
+        store.get("a" * 5000)
+    assert str(info.value) == (
+        f"{'a' * 40 + '…'!r} is not a run id (run ids are at most 128 printable characters); give a run id or a "
+        "unique prefix of one; `lstm-adv runs list` shows the runs"
+    )
+    with pytest.raises(RunNotFoundError, match="is not a run id"):
+        store.get("model\x00")

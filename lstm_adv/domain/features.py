@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -36,6 +37,10 @@ _FEATURE_KEYS = {
 
 def _itemid_tuple(value: Sequence[int]) -> tuple[int, ...]:
     return tuple(value)
+
+
+#: A feature name: it becomes a column, a setting key (attack.max_change.<name>) and a report label.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
 
 
 @attrs.frozen
@@ -170,6 +175,12 @@ def _check_entry(entry: Mapping[str, Any], where: str) -> None:
             raise FeatureSpecError(f"{where}: {key} must be a list of integers")
     if not entry["itemids"]:
         raise FeatureSpecError(f"{where}: itemids is empty; list at least one itemid")
+    name = entry["name"]
+    if isinstance(name, str) and not NAME.fullmatch(name):
+        raise FeatureSpecError(
+            f"{where}: name must be 1–40 letters, digits or _ starting with a letter (it names a column and a "
+            f"setting), got {name!r}"
+        )
     source = entry["source"]
     if source not in SOURCES:
         tables = ", ".join(f"{name} ({table})" for name, table in SOURCE_TABLES.items())

@@ -59,12 +59,21 @@ def _rule(low: float, high: float, low_strict: bool, high_strict: bool) -> str:
     return " and ".join(parts)
 
 
-def at_least(low: int, *, owner: str | None = None, error: type[LstmAdvError] = ConfigError) -> Validator:
-    """An integer ≥ ``low`` (booleans are not integers)."""
+#: The largest integer a setting takes unless it says otherwise: beyond it, counts and seeds overflow the
+#: 32-bit integers of torch and numpy.
+INT_LIMIT = 2**31 - 1
+
+
+def at_least(
+    low: int, *, high: int = INT_LIMIT, owner: str | None = None, error: type[LstmAdvError] = ConfigError
+) -> Validator:
+    """An integer in [``low``, ``high``] (booleans are not integers)."""
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise error(f"{_owner(instance, owner)}.{attribute.name} must be an integer ≥ {low}, got {value!r}")
+        if value > high:
+            raise error(f"{_owner(instance, owner)}.{attribute.name} must be an integer ≤ {high:,}, got {value!r}")
 
     return check
 

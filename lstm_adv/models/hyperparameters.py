@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from lstm_adv.config import ACTIVATIONS, OPTIMIZERS
+from lstm_adv.config import ACTIVATIONS, MAX_LAYERS, MAX_WIDTH, OPTIMIZERS
 from lstm_adv.domain import validators as v
 from lstm_adv.domain.errors import ConfigError
 
@@ -18,11 +18,11 @@ __all__ = ["ACTIVATIONS", "OPTIMIZERS", "Hyperparameters"]
 class Hyperparameters:
     """What a tuning trial chooses and a model run stores in ``params.json``."""
 
-    hidden_size: int = attrs.field(validator=v.at_least(1))
-    num_layers: int = attrs.field(validator=v.at_least(1))
+    hidden_size: int = attrs.field(validator=v.at_least(1, high=MAX_WIDTH))
+    num_layers: int = attrs.field(validator=v.at_least(1, high=MAX_LAYERS))
     lstm_activation: str = attrs.field(validator=v.one_of(ACTIVATIONS))
     dropout: float = attrs.field(validator=v.number(low=0, high=1, high_strict=True))
-    fc_size: int = attrs.field(validator=v.at_least(1))
+    fc_size: int = attrs.field(validator=v.at_least(1, high=MAX_WIDTH))
     fc_activation: str = attrs.field(validator=v.one_of(ACTIVATIONS))
     optimizer: str = attrs.field(validator=v.one_of(OPTIMIZERS))
     learning_rate: float = attrs.field(validator=v.number(low=0, high=10, low_strict=True))

@@ -52,6 +52,10 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {label} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {label} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"config file {label} cannot be read: {exc.strerror}") from None
     try:

@@ -202,6 +202,11 @@ class RunWriter:
         )
 
 
+#: The longest run id a lookup takes (ids are ~30 characters; a longer one is no id, and the file system
+#: would refuse it as a name).
+_MAX_REF = 128
+
+
 class RunStore:
     """Runs under one root folder: create, look up by id, prefix or kind, list."""
 
@@ -306,6 +311,12 @@ class RunStore:
         ref = ref.strip()
         if not ref:
             raise RunNotFoundError("an empty run id matches nothing; `lstm-adv runs list` shows the runs")
+        if len(ref) > _MAX_REF or not ref.isprintable():
+            shown = ref[:40] + "…" if len(ref) > 40 else ref
+            raise RunNotFoundError(
+                f"{shown!r} is not a run id (run ids are at most {_MAX_REF} printable characters); give a run id or a "
+                "unique prefix of one; `lstm-adv runs list` shows the runs"
+            )
         if ref.startswith(".") or "/" in ref or os.sep in ref or (os.altsep and os.altsep in ref):
             raise RunNotFoundError(
                 f"{ref!r} is not a run id; give a run id or a unique prefix of one (runs of another folder: "
