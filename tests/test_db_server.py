@@ -14,11 +14,21 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lstm_adv.cli import app
 from lstm_adv.config import EmbeddedConfig
-from lstm_adv.database.server import ServerInfo, password_protected, server_status, start_server, stop_server
+from lstm_adv.database.server import (
+    SHELL_SPECIAL,
+    ServerInfo,
+    check_server_path,
+    password_protected,
+    server_status,
+    start_server,
+    stop_server,
+)
 from lstm_adv.domain.errors import ServerError
 
 pytestmark = pytest.mark.db
@@ -319,3 +329,40 @@ def test_damaged_password_file_is_reported(tmp_path: Path) -> None:
         f"the password file {folder / 'pgpass'} must hold one line '*:*:*:lstm_adv:<password>' as lstm-adv writes it; "
         "delete it and run `lstm-adv db start` to make a new password"
     )
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20))
+def test_a_server_folder_is_accepted_or_refused_in_one_line(name: str) -> None:
+    """Any folder name: either PostgreSQL's tools can take it (no quote, $, `, \\ or control character), or it is
+    refused in one line that names the characters; nothing in between."""
+    path = Path("/tmp") / name.replace("/", "_").replace("\x00", "_")
+    dangerous = any(c in SHELL_SPECIAL or not c.isprintable() for c in str(path))
+    if not dangerous:
+        check_server_path(path)
+        return
+    with pytest.raises(ServerError) as info:
+        check_server_path(path)
+    assert "\n" not in str(info.value)
+    assert "holds characters PostgreSQL's tools would hand to a shell" in str(info.value)
+
+
+def test_a_home_that_would_inject_a_shell_command_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    """`--home '…/x"$(id>…/INJ)"y' db start` runs no command: one line, exit code 1, no file written by it."""
+    marker = tmp_path / "INJ"
+    home = tmp_path / f'x"$(id>{marker})"y'
+    result = CliRunner().invoke(app, ["--home", str(home), "db", "start"])
+    assert result.exit_code == 1
+    assert "holds characters PostgreSQL's tools would hand to a shell ('\"' '$')" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_a_home_with_spaces_and_an_apostrophe_starts(tmp_path: Path) -> None:
+    """Spaces and apostrophes in the folder are fine: the server starts there and stops."""
+    pg_dir = tmp_path / "Dr O'Neil's study" / "pg"
+    info = start_server(pg_dir, EmbeddedConfig())
+    try:
+        with psycopg.connect(info.dsn, connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        stop_server(pg_dir)

@@ -177,6 +177,7 @@ def start_server(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
     restarted for it if it runs.
     """
     pg_dir = pg_dir.absolute()
+    check_server_path(pg_dir)
     running = server_status(pg_dir)
     if running is not None and password_protected(pg_dir):
         return _reuse(running, config)
@@ -184,6 +185,27 @@ def start_server(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
         _choose_port(config)  # a taken port fails before anything is written
     with _start_lock(pg_dir):
         return _start_locked(pg_dir, config)
+
+
+#: Characters PostgreSQL's own tools cannot take in a path: initdb and pg_ctl hand the data folder to a shell
+#: inside double quotes, where these keep a meaning (a ``"$(cmd)"`` in a folder name would run ``cmd``).
+SHELL_SPECIAL = frozenset('"$`\\')
+
+
+def check_server_path(pg_dir: Path) -> None:
+    """Refuse, in one line, a server folder whose path PostgreSQL's tools would pass unsafely to a shell.
+
+    Refused: the characters of :data:`SHELL_SPECIAL`, control characters (a newline ends a shell command)
+    and bytes that are not UTF-8. Spaces, quotes ``'`` and other printable characters are fine.
+    """
+    text = str(pg_dir.absolute())
+    bad = sorted({c for c in text if c in SHELL_SPECIAL or not c.isprintable() or "\udc80" <= c <= "\udcff"})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        raise ServerError(
+            f"the embedded server's folder {text.encode('utf-8', 'backslashreplace').decode()!r} holds characters "
+            f"PostgreSQL's tools would hand to a shell ({shown}); choose a --home without them"
+        )
 
 
 def _start_locked(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
