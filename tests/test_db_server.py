@@ -366,3 +366,61 @@ def test_a_home_with_spaces_and_an_apostrophe_starts(tmp_path: Path) -> None:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         stop_server(pg_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file another user owns needs root")
+def test_a_password_file_another_user_made_is_refused_not_repaired(tmp_path: Path) -> None:
+    """A pg/pgpass pre-seeded by another account stops the start with one line naming the path, its owner and the
+    fix; the file is left as it was (owner and mode)."""
+    import pwd
+
+    pg_dir = tmp_path / "pg"
+    pg_dir.mkdir(mode=0o700)
+    planted = pg_dir / "pgpass"
+    planted.write_text("*:*:*:lstm_adv:known-to-the-attacker\n", encoding="utf-8")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(planted, nobody.pw_uid, nobody.pw_gid)
+    planted.chmod(0o644)
+    with pytest.raises(ServerError) as info:
+        start_server(pg_dir, EmbeddedConfig())
+    assert str(info.value) == (
+        f"the password file {planted} belongs to nobody (uid {nobody.pw_uid}), not to you or the server's account; "
+        f"it may be another user's: check it, then remove it (`rm -r {planted}`) and run `lstm-adv db start` again"
+    )
+    assert planted.stat().st_uid == nobody.pw_uid
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o644
+
+
+def test_a_password_file_others_may_write_is_refused(tmp_path: Path) -> None:
+    """Even our own password file is refused when others may write it (someone could have changed it)."""
+    pg_dir = tmp_path / "pg"
+    pg_dir.mkdir(mode=0o700)
+    (pg_dir / "superuser.pgpass").write_text("*:*:*:postgres:x\n", encoding="utf-8")
+    (pg_dir / "superuser.pgpass").chmod(0o666)
+    with pytest.raises(ServerError, match=r"may be written by other users \(mode -rw-rw-rw-\); close it"):
+        start_server(pg_dir, EmbeddedConfig())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as a system account only under root")
+def test_each_home_gets_its_own_account_and_stop_takes_back_the_folder_modes(tmp_path: Path) -> None:
+    """Under root two homes get two server accounts; a closed folder above a home gets o+x for the start, said in
+    the log, and `db stop` takes it back."""
+    from lstm_adv.database.server import service_account_name
+
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    pg_dir = closed / "home" / "pg"
+    assert service_account_name(pg_dir) != service_account_name(tmp_path / "other" / "pg")
+    start_server(pg_dir, EmbeddedConfig())
+    try:
+        assert closed.stat().st_mode & stat.S_IXOTH
+        assert (pg_dir / "data").stat().st_uid == pwd_uid(service_account_name(pg_dir))
+    finally:
+        stop_server(pg_dir)
+    assert not closed.stat().st_mode & stat.S_IXOTH
+
+
+def pwd_uid(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
@@ -59,6 +60,8 @@ SUPERUSER_PASSFILE = "superuser.pgpass"
 SERVICE_ACCOUNT = "lstm-adv-pg"
 FALLBACK_ACCOUNT = "nobody"
 STATE_FILE = "server.json"
+#: The ancestors of pg_dir that a start made traversable for the server account, undone by ``db stop``.
+WIDENED_FILE = "widened.json"
 # sun_path holds 108 bytes including the terminating NUL.
 _SOCKET_PATH_MAX = 107
 _SOCKET_NAME_LEN = len("/.s.PGSQL.65535")
@@ -298,6 +301,7 @@ def stop_server(pg_dir: Path, *, timeout_s: int = 60) -> bool:
             f"cannot stop the embedded server (pid {running.pid}) in {pg_dir}: {_last_line(result.stderr)}"
         )
     (pg_dir / STATE_FILE).unlink(missing_ok=True)
+    _restore_widened(pg_dir)
     log.info("embedded PostgreSQL (pid %d) stopped", running.pid)
     return True
 
@@ -306,7 +310,7 @@ def stop_server(pg_dir: Path, *, timeout_s: int = 60) -> bool:
 
 
 def _server_account(data_dir: Path) -> _Account | None:
-    """``None`` (run as ourselves) unless we are root; then the data folder's owner or the service account."""
+    """``None`` (run as ourselves) unless we are root; then the data folder's owner or this home's service account."""
     if os.geteuid() != 0:
         return None
     with contextlib.suppress(FileNotFoundError):
@@ -314,36 +318,92 @@ def _server_account(data_dir: Path) -> _Account | None:
         if owner != 0:
             entry = pwd.getpwuid(owner)
             return _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
-    return _service_account()
+    return _service_account(service_account_name(data_dir.parent))
 
 
-def _service_account() -> _Account:
-    """The dedicated system account, created when missing; ``nobody`` when it cannot be created."""
+def service_account_name(pg_dir: Path) -> str:
+    """The system account of one home's server (root only): ``lstm-adv-pg-`` and 8 hex digits of the folder's
+    path, so that no server can read another home's cluster."""
+    digest = hashlib.sha256(os.fsencode(pg_dir.absolute())).hexdigest()[:8]
+    return f"{SERVICE_ACCOUNT}-{digest}"
+
+
+def _service_account(name: str) -> _Account:
+    """The home's system account, created when missing; ``nobody`` when it cannot be created."""
     for attempt in range(2):
         with contextlib.suppress(KeyError):
-            entry = pwd.getpwnam(SERVICE_ACCOUNT)
+            entry = pwd.getpwnam(name)
             return _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
-        if attempt == 0 and _create_service_account():
+        if attempt == 0 and _create_service_account(name):
             continue
         break
-    log.warning("cannot create the system account %s; running PostgreSQL as %s", SERVICE_ACCOUNT, FALLBACK_ACCOUNT)
+    log.warning("cannot create the system account %s; running PostgreSQL as %s", name, FALLBACK_ACCOUNT)
     entry = pwd.getpwnam(FALLBACK_ACCOUNT)
     return _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
-def _create_service_account() -> bool:
-    command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_ACCOUNT]
+def _create_service_account(name: str) -> bool:
+    command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
     if result.returncode == 0:
-        log.warning("created the system account %s to run the embedded PostgreSQL (it refuses root)", SERVICE_ACCOUNT)
+        log.warning("created the system account %s to run the embedded PostgreSQL (it refuses root)", name)
     return result.returncode == 0
 
 
+def _check_owned(path: Path, allowed: set[int], what: str) -> None:
+    """Refuse, in one line, a file or folder that another account owns, that is a link, or that others may write.
+
+    Nothing of another user is ever repaired silently: their file could hold their password or their data.
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ServerError(f"cannot check the {what} {path}: {exc.strerror}") from None
+    owner = _account_name(info.st_uid)
+    if stat.S_ISLNK(info.st_mode):
+        raise ServerError(f"the {what} {path} is a symbolic link (owned by {owner}); remove it (`rm {path}`)")
+    if info.st_uid not in allowed:
+        raise ServerError(
+            f"the {what} {path} belongs to {owner}, not to you or the server's account; it may be another user's: "
+            f"check it, then remove it (`rm -r {path}`) and run `lstm-adv db start` again"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ServerError(
+            f"the {what} {path} may be written by other users (mode {stat.filemode(info.st_mode)}); "
+            f"close it (`chmod go-w {path}`) after checking its content"
+        )
+
+
+def _account_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _trusted_accounts(account: _Account | None) -> set[int]:
+    """Who may own what the server folder holds: we, and the server's account when it runs as another."""
+    owners = {os.geteuid()}
+    if account is not None and account.uid is not None:
+        owners.add(account.uid)
+    return owners
+
+
 def _prepare_folders(pg_dir: Path, account: _Account | None) -> None:
-    """Create ``pg_dir`` (and its socket folder) owned by the server's account and closed to everyone else."""
+    """Create ``pg_dir`` (and its socket folder) owned by the server's account and closed to everyone else.
+
+    Existing folders and password files must belong to us or to the server's account (see :func:`_check_owned`).
+    """
+    trusted = _trusted_accounts(account)
+    for path, what in ((pg_dir, "server folder"), (pg_dir / "sock", "socket folder"), (pg_dir / "data", "data folder")):
+        _check_owned(path, trusted, what)
+    for name in (PASSFILE, SUPERUSER_PASSFILE):
+        _check_owned(pg_dir / name, {os.geteuid()}, "password file")
     try:
         pg_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (pg_dir / "sock").mkdir(mode=0o700, exist_ok=True)
@@ -355,17 +415,44 @@ def _prepare_folders(pg_dir: Path, account: _Account | None) -> None:
         return
     for path in (pg_dir, pg_dir / "sock"):
         os.chown(path, account.uid, account.gid)
-    _make_traversable(pg_dir.parent, account)
+    _make_traversable(pg_dir, account)
 
 
-def _make_traversable(folder: Path, account: _Account) -> None:
-    """Add o+x to each ancestor of ``folder`` that the server account could not pass through."""
-    for path in (folder, *folder.parents):
+def _make_traversable(pg_dir: Path, account: _Account) -> None:
+    """Add o+x to each ancestor of ``pg_dir`` that the server account could not pass through, say so, and record
+    it in ``pg_dir/widened.json`` so that ``db stop`` takes it back."""
+    widened = _widened(pg_dir)
+    for path in (pg_dir.parent, *pg_dir.parent.parents):
         mode = path.stat().st_mode
         if mode & stat.S_IXOTH or path.stat().st_uid == account.uid:
             continue
         path.chmod(mode | stat.S_IXOTH)
-        log.warning("made %s traversable (o+x) so that the account %s can reach its data folder", path, account.name)
+        widened.append(str(path))
+        log.warning(
+            "made %s traversable (o+x) so that the account %s can reach its data folder; `lstm-adv db stop` "
+            "takes it back",
+            path,
+            account.name,
+        )
+    _write_private(pg_dir / WIDENED_FILE, json.dumps(sorted(set(widened))))
+
+
+def _widened(pg_dir: Path) -> list[str]:
+    try:
+        value = json.loads((pg_dir / WIDENED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _restore_widened(pg_dir: Path) -> None:
+    """Take back the o+x a start added to the folders above ``pg_dir``."""
+    for name in _widened(pg_dir):
+        path = Path(name)
+        with contextlib.suppress(OSError):
+            path.chmod(path.stat().st_mode & ~stat.S_IXOTH)
+            log.warning("took back o+x of %s (added when the embedded server started)", path)
+    (pg_dir / WIDENED_FILE).unlink(missing_ok=True)
 
 
 def _socket_dir(pg_dir: Path) -> Path | None:
@@ -388,7 +475,11 @@ def _ensure_passwords(pg_dir: Path) -> _Passwords:
 
 
 def _ensure_passfile(path: Path, user: str) -> str:
-    """The password of ``user`` in the libpq password file ``path``, made when missing; the file is kept 0600."""
+    """The password of ``user`` in the libpq password file ``path``, made when missing; the file is kept 0600.
+
+    An existing file must be ours (:func:`_check_owned`): one another user made would let them log in.
+    """
+    _check_owned(path, {os.geteuid()}, "password file")
     try:
         if not path.exists():
             _write_private(path, f"*:*:*:{user}:{secrets.token_urlsafe(32)}\n")
