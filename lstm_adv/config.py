@@ -83,6 +83,17 @@ class DatabaseConfig:
     connect_timeout_s: int = attrs.field(default=5, validator=v.at_least(1, high=MAX_WAIT_S, owner="database"))
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @attrs.frozen
 class EmbeddedConfig:
     """The toolkit's own PostgreSQL server."""
@@ -94,6 +105,11 @@ class EmbeddedConfig:
     def __attrs_post_init__(self) -> None:
         if self.port > 65535:
             raise ConfigError(f"embedded.port must be a TCP port in 0..65535 (0 picks a free one), got {self.port}")
+        if not _loopback(self.host):
+            raise ConfigError(
+                f"embedded.host must be a loopback address (127.0.0.1, ::1 or localhost): the embedded server holds "
+                f"patient data and listens on this machine only; got {self.host!r}"
+            )
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ Resuming continues the search instead of repeating it:
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import warnings
@@ -111,6 +112,23 @@ def database_url(url: str) -> str:
     return url
 
 
+def _embedded_options(url: str) -> dict[str, str]:
+    """For the embedded server's URL, its password and TLS setting given explicitly (see
+    :func:`lstm_adv.database.connection.embedded_options`); the process then also drops ``PGSERVICE`` and
+    ``PGSERVICEFILE``, whose service libpq would look up for every pooled connection."""
+    from lstm_adv.database.connection import embedded_options
+
+    scheme, _, rest = url.partition("://")
+    try:
+        options = embedded_options(f"postgresql://{rest}") if scheme.startswith("postgresql") else {}
+    except DatabaseError:
+        return {}
+    for name in ("PGSERVICE", "PGSERVICEFILE"):
+        if options and os.environ.pop(name, None) is not None:
+            log.info("%s is ignored for the embedded server's storage", name)
+    return options
+
+
 def open_database_storage(url: str, timeout_s: int) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage, connecting once; an unreachable or malformed URL is a :class:`DatabaseError`."""
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -118,7 +136,8 @@ def open_database_storage(url: str, timeout_s: int) -> optuna.storages.RDBStorag
     url = database_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": timeout_s}
+        embedded = _embedded_options(url)
+        kwargs["connect_args"] = {"connect_timeout": timeout_s, **embedded}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except (SQLAlchemyError, ArgumentError, ImportError, ValueError) as exc:

@@ -29,7 +29,7 @@ from lstm_adv.database.server import (
     start_server,
     stop_server,
 )
-from lstm_adv.domain.errors import ServerError
+from lstm_adv.domain.errors import ConfigError, ServerError
 
 pytestmark = pytest.mark.db
 
@@ -424,3 +424,32 @@ def pwd_uid(name: str) -> int:
     import pwd
 
     return pwd.getpwnam(name).pw_uid
+
+
+@pytest.mark.db
+def test_the_embedded_dsn_works_whatever_the_libpq_environment_says(
+    pg_server: ServerInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGPASSWORD, PGPASSFILE, PGUSER, PGHOST, PGSERVICE and PGSSLMODE set for another server do not break the
+    toolkit's connections to its embedded server: its password and settings are passed explicitly."""
+    from lstm_adv.database.connection import connect
+
+    for name, value in {
+        "PGPASSWORD": "for-the-hospital-server",
+        "PGPASSFILE": "/nonexistent/pgpass",
+        "PGUSER": "someone",
+        "PGHOST": "10.255.255.1",
+        "PGSERVICE": "hospital",
+        "PGSSLMODE": "require",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with connect(pg_server.dsn) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("lstm_adv",)
+    assert os.environ["PGSERVICE"] == "hospital"  # put back after the connection
+
+
+def test_the_embedded_server_listens_on_loopback_only() -> None:
+    """embedded.host accepts loopback addresses only; 0.0.0.0 (every interface) is one line."""
+    assert EmbeddedConfig(host="::1").host == "::1"
+    with pytest.raises(ConfigError, match=r"embedded.host must be a loopback address .* got '0.0.0.0'"):
+        EmbeddedConfig(host="0.0.0.0")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import getpass
 import os
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -56,10 +60,63 @@ def connect(dsn: str, *, timeout_s: int = 5, autocommit: bool = False) -> psycop
     """
     target = Target.from_dsn(dsn)
     timeout_s = max(timeout_s, _MIN_TIMEOUT_S)
+    options = embedded_options(dsn)
     try:
-        return psycopg.connect(dsn, connect_timeout=timeout_s, autocommit=autocommit)
+        with without_service(bool(options)):
+            return psycopg.connect(
+                conninfo.make_conninfo(dsn, **options), connect_timeout=timeout_s, autocommit=autocommit
+            )
     except psycopg.OperationalError as exc:
         raise DatabaseError(_explain(scrub(str(exc), dsn), target, timeout_s)) from None
+
+
+#: libpq environment variables that name a service, whose definitions would apply to any connection.
+_SERVICE_VARIABLES = ("PGSERVICE", "PGSERVICEFILE")
+_ENVIRONMENT = threading.Lock()
+
+
+def embedded_options(dsn: str) -> dict[str, str]:
+    """Connection options that make a DSN of the toolkit's embedded server independent of the environment.
+
+    For a DSN whose ``passfile`` lies in an embedded server's folder (beside its ``data/PG_VERSION``): the
+    password read from that file and ``sslmode=disable`` (a loopback server without TLS), given explicitly so
+    that ``PGPASSWORD``, ``PGPASSFILE`` or ``PGSSLMODE`` (set for another server) cannot override them; ``{}``
+    for every other DSN, which libpq's environment applies to as usual.
+    """
+    params = _parse(dsn)
+    passfile = params.get("passfile")
+    if not passfile or "password" in params or not (Path(passfile).parent / "data" / "PG_VERSION").is_file():
+        return {}
+    password = _pgpass_password(Path(passfile), params.get("user", ""))
+    return {"password": password, "sslmode": "disable"} if password else {}
+
+
+def _pgpass_password(path: Path, user: str) -> str | None:
+    """The password of ``user`` in a libpq password file (host:port:database:user:password, ``*`` wildcards)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        fields = re.split(r"(?<!\\):", line.strip())
+        if len(fields) == 5 and not line.startswith("#") and fields[3] in ("*", user):
+            return fields[4].replace("\\:", ":").replace("\\\\", "\\")
+    return None
+
+
+@contextmanager
+def without_service(active: bool) -> Iterator[None]:
+    """While ``active``, the process environment without ``PGSERVICE``/``PGSERVICEFILE``: libpq would look the
+    service up for every connection, explicit settings notwithstanding (a missing one fails the connection)."""
+    if not active:
+        yield
+        return
+    with _ENVIRONMENT:
+        saved = {name: os.environ.pop(name) for name in _SERVICE_VARIABLES if name in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
 
 
 def _explain(text: str, target: Target, timeout_s: int) -> str:
