@@ -15,23 +15,26 @@ Design:
   altered record: the data-entry-error model (L0 counts altered measurements; the results store the
   record change beside the model input's change). ``observed`` changes measured model-input cells
   alone (not producible from a record; a comparison); ``all`` is Sun et al.'s setting.
-- **Blocks.** The split's samples, in ascending row order, are cut into blocks of ``attack.block_size`` rows.
-  A block is the unit of progress and sharding; within it, samples are attacked in batches of
-  ``attack.batch_size`` (a speed setting: every sample has its own state, so results do not depend on
-  it). Every way of running the attack (whole, sharded, interrupted and resumed, any batch size) gives
-  identical rows.
+- **Blocks.** The rows a run attacks (the split's, or a shard's own), in ascending order, are cut into
+  blocks of ``attack.block_size`` rows, the unit of progress; within a block, samples are attacked in
+  batches of ``attack.batch_size`` (a speed setting: every sample has its own state, so results do not
+  depend on it). Every way of running the attack (whole, sharded, interrupted and resumed, any batch or
+  block size) gives the same rows: the same successes and iterations, deltas equal to float32 rounding
+  (samples batched with others meet other matrix-kernel orders).
 - **Ctrl-C** keeps the finished blocks: they are held in memory, and on ``KeyboardInterrupt`` the run
   is published with status ``interrupted`` holding them (nothing finished → nothing written).
   ``resume=<interrupted run>`` attacks the blocks it lacks and writes a complete run.
-- **Shards.** ``Shard(i, n)`` attacks blocks ``b`` with ``b mod n == i − 1`` and marks its run with
-  ``shard = "i/n"``. ``merge_attack_shards`` writes one run from the complete shards 1…n of the same
-  tune-attack run, split and attack settings (parents: the tune-attack run and the shard runs); its
-  rows equal the unsharded attack's. The CLI merges automatically once the last shard finishes.
+- **Shards.** ``Shard(i, n)`` owns the split's rows at positions ``p`` with ``p mod n == i − 1`` — defined
+  by the rows, not by a block size, so shards run with other block or batch sizes (a CPU shard and a GPU
+  shard) still partition the split — and marks its run with ``shard = "i/n"``; its results hold the rows
+  it owns. ``merge_attack_shards`` writes one run from complete shards 1…n of the same tune-attack run,
+  split and result settings (parents: the tune-attack run and the shard runs), after checking that their
+  rows partition the split exactly; shards of other settings are left out and named. Its rows equal the
+  unsharded attack's. The CLI merges automatically once the last shard finishes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -100,15 +103,15 @@ def block_size(config: AttackConfig, device: torch.device) -> int:
     return config.block_size
 
 
-def blocks_of(rows: np.ndarray, block_size: int, shard: Shard | None) -> list[np.ndarray]:
-    """The blocks of ``rows`` this shard attacks (all of them without a shard).
+def shard_rows(rows: np.ndarray, shard: Shard | None) -> np.ndarray:
+    """The rows a shard owns: those at positions p of ``rows`` with p mod n = i − 1 (all without a shard)."""
+    return rows if shard is None else rows[shard.index - 1 :: shard.count]
 
-    With shards, blocks shrink when needed so that every shard gets at least one block.
-    """
-    if shard is not None:
-        block_size = max(1, min(block_size, -(-rows.size // shard.count)))
-    blocks = [rows[start : start + block_size] for start in range(0, rows.size, block_size)]
-    return blocks if shard is None else blocks[shard.index - 1 :: shard.count]
+
+def blocks_of(rows: np.ndarray, block_size: int, shard: Shard | None) -> list[np.ndarray]:
+    """The blocks this shard attacks: its own rows (:func:`shard_rows`) in blocks of ``block_size``."""
+    owned = shard_rows(rows, shard)
+    return [owned[start : start + block_size] for start in range(0, owned.size, block_size)]
 
 
 # --- the attack run ---------------------------------------------------------------------------------
@@ -203,13 +206,13 @@ def _plan(
     features = artifacts.load_features(target.features_run)
     surface = attack_surface(config.attack, features, spec)  # a bad mask or threat fails before anything is written
     rows = split_indices(features, split, origin=f"features run {target.features_run.id}")
+    if shard is not None and shard.count > rows.size:
+        raise ConfigError(
+            f"--shard {shard}: the {split} split has {rows.size} samples, so at most {rows.size} shards each own one; "
+            f"use --shard i/n with n <= {rows.size}"
+        )
     block = block_size(config.attack, resolve_device(config.attack.device))
     blocks = blocks_of(rows, block, shard)
-    if not blocks:
-        raise DataError(
-            f"shard {shard} of the {split} split holds no samples (it has {rows.size} samples); "
-            f"use at most {rows.size} shards"
-        )
     done = np.zeros(0, dtype=np.int64) if previous is None else previous.sample_index
     todo = [b[~np.isin(b, done)] for b in blocks]
     todo = [b for b in todo if b.size]
@@ -354,23 +357,34 @@ def _direction(result: AttackBatchResult, code: int) -> DirectionStats:
 # --- shards -----------------------------------------------------------------------------------------
 
 
-def find_shards(store: RunStore, tuned: Run, *, split: str, count: int) -> dict[int, Run]:
-    """The newest complete shard run of each index 1…count of ``tuned`` on ``split`` (missing indices absent)."""
-    found: dict[int, Run] = {}
-    for run in store.list("attack"):
+def find_shards(
+    store: RunStore, tuned: Run, *, split: str, count: int, settings: dict[str, object] | None = None
+) -> tuple[dict[int, Run], list[Run]]:
+    """The newest complete shard run of each index 1…count of ``tuned`` on ``split`` whose result settings are
+    ``settings`` (default: those of the newest such shard), and the shard runs left out for other settings."""
+    candidates = []
+    for run in store.list("attack"):  # oldest first
         summary = run.manifest.summary
         if not isinstance(summary, AttackSummary) or run.manifest.status != "complete":
             continue
-        if not summary.shard or summary.tune_attack_run != tuned.id:
+        if not summary.shard or summary.tune_attack_run != tuned.id or summary.split != split:
             continue
-        parsed = Shard.parse(summary.shard)
-        if summary.split == split and parsed.count == count:
-            found[parsed.index] = run  # store.list is oldest first: the newest wins
-    return found
+        if Shard.parse(summary.shard).count == count:
+            candidates.append(run)
+    if settings is None and candidates:
+        settings = _result_settings(candidates[-1].manifest.config.get("attack", {}))
+    found: dict[int, Run] = {}
+    other: list[Run] = []
+    for run in candidates:
+        if _result_settings(run.manifest.config.get("attack", {})) != settings:
+            other.append(run)
+            continue
+        found[Shard.parse(run.summary_as(AttackSummary).shard or "1/1").index] = run  # the newest wins
+    return found, other
 
 
-def find_merged(store: RunStore, tuned: Run, *, split: str, count: int, attack: object) -> Run | None:
-    """The newest complete run merged from ``count`` shards of ``tuned`` on ``split`` with [attack] ``attack``."""
+def find_merged(store: RunStore, tuned: Run, *, split: str, count: int, settings: dict[str, object]) -> Run | None:
+    """The newest complete run merged from ``count`` shards of ``tuned`` on ``split`` with these result settings."""
     for run in reversed(store.list("attack")):
         summary = run.manifest.summary
         if (
@@ -378,37 +392,40 @@ def find_merged(store: RunStore, tuned: Run, *, split: str, count: int, attack: 
             and run.complete
             and len(summary.merged_shards) == count
             and (summary.tune_attack_run, summary.split) == (tuned.id, split)
-            and run.manifest.config.get("attack") == attack
+            and _result_settings(run.manifest.config.get("attack", {})) == settings
         ):
             return run
     return None
 
 
-def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) -> Run | None:
+def merge_attack_shards(
+    store: RunStore, tuned: Run, *, split: str, count: int, reference: Run | None = None
+) -> Run | None:
     """One attack run from complete shards 1…count (parents: ``tuned`` and the shards); ``None`` if any is missing.
 
-    The merged rows equal an unsharded attack's (ascending sample index). When these shards were merged
-    before (same tune-attack run, split, count and [attack] settings), that run is returned and nothing
-    new is written.
+    Shards count when their result settings (everything in ``[attack]`` but the speed settings) are those of
+    ``reference`` (default: the newest shard); others are left out and named in the log. Their rows must
+    partition the split exactly (no row twice, none missing), else a :class:`DataError`. The merged rows equal
+    an unsharded attack's (ascending sample index). When shards of this attack were merged before (same
+    tune-attack run, split, count and result settings), that run is returned and nothing new is written.
     """
     split = split_name(split)
-    shards = find_shards(store, tuned, split=split, count=count)
+    settings = None if reference is None else _result_settings(reference.manifest.config.get("attack", {}))
+    shards, other = find_shards(store, tuned, split=split, count=count, settings=settings)
+    if other:
+        log.warning("left out shard runs of other [attack] settings: %s", ", ".join(str(r.id) for r in other))
     if len(shards) < count:
         log.info("shards of %s on %s: %d of %d finished; not merging yet", tuned.id, split, len(shards), count)
         return None
     runs = [shards[i] for i in range(1, count + 1)]
-    settings = {json.dumps(_result_settings(run.manifest.config.get("attack", {})), sort_keys=True) for run in runs}
-    if len(settings) != 1:
-        raise DataError(
-            f"shards {', '.join(str(r.id) for r in runs)} used different [attack] settings; "
-            "re-run the odd ones with the same settings"
-        )
-    existing = find_merged(store, tuned, split=split, count=count, attack=runs[0].manifest.config.get("attack"))
+    settings = _result_settings(runs[0].manifest.config.get("attack", {}))
+    existing = find_merged(store, tuned, split=split, count=count, settings=settings)
     if existing is not None:  # merging is idempotent: a re-run shard gives the same rows
         return existing
     result = sort_rows(AttackBatchResult.concatenate([artifacts.load_attack_result(r) for r in runs]))
     first = runs[0].summary_as(AttackSummary)
     target = target_from(store, first.model_run, first.model_trial, first.features_run)
+    _check_partition(result, artifacts.load_features(target.features_run), split, runs)
     total = sum(r.summary_as(AttackSummary).batches.total for r in runs)
     with store.create("attack", parents=[tuned.id, *(r.id for r in runs)], config=runs[0].manifest.config) as writer:
         params = artifacts.ATTACK_PARAMS_FILE
@@ -429,6 +446,21 @@ def merge_attack_shards(store: RunStore, tuned: Run, *, split: str, count: int) 
         )
     assert writer.committed is not None
     return writer.committed
+
+
+def _check_partition(result: AttackBatchResult, features: FeatureMatrix, split: str, runs: list[Run]) -> None:
+    """The shards' rows are the split's rows, each exactly once, else one line saying how they differ."""
+    expected = features.indices(split)
+    rows = result.sample_index
+    duplicated = int(rows.size - np.unique(rows).size)
+    missing = int(np.setdiff1d(expected, rows).size)
+    foreign = int(np.setdiff1d(rows, expected).size)
+    if duplicated or missing or foreign:
+        names = ", ".join(str(r.id) for r in runs)
+        raise DataError(
+            f"shards {names} do not partition the {split} split ({expected.size} rows): {duplicated} duplicated, "
+            f"{missing} missing, {foreign} not in the split; re-run the odd shards with the same settings"
+        )
 
 
 def _result_settings(attack_config: dict[str, object]) -> dict[str, object]:

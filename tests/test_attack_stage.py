@@ -126,6 +126,19 @@ def runs_in(store: RunStore) -> list[str]:
     return sorted(names + ([f".tmp/{p.name}" for p in tmp.iterdir()] if tmp.is_dir() else []))
 
 
+def _assert_same_rows(merged: AttackBatchResult, whole: AttackBatchResult) -> None:
+    """The same rows, successes and iterations; deltas equal to float32 rounding (shards batch other samples
+    together), the sparse values to the minimal-support bisection's resolution."""
+    from lstm_adv.attacks.l1 import _SHRINK_ROUNDS
+
+    for name in ("sample_index", "label", "predicted", "skip", "found", "first_iteration", "best_iteration"):
+        assert np.array_equal(getattr(merged, name), getattr(whole, name)), name
+    for name in ("first_delta", "best_delta", "logits_before", "first_logits", "best_logits"):
+        np.testing.assert_allclose(getattr(merged, name), getattr(whole, name), rtol=0, atol=1e-5, err_msg=name)
+    assert np.array_equal(merged.sparse_delta != 0, whole.sparse_delta != 0)
+    np.testing.assert_allclose(merged.sparse_delta, whole.sparse_delta, rtol=0, atol=2.0**-_SHRINK_ROUNDS)
+
+
 def stored(run: Run) -> AttackBatchResult:
     """The attack result as read back from the run folder."""
     return AttackBatchResult.from_npz(run.file(RESULTS_FILE))
@@ -204,12 +217,79 @@ def test_shards_merge_into_the_unsharded_result(world: World) -> None:
         assert shards[-1].manifest.summary.shard == f"{index}/3"
     merged = merge_attack_shards(world.store, world.tuned, split="all", count=3)
     assert merged is not None
-    assert stored(merged) == stored(whole)
+    _assert_same_rows(stored(merged), stored(whole))
     assert merged.manifest.parents == (world.tuned.id, *(s.id for s in shards))
-    keys = ("n_samples", "n_attacked", "n_successful", "success_rate", "directions", "split")
+    keys = ("n_samples", "n_attacked", "n_successful", "success_rate", "split", "median_l0_sparse")
     assert {k: getattr(merged.manifest.summary, k) for k in keys} == {
         k: getattr(whole.manifest.summary, k) for k in keys
     }
+    for name, entry in whole.manifest.summary.directions.items():
+        other = merged.manifest.summary.directions[name]
+        assert (other.attacked, other.successful) == (entry.attacked, entry.successful)
+        assert other.sparse.mean_l1 == pytest.approx(entry.sparse.mean_l1, rel=1e-4)
+
+
+def test_shards_with_other_block_sizes_partition_the_split_and_merge_into_the_unsharded_result(world: World) -> None:
+    """A shard owns rows, not blocks: shards run with block sizes 2 and 5 (as a CPU and a GPU shard would be)
+    merge into the unsharded attack's rows, each sample once."""
+    cfg = config(**{"attack.include_misclassified": True})
+    whole = run_attack(world.store, world.tuned, cfg, split="validation")
+    first = run_attack(
+        world.store,
+        world.tuned,
+        config(**{"attack.block_size": 2, "attack.include_misclassified": True}),
+        split="validation",
+        shard=Shard(1, 2),
+    )
+    second = run_attack(
+        world.store,
+        world.tuned,
+        config(**{"attack.block_size": 5, "attack.include_misclassified": True}),
+        split="validation",
+        shard=Shard(2, 2),
+    )
+    merged = merge_attack_shards(world.store, world.tuned, split="validation", count=2, reference=second)
+    assert merged is not None
+    assert merged.manifest.parents == (world.tuned.id, first.id, second.id)
+    _assert_same_rows(stored(merged), stored(whole))
+
+
+def test_a_merge_leaves_out_shards_of_other_settings(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """An older shard made with other result settings is neither merged nor an error: the merge takes the shards
+    of the finishing shard's settings and names the one it left out."""
+    odd = run_attack(world.store, world.tuned, config(**{"attack.max_iterations": 7}), split="test", shard=Shard(1, 2))
+    cfg = config()
+    first = run_attack(world.store, world.tuned, cfg, split="test", shard=Shard(1, 2))
+    assert merge_attack_shards(world.store, world.tuned, split="test", count=2, reference=first) is None
+    second = run_attack(world.store, world.tuned, cfg, split="test", shard=Shard(2, 2))
+    with caplog.at_level("WARNING"):
+        merged = merge_attack_shards(world.store, world.tuned, split="test", count=2, reference=second)
+    assert merged is not None
+    assert odd.id not in merged.manifest.parents
+    assert str(odd.id) in caplog.text
+
+
+def test_more_shards_than_samples_is_one_line(world: World) -> None:
+    """--shard 1/99999 on a split of fewer samples is refused before anything is written."""
+    before = len(world.store.list())
+    with pytest.raises(ConfigError, match=r"--shard 1/99999: the test split has \d+ samples, so at most"):
+        run_attack(world.store, world.tuned, config(), split="test", shard=Shard(1, 99999))
+    assert len(world.store.list()) == before
+
+
+def test_a_merge_refuses_shards_that_do_not_partition_the_split(world: World) -> None:
+    """Rows twice or missing are one line naming the shards and the counts."""
+    from lstm_adv.attack import _check_partition
+
+    features = load_features(world.features)
+    rows = features.indices("test")
+    result = stored(run_attack(world.store, world.tuned, config(), split="test"))
+    doubled = AttackBatchResult.concatenate([result, result.take(np.arange(1))])
+    with pytest.raises(DataError, match=r"do not partition the test split \(\d+ rows\): 1 duplicated, 0 missing"):
+        _check_partition(doubled, features, "test", [world.tuned])
+    with pytest.raises(DataError, match=r"0 duplicated, 1 missing"):
+        _check_partition(result.take(np.arange(1, result.n)), features, "test", [world.tuned])
+    assert rows.size == result.n
 
 
 def test_ctrl_c_keeps_finished_batches_and_resume_completes_the_run(world: World) -> None:
@@ -274,10 +354,11 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(world: World) -> None:
     with pytest.raises(ConfigError) as mask:
         config(**{"attack.hours": [5, 5]})
     assert str(mask.value) == "attack.hours must be [first, last) with 0 <= first < last <= 48; got [5, 5]"
-    with pytest.raises(DataError) as shard:
+    with pytest.raises(ConfigError) as shard:
         run_attack(world.store, world.tuned, config(), shard=Shard(14, 14))
     assert str(shard.value) == (
-        "shard 14/14 of the test split holds no samples (it has 13 samples); use at most 13 shards"
+        "--shard 14/14: the test split has 13 samples, so at most 13 shards each own one; use --shard i/n with "
+        "n <= 13"
     )
     with pytest.raises(ConfigError) as split:
         run_attack(world.store, world.tuned, config(), split="holdout")

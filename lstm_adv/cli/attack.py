@@ -175,7 +175,7 @@ def attack(
     if summary.shard and run.manifest.status == "complete":
         count = Shard.parse(summary.shard).count
         tuned_of_run = store.get(str(summary.tune_attack_run), kind="tune-attack")
-        merged = merge_attack_shards(store, tuned_of_run, split=summary.split, count=count)
+        merged = merge_attack_shards(store, tuned_of_run, split=summary.split, count=count, reference=run)
         if merged is None:
             console.print(f"shard {summary.shard} done; the shards are merged once all {count} have finished")
         elif run.id in merged.manifest.parents:
