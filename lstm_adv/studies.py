@@ -272,6 +272,12 @@ def counted(study: optuna.Study) -> int:
     return sum(1 for t in trials if t.state != TrialState.WAITING and not is_interrupted(t))
 
 
+def budget(study: optuna.Study, trials: int, resumed_budget: int | None) -> int:
+    """The counted trials a run of ``study`` aims for: a resumed study's own budget (``resumed_budget``, when the
+    user gave no ``--trials``), else what it has plus ``trials`` new ones."""
+    return resumed_budget if resumed_budget is not None else counted(study) + trials
+
+
 def stop_at(target: int) -> TrialCallback:
     """A callback that stops the study (in every worker) once :func:`counted` reaches ``target``."""
 

@@ -148,14 +148,17 @@ def run_attack_tuning(
         )
         study = _study(place, tune)
         study.set_user_attr("model_run", str(target.model_run.id))
+        goal = studies.budget(study, trials or tune.trials, previous.budget if previous and trials is None else None)
         status = studies.optimize(
             study,
             objective_fn,
-            n_trials=trials or tune.trials,
+            n_trials=max(goal - studies.counted(study), 0),
             callbacks=[on_trial] if on_trial else (),
             what="attack tuning",
         )
-        summary = tuning_summary(study, place, target, config, rows.size, objective_fn.decision)
+        summary = attrs.evolve(
+            tuning_summary(study, place, target, config, rows.size, objective_fn.decision), budget=goal
+        )
         writer.summary = summary
         if summary.best is not None and summary.best.settings is not None:
             artifacts.save_tuned_settings(writer.path, summary.best.settings)

@@ -116,8 +116,9 @@ def run_model_tuning(
 ) -> Run:
     """Run (or continue) a study over the model search space and write a tuning run.
 
-    ``trials`` new trials are run (default ``tune_model.trials``) by ``workers`` processes. Returns
-    the run, with status ``interrupted`` after Ctrl-C (finished trials kept).
+    ``trials`` new trials are run (default ``tune_model.trials``; a resumed study without ``trials``: what is
+    left of the interrupted study's budget) by ``workers`` processes. Returns the run, with status
+    ``interrupted`` after Ctrl-C (finished trials kept).
     """
     n_trials = config.tune_model.trials if trials is None else trials
     features_run = _check_inputs(store, features_run, config, n_trials, workers, resume)
@@ -145,9 +146,9 @@ def run_model_tuning(
         start = default_trial(config.tune_model, config.model)
         if not study.trials and start is not None:
             study.enqueue_trial(start)
-        target = studies.counted(study) + n_trials
+        target = studies.budget(study, n_trials, previous.budget if previous is not None and trials is None else None)
         status = _optimize_all(job, study, target, workers, on_trial)
-        writer.summary = study_summary(study, place, features_run)
+        writer.summary = attrs.evolve(study_summary(study, place, features_run), budget=target)
         writer.commit(status=status)
     assert writer.committed is not None
     return writer.committed

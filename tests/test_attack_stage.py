@@ -357,8 +357,7 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(world: World) -> None:
     with pytest.raises(ConfigError) as shard:
         run_attack(world.store, world.tuned, config(), shard=Shard(14, 14))
     assert str(shard.value) == (
-        "--shard 14/14: the test split has 13 samples, so at most 13 shards each own one; use --shard i/n with "
-        "n <= 13"
+        "--shard 14/14: the test split has 13 samples, so at most 13 shards each own one; use --shard i/n with n <= 13"
     )
     with pytest.raises(ConfigError) as split:
         run_attack(world.store, world.tuned, config(), split="holdout")

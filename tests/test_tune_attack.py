@@ -128,6 +128,9 @@ def test_interrupt_keeps_finished_trials_and_resume_continues_the_study(world: W
     assert summary.study_name == first.manifest.summary.study_name == str(first.id)
     assert [t.number for t in summary.trials] == [0, 1, 2, 3]
     assert resumed.manifest.parents == (world.model.id, first.id)
+    finished = run_attack_tuning(world.store, None, config(), resume=first)  # no --trials: the rest of the 4
+    assert first.manifest.summary.budget == 4
+    assert [t.number for t in finished.manifest.summary.trials] == [0, 1, 2, 3]
     with pytest.raises(ConfigError) as info:
         run_attack_tuning(world.store, None, config(), objective="sparse_small", resume=resumed)
     assert str(info.value) == (

@@ -325,10 +325,43 @@ def test_a_signal_stops_tune_model_with_one_line_and_exit_code_130_and_resume_co
     assert process.returncode == 130
     assert run.manifest.status == "interrupted"
     trials = "1 trial" if finished == 1 else f"{finished} trials"
-    assert output == f"interrupted after {trials}; resume with `lstm-adv tune-model --resume {run.id}`\n"
+    left = 100 - finished
+    assert output == (
+        f"interrupted after {trials}; resume with `lstm-adv tune-model --resume {run.id}` (runs the {left} trials "
+        "left of 100)\n"
+    )
     assert 1 <= finished <= 6
+    assert run.manifest.summary.budget == 100
     config = load_config(config_file)
     resumed = run_model_tuning(store, None, config, trials=3, resume=run)
     whole = run_model_tuning(store, parent, config, trials=finished + 3)
     assert resumed.manifest.status == "complete"
+    assert _params(resumed) == _params(whole)
+
+
+def test_a_resume_without_trials_finishes_the_interrupted_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study of 5 trials interrupted in its fourth, resumed without --trials, runs the rest of its 5 (not
+    tune_model.trials more) and equals the uninterrupted study trial for trial."""
+    from lstm_adv import tune_model
+
+    store = RunStore(tmp_path)
+    parent = features_run(store, tiny_feature_matrix(60))
+    config = _config(**{"tune_model.trials": 50})
+    whole = run_model_tuning(store, parent, config, trials=5)
+    original, calls = tune_model.fit_model, []
+
+    def interrupt_the_fourth(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tune_model, "fit_model", interrupt_the_fourth)
+    first = run_model_tuning(store, parent, config, trials=5)
+    monkeypatch.setattr(tune_model, "fit_model", original)
+    assert first.manifest.summary.budget == 5
+    resumed = run_model_tuning(store, None, config, resume=first)
+    assert [t.state for t in resumed.manifest.summary.trials].count("interrupted") == 1
     assert _params(resumed) == _params(whole)

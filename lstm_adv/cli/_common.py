@@ -225,10 +225,21 @@ class CliState:
             return ensure_server(self.workspace().pg_dir, config.embedded).dsn, "embedded"
 
 
-def stop_if_interrupted(run: Run, done: str) -> None:
-    """Raise :class:`RunInterruptedError` for an interrupted run: ``interrupted after <done>; resume with …``."""
+def stop_if_interrupted(run: Run, done: str, *, left: str = "") -> None:
+    """Raise :class:`RunInterruptedError` for an interrupted run: ``interrupted after <done>; resume with …``
+    (``left``: what the resume will run, e.g. ``the 47 trials left of 50``)."""
     if run.manifest.status == "interrupted":
-        raise RunInterruptedError(f"interrupted after {done}; resume with `lstm-adv {run.kind} --resume {run.id}`")
+        then = f" ({left})" if left else ""
+        raise RunInterruptedError(
+            f"interrupted after {done}; resume with `lstm-adv {run.kind} --resume {run.id}`{then}"
+        )
+
+
+def trials_left(finished: int, budget: int | None) -> str:
+    """What resuming a study runs: ``runs the 47 trials left of 50`` (empty without a recorded budget)."""
+    if budget is None:
+        return ""
+    return f"runs the {counted(max(budget - finished, 0), 'trial')} left of {budget}"
 
 
 def counted(n: int, unit: str, plural: str | None = None) -> str:

@@ -20,6 +20,7 @@ from lstm_adv.cli._common import (
     step_progress,
     stop_if_interrupted,
     trial_progress,
+    trials_left,
 )
 from lstm_adv.cli.summaries import register
 from lstm_adv.domain.run_id import RunId
@@ -148,8 +149,9 @@ def tune_model(
             workers=workers,
             on_trial=on_trial,
         )
-    states = run.summary_as(TuneModelSummary).states
-    stop_if_interrupted(run, counted(states.get("complete", 0) + states.get("pruned", 0), "trial"))
+    summary = run.summary_as(TuneModelSummary)
+    finished = sum(summary.states.get(s, 0) for s in ("complete", "pruned", "failed"))
+    stop_if_interrupted(run, counted(finished, "trial"), left=trials_left(finished, summary.budget))
     render_tuning(run, console)
     console.print(f"tune-model run {run.id}")
 

@@ -183,6 +183,8 @@ class TuneModelSummary:
     states: dict[str, int]
     best: ModelTrial | None
     trials: tuple[ModelTrial, ...]
+    #: Trials the study aims for in all (finished ones counted, interrupted ones not): what a resume completes.
+    budget: int | None = None
 
 
 @attrs.frozen
@@ -309,6 +311,8 @@ class TuneAttackSummary:
     cells: str
     min_success: float
     pareto: tuple[int, ...] = ()
+    #: Trials the study aims for in all (finished ones counted, interrupted ones not): what a resume completes.
+    budget: int | None = None
 
 
 @attrs.frozen
