@@ -238,8 +238,8 @@ def reflip_share(model: nn.Module, decision: DecisionRule, features: Any, result
 def cost_ratio(
     args: argparse.Namespace, model: nn.Module, attack: L1Attack, surface: AttackSurface, rows: np.ndarray, device: Any
 ) -> dict[str, float]:
-    """The tuned method's iteration loop ÷ one forward+backward on a batch of these samples, through this threat
-    (median of ``--ratio-repeats`` interleaved runs, ``--ratio-threads`` CPU threads)."""
+    """The proximal iteration loop (ista, the tuned λ and step) ÷ one forward+backward on a batch of these samples,
+    through this threat (median of ``--ratio-repeats`` interleaved runs, ``--ratio-threads`` CPU threads)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(args.ratio_threads)
     try:
@@ -247,8 +247,9 @@ def cost_ratio(
         x = torch.from_numpy(surface.features.values[batch]).to(device)
         arrays = surface.inputs(batch)
         inputs = SampleInputs(**{k: None if v is None else torch.from_numpy(v).to(device) for k, v in arrays.items()})
+        # the threat's cost per iteration, measured on the proximal loop (ista) whatever method was tuned
         short, long = (
-            attrs.evolve(attack.settings, max_iterations=k, search_steps=1)
+            attrs.evolve(attack.settings, method="ista", max_iterations=k, search_steps=1)
             for k in (args.ratio_iterations // 4, args.ratio_iterations)
         )
         k1, k2 = short.max_iterations, long.max_iterations

@@ -18,8 +18,9 @@ whose settings made its examples), with the same files as a model run of ``lstm-
 Examples are generated in eval mode by the attack base; training runs in train mode through the
 model stage's own loop (:func:`lstm_adv.training_loop.train_epoch`). Every epoch is scored on the
 clean, unresampled validation split and, on a seeded subset of it, under the defense's own attack
-against the current weights (robust accuracy at the original model's rule; TensorBoard and
-``defense.json``); the final weights are kept (choosing a checkpoint by clean validation would
+against the current weights (robust accuracy at the rule the current weights would be stored with, made
+on clean validation each epoch as ``lstm-adv train`` makes it, so that the last epoch's figure agrees with
+``lstm-adv robustness`` on the stored model; TensorBoard and ``defense.json``); the final weights are kept (choosing a checkpoint by clean validation would
 favour the least robust epoch). The threshold is chosen on clean validation and the test split is
 scored once, as ``lstm-adv train`` does.
 """
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from lstm_adv import metrics
 from lstm_adv.attacks.l1 import L1Attack, L1Settings
 from lstm_adv.attacks.pgd import PgdAttack, PgdSettings
 from lstm_adv.attacks.threats import SampleInputs
@@ -214,8 +216,11 @@ class _Monitor:
     decision: DecisionRule
     eval_batch_size: int
 
-    def robust_accuracy(self, model: BiLSTM) -> float:
-        """Share of the subset predicted correctly, at the rule, after a fresh attack on ``model``'s weights."""
+    def robust_accuracy(self, model: BiLSTM, rule: DecisionRule) -> float:
+        """Share of the subset predicted correctly at ``rule`` (the rule the current weights would be stored with)
+        after a fresh attack on ``model``'s weights at that rule."""
+        self.attack.decision, self.attack.boundary = rule, rule.boundary
+        self.decision = rule
         if isinstance(self.attack, L1Attack):
             part = self.inputs or SampleInputs()
             delta = self.attack.perturb(self.x, self.y, part.allowed, record=part.record)
@@ -307,7 +312,7 @@ def _fine_tune(
         scalars = epoch_scalars(record)
         if monitor is not None:
             started = time.perf_counter()
-            accuracy = monitor.robust_accuracy(trainer.model)
+            accuracy = monitor.robust_accuracy(trainer.model, _current_rule(trainer.model, validation, config))
             robust.append((accuracy, time.perf_counter() - started))
             scalars["robust_accuracy/validation"] = accuracy
         log.info(
@@ -323,6 +328,13 @@ def _fine_tune(
         if on_epoch is not None:
             on_epoch(record)
     return history, robust
+
+
+def _current_rule(model: BiLSTM, validation: SplitTensors, config: Config) -> DecisionRule:
+    """The decision rule the current weights would be stored with: made on the clean validation split, as
+    ``lstm-adv train`` (and the end of the defense) makes it."""
+    p = probabilities(predict_logits(model, validation.x, config.model.eval_batch_size))
+    return metrics.decision_rule(config.model.decision, validation.y.cpu().numpy(), p)
 
 
 def _copy_model(model: BiLSTM, device: torch.device) -> BiLSTM:

@@ -34,7 +34,7 @@ from lstm_adv.results.artifacts import Predictions
 from lstm_adv.results.config_file import config_as_dict
 from lstm_adv.results.converter import unstructure
 from lstm_adv.results.store import Run, RunStore, RunWriter
-from lstm_adv.results.summaries import Estimate, ModelSummary
+from lstm_adv.results.summaries import Estimate, LearningSummary, ModelSummary, Recalibration
 from lstm_adv.training_loop import (
     EpochCallback,
     EpochRecord,
@@ -92,6 +92,8 @@ class TrainedModel:
     curves: pd.DataFrame = attrs.field(eq=False)
     predictions: Predictions = attrs.field(eq=False)
     saturated: str | None = None
+    learning: metrics.LearningCheck | None = None
+    recalibration: tuple[float, float] | None = None
 
     @property
     def threshold(self) -> float:
@@ -173,6 +175,10 @@ def assess_model(
     if saturated is not None:
         log.warning("the model is saturated: %s", saturated)
     eval_p = probabilities(predict_logits(model, tensors[2].x, config.eval_batch_size))
+    validation = evaluate_split(features.labels[split.validation], val_p, threshold, config)
+    learning = metrics.learning_check(validation, val_p)
+    if learning.weak is not None:
+        log.warning("the model has not learned: %s", learning.weak)
     return TrainedModel(
         model=model,
         params=model.params,
@@ -181,7 +187,9 @@ def assess_model(
         decision=decision,
         saturated=saturated,
         predictions=Predictions(split.validation, val_p, split.evaluation, eval_p),
-        validation=evaluate_split(features.labels[split.validation], val_p, threshold, config),
+        validation=validation,
+        learning=learning,
+        recalibration=metrics.platt_scaling(features.labels[split.validation], val_p),
         evaluation=evaluate_split(features.labels[split.evaluation], eval_p, threshold, config),
         split_sizes={
             name: int(idx.size)
@@ -333,6 +341,8 @@ def holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: floa
         threshold=trained.threshold,
         decision=trained.decision.rule,
         saturated=trained.saturated,
+        learned=_learned(trained.learning),
+        recalibration=_recalibration(trained, features),
         best_epoch=trained.best_epoch,
         epochs_run=len(trained.history),
         seconds_per_epoch=float(np.mean([r.seconds for r in trained.history])),
@@ -341,6 +351,38 @@ def holdout_summary(features: FeatureMatrix, trained: TrainedModel, oracle: floa
         oracle_test_auroc=oracle,
         confidence=test.confidence,
         device=trained.device,
+    )
+
+
+def _learned(check: metrics.LearningCheck | None) -> LearningSummary | None:
+    if check is None:
+        return None
+    return LearningSummary(
+        auroc=Estimate(_finite(check.auroc), _finite(check.auroc_low), _finite(check.auroc_high)),
+        spread=check.spread,
+        brier=check.brier,
+        constant_brier=check.constant_brier,
+        mean_probability=check.mean_probability,
+        prevalence=check.prevalence,
+        weak=check.weak,
+    )
+
+
+def _recalibration(trained: TrainedModel, features: FeatureMatrix) -> Recalibration | None:
+    """Platt's (a, b) from validation and the test Brier score and mean P(death) before and after it."""
+    if trained.recalibration is None:
+        return None
+    a, b = trained.recalibration
+    y = features.labels[trained.predictions.test_index]
+    p = trained.predictions.test
+    q = metrics.recalibrate(p, a, b)
+    return Recalibration(
+        a=a,
+        b=b,
+        test_brier=metrics.brier(y, p),
+        test_brier_recalibrated=metrics.brier(y, q),
+        test_mean_probability=float(np.mean(p)),
+        test_mean_recalibrated=float(np.mean(q)),
     )
 
 

@@ -235,6 +235,29 @@ def stop_if_interrupted(run: Run, done: str, *, left: str = "") -> None:
         )
 
 
+def weak_warning(summary: Any, out: Console) -> None:
+    """One warning line when a model (its :class:`ModelSummary`) has not learned, with the reason."""
+    reason = getattr(summary, "weak", None)
+    if reason:
+        out.print(
+            f"[yellow]warning: this model has not learned: {reason}; attack and robustness numbers on it describe "
+            "a model no better than chance, not a finding[/yellow]",
+            highlight=False,
+        )
+
+
+def model_weak_warning(store: Any, model_run: Any, out: Console) -> None:
+    """:func:`weak_warning` for the model run ``model_run`` (an id) of an attack or a tuning run."""
+    from lstm_adv.results.summaries import ModelSummary
+
+    try:
+        run = store.get(str(model_run))
+    except LstmAdvError:
+        return
+    if run.kind == "model" and isinstance(run.manifest.summary, ModelSummary):
+        weak_warning(run.manifest.summary, out)
+
+
 def trials_left(finished: int, budget: int | None) -> str:
     """What resuming a study runs: ``runs the 47 trials left of 50`` (empty without a recorded budget)."""
     if budget is None:

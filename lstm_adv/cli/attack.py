@@ -16,6 +16,7 @@ from lstm_adv.cli._common import (
     console,
     counted,
     dashboard_hint,
+    model_weak_warning,
     state,
     step_progress,
     stop_if_interrupted,
@@ -107,6 +108,7 @@ def tune_attack(
     finished = sum(summary.states.get(s, 0) for s in ("complete", "pruned", "failed"))
     stop_if_interrupted(run, counted(finished, "trial"), left=trials_left(finished, summary.budget))
     render_tuning(run, console)
+    model_weak_warning(store, summary.model_run, console)
     console.print(f"tune-attack run {run.id}")
 
 
@@ -173,6 +175,7 @@ def attack(
     batches = summary.batches
     stop_if_interrupted(run, f"{batches.done} of {counted(batches.total, 'sample')}")
     render_attack(run, console)
+    model_weak_warning(store, summary.model_run, console)
     console.print(f"attack run {run.id}")
     if summary.shard and run.manifest.status == "complete":
         count = Shard.parse(summary.shard).count

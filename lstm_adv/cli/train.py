@@ -21,6 +21,7 @@ from lstm_adv.cli._common import (
     stop_if_interrupted,
     trial_progress,
     trials_left,
+    weak_warning,
 )
 from lstm_adv.cli.summaries import register
 from lstm_adv.domain.run_id import RunId
@@ -197,6 +198,16 @@ def render_model(run: Run, out: Console) -> None:
         out.print(
             f"[yellow]warning: this model is saturated: {summary.saturated}; attacks will refuse it. Try a "
             "bounded activation (tanh) or a lower learning rate.[/yellow]"
+        )
+    weak_warning(summary, out)
+    recalibrated = summary.recalibration
+    if recalibrated is not None and summary.learned is not None:
+        out.print(
+            f"calibration: mean test P(death) {recalibrated.test_mean_probability:.3f} vs prevalence "
+            f"{_fixed(prevalence.get('test'), '.3f')}; Brier {recalibrated.test_brier:.3f} (a constant predictor: "
+            f"{summary.learned.constant_brier:.3f}); after Platt recalibration on validation "
+            f"{recalibrated.test_brier_recalibrated:.3f}",
+            highlight=False,
         )
     out.print(
         f"best epoch {summary.best_epoch} of {summary.epochs_run}; n train/val/test "

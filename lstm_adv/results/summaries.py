@@ -218,6 +218,33 @@ class DefenseSummary:
 
 
 @attrs.frozen
+class LearningSummary:
+    """Whether a model has learned, judged on validation at train time (see :func:`lstm_adv.metrics.learning_check`):
+    ``weak`` says why it has not (None: it has)."""
+
+    auroc: Estimate
+    spread: float
+    brier: float
+    constant_brier: float
+    mean_probability: float
+    prevalence: float
+    weak: str | None = None
+
+
+@attrs.frozen
+class Recalibration:
+    """Platt's recalibration fitted on validation, P' = σ(a · logit(P) + b), and the test Brier score before and
+    after it (weighted sampling trains the model towards a balanced prior, so raw P(death) overstates risk)."""
+
+    a: float
+    b: float
+    test_brier: float
+    test_brier_recalibrated: float
+    test_mean_probability: float
+    test_mean_recalibrated: float
+
+
+@attrs.frozen
 class ModelSummary:
     """A model run: a holdout evaluation (``cv`` false) or cross-validation over folds (``cv`` true).
 
@@ -245,6 +272,13 @@ class ModelSummary:
     features_run: RunId | None = None
     decision: str | None = None
     saturated: str | None = None
+    learned: LearningSummary | None = None
+    recalibration: Recalibration | None = None
+
+    @property
+    def weak(self) -> str | None:
+        """Why the model has not learned (None: it has, or a run made before the check existed)."""
+        return None if self.learned is None else self.learned.weak
 
 
 # --- attack -----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "locate_home",
     "parent_of",
     "run_overview",
+    "weak_model_note",
 ]
 
 #: What ε and δ are measured in: every feature is scaled to [0, 1] between its training-split p5 and p95.
@@ -111,3 +112,55 @@ def text(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(text(v) for v in value)
     return str(value)
+
+
+def _models_behind(run: Run) -> list[Run]:
+    """The model runs a run's numbers describe: itself, the attacked or evaluated models, through the lineage."""
+    store = RunStore(run.path.parent)
+    summary = run.manifest.summary
+    ids: list[str] = []
+    if run.kind == "model":
+        return [run]
+    for name in ("model_run",):
+        value = getattr(summary, name, None)
+        if value is not None:
+            ids.append(str(value))
+    models = getattr(summary, "models", None) or ()
+    ids += [str(entry.model) for entry in models]
+    if not ids:  # analysis, report: through the parents
+        for parent in run.manifest.parents:
+            if parent.kind in ("attack", "model", "robustness", "tune-attack") and (store.root / str(parent)).is_dir():
+                return _models_behind(store.get(str(parent)))
+    found = []
+    for ref in ids:
+        if (store.root / ref).is_dir():
+            model = store.get(ref)
+            if model.kind == "model":
+                found.append(model)
+    return found
+
+
+def weak_model_note(run: Run) -> str | None:
+    """A visible note (Markdown) when a model behind ``run``'s numbers has not learned (its train-time check on
+    validation), naming the model and the reason; None when every model learned or none was checked."""
+    from lstm_adv.results.summaries import ModelSummary
+
+    notes = []
+    for model in _models_behind(run):
+        summary = model.manifest.summary
+        if isinstance(summary, ModelSummary) and summary.weak:
+            notes.append(f"model run `{model.id}`: {summary.weak}")
+    if not notes:
+        return None
+    return (
+        "> **Note — a model that has not learned.** " + "; ".join(notes) + ". Attack, robustness and ranking "
+        "numbers below describe a model no better than chance at this sample size, not a finding about the "
+        f"task. (A model is marked when its validation AUROC interval holds 0.5 or its validation P(death) has "
+        f"an interquartile range below {_min_spread():g}.)"
+    )
+
+
+def _min_spread() -> float:
+    from lstm_adv.metrics import MIN_SPREAD
+
+    return MIN_SPREAD

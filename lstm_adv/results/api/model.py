@@ -38,6 +38,7 @@ __all__ = [
     "model_hyperparameters",
     "model_metrics",
     "oracle_auroc",
+    "prior_shift_text",
     "training_history",
 ]
 
@@ -132,6 +133,32 @@ def confusion_table(run: Run) -> pd.DataFrame:
     frame = pd.DataFrame(matrix, columns=["predicted survived (0)", "predicted died (1)"])
     frame.insert(0, "true class", ["survived (0)", "died (1)"])
     return aggregates_only(frame)
+
+
+def prior_shift_text(run: Run) -> str | None:
+    """Markdown on what training with rebalanced classes did to the probabilities (beside Brier and calibration):
+    the mean test P(death) against the prevalence, the Brier score against a constant predictor's, and the
+    Platt recalibration fitted on validation; None for runs made before it was stored or cross-validation."""
+    summary = run.manifest.summary
+    if not isinstance(summary, ModelSummary) or summary.recalibration is None or summary.learned is None:
+        return None
+    recalibration, learned = summary.recalibration, summary.learned
+    imbalance = run.manifest.config.get("model", {}).get("imbalance", "")
+    prevalence = (summary.prevalence or {}).get("test")
+    how = {
+        "weighted_sampling": "trained on batches resampled to balance the classes",
+        "class_weighted_loss": "trained with a class-weighted loss",
+    }.get(str(imbalance), "trained as configured")
+    rate = "" if prevalence is None else f" against a test prevalence of {prevalence:.3f}"
+    return (
+        f"The model was {how}, so its P(death) describe a balanced prior, not the split's: the mean test P(death) "
+        f"is {recalibration.test_mean_probability:.3f}{rate}, and its Brier score {recalibration.test_brier:.3f} "
+        f"compares with {learned.constant_brier:.3f} for a constant predictor at the prevalence. Ranking metrics "
+        "(AUROC, AUPRC) and the decision rule's threshold do not depend on this. Platt scaling fitted on the "
+        f"validation split (P' = σ({recalibration.a:.3f} · logit P + {recalibration.b:.3f})) brings the mean to "
+        f"{recalibration.test_mean_recalibrated:.3f} and the Brier score to "
+        f"{recalibration.test_brier_recalibrated:.3f}; use it when probabilities must mean risks."
+    )
 
 
 def calibration_table(run: Run) -> pd.DataFrame:
