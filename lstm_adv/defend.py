@@ -20,9 +20,9 @@ model stage's own loop (:func:`lstm_adv.training_loop.train_epoch`). Every epoch
 clean, unresampled validation split and, on a seeded subset of it, under the defense's own attack
 against the current weights (robust accuracy at the rule the current weights would be stored with, made
 on clean validation each epoch as ``lstm-adv train`` makes it, so that the last epoch's figure agrees with
-``lstm-adv robustness`` on the stored model; TensorBoard and ``defense.json``); the final weights are kept (choosing a checkpoint by clean validation would
-favour the least robust epoch). The threshold is chosen on clean validation and the test split is
-scored once, as ``lstm-adv train`` does.
+``lstm-adv robustness`` on the stored model; TensorBoard and ``defense.json``); the final weights are
+kept (choosing a checkpoint by clean validation would favour the least robust epoch). The threshold is
+chosen on clean validation and the test split is scored once, as ``lstm-adv train`` does.
 """
 
 from __future__ import annotations

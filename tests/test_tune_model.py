@@ -195,6 +195,16 @@ def test_cli_tune_model_then_train_from_its_best_trial(tmp_path: Path) -> None:
     trained = CliRunner().invoke(app, [*base, "train", "--tuned-model", str(run.id)])
     assert trained.exit_code == 0, trained.output
     assert store.latest("model").manifest.parents == (parent.id, run.id)
+    plain = CliRunner().invoke(app, [*base, "train"])  # no flag: the latest tuning of these features, said so
+    assert plain.exit_code == 0, plain.output
+    assert "(the latest tune-model run of these features; --defaults trains [model])" in " ".join(plain.output.split())
+    assert store.latest("model").manifest.parents == (parent.id, run.id)
+    defaults = CliRunner().invoke(app, [*base, "train", "--defaults"])
+    assert defaults.exit_code == 0, defaults.output
+    assert store.latest("model").manifest.parents == (parent.id,)
+    both = CliRunner().invoke(app, [*base, "train", "--defaults", "--tuned-model", str(run.id)])
+    assert both.exit_code == 1
+    assert "give one of --params, --tuned-model and --defaults" in " ".join(both.output.split())
 
 
 def test_a_fresh_study_starts_from_the_model_defaults_with_real_sizes(tmp_path: Path) -> None:

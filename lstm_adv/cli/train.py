@@ -25,7 +25,7 @@ from lstm_adv.cli._common import (
 )
 from lstm_adv.cli.summaries import register
 from lstm_adv.domain.run_id import RunId
-from lstm_adv.results.store import Run
+from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import Estimate, ModelSummary, TuneModelSummary
 
 # torch and optuna are imported inside the commands so that `lstm-adv --help` stays fast
@@ -56,14 +56,22 @@ def train(
         ),
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [default: model.device].")] = None,
+    defaults: Annotated[
+        bool,
+        typer.Option(
+            "--defaults", help="Train the [model] defaults even when a tune-model run of these features exists."
+        ),
+    ] = False,
 ) -> None:
     """Train the BiLSTM with early stopping on validation and score the held-out test split once.
 
-    Hyperparameters come from the [model] config section, a --params file, or a --tuned-model run.
-    Prints the new model run's id and its test metrics with 95 % bootstrap intervals.
+    Hyperparameters come from a --params file, a --tuned-model run, or else the best trial of the latest
+    complete tune-model run of the same features run when there is one (said in one line; --defaults takes
+    the [model] config section instead), else the [model] section. Prints the new model run's id and its
+    test metrics with 95 % bootstrap intervals.
     """
-    if params is not None and tuned_model is not None:
-        fail("give either --params or --tuned-model, not both")
+    if sum((params is not None, tuned_model is not None, defaults)) > 1:
+        fail("give one of --params, --tuned-model and --defaults")
     if trial is not None and tuned_model is None:
         fail("--trial needs --tuned-model")
     from lstm_adv.results.artifacts import trial_params
@@ -74,11 +82,22 @@ def train(
     store = cli.workspace().store
     features_run = store.resolve(data, "features")
     extra: list[RunId] = []
-    if tuned_model is not None:
-        tune_run = store.get_complete(tuned_model, kind="tune-model")
+    tune_run = (
+        store.get_complete(tuned_model, kind="tune-model")
+        if tuned_model is not None
+        else None
+        if params is not None or defaults
+        else latest_tuning_of(store, features_run)
+    )
+    if tune_run is not None:
         number, hyper = trial_params(tune_run, trial)
         extra.append(tune_run.id)
-        console.print(f"hyperparameters of trial {number} of {tune_run.id}")
+        how = (
+            ""
+            if tuned_model is not None
+            else " (the latest tune-model run of these features; --defaults trains [model])"
+        )
+        console.print(f"hyperparameters of trial {number} of {tune_run.id}{how}", highlight=False, markup=False)
     else:
         hyper = load_params_file(params) if params is not None else params_from_config(config.model)
     folds = features_run_folds(features_run) if cv else 1
@@ -215,6 +234,21 @@ def render_model(run: Run, out: Console) -> None:
         f"{_fixed(prevalence.get('test'), '.3f')}; {_fixed(summary.seconds_per_epoch, '.2f')} s/epoch on "
         f"{summary.device}"
     )
+
+
+def latest_tuning_of(store: RunStore, features_run: Run) -> Run | None:
+    """The newest complete tune-model run of ``features_run`` with a best trial (None when there is none)."""
+    from lstm_adv.results.summaries import TuneModelSummary
+
+    runs = [
+        run
+        for run in store.list("tune-model")
+        if run.complete
+        and isinstance(run.manifest.summary, TuneModelSummary)
+        and run.manifest.summary.features_run == features_run.id
+        and run.manifest.summary.best is not None
+    ]
+    return runs[-1] if runs else None
 
 
 @register("tune-model")
