@@ -218,3 +218,66 @@ def test_threads_option_sets_torch_threads(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["--threads", "0", "runs", "list"])
     assert bad.exit_code != 0
     assert "--threads must be >= 1; got 0" in bad.output
+
+
+def test_runs_list_fits_80_columns_with_whole_ids(tmp_path: Path) -> None:
+    """At 80 columns every line fits and every run id (and parent id) appears whole, never cut into fragments."""
+    from tests.strategies import tiny_feature_matrix
+    from tests.test_train import features_run
+
+    store = RunStore(tmp_path / "runs")
+    parent = features_run(store, tiny_feature_matrix(20))
+    with store.create("model", parents=[parent.id]) as writer:
+        writer.file("x").write_text("x")
+    narrow = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["--home", str(tmp_path), "runs", "list"])
+    assert narrow.exit_code == 0, narrow.output
+    assert all(len(line) <= 80 for line in narrow.output.splitlines())
+    for run in store.list():
+        assert str(run.id) in narrow.output
+    assert f"← {parent.id}" in narrow.output
+
+
+def test_usage_errors_are_one_line_with_exit_code_2() -> None:
+    """A bad option value or an unknown option: one line in the toolkit's style, exit code 2."""
+    bad = CliRunner().invoke(app, ["--threads", "abc", "runs", "list"])
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines() == [
+        "error: Invalid value for '--threads': Input should be a valid integer, unable to parse string as an "
+        "integer (see `lstm-adv --help`)"
+    ]
+    unknown = CliRunner().invoke(app, ["runs", "list", "--bogus"])
+    assert unknown.exit_code == 2
+    assert unknown.output.strip() == "error: No such option: --bogus (see `lstm-adv runs list --help`)"
+
+
+def test_flags_show_no_value_in_help() -> None:
+    """--verbose and --help are flags: the help shows no <bool> beside them."""
+    shown = CliRunner(env={"COLUMNS": "120"}).invoke(app, ["--help"])
+    line = next(line for line in shown.output.splitlines() if "--verbose" in line)
+    assert "<bool>" not in line
+    attack_help = CliRunner(env={"COLUMNS": "120"}).invoke(app, ["attack", "--help"])
+    assert "<bool>" not in next(line for line in attack_help.output.splitlines() if "--help" in line)
+
+
+def test_option_mistakes_are_reported_before_torch_loads() -> None:
+    """--trials 0 and --split tset are one line, before the command imports torch (checked in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lstm_adv.cli import main\n"
+        "sys.argv = ['lstm-adv', *sys.argv[1:]]\n"
+        "try:\n    main()\n"
+        "except SystemExit as exc:\n    assert 'torch' not in sys.modules, 'torch was loaded'\n    raise\n"
+    )
+    for args, message in (
+        (["tune-model", "--trials", "0"], "error: --trials must be >= 1; got 0"),
+        (
+            ["attack", "--split", "tset"],
+            "error: unknown split 'tset'; choose one of train, validation (or val), test, all",
+        ),
+    ):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+        assert done.returncode == 1, done.stderr
+        assert (done.stdout + done.stderr).strip() == message

@@ -20,6 +20,7 @@ import attrs
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer._click import exceptions as click  # typer vendors click: its usage errors are these
 from typer.core import TyperGroup
 
 from lstm_adv.config import Config
@@ -135,8 +136,24 @@ def _with_default_values(command: Any) -> Any:
     for param in getattr(command, "params", ()):
         if getattr(param, "help", None):
             param.help = show_default_values(param.help)
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value: no "<bool>" beside it in the help
+    make_help_option = getattr(command, "get_help_option", None)
+    if make_help_option is not None:
+
+        def help_option(ctx: Any) -> Any:
+            option = make_help_option(ctx)  # --help, added when the help is made
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = help_option
     command._defaults_shown = True
     return command
+
+
+#: Exit code of a usage error (a bad option value, an unknown option or command), as Click's.
+EXIT_USAGE = 2
 
 
 class ErrorBoundaryGroup(TyperGroup):
@@ -149,6 +166,32 @@ class ErrorBoundaryGroup(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         parsed: list[str] = super().parse_args(ctx, hoist_global_options(list(args)))
         return parsed
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Click's entry point, with usage errors (a bad value, an unknown option) as one line and exit code 2."""
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.NoArgsIsHelpError as exc:  # `lstm-adv` alone: its help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "lstm-adv"
+            print_error(_escape(f"{exc.format_message()} (see `{where} --help`)"))
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            print_error(_escape(exc.format_message()))
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print_interrupted("interrupted; no new run was written")
+            sys.exit(EXIT_INTERRUPTED)
+        if isinstance(result, int) and result:
+            sys.exit(result)
+        return result
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _with_default_values(self)
+        super().format_help(ctx, formatter)
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
@@ -258,6 +301,19 @@ def model_weak_warning(store: Any, model_run: Any, out: Console) -> None:
         weak_warning(run.manifest.summary, out)
 
 
+def check_at_least(option: str, value: int | None, low: int = 1) -> None:
+    """An option's count, checked before the command loads torch, pandas or optuna: one line when below ``low``."""
+    if value is not None and value < low:
+        fail(f"{option} must be >= {low}; got {value}")
+
+
+def check_split(value: str | None, choices: tuple[str, ...] = ("train", "validation", "val", "test", "all")) -> None:
+    """A ``--split`` value, checked before any heavy import: one line naming the choices."""
+    if value is not None and value not in choices:
+        named = ", ".join("validation (or val)" if c == "validation" else c for c in choices if c != "val")
+        fail(f"unknown split {value!r}; choose one of {named}")
+
+
 def trials_left(finished: int, budget: int | None) -> str:
     """What resuming a study runs: ``runs the 47 trials left of 50`` (empty without a recorded budget)."""
     if budget is None:
@@ -282,6 +338,15 @@ def fail(message: str) -> NoReturn:
     """Stop a command with one red line and exit code 1."""
     print_error(_escape(message))
     raise typer.Exit(1)
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines only with ``--verbose``: importing optuna resets its logger to INFO, so every
+    command that tunes calls this after the import (the console shows one progress line per study instead)."""
+    import optuna
+
+    verbose = logging.getLogger().level <= logging.INFO
+    optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
 
 
 def setup_logging(verbose: bool) -> None:

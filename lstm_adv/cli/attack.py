@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 import typer
@@ -13,10 +12,13 @@ from lstm_adv.cli._common import (
     CELLS_HELP,
     SPLIT_HELP,
     STORAGE_HELP,
+    check_at_least,
+    check_split,
     console,
     counted,
     dashboard_hint,
     model_weak_warning,
+    quiet_optuna,
     state,
     step_progress,
     stop_if_interrupted,
@@ -81,7 +83,7 @@ def tune_attack(
     --resume ID continues the search where it stopped.
     `lstm-adv attack --tuned <id>` then uses the best trial's settings.
     """
-    import optuna
+    check_at_least("--trials", trials)
 
     from lstm_adv.tune_attack import run_attack_tuning
 
@@ -91,7 +93,7 @@ def tune_attack(
     resumed = store.get(resume, kind="tune-attack") if resume else None
     model_run = (store.get_complete(model) if model else store.latest("model")) if (model or not resumed) else None
     total = trials if trials is not None else config.tune_attack.trials
-    optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
+    quiet_optuna()
     with trial_progress(total) as on_trial:
         run = run_attack_tuning(
             store,
@@ -151,6 +153,7 @@ def attack(
     --resume ID completes it.
     With --shard i/n only every n-th batch is attacked (run the n shards anywhere, e.g. in parallel).
     """
+    check_split(split)
     from lstm_adv.attack import Shard, merge_attack_shards, run_attack
 
     cli = state(ctx)

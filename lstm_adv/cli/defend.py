@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lstm_adv.cli._common import console, fail, state, step_progress
+from lstm_adv.cli._common import check_split, console, fail, state, step_progress
 from lstm_adv.cli.summaries import register
 from lstm_adv.config import THREATS
 from lstm_adv.results.store import Run
@@ -190,6 +190,7 @@ def robustness(
     matrices per model and ε; a defended model is compared with its original automatically.
     `lstm-adv report <id>` draws the curves.
     """
+    check_split(split, ("train", "validation", "val", "test"))
     from lstm_adv.robustness import run_robustness
 
     cli = state(ctx)

@@ -8,7 +8,7 @@ import typer
 from rich.status import Status
 from rich.table import Table
 
-from lstm_adv.cli._common import console, state
+from lstm_adv.cli._common import console, quiet_optuna, state
 
 if TYPE_CHECKING:
     from lstm_adv.pipeline import StageOutcome
@@ -56,6 +56,8 @@ def demo(
     inputs and settings are unchanged; --fresh recomputes everything.
     """
     from lstm_adv.pipeline import run_demo
+
+    quiet_optuna()
     from lstm_adv.reports import report_files
 
     cli = state(ctx)

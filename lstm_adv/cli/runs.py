@@ -61,7 +61,14 @@ def clean_runs(ctx: typer.Context) -> None:
     console.print(f"removed {len(removed)} stale temporary run(s): {', '.join(removed)}", highlight=False)
 
 
+#: Below this width ``runs list`` leaves out the kind and creation time (both are in the id) and puts the
+#: parents under the headline, so that ids stay whole and rows fit a terminal of 80 columns.
+WIDE = 120
+
+
 def _table(runs: list[Run]) -> Table:
+    if console.width < WIDE:
+        return _narrow_table(runs)
     table = Table("id", "kind", "created (UTC)", "status", "headline", "parents")
     table.columns[0].no_wrap = True
     table.columns[5].overflow = "fold"  # ids are never cut to an ambiguous prefix
@@ -69,6 +76,18 @@ def _table(runs: list[Run]) -> Table:
         parents = ", ".join(str(p) for p in run.manifest.parents) or "—"
         created = f"{run.manifest.created:%Y-%m-%d %H:%M:%S}"
         table.add_row(str(run.id), run.kind, created, run.manifest.status, headline(run), parents)
+    return table
+
+
+def _narrow_table(runs: list[Run]) -> Table:
+    """The compact listing: id (never cut), status, and the headline with the parents beneath it."""
+    table = Table("id", "status", "headline ← parents", box=None, pad_edge=False)
+    table.columns[0].no_wrap = True
+    table.columns[2].overflow = "fold"
+    for run in runs:
+        parents = ", ".join(str(p) for p in run.manifest.parents)
+        text = headline(run) + (f"\n← {parents}" if parents else "")
+        table.add_row(str(run.id), run.manifest.status, text)
     return table
 
 

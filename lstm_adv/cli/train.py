@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +11,12 @@ from rich.table import Table
 
 from lstm_adv.cli._common import (
     STORAGE_HELP,
+    check_at_least,
     console,
     counted,
     dashboard_hint,
     fail,
+    quiet_optuna,
     state,
     step_progress,
     stop_if_interrupted,
@@ -147,7 +148,8 @@ def tune_model(
     --resume ID continues the search where it stopped, re-running the interrupted trial first.
     Every completed trial's weights are kept, so `train --tuned-model <id>` or an attack can use them.
     """
-    import optuna
+    check_at_least("--trials", trials)
+    check_at_least("--workers", workers)
 
     from lstm_adv.tune_model import run_model_tuning
 
@@ -157,7 +159,7 @@ def tune_model(
     resumed = store.get(resume, kind="tune-model") if resume else None
     features_run = store.resolve(data, "features") if (data or not resumed) else None
     total = trials if trials is not None else config.tune_model.trials
-    optuna.logging.set_verbosity(logging.INFO if logging.getLogger().level <= logging.INFO else logging.WARNING)
+    quiet_optuna()
     with trial_progress(total) as on_trial:
         run = run_model_tuning(
             store,
