@@ -444,6 +444,10 @@ class DemoConfig:
     attack_iterations: int = attrs.field(default=200, validator=v.at_least(1, owner="demo"))
     attack_split: AttackSplit = _choice("demo", AttackSplit, "all")
     synthetic_seed: int = attrs.field(default=0, validator=v.at_least(0, owner="demo"))
+    defend_epochs: int = attrs.field(default=3, validator=v.at_least(1, owner="demo"))
+    robustness_eps: tuple[float, ...] = attrs.field(default=(0.0, 0.02, 0.05), converter=_tuple, validator=_sweep)
+    robustness_l1_iterations: int = attrs.field(default=50, validator=v.at_least(0, owner="demo"))
+    obfuscation_iterations: int = attrs.field(default=30, validator=v.at_least(0, owner="demo"))
 
 
 @attrs.frozen

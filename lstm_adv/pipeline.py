@@ -21,6 +21,7 @@ from lstm_adv.config import Config
 from lstm_adv.database.connection import connect
 from lstm_adv.database.demo import load_demo
 from lstm_adv.database.server import ServerInfo, ensure_server
+from lstm_adv.defend import run_defense
 from lstm_adv.domain.errors import RunInterruptedError
 from lstm_adv.domain.feature_matrix import split_name
 from lstm_adv.domain.run_id import RunId
@@ -33,6 +34,7 @@ from lstm_adv.results.describe import describe_run
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import (
     AttackSummary,
+    ModelSummary,
     QuerySummary,
     ReportSummary,
     RunSummary,
@@ -41,6 +43,7 @@ from lstm_adv.results.summaries import (
     TuneModelSummary,
 )
 from lstm_adv.results.workspace import Workspace
+from lstm_adv.robustness import run_robustness
 from lstm_adv.synth import run_synth
 from lstm_adv.train import run_training
 from lstm_adv.tune_attack import run_attack_tuning
@@ -61,6 +64,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "tune-attack": ("tune_attack", "attack"),
     "attack": ("attack",),
     "analysis": ("analysis",),
+    "defend": ("model", "defend", "pgd", "attack"),
+    "robustness": ("robustness", "pgd", "attack", "model"),
     "report": (),
 }
 
@@ -192,8 +197,44 @@ def run_demo(
         ),
     )
     final = _attack_stages(ctx, model)
-    reports = [_report(ctx, workspace, final, PIPELINE), _report(ctx, workspace, model, "model")]
+    robust = _defense_stages(ctx, model, features)
+    targets = [
+        (final, PIPELINE),
+        (model, "model"),
+        (features, "data"),
+        (final, "attack") if final.kind == "analysis" else None,
+        (ctx.runs["tune-attack"], "tuning"),
+        (robust, "robustness"),
+    ]
+    reports = [_report(ctx, workspace, run, document) for run, document in filter(None, targets)]
     return DemoResult(outcomes=tuple(ctx.outcomes), runs=dict(ctx.runs), reports=tuple(reports), server_dsn=server.dsn)
+
+
+def _defense_stages(ctx: _Context, model: Run, features: Run) -> Run:
+    """defend (adaptive, ``demo.defend_epochs``) → robustness of the original and the defended model."""
+    config, listen = ctx.config, ctx.listen
+    tuned = ctx.runs["tune-attack"]
+    defended = ctx.stage(
+        "defend",
+        kind="model",
+        sections="defend",
+        parents=(model.id, features.id),
+        match=lambda s: isinstance(s, ModelSummary) and s.defense is not None,
+        make=lambda: run_defense(
+            ctx.store,
+            model,
+            config,
+            on_epoch=lambda record: listen.step("defend", f"epoch {record.epoch}"),
+        ),
+    )
+    ctx.runs["model"] = model  # the original stays "the model" of the pipeline
+    return ctx.stage(
+        "robustness",
+        parents=(model.id, defended.id, tuned.id),
+        make=lambda: run_robustness(
+            ctx.store, [defended], config, tuned=tuned, progress=lambda m: listen.step("robustness", m)
+        ),
+    )
 
 
 def _attack_stages(ctx: _Context, model: Run) -> Run:
@@ -263,6 +304,13 @@ def demo_config(config: Config) -> Config:
             config.tune_attack, subset_size=demo.attack_subset, max_iterations=demo.tune_attack_iterations
         ),
         attack=attrs.evolve(config.attack, max_iterations=demo.attack_iterations),
+        defend=attrs.evolve(config.defend, method="adaptive", epochs=demo.defend_epochs),
+        robustness=attrs.evolve(
+            config.robustness,
+            eps=demo.robustness_eps,
+            l1_max_iterations=demo.robustness_l1_iterations,
+            obfuscation_iterations=demo.obfuscation_iterations,
+        ),
     )
 
 
@@ -291,15 +339,19 @@ class _Context:
         parents: Sequence[RunId],
         make: Callable[[], Run],
         kind: str | None = None,
+        sections: str | None = None,
         match: Matcher | None = None,
         reusable: Callable[[Run], bool] | None = None,
     ) -> Run:
-        """Reuse a matching earlier run of the stage, or make one; report either way."""
+        """Reuse a matching earlier run of the stage, or make one; report either way. ``sections`` names the
+        :data:`SECTIONS` entry whose settings decide reuse (default: the run kind's)."""
         self.listen.started(name)
         start = time.perf_counter()
         existing = None
         if not self.fresh:
-            existing = find_reusable(self.store, kind or name, self.config, parents=parents, match=match)
+            existing = find_reusable(
+                self.store, kind or name, self.config, parents=parents, match=match, sections=sections
+            )
             if existing is not None and reusable is not None and not reusable(existing):
                 existing = None
         run = existing or make()
@@ -340,15 +392,17 @@ def find_reusable(
     *,
     parents: Sequence[RunId],
     match: Matcher | None = None,
+    sections: str | None = None,
 ) -> Run | None:
-    """The newest complete run of ``kind`` made from ``parents`` with the same relevant settings."""
+    """The newest complete run of ``kind`` made from ``parents`` with the same relevant settings (those of
+    :data:`SECTIONS` ``[sections or kind]``)."""
     wanted = config_as_dict(config)
-    sections = SECTIONS.get(kind, tuple(wanted))
+    relevant = SECTIONS.get(sections or kind, tuple(wanted))
     for run in reversed(store.list(kind)):
         manifest = run.manifest
         if manifest.status != "complete" or tuple(manifest.parents) != tuple(parents):
             continue
-        if any(_results(manifest.config, s) != _results(wanted, s) for s in sections):
+        if any(_results(manifest.config, s) != _results(wanted, s) for s in relevant):
             continue
         if match is not None and not match(manifest.summary):
             continue

@@ -30,7 +30,12 @@ SMALL = {
     "demo.attack_subset": 16,
     "demo.tune_attack_iterations": 50,
     "demo.attack_iterations": 300,
+    "demo.defend_epochs": 1,
+    "demo.robustness_l1_iterations": 20,
+    "demo.obfuscation_iterations": 5,
+    "defend.monitor_samples": 8,
     "analysis.figure_dpi": 50,
+    "analysis.bootstrap_samples": 100,
     "model.device": "cpu",
     "attack.device": "cpu",
 }
@@ -43,8 +48,14 @@ STAGES = [
     "tune-attack",
     "attack",
     "analyze",
+    "defend",
+    "robustness",
     "report pipeline",
     "report model",
+    "report data",
+    "report attack",
+    "report tuning",
+    "report robustness",
 ]
 
 
@@ -74,7 +85,7 @@ def test_every_stage_runs_in_order_and_ends_in_reports(first: DemoResult) -> Non
     assert not any(o.reused for o in first.outcomes)
     assert first.runs["query"].manifest.summary.flow[-1] == Step("admissions", 105)
     documents = [report.manifest.summary.document for report in first.reports]
-    assert documents == ["pipeline", "model"]
+    assert documents == ["pipeline", "model", "data", "attack", "tuning", "robustness"]
     for report in first.reports:
         html, pdf = report_files(report)
         assert html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

@@ -56,7 +56,25 @@ def _describe_model(summary: ModelSummary) -> str:
     interval = f" [{auroc.low:.3f}, {auroc.high:.3f}]" if auroc.low is not None and auroc.high is not None else ""
     text = f"test AUROC {auroc.value:.3f}{interval}"
     oracle = summary.oracle_test_auroc
-    return text + (f" (oracle {oracle:.3f})" if oracle is not None else "")
+    text += f" (oracle {oracle:.3f})" if oracle is not None else ""
+    learned = summary.learned
+    if learned is not None:
+        low, high = learned.auroc.low, learned.auroc.high
+        if low is not None and high is not None:
+            text += f"; validation AUROC {learned.auroc.value:.3f} [{low:.3f}, {high:.3f}]"
+    if summary.defense is not None:
+        text += f"; {summary.defense.method} defense"
+    return text + (f"; WARNING — has not learned: {summary.weak}" if summary.weak else "")
+
+
+def _describe_robustness(summary: RobustnessSummary) -> str:
+    rows = [r for r in summary.table if r.eps == max(summary.eps, default=0.0)]
+    parts = [
+        f"{str(r.model).split('-')[0]}…{str(r.model)[-4:]}: robust accuracy {r.robust_accuracy:.3f}"
+        for r in rows
+        if r.robust_accuracy is not None
+    ]
+    return f"{summary.attack} at ε = {max(summary.eps, default=0.0):g}: " + "; ".join(parts) if parts else ""
 
 
 def _describe_synth(summary: SynthSummary) -> str:
@@ -113,6 +131,7 @@ _DESCRIBERS: dict[type, Callable[[Any], str]] = {
     FeaturesSummary: _describe_features,
     TuneModelSummary: _describe_tuning,
     ModelSummary: _describe_model,
+    RobustnessSummary: _describe_robustness,
 }
 
 
