@@ -352,6 +352,17 @@ def _percentiles(values: FloatArray, tail: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def ranking_intervals(
+    y_true: NDArray[Any], scores: NDArray[Any], *, samples: int = 200, seed: int = 0, confidence: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals of AUROC and AUPRC (``auroc``, ``auprc`` → (low, high); NaN where a resample
+    lacks a class)."""
+    y, p = check_binary(y_true, scores, what="ranking_intervals")
+    boot = _bootstrap(p, y, 0.5, samples, seed)
+    tail = 50.0 * (1.0 - confidence)
+    return {name: _percentiles(boot[name], tail) for name in ("auroc", "auprc")}
+
+
 def _bootstrap(p: FloatArray, y: NDArray[np.int64], threshold: float, samples: int, seed: int) -> dict[str, FloatArray]:
     rng = np.random.default_rng(seed)
     n = y.size

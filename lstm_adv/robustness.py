@@ -69,6 +69,7 @@ from lstm_adv.targets import (
 )
 from lstm_adv.targets import l1_attack as build_l1_attack
 from lstm_adv.training_loop import predict_logits, probabilities, resolve_device
+from lstm_adv.uncertainty import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def curve_point(
     deaths, survivals = y == 1, y == 0
     correct = clean == (y == 1) if pool is None else pool
     flat = delta.flatten(1)
-    return {
+    return _with_intervals(y, p_adv, adv, correct, clean) | {
         "clean_accuracy": float(np.mean(correct)),
         "robust_accuracy": float(np.mean(adv == (y == 1))),
         "clean_recall": float(np.mean(clean[deaths])),
@@ -182,6 +183,33 @@ def curve_point(
         "mean_linf": float(flat.abs().amax(dim=1).mean()) if len(flat) else 0.0,
         "mean_l2": float(torch.linalg.vector_norm(flat, dim=1).mean()) if len(flat) else 0.0,
     }
+
+
+#: The curve metrics that carry 95 % intervals (``<metric>_low``, ``<metric>_high`` rows): Wilson's for rates,
+#: a percentile bootstrap over the samples for AUROC and AUPRC.
+INTERVAL_METRICS = ("robust_accuracy", "robust_recall", "success_rate", "robust_auroc", "robust_auprc")
+
+
+def _with_intervals(
+    y: NDArray[np.int64],
+    p_adv: NDArray[np.float64],
+    adv: NDArray[np.bool_],
+    correct: NDArray[np.bool_],
+    clean: NDArray[np.bool_],
+) -> dict[str, float]:
+    """The 95 % intervals of the rates and ranking metrics of one (model, ε)."""
+    deaths = y == 1
+    counts = {
+        "robust_accuracy": (int(np.sum(adv == deaths)), int(y.size)),
+        "robust_recall": (int(np.sum(adv[deaths])), int(deaths.sum())),
+        "success_rate": (int(np.sum(adv[correct] != clean[correct])), int(correct.sum())),
+    }
+    out: dict[str, float] = {}
+    for name, (hits, trials) in counts.items():
+        out[f"{name}_low"], out[f"{name}_high"] = wilson_interval(hits, trials)
+    for name, (low, high) in metrics.ranking_intervals(y, p_adv).items():
+        out[f"robust_{name}_low"], out[f"robust_{name}_high"] = low, high
+    return out
 
 
 def obfuscation_check(
@@ -535,6 +563,11 @@ def _rule_text(run: Run) -> str:
 
 def _row(model: RunId, row: dict[str, Any]) -> RobustnessRow:
     value = {m: _finite(row[m]) if m in row else None for m in CURVE_METRICS}
+    intervals = {}
+    for name in INTERVAL_METRICS:
+        low, high = (_finite(row.get(f"{name}_{end}")) for end in ("low", "high"))
+        if low is not None and high is not None:
+            intervals[name] = (low, high)
     return RobustnessRow(
         model=model,
         eps=float(row["eps"]),
@@ -548,6 +581,7 @@ def _row(model: RunId, row: dict[str, Any]) -> RobustnessRow:
         success_rate=value["success_rate"],
         mean_linf=value["mean_linf"],
         mean_l2=value["mean_l2"],
+        intervals=intervals,
     )
 
 

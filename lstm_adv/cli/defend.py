@@ -15,7 +15,7 @@ from lstm_adv.results.store import Run
 from lstm_adv.results.summaries import ModelSummary, RobustnessSummary
 
 # torch is imported inside the commands so that `lstm-adv --help` stays fast
-_SHOWN = ("clean_accuracy", "robust_accuracy", "robust_recall", "robust_auroc", "success_rate")
+_SHOWN = ("clean_accuracy", "robust_accuracy", "robust_recall", "robust_auroc", "robust_auprc", "success_rate")
 
 
 def defend(
@@ -232,12 +232,17 @@ def render_robustness(run: Run, out: Console) -> None:
     out.print(rules)
     out.print(f"the L1 attack's threat: {summary.cells} ({THREATS.get(summary.cells, summary.cells)})", highlight=False)
     table = Table(
-        "model", "defense", "ε", *_SHOWN, title=f"fresh {summary.attack} on the {summary.split} split (n={summary.n})"
+        "model",
+        "defense",
+        "ε",
+        *_SHOWN,
+        title=f"fresh {summary.attack} on the {summary.split} split (n={summary.n}); 95 % intervals: Wilson for rates, "
+        "bootstrap for AUROC / AUPRC",
     )
     table.columns[0].no_wrap = True  # ids are never cut to an ambiguous prefix
     for row in summary.table:
-        values = (row.clean_accuracy, row.robust_accuracy, row.robust_recall, row.robust_auroc, row.success_rate)
-        table.add_row(str(row.model), defenses.get(str(row.model), "?"), f"{row.eps:g}", *map(_value, values))
+        cells = [row.text(metric) for metric in _SHOWN]
+        table.add_row(str(row.model), defenses.get(str(row.model), "?"), f"{row.eps:g}", *cells)
     out.print(table)
     if summary.l1.by_model:
         tuned = f" (settings of {summary.l1.tuned})" if summary.l1.tuned is not None else ""

@@ -495,6 +495,18 @@ class RobustnessRow:
     success_rate: float | None = None
     mean_linf: float | None = None
     mean_l2: float | None = None
+    #: 95 % intervals (low, high) of robust accuracy, robust recall, success rate, robust AUROC and AUPRC.
+    intervals: dict[str, tuple[float, float]] = attrs.Factory(dict)
+
+    def text(self, metric: str, fmt: str = ".3f") -> str:
+        """``value [low, high]`` of one metric (the value alone without a stored interval; — without a value)."""
+        value = getattr(self, metric)
+        if value is None:
+            return "—"
+        if metric not in self.intervals:
+            return format(value, fmt)
+        low, high = self.intervals[metric]
+        return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 @attrs.frozen

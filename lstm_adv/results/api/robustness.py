@@ -22,6 +22,7 @@ __all__ = [
     "robustness_l1",
     "robustness_models",
     "robustness_obfuscation",
+    "robustness_table",
 ]
 
 
@@ -79,6 +80,39 @@ def robustness_models(run: Run) -> pd.DataFrame:
 def robustness_curves(run: Run) -> pd.DataFrame:
     """Metric vs ε per model of a robustness run. Columns: label, model, defense, eps, metric, value."""
     return aggregates_only(_robustness_table(run, artifacts.ROBUSTNESS_CURVES_FILE))
+
+
+#: The metrics the robustness table shows, with their interval where the run stored one.
+TABLE_METRICS = ("clean_accuracy", "robust_accuracy", "robust_recall", "robust_auroc", "robust_auprc", "success_rate")
+
+
+def robustness_table(run: Run) -> pd.DataFrame:
+    """Per model and ε, each of :data:`TABLE_METRICS` as ``value [low, high]`` (95 % intervals: Wilson for rates,
+    bootstrap for AUROC / AUPRC; the value alone for runs made before intervals were stored).
+
+    Columns: label, eps, and one text column per metric.
+    """
+    curves = robustness_curves(run)
+    wide = curves.pivot_table(index=["label", "eps"], columns="metric", values="value", sort=False).reset_index()
+    out = wide[["label", "eps"]].copy()
+    for metric in TABLE_METRICS:
+        if metric not in wide:
+            out[metric] = "—"
+            continue
+        low, high = wide.get(f"{metric}_low"), wide.get(f"{metric}_high")
+        out[metric] = [
+            _interval_text(value, None if low is None else low.iloc[i], None if high is None else high.iloc[i])
+            for i, value in enumerate(wide[metric])
+        ]
+    return aggregates_only(out)
+
+
+def _interval_text(value: float, low: float | None, high: float | None) -> str:
+    if value != value:  # NaN
+        return "—"
+    if low is None or high is None or low != low or high != high:
+        return f"{value:.3f}"
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def robustness_confusion(run: Run) -> pd.DataFrame:
