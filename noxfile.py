@@ -61,7 +61,7 @@ def tests(session: nox.Session) -> None:
     """The whole test suite (GPU tests skip themselves without a GPU)."""
     _install(session)
     session.env.setdefault("HYPOTHESIS_PROFILE", "ci")
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", *(session.posargs or ["-q", "--durations=25"]))
 
 
 @nox.session(python=PYTHON)

@@ -47,11 +47,8 @@ THREATS = {
 DEVICES: tuple[str, ...] = get_args(Device)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
-IMBALANCE: tuple[str, ...] = get_args(Imbalance)
-MONITORS: tuple[str, ...] = get_args(Monitor)
 L1_METHODS: tuple[str, ...] = get_args(L1Method)
 OBJECTIVES: tuple[str, ...] = get_args(AttackObjective)
-PGD_ATTACKS: tuple[str, ...] = get_args(PgdAttackName)
 DEFENSE_METHODS: tuple[str, ...] = get_args(DefenseMethod)
 
 

@@ -30,17 +30,6 @@ ADMISSION_COLUMNS = {
     "first_icustay_id": "int",
     "label": "int",
 }
-STAY_COLUMNS = (
-    "subject_id",
-    "hadm_id",
-    "icustay_id",
-    "intime",
-    "outtime",
-    "age_years",
-    "hospital_los_days",
-    "icu_los_days",
-    "hospital_expire_flag",
-)
 MEASUREMENT_COLUMNS = {"hadm_id": "int", "charttime": "datetime", "feature": "str", "value": "float"}
 _KIND_NAMES = {"int": "integers", "datetime": "timestamps", "str": "feature names", "float": "numbers"}
 

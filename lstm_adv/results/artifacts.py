@@ -49,7 +49,6 @@ T = TypeVar("T")
 UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
 
 # query runs: one Parquet table each
-QUERY_TABLES = ("stays", "admissions", "vitals", "labs", "bloodgas")
 MEASUREMENT_TABLES = ("vitals", "labs", "bloodgas")
 STAY_COLUMNS = (
     "subject_id",

@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 
 import attrs
 
-import lstm_adv
 from lstm_adv.domain.errors import (
     AmbiguousRunError,
     ChecksumError,
@@ -236,7 +235,7 @@ class RunStore:
             created=datetime.now(UTC).replace(microsecond=0),
             parents=tuple(parents),
             config=dict(config or {}),
-            package_version=lstm_adv.__version__,
+            package_version=_package_version(),
             git_commit=_git_commit(),
             status="complete",
             summary=summary,
@@ -473,3 +472,13 @@ def _git_commit() -> str | None:
         return None
     commit = result.stdout.strip()
     return commit if result.returncode == 0 and commit else None
+
+
+def _package_version() -> str:
+    """The installed lstm-adv's version (read from its metadata: the store does not import the package root)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lstm-adv")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"

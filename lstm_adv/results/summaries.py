@@ -45,16 +45,6 @@ class Estimate:
         return f"{self.value:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}]"
 
 
-@attrs.frozen
-class StudyTrialCounts:
-    """Where a study lives and how its trials ended."""
-
-    study_name: str
-    storage: str
-    n_trials: int
-    states: dict[str, int]
-
-
 # --- data -----------------------------------------------------------------------------------------------
 
 
