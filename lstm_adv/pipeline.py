@@ -64,7 +64,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "tune-attack": ("tune_attack", "attack"),
     "attack": ("attack",),
     "analysis": ("analysis",),
-    "defend": ("model", "defend", "pgd", "attack"),
+    "defend": ("model", "defend", "pgd"),  # method l1 names its tune-attack run as a parent
     "robustness": ("robustness", "pgd", "attack", "model"),
     "report": (),
 }
