@@ -28,6 +28,7 @@ from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix, split_name
 from lstm_adv.domain.perturbation import EXAMPLES, AttackBatchResult
+from lstm_adv.domain.run_id import a_kind
 from lstm_adv.results import artifacts
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.workspace import locate_home
@@ -51,7 +52,7 @@ def load_run(ref: RunRef, home: str | Path | None = None, *, kind: str | None = 
     """The run ``ref`` (id or unique prefix, or a Run already loaded); ``kind`` checks what it is."""
     if isinstance(ref, Run):
         if kind is not None and ref.kind != kind:
-            raise DataError(f"run {ref.id} is a {ref.kind} run, not a {kind} run")
+            raise DataError(f"run {ref.id} is {a_kind(ref.kind)} run, not {a_kind(kind)} run")
         return ref
     return store_of(home).get(str(ref), kind=kind)
 
@@ -345,7 +346,7 @@ def analysis_tables(ref: RunRef, home: str | Path | None = None) -> dict[str, pd
             raise DataError(f"attack run {run.id} has no analysis run yet; run `lstm-adv analyze --attack {run.id}`")
         run = children[-1]
     elif run.kind != "analysis":
-        raise DataError(f"run {run.id} is a {run.kind} run; analysis_tables needs an analysis or attack run")
+        raise DataError(f"run {run.id} is {a_kind(run.kind)} run; analysis_tables needs an analysis or attack run")
     tables = {}
     for name in TABLES:
         if name in RECORD_TABLES and not (run.path / f"{name}.parquet").is_file():

@@ -23,7 +23,7 @@ from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.domain.features import FeatureSpec
-from lstm_adv.domain.run_id import RunId
+from lstm_adv.domain.run_id import RunId, a_kind
 from lstm_adv.results import artifacts
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import TuneAttackSummary, TuneModelSummary
@@ -111,7 +111,7 @@ def resolve_target(store: RunStore, run: Run, trial: int | None = None) -> Attac
         features_run = store.get(str(run.summary_as(TuneModelSummary).features_run), kind="features")
         return AttackTarget(run, number, features_run)
     raise RunKindError(
-        f"run {run.id} is a {run.kind} run; --model needs a model run (or a tune-model run with --trial)"
+        f"run {run.id} is {a_kind(run.kind)} run; --model needs a model run (or a tune-model run with --trial)"
     )
 
 
@@ -168,7 +168,7 @@ def tuned_attack_of(store: RunStore, model_run: Run) -> Run | None:
 def check_model_run(run: Run) -> None:
     """A single (non cross-validation) model run, else a clear error."""
     if run.kind != "model":
-        raise RunKindError(f"run {run.id} is a {run.kind} run; give a model run (lstm-adv train)")
+        raise RunKindError(f"run {run.id} is {a_kind(run.kind)} run; give a model run (lstm-adv train)")
     if artifacts.is_cv_run(run):
         raise DataError(f"model run {run.id} is a cross-validation run; train without --cv to get one model")
 
@@ -325,7 +325,7 @@ def tuned_settings(tuned: Run, config: AttackConfig) -> L1Settings:
     from lstm_adv.attacks import L1Settings
 
     if tuned.kind != "tune-attack":
-        raise RunKindError(f"run {tuned.id} is a {tuned.kind} run; --tuned needs a tune-attack run")
+        raise RunKindError(f"run {tuned.id} is {a_kind(tuned.kind)} run; --tuned needs a tune-attack run")
     best = artifacts.load_tuned_settings(tuned)
     if best is None:
         raise ConfigError(

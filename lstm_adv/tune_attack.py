@@ -38,6 +38,7 @@ from lstm_adv.config import OBJECTIVES, AttackObjective, Config, TuneAttackConfi
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import ConfigError, DataError, RunKindError
 from lstm_adv.domain.perturbation import AttackBatchResult
+from lstm_adv.domain.run_id import a_kind
 from lstm_adv.domain.shapes import N_CELLS
 from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
@@ -206,7 +207,7 @@ def _resumed(
     store: RunStore, resume: Run, model_run: Run | None, config: Config, objective: str | None
 ) -> tuple[Config, AttackTarget]:
     if resume.kind != "tune-attack":
-        raise RunKindError(f"run {resume.id} is a {resume.kind} run; --resume needs a tune-attack run")
+        raise RunKindError(f"run {resume.id} is {a_kind(resume.kind)} run; --resume needs a tune-attack run")
     summary = resume.summary_as(TuneAttackSummary)
     target = target_from(store, summary.model_run, summary.model_trial, summary.features_run)
     if model_run is not None and model_run.id != target.model_run.id:

@@ -36,6 +36,7 @@ from lstm_adv import metrics, studies
 from lstm_adv.config import Config, ModelConfig, TuneModelConfig
 from lstm_adv.domain.errors import ConfigError, RunKindError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
+from lstm_adv.domain.run_id import a_kind
 from lstm_adv.models import Hyperparameters
 from lstm_adv.results import artifacts
 from lstm_adv.results.config_file import config_as_dict
@@ -161,7 +162,7 @@ def _check_inputs(
         raise ConfigError(f"--trials and --workers must be >= 1; got {n_trials} and {workers}")
     if resume is not None:
         if resume.kind != "tune-model":
-            raise RunKindError(f"run {resume.id} is a {resume.kind} run; --resume needs a tune-model run")
+            raise RunKindError(f"run {resume.id} is {a_kind(resume.kind)} run; --resume needs a tune-model run")
         previous = store.get(str(resume.summary_as(TuneModelSummary).features_run), kind="features")
         if features_run is not None and features_run.id != previous.id:
             raise ConfigError(

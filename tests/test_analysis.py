@@ -399,7 +399,7 @@ def test_wrong_kind_is_refused_and_writes_no_run(tmp_path: Path) -> None:
     features, _ = make_runs(store, analysis_attack_result(2, N_SAMPLES))
     with pytest.raises(RunKindError) as info:
         run_analysis(store, str(features.id), load_config())
-    assert str(info.value) == f"run {features.id} is a features run; this needs a attack run"
+    assert str(info.value) == f"run {features.id} is a features run; this needs an attack run"
     assert store.list("analysis") == []
 
 
@@ -483,7 +483,7 @@ def test_cli_analyze_reports_a_wrong_kind_in_one_line(tmp_path: Path) -> None:
     features, _ = make_runs(store, analysis_attack_result(4, 12))
     result = runner.invoke(app, ["--home", str(tmp_path), "analyze", "--attack", str(features.id)])
     assert result.exit_code == 1
-    assert f"run {features.id} is a features run; this needs a attack run" in result.output
+    assert f"run {features.id} is a features run; this needs an attack run" in result.output
 
 
 def test_cli_analyze_on_a_full_disk_is_one_line_and_writes_nothing(

@@ -124,6 +124,10 @@ class _Problem:
         """Upper bounds of δ."""
         return self.threat.upper
 
+    def take(self, rows: Tensor, loss: Callable[[Tensor], Tensor]) -> _Problem:
+        """The samples ``rows`` (``loss``: the attack's loss for their targets)."""
+        return _Problem(self.target[rows], self.threat.take(rows), loss, self.scale[rows])
+
 
 class L1Attack(Attack[L1Settings]):
     """Sparse L1 attack by proximal gradient (ISTA, FISTA or Adam + its prox); see the module docstring."""
@@ -278,6 +282,7 @@ class L1Attack(Attack[L1Settings]):
             margin_of=lambda z: margin(z, p.target, self.boundary),
             gradient=lambda delta: self._gradient_through(p.threat, delta, p.loss),
             crosses=-SPARSE_MARGIN,
+            take=lambda rows: self._search(p.take(rows, self._loss(p.target[rows]))),
         )
 
     def _greedy(self, p: _Problem, tracker: SuccessTracker) -> None:

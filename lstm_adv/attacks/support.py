@@ -49,6 +49,8 @@ class Search:
     margin_of: Callable[[Tensor], Tensor]
     gradient: Callable[[Tensor], tuple[Tensor, Tensor]]
     crosses: float
+    #: The same search on the samples ``rows`` only.
+    take: Callable[[Tensor], Search]
 
     def margin(self, delta: Tensor) -> Tensor:
         """The signed distance to the boundary at δ. Shape: (B,)."""
@@ -104,22 +106,34 @@ def greedy_search(
 ) -> Tensor:
     """Grow each sample's support one entry per step until it flips (see the module docstring).
 
-    ``record(step, δ, logits)`` is called after every step with the logits at δ (the success bookkeeping).
-    Returns δ.
+    ``record(step, δ, logits)`` is called after every step with the whole batch's δ and logits there (the
+    success bookkeeping). Every :data:`CHECK_EVERY` steps the search stops when every sample is done, and
+    otherwise goes on with the samples not yet done once half of its working set is (fewer passes for the
+    batch: a sample's passes end when it flips). Returns δ.
     """
     chosen = torch.zeros_like(delta, dtype=torch.bool)
-    done = search.margin(delta) <= search.crosses
+    logits_all = search.logits(delta)
+    done = search.margin_of(logits_all) <= search.crosses
+    rows = torch.arange(len(delta), device=delta.device)
+    current = search
     shape = (-1, *([1] * (delta.dim() - 1)))
     for step in range(1, steps + 1):
-        grown, grown_chosen, margin, grown_logits = search.best_addition(delta, chosen, count)
-        grow = ~done & torch.isfinite(margin)
-        delta = torch.where(grow.view(shape), grown, delta)
-        chosen = torch.where(grow.view(shape), grown_chosen, chosen)
+        grown, grown_chosen, margin, grown_logits = current.best_addition(delta[rows], chosen[rows], count)
+        grow = (~done[rows] & torch.isfinite(margin)).view(shape)
+        delta = delta.index_copy(0, rows, torch.where(grow, grown, delta[rows]))
+        chosen = chosen.index_copy(0, rows, torch.where(grow, grown_chosen, chosen[rows]))
         # a sample that did not grow keeps its δ; its logits there are the step's gradient forward's
-        record(step, delta, grown_logits)
-        done |= grow & (margin <= search.crosses)
-        if step % CHECK_EVERY == 0 and bool(done.all()):  # one host sync every CHECK_EVERY steps
-            break
+        logits_all = logits_all.index_copy(0, rows, grown_logits)
+        record(step, delta, logits_all)
+        done = done.index_copy(0, rows, done[rows] | (grow.view(-1) & (margin <= search.crosses)))
+        if step % CHECK_EVERY == 0:  # one host sync every CHECK_EVERY steps
+            active = ~done[rows]
+            left = int(active.sum())
+            if left == 0:
+                break
+            if 2 * left <= len(rows):
+                rows = rows[active]
+                current = search.take(rows)
     return delta
 
 

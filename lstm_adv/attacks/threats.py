@@ -122,6 +122,10 @@ class BatchThreat(abc.ABC):
         """Whether δ is a change of the record (altered measurements) rather than of the model input."""
         return False
 
+    @abc.abstractmethod
+    def take(self, rows: Tensor) -> BatchThreat:
+        """The threat of the samples ``rows`` (a search that drops finished samples works on fewer)."""
+
 
 @attrs.define(eq=False)
 class CellBatch(BatchThreat):
@@ -134,6 +138,10 @@ class CellBatch(BatchThreat):
     def apply(self, delta: Tensor) -> Tensor:
         """``x + δ``."""
         return self.x + delta
+
+    def take(self, rows: Tensor) -> CellBatch:
+        """The samples ``rows``."""
+        return CellBatch(self.x[rows], self.lower[rows], self.upper[rows])
 
 
 @attrs.define(eq=False)
@@ -169,6 +177,13 @@ class RecordBatch(BatchThreat):
     def record_space(self) -> bool:
         """Always True."""
         return True
+
+    def take(self, rows: Tensor) -> RecordBatch:
+        """The samples ``rows``."""
+        plan = FillPlan(self.plan.first[rows], self.plan.second[rows], self.plan.weight[rows])
+        return RecordBatch(
+            self.x[rows], self.lower[rows], self.upper[rows], self.record[rows], self.median, plan, self.clean[rows]
+        )
 
 
 class Threat(abc.ABC):

@@ -92,3 +92,8 @@ class RunId:
 
     def __ge__(self, other: RunId) -> bool:
         return self._key() >= other._key()
+
+
+def a_kind(kind: str) -> str:
+    """The run kind with its article, as a sentence names it: ``a model``, ``an attack``, ``an analysis``."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"

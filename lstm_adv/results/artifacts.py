@@ -25,6 +25,7 @@ from lstm_adv.domain.errors import ConfigError, DataError
 from lstm_adv.domain.feature_matrix import FeatureMatrix
 from lstm_adv.domain.features import FeatureDefinitions
 from lstm_adv.domain.perturbation import AttackBatchResult
+from lstm_adv.domain.run_id import a_kind
 from lstm_adv.domain.stay import Stay
 from lstm_adv.models.hyperparameters import Hyperparameters
 from lstm_adv.resources import read_feature_definitions
@@ -200,7 +201,7 @@ def read_stays(run: Run) -> tuple[Stay, ...]:
 def load_truth(run: Run) -> pd.DataFrame:
     """The ``truth.parquet`` of a synth run: hadm_id, death_probability, label, severity per admission."""
     if run.kind != "synth":
-        raise DataError(f"run {run.id} is a {run.kind} run; the synthetic truth is stored by synth runs")
+        raise DataError(f"run {run.id} is {a_kind(run.kind)} run; the synthetic truth is stored by synth runs")
     truth = read_table(run, TRUTH_FILE)
     missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
     if missing:

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from lstm_adv.domain.errors import RunStoreError
-from lstm_adv.domain.run_id import RunId
+from lstm_adv.domain.run_id import RunId, a_kind
 from lstm_adv.results.converter import describe_error, structure, unstructure
 from lstm_adv.results.summaries import SUMMARY_TYPES, RunSummary
 
@@ -38,7 +38,7 @@ class Manifest:
         expected = SUMMARY_TYPES.get(self.kind)
         if self.summary is not None and not isinstance(self.summary, expected or ()):
             raise RunStoreError(
-                f"run {self.id}: a {self.kind} run needs a {getattr(expected, '__name__', 'no')} summary, "
+                f"run {self.id}: {a_kind(self.kind)} run needs a {getattr(expected, '__name__', 'no')} summary, "
                 f"got {type(self.summary).__name__}"
             )
 

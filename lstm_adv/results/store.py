@@ -44,7 +44,7 @@ from lstm_adv.domain.errors import (
     RunStatusError,
     RunStoreError,
 )
-from lstm_adv.domain.run_id import KINDS, RunId
+from lstm_adv.domain.run_id import KINDS, RunId, a_kind
 from lstm_adv.results.manifest import Manifest
 from lstm_adv.results.summaries import SUMMARY_TYPES, RunSummary
 
@@ -225,7 +225,7 @@ class RunStore:
         Set :attr:`RunWriter.summary` (the summary class of ``kind``) before the run is committed.
         """
         if kind in SUMMARY_TYPES and summary is not None and not isinstance(summary, SUMMARY_TYPES[kind]):
-            raise RunStoreError(f"a {kind} run needs a {SUMMARY_TYPES[kind].__name__} summary")
+            raise RunStoreError(f"{a_kind(kind)} run needs a {SUMMARY_TYPES[kind].__name__} summary")
         run_id = RunId.new(kind)
         while (self.root / str(run_id)).exists() or (self.root / _TMP / str(run_id)).exists():
             run_id = RunId.new(kind)
@@ -334,7 +334,7 @@ class RunStore:
                 raise AmbiguousRunError(f"{ref!r} matches {len(candidates)} runs: {names}{more}; give more of the id")
             run = candidates[0]
         if kind is not None and run.kind != kind:
-            raise RunKindError(f"run {run.id} is a {run.kind} run; this needs a {kind} run")
+            raise RunKindError(f"run {run.id} is {a_kind(run.kind)} run; this needs {a_kind(kind)} run")
         return run
 
     def get_complete(self, ref: str, *, kind: str | None = None) -> Run:

@@ -11,6 +11,7 @@ import pandas as pd
 from lstm_adv.config import AnalysisConfig
 from lstm_adv.domain.errors import DataError, RunKindError
 from lstm_adv.domain.perturbation import EXAMPLES
+from lstm_adv.domain.run_id import a_kind
 from lstm_adv.domain.shapes import N_CELLS
 from lstm_adv.results import artifacts
 from lstm_adv.results.api.common import aggregates_only, decision_rule_text, parent_of, text
@@ -54,7 +55,7 @@ def attack_and_analysis(run: Run) -> tuple[Run, Run]:
             raise DataError(f"analysis run {run.id} has lost its attack run; the report needs both")
         return attack, run
     if run.kind != "attack":
-        raise RunKindError(f"run {run.id} is a {run.kind} run; this report needs an attack or analysis run")
+        raise RunKindError(f"run {run.id} is {a_kind(run.kind)} run; this report needs an attack or analysis run")
     analysis = latest_analysis(run)
     if analysis is None:
         raise DataError(f"attack run {run.id} has no analysis run yet; run `lstm-adv analyze --attack {run.id}` first")

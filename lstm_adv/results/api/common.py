@@ -15,6 +15,7 @@ import pandas as pd
 
 from lstm_adv.domain.decision import DecisionRule
 from lstm_adv.domain.errors import DataError, RunKindError
+from lstm_adv.domain.run_id import a_kind
 from lstm_adv.results import artifacts
 from lstm_adv.results.store import Run, RunStore
 from lstm_adv.results.summaries import FeaturesSummary, QuerySummary
@@ -43,7 +44,7 @@ def load_run(run_id: str, home: str | Path | None = None, *, kinds: Sequence[str
     store = RunStore(locate_home(home) / "runs")
     run = store.get(str(run_id))
     if kinds is not None and run.kind not in kinds:
-        raise RunKindError(f"run {run.id} is a {run.kind} run; this report needs a {' or '.join(kinds)} run")
+        raise RunKindError(f"run {run.id} is {a_kind(run.kind)} run; this report needs a {' or '.join(kinds)} run")
     return run
 
 

@@ -19,6 +19,7 @@ import attrs
 import pandas as pd
 
 from lstm_adv.domain.errors import DatabaseError, DataError
+from lstm_adv.domain.run_id import a_kind
 from lstm_adv.results.api.common import aggregates_only, decision_rule_text, text
 from lstm_adv.results.artifacts import STUDY_FILE
 from lstm_adv.results.store import Run
@@ -74,7 +75,7 @@ class Objective:
 def _summary(run: Run) -> TuneModelSummary | TuneAttackSummary:
     summary = run.manifest.summary
     if not isinstance(summary, TuneModelSummary | TuneAttackSummary):
-        raise DataError(f"run {run.id} is a {run.kind} run without a tuning summary; the tuning report needs one")
+        raise DataError(f"run {run.id} is {a_kind(run.kind)} run without a tuning summary; the tuning report needs one")
     return summary
 
 
