@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from lstm_adv.notebook import (
         AttackOutput,
         Model,
+        PgdAttack,
         SparseAttack,
         analysis_tables,
         attack_batch,
@@ -38,6 +39,7 @@ _PUBLIC = {
     "AttackOutput": "lstm_adv.notebook",
     "Model": "lstm_adv.notebook",
     "SparseAttack": "lstm_adv.notebook",
+    "PgdAttack": "lstm_adv.notebook",
     "analysis_tables": "lstm_adv.notebook",
     "attack_batch": "lstm_adv.notebook",
     "latest": "lstm_adv.notebook",
@@ -56,6 +58,7 @@ __all__ = [
     "FeatureMatrix",
     "L1Settings",
     "Model",
+    "PgdAttack",
     "SparseAttack",
     "__version__",
     "analysis_tables",

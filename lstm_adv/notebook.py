@@ -78,8 +78,8 @@ class Model:
 
     network: nn.Module = attrs.field(eq=False, repr=False)
     decision: DecisionRule
-    run: Run = attrs.field(eq=False)
-    features_run: Run = attrs.field(eq=False)
+    run: Run = attrs.field(eq=False, repr=lambda run: str(run.id))
+    features_run: Run = attrs.field(eq=False, repr=lambda run: str(run.id))
 
     def predict_proba(self, x: np.ndarray, *, batch_size: int = 2048) -> np.ndarray:
         """P(death) for inputs ``x`` of shape (N, 48, 19). Shape: (N,)."""
@@ -301,8 +301,8 @@ class SparseAttack:
     ``cells``; ``which`` example kind); returns only the adversarial inputs (N, 48, 19) in [0, 1].
     """
 
-    model: Model = attrs.field(converter=_as_model)
-    tuned: RunRef | None = None
+    model: Model = attrs.field(converter=_as_model, repr=lambda model: str(model.run.id))
+    tuned: RunRef | None = attrs.field(default=None, repr=lambda run: str(getattr(run, "id", run)))
     settings: L1Settings | None = None
     cells: str = DEFAULT_CELLS
     which: str = "sparse"
@@ -333,6 +333,47 @@ class SparseAttack:
         return out.x_adv
 
 
+@attrs.frozen
+class PgdAttack:
+    """PGD as a callable, ``x_adv = PgdAttack(model, eps=0.05)(x, y)``, beside :class:`SparseAttack` (the same call
+    shape): untargeted (``target`` 0/1: towards that class) L∞ or L2 PGD at the model's decision rule, on every
+    model-input cell, with the CLI's defaults (``[pgd]``: iterations, step, random start, loss, seed; ε of
+    ``defend.eps``). ``y`` defaults to the model's own decisions. Returns x + δ, (N, 48, 19) in [0, 1].
+    """
+
+    model: Model = attrs.field(converter=_as_model, repr=lambda model: str(model.run.id))
+    eps: float | None = None
+    norm: str = "linf"
+    target: int | None = None
+    device: str = "cpu"
+
+    def __call__(self, x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Adversarial inputs for ``x`` (N, 48, 19) float32 in [0, 1]."""
+        import torch
+
+        from lstm_adv.attacks import PgdSettings
+        from lstm_adv.config import PgdAttackName
+        from lstm_adv.results.config_file import load_config
+        from lstm_adv.targets import pgd_attack
+
+        if self.norm not in ("linf", "l2"):
+            raise ConfigError(f"norm must be linf or l2; got {self.norm!r}")
+        config = load_config()
+        name: PgdAttackName = "pgd-linf" if self.norm == "linf" else "pgd-l2"
+        eps = config.defend.eps if self.eps is None else self.eps
+        settings = attrs.evolve(PgdSettings.from_config(config.pgd, attack=name, eps=eps), target=self.target)
+        inputs = np.asarray(x, dtype=np.float32)
+        labels = self.model.predict(inputs) if y is None else np.asarray(y, dtype=np.int64)
+        device = torch.device(self.device)
+        attack = pgd_attack(
+            self.model.network, settings, decision=self.model.decision, device=device, batch_size=config.pgd.batch_size
+        )
+        xt = torch.from_numpy(np.ascontiguousarray(inputs)).to(device)
+        delta = attack.perturb(xt, torch.from_numpy(labels).to(device))
+        adversarial: np.ndarray = np.clip((xt + delta).cpu().numpy(), 0.0, 1.0).astype(np.float32)
+        return adversarial
+
+
 def analysis_tables(ref: RunRef, home: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """The tables of an analysis run (or the newest analysis of an attack run), by name: examples,
     cells, features, hours, clinical, discovery, measurements and measurement_hours (the record threat's;
@@ -359,6 +400,7 @@ def analysis_tables(ref: RunRef, home: str | Path | None = None) -> dict[str, pd
 __all__ = [
     "AttackOutput",
     "Model",
+    "PgdAttack",
     "SparseAttack",
     "analysis_tables",
     "attack_batch",

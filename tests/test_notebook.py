@@ -170,3 +170,19 @@ def test_example_notebook_runs(home: Home, monkeypatch: pytest.MonkeyPatch) -> N
     )
     assert "attacked samples flipped" in outputs
     assert "median number of changed cells" in outputs
+
+
+def test_pgd_beside_the_sparse_attack_with_short_reprs(home: Home) -> None:
+    """la.PgdAttack has SparseAttack's call shape and the CLI's defaults: x_adv within ε of x in the box; reprs of
+    models and attacks name runs by id instead of printing manifests."""
+    model = la.load_model(home.model)
+    x = la.load_features(home.model).values[:8]
+    x_adv = la.PgdAttack(home.model, eps=0.05)(x)
+    assert x_adv.shape == x.shape
+    assert float(np.abs(x_adv - x).max()) <= 0.05 + 1e-6
+    assert x_adv.min() >= 0.0
+    assert x_adv.max() <= 1.0
+    for value in (model, la.SparseAttack(home.model), la.PgdAttack(home.model)):
+        shown = repr(value)
+        assert len(shown) < 400
+        assert str(home.model.id) in shown
