@@ -57,9 +57,27 @@ def load_run(ref: RunRef, home: str | Path | None = None, *, kind: str | None = 
     return store_of(home).get(str(ref), kind=kind)
 
 
-def latest(kind: str, home: str | Path | None = None) -> Run:
-    """The newest finished run of ``kind`` (``model``, ``tune-attack``, ``analysis``, …)."""
-    return store_of(home).latest(kind)
+def latest(kind: str, home: str | Path | None = None, *, defended: bool | None = None) -> Run:
+    """The newest finished run of ``kind`` (``model``, ``tune-attack``, ``analysis``, …).
+
+    ``lstm-adv defend`` writes model runs too, so ``latest("model")`` may be a defended model; ``defended=False``
+    takes the newest model that no defense made (``True``: the newest defended one).
+    """
+    store = store_of(home)
+    if defended is None or kind != "model":
+        return store.latest(kind)
+    from lstm_adv.results.summaries import ModelSummary
+
+    runs = [
+        run
+        for run in store.list("model")
+        if run.complete
+        and isinstance(run.manifest.summary, ModelSummary)
+        and (run.manifest.summary.defense is not None) == defended
+    ]
+    if not runs:
+        raise DataError(f"there is no {'defended' if defended else 'undefended'} model run yet")
+    return runs[-1]
 
 
 def runs(kind: str | None = None, home: str | Path | None = None) -> pd.DataFrame:
