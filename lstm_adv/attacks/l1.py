@@ -348,23 +348,40 @@ class L1Attack(Attack[L1Settings]):
 
     def _drop_cells(self, p: _Problem, values: Tensor, kept: Tensor, magnitude: Tensor) -> Tensor:
         """Passes over each sample's kept cells, smallest |δ| first, dropping a cell while the flip holds,
-        until a pass drops nothing: then removing any single kept cell un-flips the sample."""
+        until a pass drops nothing: then removing any single kept cell un-flips the sample.
+
+        A pass evaluates only the samples the previous pass changed, and at position k only those with more
+        than k kept cells (one host sync per pass, none per position)."""
         flat = kept.flatten(1)
+        flat_values = values.flatten(1)
+        active = flat.any(dim=1)
         for _ in range(flat.shape[1]):  # passes
-            candidates = torch.where(flat, magnitude, torch.full_like(magnitude, math.inf)).argsort(dim=1)
-            rounds = int(flat.sum(dim=1).max())  # one host sync per pass, outside the iteration loops
-            dropped = torch.zeros(len(values), dtype=torch.bool, device=values.device)
-            for position in range(rounds):
-                cell = candidates[:, position : position + 1]
-                present = flat.gather(1, cell)[:, 0]
-                trial = flat.scatter(1, cell, False)
-                flips, _ = self._flips(p, torch.where(trial.view_as(values), values, 0.0))
-                drop = present & flips
-                flat = torch.where(drop[:, None], trial, flat)
-                dropped |= drop
-            if not bool(dropped.any()):
+            rows = active.nonzero()[:, 0]
+            if rows.numel() == 0:
                 break
+            counts = flat[rows].sum(dim=1).cpu()  # the pass's host sync
+            order = torch.where(flat[rows], magnitude[rows], torch.full_like(magnitude[rows], math.inf)).argsort(dim=1)
+            dropped = torch.zeros(len(values), dtype=torch.bool, device=values.device)
+            for position in range(int(counts.max())):
+                local = torch.nonzero(counts > position)[:, 0].to(values.device)
+                live = rows[local]
+                cell = order[local, position : position + 1]
+                trial = flat[live].scatter(1, cell, False)
+                delta = torch.where(trial, flat_values[live], torch.zeros_like(flat_values[live]))
+                flips = self._flips_rows(p, live, delta.view(-1, *values.shape[1:]))
+                drop = flips & flat[live].gather(1, cell)[:, 0]
+                flat = flat.index_copy(0, live, torch.where(drop[:, None], trial, flat[live]))
+                dropped = dropped.index_copy(0, live, dropped[live] | drop)
+            active = dropped
         return flat.view_as(values)
+
+    def _flips_rows(self, p: _Problem, rows: Tensor, delta: Tensor) -> Tensor:
+        """Whether the samples ``rows`` at their δ (``delta``, one row per sample of ``rows``) cross the boundary by
+        :data:`SPARSE_MARGIN`. Shape: (len(rows),)."""
+        threat = p.threat.take(rows)
+        with torch.no_grad():
+            logits = self._forward(threat.apply(delta)).float()
+        return margin(logits, p.target[rows], self.boundary) <= -SPARSE_MARGIN
 
     def _shrink_values(self, p: _Problem, best: Tensor, saturated: Tensor, kept: Tensor) -> Tensor:
         """On the kept cells, the values closest to the attack's own δ that still flip: the smallest

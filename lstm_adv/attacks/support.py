@@ -141,38 +141,49 @@ def swap_search(search: Search, values: Tensor, kept: Tensor, rounds: int, count
     """Shrink flipping supports by one entry per success of "drop two, add one" (see the module docstring).
 
     ``values`` (B, ...) holds each sample's kept entries at their end values (0 elsewhere), ``kept`` its
-    support. Returns the new values and support. Shapes: as values.
+    support. Each round works on the samples with two or more kept entries only. Returns the new values and
+    support. Shapes: as values.
     """
     flat_values, flat_kept = values.flatten(1), kept.flatten(1)
     for _ in range(rounds):
-        importance = _importance(search, flat_values, flat_kept, values.shape)
+        rows = torch.nonzero(flat_kept.sum(dim=1) >= 2)[:, 0]  # one host sync per round
+        if rows.numel() == 0:
+            break
+        sub = search.take(rows)
+        sub_values, sub_kept = flat_values[rows], flat_kept[rows]
+        importance = _importance(sub, sub_values, sub_kept, values.shape)
         pool = importance.topk(min(SWAP_POOL, importance.shape[1]), dim=1, largest=False).indices
-        improved = torch.zeros(len(values), dtype=torch.bool, device=values.device)
+        improved = torch.zeros(len(rows), dtype=torch.bool, device=values.device)
         for i in range(pool.shape[1]):
             for j in range(i + 1, pool.shape[1]):
-                pair = torch.zeros_like(flat_kept).scatter(1, pool[:, [i, j]], True)
-                eligible = (pair & flat_kept).sum(dim=1) == 2
-                reduced = flat_kept & ~pair
-                start = torch.where(reduced, flat_values, torch.zeros_like(flat_values))
+                pair = torch.zeros_like(sub_kept).scatter(1, pool[:, [i, j]], True)
+                eligible = (pair & sub_kept).sum(dim=1) == 2
+                reduced = sub_kept & ~pair
+                start = torch.where(reduced, sub_values, torch.zeros_like(sub_values))
                 # the dropped pair may not come back: re-adding one of it is a single drop, already known to fail
-                grown, chosen, margin, _ = search.best_addition(
-                    start.view_as(values), (reduced | pair).view_as(kept), count
-                )
+                shaped = (-1, *values.shape[1:])
+                grown, chosen, margin, _ = sub.best_addition(start.view(shaped), (reduced | pair).view(shaped), count)
                 accept = eligible & ~improved & (margin <= search.crosses)
-                flat_kept = torch.where(accept[:, None], chosen.flatten(1) & ~pair, flat_kept)
-                flat_values = torch.where(accept[:, None], grown.flatten(1), flat_values)
+                sub_kept = torch.where(accept[:, None], chosen.flatten(1) & ~pair, sub_kept)
+                sub_values = torch.where(accept[:, None], grown.flatten(1), sub_values)
                 improved |= accept
+        flat_values = flat_values.index_copy(0, rows, sub_values)
+        flat_kept = flat_kept.index_copy(0, rows, sub_kept)
     return flat_values.view_as(values), flat_kept.view_as(kept)
 
 
 def _importance(search: Search, values: Tensor, kept: Tensor, shape: torch.Size) -> Tensor:
-    """Per kept entry, the margin when it alone is dropped (lower: less needed); +inf off the support."""
+    """Per kept entry, the margin when it alone is dropped (lower: less needed); +inf off the support. At rank k
+    only the samples with at least k kept entries are evaluated (one host sync per round)."""
     importance = torch.full(kept.shape, math.inf, device=kept.device)
     positions = kept.float().cumsum(dim=1) * kept  # 1-based rank of each kept entry
-    size = int(kept.sum(dim=1).max()) if kept.numel() else 0  # one host sync per round
-    for rank in range(1, size + 1):
-        drop = positions == rank
-        trial = torch.where(kept & ~drop, values, torch.zeros_like(values))
-        margin = search.margin(trial.view(shape))
-        importance = torch.where(drop, margin[:, None].expand_as(importance), importance)
+    counts = kept.sum(dim=1).cpu()  # the round's host sync
+    for rank in range(1, int(counts.max()) + 1 if counts.numel() else 1):
+        rows = torch.nonzero(counts >= rank)[:, 0].to(kept.device)
+        drop = positions[rows] == rank
+        trial = torch.where(kept[rows] & ~drop, values[rows], torch.zeros_like(values[rows]))
+        margin = search.take(rows).margin(trial.view(-1, *shape[1:]))
+        importance = importance.index_copy(
+            0, rows, torch.where(drop, margin[:, None].expand_as(drop).float(), importance[rows])
+        )
     return importance
