@@ -230,7 +230,7 @@ def trial_seed(seed: int, proposed: int) -> int:
 
 def _proposed(trial: FrozenTrial) -> bool:
     """Whether the sampler proposed ``trial`` (a re-run counts as the trial it repeats; a queued trial does not)."""
-    return REPLAYS in trial.user_attrs or "fixed_params" not in trial.system_attrs  # Optuna's mark of a queued trial
+    return not trial.system_attrs.get("fixed_params")  # Optuna's mark of a queued trial; a re-run queues none
 
 
 def requeue_interrupted(study: optuna.Study) -> list[int]:
@@ -249,7 +249,11 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
         elif not is_interrupted(trial):
             continue
         if trial.number not in replayed:
-            study.enqueue_trial(trial.params, user_attrs={REPLAYS: trial.number})
+            # A queued trial is queued again with what was queued; a proposed one is proposed afresh: the sampler's
+            # seed comes from the same history, so it draws the same parameters (all of them, even where the stop
+            # came while the trial was still drawing: fixing the ones it had would shift the draws of the rest).
+            fixed = dict(trial.system_attrs.get("fixed_params") or {})
+            study.enqueue_trial(fixed, user_attrs={REPLAYS: trial.number})
             queued.append(trial.number)
     if queued:
         log.info("interrupted trial(s) %s of study %s are re-run first", queued, study.study_name)

@@ -280,6 +280,20 @@ def test_latest_is_the_newest_complete_run_and_an_interrupted_parent_is_refused(
     )
 
 
+def test_runs_made_within_one_second_are_ordered_by_when_they_were_made(tmp_path: Path) -> None:
+    """Run ids carry whole seconds and a random token; the manifest's microseconds order runs of one second, so
+    `latest` is the run made last whatever its token."""
+    store = _store(tmp_path)
+    made = []
+    for _ in range(12):
+        with store.create("attack") as writer:
+            pass
+        made.append(writer.id)
+    assert [run.id for run in store.list("attack")] == made
+    assert store.latest("attack").id == made[-1]
+    assert len({run_id.created for run_id in made}) < len(made)  # several shared a second (else nothing is shown)
+
+
 def test_only_interrupted_runs_of_a_kind_is_no_default(tmp_path: Path) -> None:
     """With nothing but an interrupted run of a kind there is no default, and the message says how to finish it."""
     store = _store(tmp_path)

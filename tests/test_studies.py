@@ -46,6 +46,40 @@ def test_a_trial_left_running_is_marked_interrupted_and_queued_once_more() -> No
     assert studies.state_counts(study.trials) == {"complete": 2, "interrupted": 1}
 
 
+def test_a_trial_stopped_while_drawing_its_parameters_is_drawn_again_in_full() -> None:
+    """A stop between two suggestions leaves a trial with some of its parameters; its re-run draws all of them as
+    the uninterrupted study drew them (fixing the ones it had would shift the draws of the rest)."""
+    whole = _study()
+    whole.optimize(_objective, n_trials=3)
+    split = _study()
+    split.optimize(_objective, n_trials=1)
+    left = split.ask()
+    left.suggest_float("x", 0.0, 1.0)  # stopped before "n"
+    assert studies.requeue_interrupted(split) == [1]
+    split.sampler = studies.HistorySeededSampler(0)
+    split.optimize(_objective, n_trials=2)
+    done = [t.params for t in split.trials if t.state == TrialState.COMPLETE]
+    assert done == [t.params for t in whole.trials]
+
+
+def test_a_queued_trial_is_queued_again_with_what_was_queued() -> None:
+    """An interrupted queued trial (e.g. the defaults) is re-run with its queued values, and does not count as a
+    proposal: the trials after it propose what an uninterrupted study proposes."""
+    whole = _study()
+    whole.enqueue_trial({"n": 3})
+    whole.optimize(_objective, n_trials=3)
+    split = _study()
+    split.enqueue_trial({"n": 3})
+    left = split.ask()
+    left.suggest_float("x", 0.0, 1.0)
+    assert studies.requeue_interrupted(split) == [0]
+    split.sampler = studies.HistorySeededSampler(0)
+    split.optimize(_objective, n_trials=3)
+    done = [t.params for t in split.trials if t.state == TrialState.COMPLETE]
+    assert done[0]["n"] == 3
+    assert done == [t.params for t in whole.trials]
+
+
 def test_ctrl_c_inside_a_trial_marks_it_interrupted_and_stops_quietly() -> None:
     """optimize() returns "interrupted" after Ctrl-C in a trial; that trial is marked and not counted."""
     study = _study()

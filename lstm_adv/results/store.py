@@ -206,6 +206,11 @@ class RunWriter:
 _MAX_REF = 128
 
 
+def _creation_order(run: Run) -> tuple[datetime, RunId]:
+    """Oldest first: the manifest's creation time (microseconds; ids carry whole seconds only), then the id."""
+    return (max(run.manifest.created, run.id.created), run.id)
+
+
 class RunStore:
     """Runs under one root folder: create, look up by id, prefix or kind, list."""
 
@@ -232,7 +237,7 @@ class RunStore:
         manifest = Manifest(
             id=run_id,
             kind=kind,
-            created=datetime.now(UTC).replace(microsecond=0),
+            created=datetime.now(UTC),  # to the microsecond: orders runs made within one second
             parents=tuple(parents),
             config=dict(config or {}),
             package_version=_package_version(),
@@ -303,7 +308,7 @@ class RunStore:
                 continue
             if kind is None or run.kind == kind:
                 runs.append(run)
-        return sorted(runs, key=lambda r: r.id)
+        return sorted(runs, key=_creation_order)
 
     def get(self, ref: str, *, kind: str | None = None) -> Run:
         """The run whose id is ``ref`` or starts with it; ``kind`` checks what it is."""
