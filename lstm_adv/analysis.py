@@ -586,7 +586,9 @@ def run_analysis(store: RunStore, attack_ref: str | None, config: Config) -> Run
     with store.create("analysis", parents=[attack.id], config=config_as_dict(config)) as writer:
         for name, table in tables.as_dict().items():
             artifacts.write_table(writer.file(f"{name}.parquet"), table)
-        figures = write_figures(tables.as_dict(), writer.path / artifacts.FIGURES_DIR, config.analysis)
+        figures = write_figures(
+            tables.as_dict(), writer.path / artifacts.FIGURES_DIR, config.analysis, unit=result.unit
+        )
         writer.summary = summarize(
             result,
             tables,

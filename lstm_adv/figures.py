@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from lstm_adv.config import AnalysisConfig
 from lstm_adv.domain.perturbation import DIRECTION_LABELS, DIRECTIONS
 from lstm_adv.domain.perturbation import EXAMPLES as WHICH
-from lstm_adv.domain.shapes import N_FEATURES, N_HOURS
+from lstm_adv.domain.shapes import N_CELLS, N_FEATURES, N_HOURS
 
 FORMATS = ("png", "svg")
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
@@ -30,15 +30,18 @@ _COLORS = {"first": "tab:orange", "best": "tab:blue", "sparse": "tab:purple", "0
 _EMPTY = "no successful examples"
 
 
-def write_figures(tables: Mapping[str, pd.DataFrame], folder: Path, config: AnalysisConfig) -> list[str]:
+def write_figures(
+    tables: Mapping[str, pd.DataFrame], folder: Path, config: AnalysisConfig, *, unit: str = "cell"
+) -> list[str]:
     """Draw every figure into ``folder`` as PNG and SVG; returns the file paths relative to its parent.
 
     ``tables`` are an analysis run's tables by name (``examples``, ``cells``, ``features``, ``hours``,
-    ``discovery``).
+    ``discovery``); ``unit`` is what the examples' L0 counts (``cell`` of the model input, or
+    ``measurement`` of the record).
     """
     written = []
     with _style():
-        for stem, figure in _figures(tables, config):
+        for stem, figure in _figures(tables, config, unit):
             written += save_figure(figure, folder, stem, dpi=config.figure_dpi)
     return written
 
@@ -61,9 +64,10 @@ def _style() -> AbstractContextManager[None]:
     return matplotlib.rc_context({"svg.hashsalt": "lstm-adv", "svg.fonttype": "none", "font.size": 9})
 
 
-def _figures(tables: Mapping[str, pd.DataFrame], config: AnalysisConfig) -> Iterator[tuple[str, Figure]]:
+def _figures(tables: Mapping[str, pd.DataFrame], config: AnalysisConfig, unit: str) -> Iterator[tuple[str, Figure]]:
     examples, cells = tables["examples"], tables["cells"]
-    yield "l0_histogram", norm_histograms(examples, "l0", "L0 (perturbed cells of 912)", config)
+    l0 = "L0 (altered measurements of the record)" if unit == "measurement" else f"L0 (changed cells of {N_CELLS})"
+    yield "l0_histogram", norm_histograms(examples, "l0", l0, config)
     yield "l1_histogram", norm_histograms(examples, "l1", "L1 = Σ|δ| (scaled units)", config)
     yield "discovery", discovery_curves(tables["discovery"], examples, config)
     for which in WHICH:
@@ -157,9 +161,16 @@ def discovery_curves(discovery: pd.DataFrame, examples: pd.DataFrame, config: An
 
 
 def heatmaps(cells: pd.DataFrame, metric: str, which: str, label: str) -> Figure:
-    """Hour × feature heatmap of one per-cell statistic, one panel per direction (features on the y axis)."""
+    """Hour × feature heatmap of one per-cell statistic, one panel per direction, stacked (features on the y axis).
+
+    The panels fill the width of a page with labels at the body's size. The scale is sequential from a light tint
+    (the smallest value above zero) to dark; cells at exactly zero stay white, so a rarely changed cell still shows.
+    """
     directions, note = _directions(cells, which)
-    figure, axes = _new(len(directions), width=12.0, height=5.0)
+    figure = Figure(figsize=(7.5, 0.6 + 4.0 * len(directions)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = list(figure.subplots(len(directions), 1, squeeze=False)[:, 0])
+    cmap = matplotlib.colormaps["YlOrRd"].with_extremes(bad="white")
     for ax, direction in zip(axes, directions, strict=True):
         rows = _rows(cells, which, direction)
         ax.set(title=f"{DIRECTION_LABELS[direction]} flips", xlabel="hour of the window")
@@ -167,11 +178,15 @@ def heatmaps(cells: pd.DataFrame, metric: str, which: str, label: str) -> Figure
             _empty(ax)
             continue
         matrix = rows[metric].to_numpy(dtype=np.float64).reshape(N_HOURS, N_FEATURES)
-        image = ax.imshow(matrix.T, aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_yticks(range(N_FEATURES), labels=list(rows["feature"].iloc[:N_FEATURES]))
+        shown = np.ma.masked_where(~(matrix > 0), matrix)  # zero (and NaN) white; the scale starts above zero
+        top = float(np.nanmax(matrix)) if np.isfinite(matrix).any() else 0.0
+        image = ax.imshow(shown.T, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0.0, vmax=max(top, 1e-12))
+        ax.set_yticks(range(N_FEATURES), labels=list(rows["feature"].iloc[:N_FEATURES]), fontsize=8)
         ax.set_xticks(range(0, N_HOURS, 6))
-        figure.colorbar(image, ax=ax, label=label)
-        ax.set_title(f"{DIRECTION_LABELS[direction]} flips (n = {int(rows['n_examples'].iloc[0])})")
+        ax.tick_params(axis="x", labelsize=8)
+        figure.colorbar(image, ax=ax, label=label, shrink=0.9)
+        n = int(rows["n_examples"].iloc[0])
+        ax.set_title(f"{DIRECTION_LABELS[direction]} flips (n = {n}; white: never changed)")
     figure.suptitle(f"{metric.upper()} per hour and feature, {which} examples{note}")
     return figure
 

@@ -371,7 +371,8 @@ def test_a_direction_without_successes_gets_no_empty_panel() -> None:
         assert len(figure.axes) == 1, name
         assert figure.get_suptitle().endswith("\n(1→0: no successful examples)"), name
     heatmap = heatmaps(tables.cells, "gpp", "first", "GPP")
-    assert [ax.get_title() for ax in heatmap.axes if ax.get_title()] == ["0→1 flips (n = " + f"{int(found.sum())})"]
+    titles = [ax.get_title() for ax in heatmap.axes if ax.get_title()]
+    assert titles == [f"0→1 flips (n = {int(found.sum())}; white: never changed)"]
 
 
 def _zero_unfound(result: AttackBatchResult, found: np.ndarray) -> dict[str, np.ndarray]:
@@ -460,7 +461,7 @@ def test_cli_analyze_prints_the_run_id_and_runs_show_renders_it(
 ) -> None:
     """`lstm-adv analyze --attack <id>` prints its summary and the new run id; `runs show` prints counts and
     rankings."""
-    monkeypatch.setattr("lstm_adv.figures.write_figures", lambda *args: [])  # drawn and checked above
+    monkeypatch.setattr("lstm_adv.figures.write_figures", lambda *args, **kwargs: [])  # drawn and checked above
     store = RunStore(tmp_path / "runs")
     _, attack = make_runs(store, analysis_attack_result(4, 12))
     result = runner.invoke(app, ["--home", str(tmp_path), "analyze", "--attack", str(attack.id), "--top", "3"])
