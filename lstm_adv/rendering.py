@@ -426,6 +426,20 @@ def _pandoc_pdf(work: Path, pdf: Path) -> None:
         typst.compile(str(source), output=str(pdf), root=str(work))
     except Exception as exc:  # typst raises its own TypstError (and RuntimeError) with the diagnostics
         raise ReportError(f"typst could not compile the PDF: {exc}") from None
+    pdf.write_bytes(drop_false_suspects(pdf.read_bytes()))
+
+
+_FALSE_SUSPECTS = b"/Marked true/Suspects false>>"
+
+
+def drop_false_suspects(data: bytes) -> bytes:
+    """The PDF with its catalog's ``/Suspects false`` left out, in place (blanks keep every byte offset).
+
+    ``false`` is the default of that optional key; poppler up to 25.11 misreads the explicit value and prints
+    "Syntax Error: Suspects object is wrong type (boolean)" for every page tool (pdfinfo, pdftoppm) it runs.
+    """
+    kept = b"/Marked true"
+    return data.replace(_FALSE_SUSPECTS, kept + b" " * (len(_FALSE_SUSPECTS) - len(kept) - 2) + b">>", 1)
 
 
 def _pandoc(source: Path, to: str, output: Path, args: list[str]) -> None:

@@ -338,6 +338,24 @@ def test_report_pdf_has_pages(rendered: dict[str, Run], kind: str) -> None:
     data = pdf_path.read_bytes()
     assert data.startswith(b"%PDF")
     assert len(re.findall(rb"/Type\s*/Page(?!s)", data)) >= 2
+    assert b"/Suspects" not in data  # poppler (<= 25.11) warns on every read of typst's explicit default
+    if shutil.which("pdfinfo"):
+        checked = subprocess.run(["pdfinfo", str(pdf_path)], capture_output=True, text=True, check=True)
+        assert checked.stderr == ""
+
+
+def test_dropping_the_false_suspects_flag_keeps_every_byte_offset() -> None:
+    """The catalog's `/Suspects false` becomes blanks of the same length; anything else is left as it is."""
+    from lstm_adv.rendering import drop_false_suspects
+
+    data = b"%PDF-1.7 1 0 obj<</Type/Catalog/MarkInfo<</Marked true/Suspects false>>>>endobj xref 9"
+    cleaned = drop_false_suspects(data)
+    assert len(cleaned) == len(data)
+    assert cleaned.index(b"xref") == data.index(b"xref")
+    assert b"Suspects" not in cleaned
+    assert re.search(rb"/MarkInfo<</Marked true\s+>>>>endobj", cleaned)
+    other = b"%PDF-1.7 <</MarkInfo<</Marked true/Suspects true>>>>"
+    assert drop_false_suspects(other) == other
 
 
 @pytest.mark.slow
