@@ -167,7 +167,7 @@ def heatmaps(cells: pd.DataFrame, metric: str, which: str, label: str) -> Figure
     (the smallest value above zero) to dark; cells at exactly zero stay white, so a rarely changed cell still shows.
     """
     directions, note = _directions(cells, which)
-    figure = Figure(figsize=(7.5, 0.6 + 4.0 * len(directions)), layout="constrained")
+    figure = Figure(figsize=(7.5, 0.6 + 3.3 * len(directions)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = list(figure.subplots(len(directions), 1, squeeze=False)[:, 0])
     cmap = matplotlib.colormaps["YlOrRd"].with_extremes(bad="white")

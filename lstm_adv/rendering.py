@@ -47,6 +47,8 @@ _WIDE = ["--columns=400"]
 TYPST_HEADER = (
     "#show figure.caption: it => it.body\n#set image(width: 90%)\n#set text(size: 10pt)\n"
     "#show table: set text(size: 9pt, hyphenate: false)\n#show table: set par(justify: false)\n"
+    # a long table continues on the next page instead of pushing itself there whole (no half-blank pages)
+    "#show figure.where(kind: table): set block(breakable: true)\n"
 )
 
 
