@@ -61,7 +61,10 @@ def main(argv: list[str]) -> int:
         "ratio_to_import_torch": {name: value / torch_s for name, value in medians.items()},
         "target_ratio": 0.3,
     }
-    print(f"\nCLI start-up, median of {args.repeats} fresh interpreters (target: --help ≤ 0.3 × import torch; a bad option < 1 s)")
+    print(
+        f"\nCLI start-up, median of {args.repeats} fresh interpreters "
+        "(target: --help ≤ 0.3 × import torch; a bad option < 1 s)"
+    )
     print(f"{'command':<28}{'seconds':>9}{'÷ import torch':>16}")
     for name, value in medians.items():
         print(f"{name:<28}{value:>9.3f}{value / torch_s:>16.2f}")
