@@ -104,7 +104,7 @@ def _describe_attack(summary: AttackSummary) -> str:
     rate = "" if summary.success is None else f" (success {summary.success.text('.3f')})"
     if summary.unit == "measurement":
         moved = "—" if summary.median_input_l0_sparse is None else f"{summary.median_input_l0_sparse:.0f}"
-        size = f"median {median} altered measurements per sparse example (moving {moved} model-input cells)"
+        size = f"median {median} altered measurements per sparse example (moving {moved} model-input cells in all)"
     else:
         size = f"median L0 of the sparse examples {median} of 912 cells"
     return (
