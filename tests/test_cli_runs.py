@@ -82,7 +82,8 @@ def test_ambiguous_prefix_lists_candidates(tmp_path: Path) -> None:
         ids.append(str(writer.id))
     result = runner.invoke(app, ["--home", str(tmp_path), "runs", "show", "query-"])
     assert result.exit_code == 1
-    assert result.output.strip() == f"error: 'query-' matches 2 runs: {', '.join(sorted(ids))}; give more of the id"
+    # candidates in the order they were made
+    assert result.output.strip() == f"error: 'query-' matches 2 runs: {', '.join(ids)}; give more of the id"
 
 
 def test_show_refuses_a_path_to_a_run_of_another_home(tmp_path: Path) -> None:
