@@ -296,12 +296,12 @@ class L1Attack(Attack[L1Settings]):
 
     # --- minimal support ------------------------------------------------------------------------------
 
-    def _flips(self, p: _Problem, delta: Tensor) -> tuple[Tensor, Tensor]:
-        """Whether x + δ leaves the target decision by at least :data:`SPARSE_MARGIN`, and its logits.
-        Shapes: (B,), (B, 2)."""
+    def _flips(self, threat: BatchThreat, target: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """Whether the samples of ``threat`` at δ leave their ``target`` decision by at least
+        :data:`SPARSE_MARGIN`, and their logits. Shapes: (B,), (B, 2)."""
         with torch.no_grad():
-            logits = self._forward(p.threat.apply(delta)).float()
-        return margin(logits, p.target, self.boundary) <= -SPARSE_MARGIN, logits
+            logits = self._forward(threat.apply(delta)).float()
+        return margin(logits, target, self.boundary) <= -SPARSE_MARGIN, logits
 
     def _minimal_support(self, p: _Problem, tracker: SuccessTracker) -> tuple[Tensor, Tensor]:
         """The sparse example of each success (see the module docstring). Shapes: (B, 48, 19), (B, 2)."""
@@ -317,7 +317,7 @@ class L1Attack(Attack[L1Settings]):
         sparse = self._shrink_values(p, best, saturated, kept)
         kept = self._drop_cells(p, sparse, kept, magnitude)
         sparse = torch.where(kept, sparse, torch.zeros_like(sparse))
-        flips, logits = self._flips(p, sparse)
+        flips, logits = self._flips(p.threat, p.target, sparse)
         # A support that no longer flips (non-deterministic kernels re-evaluated a borderline δ) keeps best.
         holds = flips & found
         sparse = torch.where(holds[:, None, None], sparse, best)
@@ -340,7 +340,7 @@ class L1Attack(Attack[L1Settings]):
         high = (magnitude > 0).sum(dim=1)
         for _ in range(math.ceil(math.log2(entries + 1))):
             mid = (low + high) // 2
-            flips, _ = self._flips(p, torch.where((rank < mid[:, None]).view_as(values), values, 0.0))
+            flips, _ = self._flips(p.threat, p.target, torch.where((rank < mid[:, None]).view_as(values), values, 0.0))
             open_ = low + 1 < high
             high = torch.where(open_ & flips, mid, high)
             low = torch.where(open_ & ~flips, mid, low)
@@ -368,31 +368,23 @@ class L1Attack(Attack[L1Settings]):
                 cell = order[local, position : position + 1]
                 trial = flat[live].scatter(1, cell, False)
                 delta = torch.where(trial, flat_values[live], torch.zeros_like(flat_values[live]))
-                flips = self._flips_rows(p, live, delta.view(-1, *values.shape[1:]))
+                flips, _ = self._flips(p.threat.take(live), p.target[live], delta.view(-1, *values.shape[1:]))
                 drop = flips & flat[live].gather(1, cell)[:, 0]
                 flat = flat.index_copy(0, live, torch.where(drop[:, None], trial, flat[live]))
                 dropped = dropped.index_copy(0, live, dropped[live] | drop)
             active = dropped
         return flat.view_as(values)
 
-    def _flips_rows(self, p: _Problem, rows: Tensor, delta: Tensor) -> Tensor:
-        """Whether the samples ``rows`` at their δ (``delta``, one row per sample of ``rows``) cross the boundary by
-        :data:`SPARSE_MARGIN`. Shape: (len(rows),)."""
-        threat = p.threat.take(rows)
-        with torch.no_grad():
-            logits = self._forward(threat.apply(delta)).float()
-        return margin(logits, p.target[rows], self.boundary) <= -SPARSE_MARGIN
-
     def _shrink_values(self, p: _Problem, best: Tensor, saturated: Tensor, kept: Tensor) -> Tensor:
         """On the kept cells, the values closest to the attack's own δ that still flip: the smallest
         s ∈ [0, 1] (bisection, fixed rounds) with (1 − s)·δ + s·saturated flipping. Shape: (B, 48, 19)."""
         low = torch.zeros(len(best), 1, 1, dtype=best.dtype, device=best.device)
         high = torch.ones_like(low)
-        flips_at_zero, _ = self._flips(p, torch.where(kept, best, 0.0))
+        flips_at_zero, _ = self._flips(p.threat, p.target, torch.where(kept, best, 0.0))
         high = torch.where(flips_at_zero[:, None, None], low, high)
         for _ in range(_SHRINK_ROUNDS):
             mid = (low + high) / 2
-            flips, _ = self._flips(p, torch.where(kept, best + mid * (saturated - best), 0.0))
+            flips, _ = self._flips(p.threat, p.target, torch.where(kept, best + mid * (saturated - best), 0.0))
             high = torch.where(flips[:, None, None], mid, high)
             low = torch.where(flips[:, None, None], low, mid)
         return torch.where(kept, best + high * (saturated - best), torch.zeros_like(best))

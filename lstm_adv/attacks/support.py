@@ -145,6 +145,7 @@ def swap_search(search: Search, values: Tensor, kept: Tensor, rounds: int, count
     support. Shapes: as values.
     """
     flat_values, flat_kept = values.flatten(1), kept.flatten(1)
+    shaped = (-1, *values.shape[1:])
     for _ in range(rounds):
         rows = torch.nonzero(flat_kept.sum(dim=1) >= 2)[:, 0]  # one host sync per round
         if rows.numel() == 0:
@@ -161,7 +162,6 @@ def swap_search(search: Search, values: Tensor, kept: Tensor, rounds: int, count
                 reduced = sub_kept & ~pair
                 start = torch.where(reduced, sub_values, torch.zeros_like(sub_values))
                 # the dropped pair may not come back: re-adding one of it is a single drop, already known to fail
-                shaped = (-1, *values.shape[1:])
                 grown, chosen, margin, _ = sub.best_addition(start.view(shaped), (reduced | pair).view(shaped), count)
                 accept = eligible & ~improved & (margin <= search.crosses)
                 sub_kept = torch.where(accept[:, None], chosen.flatten(1) & ~pair, sub_kept)

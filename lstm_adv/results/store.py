@@ -208,7 +208,7 @@ _MAX_REF = 128
 
 def _creation_order(run: Run) -> tuple[datetime, RunId]:
     """Oldest first: the manifest's creation time (microseconds; ids carry whole seconds only), then the id."""
-    return (max(run.manifest.created, run.id.created), run.id)
+    return (run.manifest.created, run.id)
 
 
 class RunStore:
