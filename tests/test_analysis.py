@@ -343,6 +343,26 @@ def test_figures_are_deterministic(tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_heatmaps_leave_never_changed_cells_white_and_histograms_name_the_unit() -> None:
+    """A heatmap masks exactly the cells at zero (drawn white) and scales the rest from zero; the L0 histogram's
+    axis names what L0 counts for the threat."""
+    from lstm_adv.figures import _figures
+
+    tables = analyse_attack(analysis_attack_result(1, 8), _scaling(np.ones(19)))
+    figure = heatmaps(tables.cells, "gpp", "best", "GPP")
+    rows = tables.cells[(tables.cells["which"] == "best") & (tables.cells["direction"] == "0to1")]
+    matrix = rows["gpp"].to_numpy().reshape(48, 19).T
+    shown = figure.axes[0].images[0].get_array()
+    assert np.array_equal(np.ma.getmaskarray(shown), matrix == 0)
+    assert 0 < (matrix == 0).sum() < matrix.size
+    assert figure.axes[0].images[0].norm.vmin == 0.0
+    config = AnalysisConfig(figure_dpi=30)
+    for unit, label in (("measurement", "altered measurements"), ("cell", "changed cells of 912")):
+        name, histogram = next(iter(_figures(tables.as_dict(), config, unit)))
+        assert name == "l0_histogram"
+        assert label in histogram.axes[0].get_xlabel()
+
+
 def test_figures_cope_with_a_direction_without_successes(tmp_path: Path) -> None:
     """With no 1→0 success, tables have no 1to0 rows and every figure is still drawn as PNG and SVG."""
     result = analysis_attack_result(5, 10)
