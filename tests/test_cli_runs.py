@@ -137,6 +137,44 @@ def test_list_names_stale_temporary_runs_and_clean_removes_them(tmp_path: Path) 
     assert "stale" not in again.output
 
 
+def test_clean_leaves_a_symlink_alone_and_does_not_claim_it_removed_it(tmp_path: Path) -> None:
+    """A symbolic link under runs/.tmp is no temporary run of the toolkit's: `runs clean` neither follows nor names it."""
+    _populate(tmp_path)
+    target = tmp_path / "elsewhere"
+    (target / "keep").mkdir(parents=True)
+    link = tmp_path / "runs" / ".tmp" / "model-20260101-000000-abcd"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    cleaned = runner.invoke(app, ["--home", str(tmp_path), "runs", "clean"])
+    assert cleaned.output == "no stale temporary runs\n"
+    assert link.is_symlink() and (target / "keep").is_dir()
+
+
+def test_a_run_folder_copied_under_another_name_is_one_line_naming_both(tmp_path: Path) -> None:
+    """Two folders holding one run id: every lookup that lists runs says so in one line, naming both folders and the
+    copy to remove (never "2 runs" that print the same id)."""
+    import shutil
+
+    _, f = _populate(tmp_path)
+    runs = tmp_path / "runs"
+    shutil.copytree(runs / f, runs / f"{f}-copy")
+    result = runner.invoke(app, ["--home", str(tmp_path), "runs", "show", "features"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert f"run id {f} is held by 2 folders: {runs / f} and {runs / (f + '-copy')}" in line
+    assert f"remove the copy ({runs / (f + '-copy')})" in line
+
+
+def test_show_names_a_file_that_is_not_in_the_manifest(tmp_path: Path) -> None:
+    """A file put into a run folder after the run was written has no checksum: `runs show` names it (it used to say
+    "checksums ok")."""
+    _, f = _populate(tmp_path)
+    (tmp_path / "runs" / f / "extra.csv").write_text("a,b\n")
+    result = runner.invoke(app, ["--home", str(tmp_path), "runs", "show", f])
+    assert result.exit_code == 0, result.output
+    assert "checksums ok; NOT IN THE MANIFEST (added after the run was written): extra.csv" in result.output
+
+
 def test_list_and_show_as_json_round_trip_into_manifests(tmp_path: Path) -> None:
     """`runs list --json` and `runs show --json` print manifests that rebuild into the stored typed values,
     with each run's headline figure; global options work after the command too."""

@@ -326,9 +326,30 @@ def test_damaged_password_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ServerError) as caught:
         start_server(folder, EmbeddedConfig())
     assert str(caught.value) == (
-        f"the password file {folder / 'pgpass'} must hold one line '*:*:*:lstm_adv:<password>' as lstm-adv writes it; "
-        "delete it and run `lstm-adv db start` to make a new password"
+        f"the password file {folder / 'pgpass'} is garbled: it must hold one line '*:*:*:lstm_adv:<password>' as "
+        "lstm-adv writes it; delete it and run `lstm-adv db start` to make a new password"
     )
+
+
+def test_a_garbled_password_file_says_so_and_deleting_it_gives_a_working_new_password(pg_dir: Path) -> None:
+    """A running server whose password file was garbled: connecting says "garbled" (not "no password was given");
+    the fix it names (stop, delete the file, start) makes a new password that the cluster is told of."""
+    from lstm_adv.database.connection import connect
+    from lstm_adv.domain.errors import DatabaseError
+
+    info = start_server(pg_dir, EmbeddedConfig())
+    old = (pg_dir / "pgpass").read_text()
+    (pg_dir / "pgpass").write_text("this is not a password line\n")
+    with pytest.raises(DatabaseError) as caught:
+        connect(info.dsn)
+    message = str(caught.value)
+    assert "password file" in message and "is garbled or unreadable" in message and "\n" not in message
+    stop_server(pg_dir)
+    (pg_dir / "pgpass").unlink()
+    info = start_server(pg_dir, EmbeddedConfig())
+    assert (pg_dir / "pgpass").read_text() != old
+    with connect(info.dsn) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("lstm_adv",)
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20))

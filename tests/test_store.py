@@ -353,6 +353,16 @@ def test_a_killed_writer_leaves_a_stale_run_that_clean_removes(tmp_path: Path) -
     live.discard()
 
 
+def test_clean_reports_only_what_it_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale folder that could not be removed (its files belong to someone else) is not in clean()'s answer."""
+    store = _store(tmp_path)
+    stale = store.root / ".tmp" / "model-20260101-000000-abcd"
+    stale.mkdir(parents=True)
+    monkeypatch.setattr("lstm_adv.results.store.shutil.rmtree", lambda *args, **kwargs: None)
+    assert store.clean() == []
+    assert store.stale() == [stale]
+
+
 def test_an_overlong_or_unprintable_run_id_is_one_line(tmp_path: Path) -> None:
     """A 5,000-character id (longer than any file name) or one holding control characters is refused in one line,
     never an OSError from the file system."""

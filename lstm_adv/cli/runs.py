@@ -54,11 +54,20 @@ def list_runs(
 @app.command("clean")
 def clean_runs(ctx: typer.Context) -> None:
     """Remove the temporary runs that killed commands left behind (never a run that is being written)."""
-    removed = state(ctx).workspace().store.clean()
-    if not removed:
+    store = state(ctx).workspace().store
+    removed = store.clean()
+    left = store.stale()
+    if removed:
+        console.print(f"removed {len(removed)} stale temporary run(s): {', '.join(removed)}", highlight=False)
+    if left:
+        console.print(
+            f"could not remove {len(left)} stale temporary run(s): {', '.join(str(p) for p in left)} "
+            "(their files are not yours to delete: ask their owner, or remove them as that user)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif not removed:
         console.print("no stale temporary runs")
-        return
-    console.print(f"removed {len(removed)} stale temporary run(s): {', '.join(removed)}", highlight=False)
 
 
 #: Below this width ``runs list`` leaves out the kind and creation time (both are in the id) and puts the
@@ -118,7 +127,10 @@ def show_run(
     console.print(tree)
     damaged = run.verify()
     integrity = "checksums ok" if not damaged else "CHANGED: " + ", ".join(damaged)
-    console.print(f"files   {len(manifest.checksums)} ({integrity})")
+    unlisted = run.unlisted()
+    if unlisted:
+        integrity += f"; NOT IN THE MANIFEST (added after the run was written): {', '.join(unlisted)}"
+    console.print(f"files   {len(manifest.checksums)} ({integrity})", highlight=False, soft_wrap=True)
     render_summary(run, console)
     if show_config:
         console.print_json(json.dumps(manifest.config))

@@ -88,7 +88,13 @@ def embedded_options(dsn: str) -> dict[str, str]:
     if not passfile or "password" in params or not (Path(passfile).parent / "data" / "PG_VERSION").is_file():
         return {}
     password = _pgpass_password(Path(passfile), params.get("user", ""))
-    return {"password": password, "sslmode": "disable"} if password else {}
+    if not password:
+        raise DatabaseError(
+            f"the embedded server's password file {passfile} is garbled or unreadable (it must hold one line "
+            f"'*:*:*:{params.get('user', '')}:<password>'); run `lstm-adv db stop`, delete the file, and "
+            "`lstm-adv db start` makes and sets a new password"
+        )
+    return {"password": password, "sslmode": "disable"}
 
 
 def _pgpass_password(path: Path, user: str) -> str | None:

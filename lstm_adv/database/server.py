@@ -150,6 +150,8 @@ class _Passwords:
 
     superuser: str = attrs.field(repr=False)
     role: str = attrs.field(repr=False)
+    #: Whether either password was just made (its file was missing): the cluster must be told it.
+    fresh: bool = False
 
 
 @attrs.frozen
@@ -223,8 +225,8 @@ def _start_locked(pg_dir: Path, config: EmbeddedConfig) -> ServerInfo:
     passwords = _ensure_passwords(pg_dir)
     if not (pg_dir / "data" / "PG_VERSION").exists():
         _init_cluster(pg_dir, account, passwords)
-    elif not password_protected(pg_dir):
-        _secure_cluster(pg_dir, pg_dir / "data", account, passwords)
+    elif not password_protected(pg_dir) or passwords.fresh:
+        _secure_cluster(pg_dir, pg_dir / "data", account, passwords)  # also sets a password just made
         log.warning("the embedded PostgreSQL in %s now asks every role for its password", pg_dir)
     info = _start_on_free_port(pg_dir, config, account)
     _write_state(pg_dir, info)
@@ -468,9 +470,11 @@ def _socket_dir(pg_dir: Path) -> Path | None:
 
 def _ensure_passwords(pg_dir: Path) -> _Passwords:
     """Both passwords, from their files in ``pg_dir``; a missing file is made with a new random password."""
+    missing = not (pg_dir / SUPERUSER_PASSFILE).exists() or not (pg_dir / PASSFILE).exists()
     return _Passwords(
         superuser=_ensure_passfile(pg_dir / SUPERUSER_PASSFILE, PG_USER),
         role=_ensure_passfile(pg_dir / PASSFILE, ROLE),
+        fresh=missing,
     )
 
 
@@ -490,8 +494,8 @@ def _ensure_passfile(path: Path, user: str) -> str:
         raise ServerError(f"cannot write or read the password file {path}: {exc.strerror}; check its owner") from None
     if len(fields) != 5 or fields[3] != user or not _PASSWORD.fullmatch(fields[4]):
         raise ServerError(
-            f"the password file {path} must hold one line '*:*:*:{user}:<password>' as lstm-adv writes it; "
-            "delete it and run `lstm-adv db start` to make a new password"
+            f"the password file {path} is garbled: it must hold one line '*:*:*:{user}:<password>' as lstm-adv "
+            "writes it; delete it and run `lstm-adv db start` to make a new password"
         )
     return fields[4]
 

@@ -113,6 +113,15 @@ class Run:
                 bad.append(name)
         return bad
 
+    def unlisted(self) -> list[str]:
+        """Files in the run folder that its manifest does not list (put there after the run was written)."""
+        listed = set(self.manifest.checksums) | {MANIFEST}
+        return sorted(
+            name
+            for name in (p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
+            if name not in listed
+        )
+
     def check_complete(self) -> Run:
         """This run if it is complete; an interrupted run is a :class:`RunStatusError` saying how to resume it."""
         if self.complete:
@@ -206,6 +215,22 @@ class RunWriter:
 _MAX_REF = 128
 
 
+def _check_unique(runs: list[Run]) -> None:
+    """One line when two folders hold the same run id (a run folder copied under another name)."""
+    folders: dict[RunId, list[Path]] = {}
+    for run in runs:
+        folders.setdefault(run.id, []).append(run.path)
+    for run_id, paths in folders.items():
+        if len(paths) < 2:
+            continue
+        copies = sorted(p for p in paths if p.name != str(run_id)) or sorted(paths)[1:]
+        named = " and ".join(str(p) for p in sorted(paths))
+        raise RunStoreError(
+            f"run id {run_id} is held by {len(paths)} folders: {named}; a run's folder is named by its id, so "
+            f"remove the copy ({', '.join(str(p) for p in copies)}) or move it to another home"
+        )
+
+
 def _creation_order(run: Run) -> tuple[datetime, RunId]:
     """Oldest first: the manifest's creation time (microseconds; ids carry whole seconds only), then the id."""
     return (run.manifest.created, run.id)
@@ -270,7 +295,7 @@ class RunStore:
         if not temporary.is_dir():
             return []
         found = []
-        for folder in sorted(p for p in temporary.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in temporary.iterdir() if p.is_dir() and not p.is_symlink()):
             lock = _lock(temporary / f"{folder.name}{_LOCK}", wait=False)
             if lock is not None:
                 os.close(lock)
@@ -278,7 +303,10 @@ class RunStore:
         return found
 
     def clean(self) -> builtins.list[str]:
-        """Remove the stale temporary runs (see :meth:`stale`); returns their names."""
+        """Remove the stale temporary runs (see :meth:`stale`); returns the names of those actually gone.
+
+        A folder that could not be removed (its files are not yours to delete) is logged and left out.
+        """
         removed = []
         for folder in self.stale():
             lock = _lock(folder.with_name(folder.name + _LOCK), wait=False)
@@ -290,6 +318,9 @@ class RunStore:
                     folder.with_name(folder.name + _LOCK).unlink()
             finally:
                 os.close(lock)
+            if folder.exists():
+                log.warning("could not remove the stale temporary run %s (check who owns its files)", folder)
+                continue
             removed.append(folder.name)
         return removed
 
@@ -308,6 +339,7 @@ class RunStore:
                 continue
             if kind is None or run.kind == kind:
                 runs.append(run)
+        _check_unique(runs)
         return sorted(runs, key=_creation_order)
 
     def get(self, ref: str, *, kind: str | None = None) -> Run:
