@@ -416,6 +416,25 @@ def test_cli_robustness_prints_the_run_and_shows_it(defended: tuple[RunStore, Ru
     assert "--eps must be a comma-separated list of numbers" in bad.output
 
 
+def test_runs_show_of_a_robustness_run_fits_80_columns_with_every_figure_whole(
+    defended: tuple[RunStore, Run, Run, Run], robustness_run: Run
+) -> None:
+    """At 80 columns the sweep names models by number and puts each interval under its value: no figure is cut."""
+    home = defended[0].root.parent
+    shown = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["--home", str(home), "runs", "show", str(robustness_run.id)])
+    assert shown.exit_code == 0, shown.output
+    assert max(len(line) for line in shown.output.splitlines()) <= 80
+    assert "…" not in shown.output
+    summary = robustness_run.summary_as(RobustnessSummary)
+    for number, model in enumerate(summary.models, start=1):
+        assert f"{number} {model.defense}" in shown.output
+    for row in summary.table:
+        assert row.robust_accuracy is not None
+        assert f"{row.robust_accuracy:.3f}" in shown.output
+        low, high = row.intervals["robust_accuracy"]
+        assert f"{low:.2f}–{high:.2f}" in shown.output
+
+
 @pytest.mark.slow
 def test_robustness_report_renders_self_contained_without_ids(tmp_path: Path) -> None:
     """robustness.qmd renders offline to HTML (figures embedded, nothing fetched) and a PDF, with no sample id,

@@ -224,50 +224,106 @@ def render_robustness(run: Run, out: Console) -> None:
     """Per model and ε: clean / robust accuracy, robust recall of deaths, AUROC under attack; L1 before vs after."""
     summary = run.summary_as(RobustnessSummary)
     defenses = {str(m.model): m.defense for m in summary.models}
-    rules = Table("model", "defense", "decision rule", "attack pool", title="models (each judged at its own rule)")
-    rules.columns[0].no_wrap = True
-    for m in summary.models:
+    rules = Table("#", "model", "defense", "decision rule", "attack pool", title="models (each judged at its own rule)")
+    rules.columns[1].no_wrap = True
+    for number, m in enumerate(summary.models, start=1):
         key = str(m.model)
-        rules.add_row(key, m.defense, summary.decisions.get(key, "?"), str(summary.pool.get(key, "?")))
+        rules.add_row(str(number), key, m.defense, summary.decisions.get(key, "?"), str(summary.pool.get(key, "?")))
     out.print(rules)
     out.print(f"the L1 attack's threat: {summary.cells} ({THREATS.get(summary.cells, summary.cells)})", highlight=False)
+    if out.width < WIDE:
+        out.print(_narrow_sweep(summary))
+    else:
+        out.print(_wide_sweep(summary, defenses))
+    _print_l1(summary, defenses, out)
+    _print_obfuscation(summary, defenses, out)
+
+
+#: Below this width the sweep table names each model by its number in the models table and puts each interval
+#: under its value, so that a terminal of 80 columns shows every figure whole.
+WIDE = 140
+#: Short headers of the narrow sweep table.
+_SHORT = {
+    "clean_accuracy": "clean acc",
+    "robust_accuracy": "rob. acc",
+    "robust_recall": "recall",
+    "robust_auroc": "AUROC",
+    "robust_auprc": "AUPRC",
+    "success_rate": "success",
+}
+
+
+def _title(summary: RobustnessSummary) -> str:
+    return (
+        f"fresh {summary.attack} on the {summary.split} split (n={summary.n}); 95 % intervals: Wilson for rates, "
+        "bootstrap for AUROC / AUPRC"
+    )
+
+
+def _wide_sweep(summary: RobustnessSummary, defenses: dict[str, str]) -> Table:
     table = Table(
         "model",
         "defense",
         "ε",
         *_SHOWN,
-        title=f"fresh {summary.attack} on the {summary.split} split (n={summary.n}); 95 % intervals: Wilson for rates, "
-        "bootstrap for AUROC / AUPRC",
+        title=_title(summary),
     )
     table.columns[0].no_wrap = True  # ids are never cut to an ambiguous prefix
     for row in summary.table:
         cells = [row.text(metric) for metric in _SHOWN]
         table.add_row(str(row.model), defenses.get(str(row.model), "?"), f"{row.eps:g}", *cells)
-    out.print(table)
-    if summary.l1.by_model:
-        tuned = f" (settings of {summary.l1.tuned})" if summary.l1.tuned is not None else ""
-        l1_table = Table(
-            "model",
-            "defense",
-            "attacked",
-            "success rate",
-            "median L0 sparse",
-            "mean L0 best",
-            "mean L1 best",
-            title=f"tuned sparse L1 attack{tuned}",
+    return table
+
+
+def _narrow_sweep(summary: RobustnessSummary) -> Table:
+    """The sweep for a narrow terminal: model number and defense, ε, and per metric its value over its interval."""
+    numbers = {str(m.model): f"{i} {m.defense}" for i, m in enumerate(summary.models, start=1)}
+    table = Table(
+        "model",
+        "ε",
+        *(_SHORT[m] for m in _SHOWN),
+        title=_title(summary),
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    for column in table.columns:
+        column.no_wrap = True
+    for row in summary.table:
+        cells = []
+        for metric in _SHOWN:
+            value = getattr(row, metric)
+            interval = row.intervals.get(metric)
+            text = "—" if value is None else f"{value:.3f}"
+            cells.append(text if interval is None or value is None else f"{text}\n{interval[0]:.2f}–{interval[1]:.2f}")
+        table.add_row(numbers.get(str(row.model), str(row.model)), f"{row.eps:g}", *cells)
+    return table
+
+
+def _print_l1(summary: RobustnessSummary, defenses: dict[str, str], out: Console) -> None:
+    if not summary.l1.by_model:
+        return
+    tuned = f" (settings of {summary.l1.tuned})" if summary.l1.tuned is not None else ""
+    narrow = out.width < WIDE
+    numbers = {str(m.model): f"{i} {m.defense}" for i, m in enumerate(summary.models, start=1)}
+    heads = ("attacked", "success rate", "median L0 sparse", "mean L0 best", "mean L1 best")
+    l1_table = Table(*(("model",) if narrow else ("model", "defense")), *heads, title=f"tuned sparse L1 attack{tuned}")
+    l1_table.columns[0].no_wrap = True
+    for model, stats in summary.l1.by_model.items():
+        names = (numbers.get(model, model),) if narrow else (model, defenses.get(model, "?"))
+        l1_table.add_row(
+            *names,
+            f"{stats.get('attacked') or 0:.0f}",
+            _value(stats.get("success_rate")),
+            _value(stats.get("median_l0_sparse")),
+            _value(stats.get("mean_l0")),
+            _value(stats.get("mean_l1")),
         )
-        l1_table.columns[0].no_wrap = True
-        for model, stats in summary.l1.by_model.items():
-            l1_table.add_row(
-                model,
-                defenses.get(model, "?"),
-                f"{stats.get('attacked') or 0:.0f}",
-                _value(stats.get("success_rate")),
-                _value(stats.get("median_l0_sparse")),
-                _value(stats.get("mean_l0")),
-                _value(stats.get("mean_l1")),
-            )
-        out.print(l1_table)
+    out.print(l1_table)
+
+
+def _print_obfuscation(summary: RobustnessSummary, defenses: dict[str, str], out: Console) -> None:
     for model, check in summary.obfuscation.items():
         verdict = "ok" if check.reliable else "[red]the evaluation may be unreliable (gradients may be masked)[/red]"
         out.print(
