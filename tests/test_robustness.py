@@ -416,6 +416,21 @@ def test_cli_robustness_prints_the_run_and_shows_it(defended: tuple[RunStore, Ru
     assert "--eps must be a comma-separated list of numbers" in bad.output
 
 
+def test_the_one_line_description_names_each_defense_with_its_intervals(robustness_run: Run) -> None:
+    """The demo's robustness line: per model its defense, robust accuracy and robust recall of deaths, each with
+    its 95 % interval, at the sweep's largest ε."""
+    from lstm_adv.results.describe import describe_run
+
+    summary = robustness_run.summary_as(RobustnessSummary)
+    line = describe_run(robustness_run)
+    for row in summary.table:
+        if row.eps != max(summary.eps):
+            continue
+        defense = next(m.defense for m in summary.models if m.model == row.model)
+        assert f"{defense} {str(row.model)[-4:]}: robust accuracy {row.text('robust_accuracy')}" in line
+        assert "[" in row.text("robust_accuracy") and f"robust recall of deaths {row.text('robust_recall')}" in line
+
+
 def test_runs_show_of_a_robustness_run_fits_80_columns_with_every_figure_whole(
     defended: tuple[RunStore, Run, Run, Run], robustness_run: Run
 ) -> None:

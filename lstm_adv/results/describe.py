@@ -69,8 +69,10 @@ def _describe_model(summary: ModelSummary) -> str:
 
 def _describe_robustness(summary: RobustnessSummary) -> str:
     rows = [r for r in summary.table if r.eps == max(summary.eps, default=0.0)]
+    defenses = {m.model: m.defense for m in summary.models}
     parts = [
-        f"{str(r.model).split('-')[0]}…{str(r.model)[-4:]}: robust accuracy {r.robust_accuracy:.3f}"
+        f"{defenses.get(r.model, 'model')} {str(r.model)[-4:]}: robust accuracy {r.text('robust_accuracy')}, "
+        f"robust recall of deaths {r.text('robust_recall')}"
         for r in rows
         if r.robust_accuracy is not None
     ]
