@@ -410,6 +410,10 @@ def _report(
         "attacks": [summary(e, n) for e in [*entries, *peers]],
         "per_sample": {p["name"]: comparison(mine, p["l0"]) for p in peers}
         | ({"best of the peers": comparison(mine, best_peer)} if best_peer is not None else {}),
+        # per sample (in the order of the attacked rows), each attack's L0 (null: no success)
+        "l0_per_sample": {
+            e["name"]: [None if not np.isfinite(v) else float(v) for v in e["l0"]] for e in [*entries, *peers]
+        },
     }
 
 

@@ -288,6 +288,7 @@ class AttackConfig:
     hours: tuple[int, int] = attrs.field(default=(0, WINDOW_HOURS), validator=_hours)
     candidates: int = attrs.field(default=4, validator=v.at_least(1, owner="attack"))
     swap_rounds: int = attrs.field(default=2, validator=v.at_least(0, owner="attack"))
+    refine_rounds: int = attrs.field(default=4, validator=v.at_least(0, owner="attack"))
     batch_size: int | Literal["auto"] = attrs.field(default="auto", validator=_batch_size)
     block_size: int | Literal["auto"] = attrs.field(default="auto", validator=_block_size)
     device: Device = _choice("attack", Device, "auto")

@@ -341,4 +341,5 @@ def tuned_settings(tuned: Run, config: AttackConfig) -> L1Settings:
         search_steps=config.search_steps,
         candidates=config.candidates,
         swap_rounds=config.swap_rounds,
+        refine_rounds=config.refine_rounds,
     )

@@ -102,6 +102,7 @@ def suggest_settings(trial: optuna.Trial, config: Config) -> L1Settings:
         search_steps=config.attack.search_steps,
         candidates=config.attack.candidates,
         swap_rounds=config.attack.swap_rounds,
+        refine_rounds=config.attack.refine_rounds,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -15,6 +16,7 @@ from torch import nn
 from lstm_adv.attacks import CellThreat, L1Attack, L1Settings, prox_l1_box, soft_threshold
 from lstm_adv.attacks.base import margin
 from lstm_adv.attacks.l1 import _SHRINK_ROUNDS, SPARSE_MARGIN
+from lstm_adv.attacks.support import Search, refine_search
 from lstm_adv.domain.errors import ConfigError
 from lstm_adv.domain.perturbation import AttackBatchResult
 from tests.attack_models import LinearModel, TinyLSTM, TinyMLP
@@ -433,6 +435,71 @@ def test_the_swap_search_never_enlarges_a_sparse_example(inputs: tuple[np.ndarra
         sparse = swapped.sparse_delta[row]
         with torch.no_grad():
             assert int(MLP64(torch.from_numpy(x[row] + sparse)[None]).argmax(1)) != swapped.predicted[row]
+
+
+def _toy_search(margin_fn: Callable[[torch.Tensor], torch.Tensor], n: int, entries: int) -> Search:
+    """A search over ``n`` samples of ``entries`` entries in [0, 1] whose margin is ``margin_fn(δ)`` (B,)."""
+
+    def logits(delta: torch.Tensor) -> torch.Tensor:
+        m = margin_fn(delta)
+        return torch.stack([m, torch.zeros_like(m)], dim=1)
+
+    def gradient(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        point = delta.detach().requires_grad_(True)
+        m = margin_fn(point)
+        (grad,) = torch.autograd.grad(m.sum(), point)
+        return torch.stack([m.detach(), torch.zeros_like(m)], dim=1), grad
+
+    return Search(
+        lower=torch.zeros(n, entries, dtype=torch.float64),
+        upper=torch.ones(n, entries, dtype=torch.float64),
+        allowed=torch.ones(n, entries, dtype=torch.bool),
+        logits=logits,
+        margin_of=lambda z: z[:, 0] - z[:, 1],
+        gradient=gradient,
+        crosses=-SPARSE_MARGIN,
+        take=lambda rows: _toy_search(lambda d: margin_fn(d), len(rows), entries),
+    )
+
+
+def test_refinement_finds_the_smaller_support_that_needs_a_value_between_the_ends() -> None:
+    """margin = 1.6 − h(δ₁) − δ₂ − 0.3·δ₃ with h(0) = 0, h(1) = 0.4 and h(0.5) = 1: at the box ends all
+    three entries are needed (dropping any one un-flips, so neither the drop pass nor a swap can shrink it), but
+    with δ₁ moved to 0.5 two suffice. The refinement drops δ₃ (the least needed) and finds that δ₁."""
+
+    def margin_fn(delta: torch.Tensor) -> torch.Tensor:
+        h = 5.2 * delta[:, 0] ** 2 - 4.8 * delta[:, 0] ** 4
+        return 1.6 - h - delta[:, 1] - 0.3 * delta[:, 2]
+
+    search = _toy_search(margin_fn, 1, 3)
+    values = torch.ones(1, 3, dtype=torch.float64)
+    kept = torch.ones(1, 3, dtype=torch.bool)
+    assert float(search.margin(values)[0]) < -SPARSE_MARGIN
+    for drop in range(3):
+        assert float(search.margin(values.index_fill(1, torch.tensor([drop]), 0.0))[0]) > 0
+    refined, support = refine_search(search, values, kept, rounds=3, steps=10)
+    assert support.tolist() == [[True, True, False]]
+    assert float(search.margin(refined)[0]) <= -SPARSE_MARGIN
+    assert 0 < float(refined[0, 0]) < 1
+    assert float(refined[0, 2]) == 0.0
+
+
+@given(attack_inputs(max_samples=4), attack_methods)
+def test_the_refinement_never_enlarges_a_sparse_example(inputs: tuple[np.ndarray, np.ndarray], method: str) -> None:
+    """Refinement rounds keep every success and never make a sparse example larger; what they return still flips
+    (the float64 model) and stays inside the box."""
+    x, y = inputs
+    settings = attrs.evolve(SETTINGS[method], search_steps=2, swap_rounds=0, refine_rounds=0)
+    plain = L1Attack(MLP64, settings, include_misclassified=True).run(x, y)
+    refined = L1Attack(MLP64, attrs.evolve(settings, refine_rounds=3), include_misclassified=True).run(x, y)
+    assert refined.found.tolist() == plain.found.tolist()
+    assert (refined.l0("sparse") <= plain.l0("sparse")).all()
+    for row in np.flatnonzero(refined.found):
+        adversarial = x[row] + refined.sparse_delta[row]
+        assert adversarial.min() >= -1e-9
+        assert adversarial.max() <= 1 + 1e-9
+        with torch.no_grad():
+            assert int(MLP64(torch.from_numpy(adversarial)[None]).argmax(1)) != refined.predicted[row]
 
 
 def test_passes_are_counted_per_sample() -> None:

@@ -138,7 +138,8 @@ def test_list_names_stale_temporary_runs_and_clean_removes_them(tmp_path: Path) 
 
 
 def test_clean_leaves_a_symlink_alone_and_does_not_claim_it_removed_it(tmp_path: Path) -> None:
-    """A symbolic link under runs/.tmp is no temporary run of the toolkit's: `runs clean` neither follows nor names it."""
+    """A symbolic link under runs/.tmp is no temporary run of the toolkit's: `runs clean` neither follows nor names
+    it."""
     _populate(tmp_path)
     target = tmp_path / "elsewhere"
     (target / "keep").mkdir(parents=True)
@@ -147,7 +148,8 @@ def test_clean_leaves_a_symlink_alone_and_does_not_claim_it_removed_it(tmp_path:
     link.symlink_to(target)
     cleaned = runner.invoke(app, ["--home", str(tmp_path), "runs", "clean"])
     assert cleaned.output == "no stale temporary runs\n"
-    assert link.is_symlink() and (target / "keep").is_dir()
+    assert link.is_symlink()
+    assert (target / "keep").is_dir()
 
 
 def test_a_run_folder_copied_under_another_name_is_one_line_naming_both(tmp_path: Path) -> None:

@@ -343,7 +343,9 @@ def test_a_garbled_password_file_says_so_and_deleting_it_gives_a_working_new_pas
     with pytest.raises(DatabaseError) as caught:
         connect(info.dsn)
     message = str(caught.value)
-    assert "password file" in message and "is garbled or unreadable" in message and "\n" not in message
+    assert "password file" in message
+    assert "is garbled or unreadable" in message
+    assert "\n" not in message
     stop_server(pg_dir)
     (pg_dir / "pgpass").unlink()
     info = start_server(pg_dir, EmbeddedConfig())

@@ -428,7 +428,8 @@ def test_the_one_line_description_names_each_defense_with_its_intervals(robustne
             continue
         defense = next(m.defense for m in summary.models if m.model == row.model)
         assert f"{defense} {str(row.model)[-4:]}: robust accuracy {row.text('robust_accuracy')}" in line
-        assert "[" in row.text("robust_accuracy") and f"robust recall of deaths {row.text('robust_recall')}" in line
+        assert "[" in row.text("robust_accuracy")
+        assert f"robust recall of deaths {row.text('robust_recall')}" in line
 
 
 def test_runs_show_of_a_robustness_run_fits_80_columns_with_every_figure_whole(

@@ -61,7 +61,7 @@ import torch
 from torch import Tensor
 
 from lstm_adv.attacks.base import Attack, BatchOutcome, SuccessTracker, margin
-from lstm_adv.attacks.support import Search, greedy_search, swap_search
+from lstm_adv.attacks.support import REFINE_STEPS, Search, greedy_search, refine_search, swap_search
 from lstm_adv.attacks.threats import BatchThreat, prox_l1_box, soft_threshold
 from lstm_adv.config import L1_METHODS
 from lstm_adv.domain import validators as v
@@ -84,7 +84,8 @@ class L1Settings:
     ``lam`` and ``step_size`` are scale-free (relative to each sample's gradient scale); ``max_iterations``
     is the budget of one λ-search round, ``search_steps`` the number of rounds (``greedy``: the steps are
     their product, and λ and the step size are not used). ``candidates``: entries the greedy steps and the
-    swap search evaluate per step; ``swap_rounds``: rounds of the swap search on every minimal support.
+    swap search evaluate per step; ``swap_rounds``: rounds of the swap search on every minimal support;
+    ``refine_rounds``: rounds of the refinement (drop one, re-optimise the rest) after it.
     """
 
     kappa: float = attrs.field(default=0.0, validator=v.number(low=0))
@@ -98,6 +99,7 @@ class L1Settings:
     adam_eps: float = attrs.field(default=1e-8, validator=v.number(low=0, low_strict=True))
     candidates: int = attrs.field(default=4, validator=v.at_least(1))
     swap_rounds: int = attrs.field(default=2, validator=v.at_least(0))
+    refine_rounds: int = attrs.field(default=4, validator=v.at_least(0))
 
     @property
     def total_iterations(self) -> int:
@@ -311,7 +313,7 @@ class L1Attack(Attack[L1Settings]):
         saturated = torch.where(best > 0, p.upper, torch.where(best < 0, p.lower, torch.zeros_like(best)))
         kept = self._top_cells(p, saturated, magnitude) & found[:, None, None]
         kept = self._drop_cells(p, saturated, kept, magnitude)
-        if self.settings.swap_rounds:
+        if self.settings.swap_rounds or self.settings.refine_rounds:
             saturated, kept = self._swap(p, saturated, kept & found[:, None, None])
             magnitude = saturated.abs().flatten(1)  # a swapped-in entry shrinks towards its original value
         sparse = self._shrink_values(p, best, saturated, kept)
@@ -324,9 +326,14 @@ class L1Attack(Attack[L1Settings]):
         return sparse, torch.where(holds[:, None], logits, tracker.best_logits)
 
     def _swap(self, p: _Problem, saturated: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
-        """The swap search on each flipping support (at the end values), then a drop pass over the new support."""
+        """The swap search and the refinement on each flipping support (at the end values), then a drop pass over
+        the new support."""
+        s = self.settings
         values = torch.where(kept, saturated, torch.zeros_like(saturated))
-        values, kept = swap_search(self._search(p), values, kept, self.settings.swap_rounds, self.settings.candidates)
+        if s.swap_rounds:
+            values, kept = swap_search(self._search(p), values, kept, s.swap_rounds, s.candidates)
+        if s.refine_rounds:
+            values, kept = refine_search(self._search(p), values, kept, s.refine_rounds, REFINE_STEPS)
         kept = self._drop_cells(p, values, kept, values.abs().flatten(1))
         return torch.where(kept, values, torch.zeros_like(values)), kept
 
